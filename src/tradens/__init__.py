@@ -1,5 +1,27 @@
-"""tradens: tensor-reduced atomic density representations."""
+"""tradens: tensor-reduced atomic density representations.
+
+Full and tensor-reduced SOAP (GAP-exact), tensor-reduced ACE, gradients,
+regression and analysis. See ``docs/theory.md`` for the equations.
+"""
 
 from ._version import __version__
+from .features import Features
+from .hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers, from_dict, to_dict
+from .soap import SOAP
+from .systems import Batch, System, as_batch
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    "Batch",
+    "Cutoff",
+    "Density",
+    "Features",
+    "Mixing",
+    "RadialBasis",
+    "SOAP",
+    "SoapHypers",
+    "System",
+    "as_batch",
+    "from_dict",
+    "to_dict",
+]
