@@ -267,18 +267,30 @@ def test_coupling_tensors_invariant_and_orthonormal(ls, labels_kind):
 
 
 def test_coupling_tensor_symmetry_under_label_preserving_permutations():
-    ls, labels = (1, 1, 2, 2), ("a", "a", "a", "b")
-    u = coupling_tensors(ls, labels=labels)
-    # factors 0 and 1 share (label, l): symmetric under swapping them
-    np.testing.assert_allclose(u, np.swapaxes(u, 1, 2), atol=1e-14)
-    # factors 2 and 3 differ in label: not symmetric in general
-    assert np.abs(u - np.swapaxes(u, 3, 4)).max() > 1e-3
-    u_diag = coupling_tensors(ls)
-    np.testing.assert_allclose(u_diag, np.swapaxes(u_diag, 3, 4), atol=1e-14)
-    # 3 x 3 invariants without symmetry, 2 in Sym^2 V1 x V2 x V2, 2 in Sym^2 V1 x Sym^2 V2
-    assert coupling_tensors(ls, symmetrize=False).shape[0] == 3
-    assert u.shape[0] == 2
-    assert u_diag.shape[0] == 2
+    ls = (1, 1, 1, 1)
+    # labels (a, b, a, b): symmetric under swapping factors 0<->2 and 1<->3 only
+    u = coupling_tensors(ls, labels=("a", "b", "a", "b"))
+    assert u.shape[0] == 2  # Sym^2 V1 x Sym^2 V1 = (V0 + V2) x (V0 + V2)
+    np.testing.assert_allclose(u, np.swapaxes(u, 1, 3), atol=1e-14)
+    np.testing.assert_allclose(u, np.swapaxes(u, 2, 4), atol=1e-14)
+    assert np.abs(u - np.swapaxes(u, 1, 2)).max() > 1e-2
+    # distinct labels: 3 paths, including (a x b).(c x d), antisymmetric in a <-> b
+    u3 = coupling_tensors(ls, labels=range(4))
+    assert u3.shape[0] == 3
+    assert np.abs(u3 - np.swapaxes(u3, 1, 2)).max() > 1e-2
+    # (a, a, b, c): the antisymmetric path is removed
+    u2 = coupling_tensors(ls, labels=("a", "a", "b", "c"))
+    assert u2.shape[0] == 2
+    np.testing.assert_allclose(u2, np.swapaxes(u2, 1, 2), atol=1e-14)
+    # all equal: fully symmetric, only (a.a)^2
+    u1 = coupling_tensors(ls)
+    assert u1.shape[0] == 1
+    for perm in itertools.permutations(range(4)):
+        np.testing.assert_allclose(u1, np.transpose(u1, (0,) + tuple(p + 1 for p in perm)), atol=1e-14)
+    # same label but different l: factors do not commute -> no symmetrisation
+    u_mixed = coupling_tensors((1, 1, 2, 2), labels=("a", "a", "a", "b"))
+    np.testing.assert_allclose(u_mixed, np.swapaxes(u_mixed, 1, 2), atol=1e-14)
+    assert u_mixed.shape[0] == 2
 
 
 def test_nu1_and_nu2_paths():
@@ -357,7 +369,8 @@ def test_tree_coefficients_reconstruct_paths():
             tens = np.tensordot(tens, real_clebsch_gordan(current, ls[-1], 0)[:, :, 0], axes=1)
             rebuilt += coeffs[:, t].reshape((-1,) + (1,) * len(ls)) * tens[None]
         np.testing.assert_allclose(rebuilt, u, atol=1e-13)
-    assert coupling_trees((2, 2, 2, 2)) == ((0,), (1,), (2,), (3,), (4,))
+    assert coupling_trees((2, 2, 2, 2)) == ((0, 2), (1, 2), (2, 2), (3, 2), (4, 2))
+    assert coupling_trees((1, 2, 3)) == ((3,),)
     assert coupling_trees((1, 2, 4)) == ()
 
 

@@ -355,7 +355,7 @@ def _as_rotation_numpy(R) -> np.ndarray:
     R = np.asarray(R, dtype=np.float64)
     if R.shape != (3, 3):
         raise ValueError(f"R must be a 3x3 matrix, got shape {R.shape}")
-    if not np.allclose(R @ R.T, np.eye(3), atol=1e-8):
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-5):
         raise ValueError("R must be an orthogonal 3x3 matrix")
     return R
 
