@@ -10,8 +10,8 @@ Two bases are provided:
 * :class:`GaussianGridBasis` — GAP's ``EQUISPACED_GAUSS`` basis, reproduced
   exactly (see ``docs/theory.md``): Gaussians on an equispaced grid,
   orthonormalised with the lower Cholesky factor of their overlap matrix.
-* :class:`GtoBasis` — Gaussian-type orbitals ``r^l exp(-b_n r^2)``
-  (dscribe/featomic style), orthonormalised per ``l``, evaluated through
+* :class:`GtoBasis` — Gaussian-type orbitals ``r^n exp(-r^2 / (2 sigma_n^2))``
+  (featomic's definition), orthonormalised (Löwdin), evaluated through
   numerical radial integrals tabulated once and interpolated by cubic Hermite
   splines.
 """
@@ -206,48 +206,41 @@ def _gto_table(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tabulate ``I_nl(r)`` and ``dI_nl/dr`` on ``n_grid`` points of ``[0, cutoff]``.
 
-    ``I_nl(r) = int_0^inf s^2 g_nl(s) exp(-a (s^2 + r^2)) 4 pi i_l(2 a s r) ds`` with
+    ``I_nl(r) = int_0^inf s^2 g_n(s) exp(-a (s^2 + r^2)) 4 pi i_l(2 a s r) ds`` with
     ``a = 1/(2 sigma^2)`` is the coefficient of a Gaussian of width ``sigma`` at
-    distance ``r`` on ``g_nl(s) Y_lm``. ``g_nl`` are GTOs
-    ``s^l exp(-s^2 / (2 sigma_n^2))``, ``sigma_n = cutoff max(1, sqrt(n)) / n_max``
-    (featomic's choice), orthonormalised per ``l`` (Löwdin).
+    distance ``r`` on ``g_n(s) Y_lm``. ``g_n`` are featomic's GTOs
+    ``s^n exp(-s^2 / (2 sigma_n^2))``, ``sigma_n = cutoff max(1, sqrt(n)) / n_max``,
+    orthonormalised with weight ``s^2`` (Löwdin).
     """
     alpha = 1.0 / (2.0 * sigma * sigma)
     widths = np.array([cutoff * max(1.0, math.sqrt(n)) / n_max for n in range(n_max)])
     b = 1.0 / (2.0 * widths**2)  # [n]
     # Gauss-Legendre quadrature on [0, s_max]
-    s_max = cutoff + 6.0 * max(sigma, widths.max() * 0.0 + sigma) + 3.0 * widths.max()
+    s_max = cutoff + 6.0 * sigma + 3.0 * widths.max()
     nodes, weights = np.polynomial.legendre.leggauss(400)
     s = 0.5 * s_max * (nodes + 1.0)
     w = 0.5 * s_max * weights
     r = np.linspace(0.0, cutoff, n_grid)
     x = 2.0 * alpha * s[None, :] * r[:, None]  # [grid, q]
-    bessel = scaled_spherical_in(torch.from_numpy(x), l_max).numpy()  # [grid, q, l]
+    bessel = scaled_spherical_in(torch.from_numpy(x), l_max + 1).numpy()  # [grid, q, l+1]
     # exp(-a (s^2 + r^2)) i_l(2 a s r) = exp(-a (s - r)^2) [exp(-x) i_l(x)]
-    gauss = np.exp(-alpha * (s[None, :] - r[:, None]) ** 2)  # [grid, q]
+    gauss = np.exp(-alpha * (s[None, :] - r[:, None]) ** 2)[:, :, None]  # [grid, q, 1]
+    kernel = gauss * bessel[:, :, : l_max + 1]  # [grid, q, l]
+    # d/dx [exp(-x) i_l] = exp(-x) (l i_{l-1} + (l+1) i_{l+1}) / (2l+1) - exp(-x) i_l,  i_{-1} -> i_1
+    ls = np.arange(l_max + 1)
+    lower = np.concatenate([bessel[:, :, 1:2], bessel[:, :, : l_max]], axis=2)  # i_{l-1}
+    upper = bessel[:, :, 1 : l_max + 2]  # i_{l+1}
+    dbessel = (ls * lower + (ls + 1) * upper) / (2 * ls + 1) - bessel[:, :, : l_max + 1]
+    dkernel = (2.0 * alpha * (s[None, :, None] - r[:, None, None]) * kernel
+               + gauss * dbessel * 2.0 * alpha * s[None, :, None])  # d kernel / dr
     values = np.zeros((n_grid, n_max, l_max + 1))
     derivs = np.zeros((n_grid, n_max, l_max + 1))
-    # derivative of the kernel in r by central differences of the analytic kernel
-    h = 1e-5
-    xp = 2.0 * alpha * s[None, :] * (r[:, None] + h)
-    xm = 2.0 * alpha * s[None, :] * np.clip(r[:, None] - h, 0.0, None)
-    kp = np.exp(-alpha * (s[None, :] - r[:, None] - h) ** 2)[:, :, None] * scaled_spherical_in(
-        torch.from_numpy(xp), l_max
-    ).numpy()
-    rm = np.clip(r[:, None] - h, 0.0, None)
-    km = np.exp(-alpha * (s[None, :] - rm) ** 2)[:, :, None] * scaled_spherical_in(
-        torch.from_numpy(xm), l_max
-    ).numpy()
-    dr = (r[:, None] + h) - rm  # [grid, 1]
-    kernel = gauss[:, :, None] * bessel  # [grid, q, l]
-    dkernel = (kp - km) / dr[:, :, None]
+    g = s[None, :] ** np.arange(n_max)[:, None] * np.exp(-b[:, None] * s[None, :] ** 2)  # [n, q]
+    overlap = (g * w * s**2) @ g.T  # [n, n]
+    evals, evecs = np.linalg.eigh(overlap)
+    orth = (evecs @ np.diag(evals**-0.5) @ evecs.T) @ g  # [n, q], orthonormal with weight s^2
+    weighted = orth * (w * s**2)[None, :] * 4.0 * math.pi  # [n, q]
     for l in range(l_max + 1):
-        g = s[None, :] ** l * np.exp(-b[:, None] * s[None, :] ** 2)  # [n, q]
-        overlap = (g * w * s**2) @ g.T  # [n, n]
-        evals, evecs = np.linalg.eigh(overlap)
-        inv_sqrt = evecs @ np.diag(evals**-0.5) @ evecs.T
-        orth = inv_sqrt @ g  # [n, q]
-        weighted = orth * (w * s**2)[None, :] * 4.0 * math.pi  # [n, q]
         values[:, :, l] = kernel[:, :, l] @ weighted.T
         derivs[:, :, l] = dkernel[:, :, l] @ weighted.T
     return r, values, derivs
