@@ -17,6 +17,7 @@ from tradens.coupling import (
     coupling_tensors,
     coupling_tensors_torch,
     coupling_tree_coefficients,
+    coupling_tree_tensor,
     coupling_trees,
     enumerate_l_tuples,
     n_coupling_paths,
@@ -286,7 +287,8 @@ def test_coupling_tensor_symmetry_under_label_preserving_permutations():
     u1 = coupling_tensors(ls)
     assert u1.shape[0] == 1
     for perm in itertools.permutations(range(4)):
-        np.testing.assert_allclose(u1, np.transpose(u1, (0,) + tuple(p + 1 for p in perm)), atol=1e-14)
+        axes = (0,) + tuple(p + 1 for p in perm)
+        np.testing.assert_allclose(u1, np.transpose(u1, axes), atol=1e-14)
     # same label but different l: factors do not commute -> no symmetrisation
     u_mixed = coupling_tensors((1, 1, 2, 2), labels=("a", "a", "a", "b"))
     np.testing.assert_allclose(u_mixed, np.swapaxes(u_mixed, 1, 2), atol=1e-14)
@@ -339,7 +341,11 @@ def test_path_counts_match_character_theory():
         for ls in enumerate_l_tuples(nu, l_max):
             cases.append((ls, (0,) * nu))
             cases.append((ls, tuple(range(nu))))
-    cases += [((1, 2, 1, 2), (0, 0, 1, 1)), ((2, 2, 3, 3), (0, 1, 0, 0)), ((1, 1, 2, 2), (0, 0, 0, 1))]
+    cases += [
+        ((1, 2, 1, 2), (0, 0, 1, 1)),
+        ((2, 2, 3, 3), (0, 1, 0, 0)),
+        ((1, 1, 2, 2), (0, 0, 0, 1)),
+    ]
     for ls, labels in cases:
         expected = expected_invariants(ls, labels)
         assert n_coupling_paths(ls, labels=labels) == expected, (ls, labels)
@@ -372,6 +378,37 @@ def test_tree_coefficients_reconstruct_paths():
     assert coupling_trees((2, 2, 2, 2)) == ((0, 2), (1, 2), (2, 2), (3, 2), (4, 2))
     assert coupling_trees((1, 2, 3)) == ((3,),)
     assert coupling_trees((1, 2, 4)) == ()
+
+
+def test_balanced_trees():
+    # balanced trees: orthonormal, invariant, complete, and reconstruct the paths
+    rng = np.random.default_rng(21)
+    R = random_rotation(rng)
+    assert coupling_trees((2, 2, 2, 2), "balanced") == tuple(((L,), (L,)) for L in range(5))
+    assert coupling_trees((1, 2, 3), "balanced") == (((3,), ()),)
+    assert coupling_trees((1, 2, 2, 3, 4), "balanced")[0] == ((1, 1), (1,))
+    for ls, labels in [
+        ((3, 3), None),
+        ((1, 2, 3), None),
+        ((2, 2, 2, 2), None),
+        ((1, 1, 2, 3), (0, 1, 1, 2)),
+        ((1, 2, 2, 3, 3), (0, 0, 0, 1, 1)),
+        ((1, 1, 1, 1, 1), None),
+    ]:
+        trees = coupling_trees(ls, "balanced")
+        assert len(trees) == expected_invariants(ls, range(len(ls)))
+        mats = np.stack([coupling_tree_tensor(ls, t, "balanced") for t in trees])
+        flat = mats.reshape(len(trees), -1)
+        np.testing.assert_allclose(flat @ flat.T, np.eye(len(trees)), atol=1e-13)
+        np.testing.assert_allclose(rotate_tensor(mats, ls, R), mats, atol=1e-12)
+        coeffs, trees2 = coupling_tree_coefficients(ls, labels=labels, scheme="balanced")
+        assert trees2 == trees
+        u = coupling_tensors(ls, labels=labels)
+        np.testing.assert_allclose(np.tensordot(coeffs, mats, axes=1), u, atol=1e-13)
+    with pytest.raises(ValueError, match="scheme"):
+        coupling_trees((1, 1), "random")
+    with pytest.raises(ValueError, match="not a balanced coupling tree"):
+        coupling_tree_tensor((1, 1, 1, 1), ((5,), (5,)), "balanced")
 
 
 def test_enumerate_l_tuples():

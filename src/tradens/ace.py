@@ -41,11 +41,15 @@ Normalisation: the coupling tensors have unit Frobenius norm, so for
 ``nu = 2`` the feature is ``B_{k,(l,l)} = sum_m A_{klm}^2 / sqrt(2l+1)``.
 
 Evaluation does not form the dense ``prod_t (2l_t+1)`` coupling tensors: every
-path is expanded over sequential coupling trees
-(:func:`tradens.coupling.coupling_tree_coefficients`) and evaluated by
-recursive Clebsch-Gordan coupling, one factor at a time, over all atoms and
-channels at once, sharing intermediates between ``l``-tuples with a common
-prefix. Intermediates are ``[atoms, channels, 2L+1]``.
+path is expanded over *balanced* coupling trees
+(:func:`tradens.coupling.coupling_tree_coefficients` with
+``scheme="balanced"``): the first ``ceil(nu/2)`` factors and the remaining ones
+are each coupled to a common degree ``L`` with real Clebsch-Gordan
+coefficients, one factor at a time, over all atoms and channels at once, and
+the two halves are contracted over ``M``. For ``nu <= 4`` this means only pair
+couplings ``A_{l1} x A_{l2} -> L`` (``[atoms, channels, 2L+1]``), which are
+computed once per call and shared by all ``l``-tuples, followed by dot
+products.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from .coupling import (
     PARITIES,
     coupling_tree_coefficients,
     enumerate_l_tuples,
-    real_clebsch_gordan_torch,
+    real_clebsch_gordan,
 )
 
 __all__ = [
@@ -110,8 +114,8 @@ class _Group:
     pattern: tuple[int, ...]  # canonical factor labels (equal k <-> equal label)
     ktuples: np.ndarray  # [nK, nu] int64
     col_ids: tuple[int, ...]  # per factor: id of the distinct channel column ktuples[:, t]
-    trees: tuple[tuple[int, ...], ...]
-    coeffs: np.ndarray  # [P, n_trees]
+    chains: list  # per balanced tree: (left chain key, right chain key)
+    coeffs: np.ndarray  # [P, n_trees], includes the 1/sqrt(2L+1) of the trees
     positions: np.ndarray  # [nK, P] final column of every feature
 
 
@@ -131,6 +135,8 @@ class ProductBasisPlan:
     labels: list[FeatureLabel]
     groups: list[_Group]
     columns: list[np.ndarray]  # distinct channel columns, referenced by _Group.col_ids
+    # (cols, ls, intermediates) of a chain prefix -> degrees L it is coupled to
+    couplings: dict
     _device_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -191,8 +197,7 @@ class ProductBasisPlan:
         columns, inverse = self._tensors(device)
 
         factor_cache: dict = {}  # (col_id, l) -> [N, nK, 2l+1]
-        outer_cache: dict = {}  # (col_ids, ls, Ls) prefix -> [N, nK, a*b]
-        coupled_cache: dict = {}  # (col_ids, ls, Ls) prefix -> [N, nK, 2L+1]
+        chain_cache: dict = {}  # chain key -> [N, nK, 2L+1]
 
         def factor(col_id: int, l: int) -> torch.Tensor:
             key = (col_id, l)
@@ -201,41 +206,46 @@ class ProductBasisPlan:
                 factor_cache[key] = A[:, columns[col_id], l * l : (l + 1) * (l + 1)]
             return factor_cache[key]
 
-        def coupled(g: _Group, t: int, tree: tuple[int, ...]) -> torch.Tensor:
-            """Factors 0..t coupled along tree[:t] -> degree tree[t-1], [N, nK, 2L+1]."""
-            if t == 0:
-                return factor(g.col_ids[0], g.ls[0])
-            key = (g.col_ids[: t + 1], g.ls[: t + 1], tree[:t])
-            if key in coupled_cache:
-                return coupled_cache[key]
-            okey = (g.col_ids[: t + 1], g.ls[: t + 1], tree[: t - 1])
-            prev_l = g.ls[0] if t == 1 else tree[t - 2]
-            if okey not in outer_cache:
-                x = coupled(g, t - 1, tree)  # [N, nK, a]
-                f = factor(g.col_ids[t], g.ls[t])  # [N, nK, b]
-                outer_cache[okey] = (x.unsqueeze(-1) * f.unsqueeze(-2)).flatten(-2)  # [N, nK, a*b]
-            cg = real_clebsch_gordan_torch(prev_l, g.ls[t], tree[t - 1], dtype, device)
-            out = outer_cache[okey] @ cg.reshape(-1, cg.shape[-1])  # [N, nK, 2L+1]
-            coupled_cache[key] = out
-            return out
+        def chain(key) -> torch.Tensor:
+            """Factors of ``key`` coupled sequentially, [N, nK, 2L+1]."""
+            cols, ls, inter = key
+            if len(ls) == 1:
+                return factor(cols[0], ls[0])
+            if key not in chain_cache:
+                prefix = (cols, ls, inter[:-1])
+                degrees = self.couplings[prefix]
+                x = chain((cols[:-1], ls[:-1], inter[:-1]))  # [N, nK, a]
+                f = factor(cols[-1], ls[-1])  # [N, nK, b]
+                outer = (x.unsqueeze(-1) * f.unsqueeze(-2)).flatten(-2)  # [N, nK, a*b]
+                prev_l = ls[0] if len(ls) == 2 else inter[-2]
+                cg = _cg_block(prev_l, ls[-1], degrees, dtype, device)  # [a*b, sum(2L+1)]
+                out = outer @ cg  # [N, nK, sum(2L+1)]
+                pieces = out.split([2 * L + 1 for L in degrees], dim=-1)
+                for L, piece in zip(degrees, pieces):
+                    chain_cache[(cols, ls, inter[:-1] + (L,))] = piece  # [N, nK, 2L+1]
+            return chain_cache[key]
 
         blocks = []
         for gi, g in enumerate(self.groups):
             if g.nu == 1:
                 blocks.append(factor(g.col_ids[0], 0).reshape(n_atoms, -1))  # [N, nK]
                 continue
-            values = []
-            for tree in g.trees:
-                x = coupled(g, g.nu - 2, tree)  # [N, nK, 2l_nu+1]
-                last = factor(g.col_ids[-1], g.ls[-1])  # [N, nK, 2l_nu+1]
-                l_last = g.ls[-1]
-                closing = real_clebsch_gordan_torch(l_last, l_last, 0, dtype, device)[:, :, 0]
-                values.append(((x @ closing) * last).sum(-1))  # [N, nK]
+            values = [(chain(left) * chain(right)).sum(-1) for left, right in g.chains]
             trees_values = torch.stack(values, dim=-1)  # [N, nK, n_trees]
             paths = trees_values @ self._coeffs(gi, dtype, device)  # [N, nK, P]
             blocks.append(paths.reshape(n_atoms, -1))  # [N, nK*P]
         flat = torch.cat(blocks, dim=1)  # [N, n_features], computation order
         return flat.index_select(1, inverse)  # [N, n_features], label order
+
+
+@lru_cache(maxsize=None)
+def _cg_block(
+    l1: int, l2: int, degrees: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Real CG of l1 x l2 -> each L in degrees, [(2l1+1)*(2l2+1), sum(2L+1)]."""
+    n_in = (2 * l1 + 1) * (2 * l2 + 1)
+    blocks = [real_clebsch_gordan(l1, l2, L).reshape(n_in, -1) for L in degrees]
+    return torch.as_tensor(np.concatenate(blocks, axis=1), dtype=dtype, device=device)
 
 
 def _check_A(A: torch.Tensor) -> tuple[int, int, int]:
@@ -345,8 +355,11 @@ def _build_plan(
 
     groups: list[_Group] = []
     raw_labels: list[FeatureLabel] = []
+    couplings: dict = {}
     for nu, ls, pattern, kt in candidates:
-        coeffs, trees = coupling_tree_coefficients(ls, labels=pattern, parity=parity)
+        coeffs, trees = coupling_tree_coefficients(
+            ls, labels=pattern, parity=parity, scheme="balanced"
+        )
         n_paths = coeffs.shape[0]
         if n_paths == 0:
             continue
@@ -358,15 +371,32 @@ def _build_plan(
             k = tuple(int(x) for x in krow)
             raw_labels.extend(FeatureLabel(nu, k, ls, p) for p in range(n_paths))
         positions = np.arange(start, len(raw_labels), dtype=np.int64).reshape(len(kt), n_paths)
+        col_ids = tuple(col_id(kt[:, t]) for t in range(nu))
+        # keep the trees that contribute (symmetrisation removes e.g. odd L of equal pairs)
+        keep = [i for i in range(len(trees)) if np.abs(coeffs[:, i]).max() > 1e-13]
+        h = (nu + 1) // 2
+        chains = []
+        scaled = []
+        for i in keep:
+            left_inter, right_inter = trees[i]
+            L = left_inter[-1] if left_inter else ls[0]
+            left = (col_ids[:h], ls[:h], left_inter)
+            right = (col_ids[h:], ls[h:], right_inter)
+            chains.append((left, right))
+            scaled.append(coeffs[:, i] / math.sqrt(2 * L + 1))
+            for cols, sub_ls, inter in (left, right):
+                for j in range(2, len(sub_ls) + 1):
+                    prefix = (cols[:j], sub_ls[:j], inter[: j - 2])
+                    couplings.setdefault(prefix, set()).add(inter[j - 2])
         groups.append(
             _Group(
                 nu=nu,
                 ls=ls,
                 pattern=pattern,
                 ktuples=kt,
-                col_ids=tuple(col_id(kt[:, t]) for t in range(nu)),
-                trees=trees,
-                coeffs=coeffs,
+                col_ids=col_ids,
+                chains=chains,
+                coeffs=np.stack(scaled, axis=1) if nu > 1 else np.ones((1, 1)),
                 positions=positions,
             )
         )
@@ -390,6 +420,7 @@ def _build_plan(
         labels=labels,
         groups=groups,
         columns=columns,
+        couplings={key: tuple(sorted(v)) for key, v in couplings.items()},
     )
 
 

@@ -75,6 +75,7 @@ __all__ = [
     "coupling_tensors",
     "coupling_tensors_torch",
     "coupling_tree_coefficients",
+    "coupling_tree_tensor",
     "enumerate_l_tuples",
     "canonical_labels",
     "n_coupling_paths",
@@ -268,7 +269,9 @@ def _real_cg_cached(l1: int, l2: int, L: int) -> np.ndarray:
         out = np.zeros(shape)
         out.flags.writeable = False
         return out
-    u1, u2, uL = _complex_to_real_cached(l1), _complex_to_real_cached(l2), _complex_to_real_cached(L)
+    u1 = _complex_to_real_cached(l1)
+    u2 = _complex_to_real_cached(l2)
+    uL = _complex_to_real_cached(L)
     c = _complex_cg_cached(l1, l2, L)
     # A_c = U^H A_r for the inputs; B_r = U_L B_c for the output:
     # C_r[a, b, M] = sum U_L[M, mu] C[mu1, mu2, mu] conj(U1[a, mu1]) conj(U2[b, mu2])
@@ -466,25 +469,44 @@ def _coupling_trees_cached(ls: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     return tuple(trees)
 
 
-def coupling_trees(ls: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-    """Sequential coupling trees of an ``l``-tuple.
+def coupling_trees(ls: Sequence[int], scheme: str = "sequential") -> tuple:
+    """Coupling trees of an ``l``-tuple.
 
-    A tree is the tuple of intermediate degrees ``(L_1, ..., L_{nu-2})`` of
-    ``l_1 x l_2 -> L_1``, ``L_1 x l_3 -> L_2``, ..., ``L_{nu-2} x l_nu -> 0``
-    (so ``L_{nu-2} = l_nu``). For ``nu <= 2`` the only tree is ``()``
-    (present if the tuple admits an invariant). The trees enumerate an
-    orthonormal basis of the invariants of ``V_{l_1} x ... x V_{l_nu}``.
+    Each family enumerates an orthonormal basis (via
+    :func:`coupling_tree_tensor`) of all SO(3) invariants of
+    ``V_{l_1} x ... x V_{l_nu}``.
+
+    ``scheme="sequential"``: a tree is the tuple of intermediate degrees
+    ``(L_1, ..., L_{nu-2})`` of ``l_1 x l_2 -> L_1``, ``L_1 x l_3 -> L_2``,
+    ..., closed by ``L_{nu-2} x l_nu -> 0`` (so ``L_{nu-2} = l_nu``) with
+    ``real_clebsch_gordan(l_nu, l_nu, 0)[:, :, 0]``. For ``nu <= 2`` the only
+    tree is ``()`` (present if the tuple admits an invariant).
+
+    ``scheme="balanced"``: the factors are split into a left half
+    ``l_1..l_h`` (``h = ceil(nu/2)``) and a right half; each half is coupled
+    sequentially to a common degree ``L`` and the two are contracted,
+    ``sum_M X^left_M X^right_M / sqrt(2L+1)``. A tree is
+    ``(left_intermediates, right_intermediates)``, each the degrees after
+    coupling 2, 3, ... factors of its half (the last one is ``L``; empty for a
+    single factor). For ``nu <= 4`` every tree is then a dot product of two
+    pair couplings, which makes evaluation cheap.
 
     Parameters
     ----------
     ls : sequence of int
         Degrees, any order.
+    scheme : {"sequential", "balanced"}
 
     Returns
     -------
-    tuple of tuple of int
+    tuple of trees
     """
-    return _coupling_trees_cached(_check_ls(ls))
+    ls = _check_ls(ls)
+    if scheme == "sequential":
+        return _coupling_trees_cached(ls)
+    if scheme == "balanced":
+        return _balanced_trees_cached(ls)
+    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
 @lru_cache(maxsize=None)
@@ -661,31 +683,140 @@ def coupling_tensors(
     return _reduced_cached(ls, labs, parity)[0]
 
 
+SCHEMES = ("sequential", "balanced")
+
+
+def _chains(ls: tuple[int, ...]) -> list[tuple[tuple[int, ...], int]]:
+    """All sequential couplings of ``ls``: (intermediate degrees, final degree).
+
+    The intermediates are the degrees after coupling 2, 3, ..., n factors
+    (so the last one is the final degree); empty for a single factor. An empty
+    ``ls`` is the trivial chain of degree 0.
+    """
+    if len(ls) == 0:
+        return [((), 0)]
+    out = [((), ls[0])]
+    for l in ls[1:]:
+        out = [
+            (inter + (L,), L)
+            for inter, current in out
+            for L in range(abs(current - l), current + l + 1)
+        ]
+    return out
+
+
+def _chain_tensor(ls: tuple[int, ...], inter: tuple[int, ...]) -> np.ndarray:
+    """Sequential CG chain, ``[2l_1+1, ..., 2l_n+1, 2L+1]``; ``[1]`` for an empty chain."""
+    if len(ls) == 0:
+        return np.ones((1,))
+    t = np.eye(2 * ls[0] + 1)  # [m1, M]
+    current = ls[0]
+    for l, L in zip(ls[1:], inter):
+        t = np.einsum("...a,abc->...bc", t, _real_cg_cached(current, l, L))  # [..., m, M']
+        current = L
+    return t
+
+
+@lru_cache(maxsize=None)
+def _balanced_trees_cached(
+    ls: tuple[int, ...],
+) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    h = (len(ls) + 1) // 2
+    right = _chains(ls[h:])
+    trees = []
+    for left_inter, left_L in _chains(ls[:h]):
+        for right_inter, right_L in right:
+            if left_L == right_L:
+                trees.append((left_inter, right_inter))
+    return tuple(trees)
+
+
+def _balanced_degree(ls: tuple[int, ...], tree) -> int:
+    left_inter = tree[0]
+    return left_inter[-1] if left_inter else ls[0]
+
+
+@lru_cache(maxsize=None)
+def _balanced_tree_tensor(ls: tuple[int, ...], tree) -> np.ndarray:
+    """Unit-norm tensor of a balanced tree, ``[2l_1+1, ..., 2l_nu+1]``."""
+    h = (len(ls) + 1) // 2
+    left = _chain_tensor(ls[:h], tree[0])  # [m_1..m_h, M]
+    right = _chain_tensor(ls[h:], tree[1])  # [m_{h+1}..m_nu, M]
+    L = _balanced_degree(ls, tree)
+    t = np.tensordot(left, right, axes=([-1], [-1])) / math.sqrt(2 * L + 1)
+    return t.reshape(tuple(2 * l + 1 for l in ls))
+
+
+@lru_cache(maxsize=None)
+def _balanced_coeffs_cached(ls, labs, parity) -> tuple[np.ndarray, tuple]:
+    paths = _reduced_cached(ls, labs, parity)[0]
+    trees = _balanced_trees_cached(ls)
+    n_paths = paths.shape[0]
+    if n_paths == 0 or not trees:
+        coeffs = np.zeros((n_paths, len(trees)))
+    else:
+        tree_mat = np.stack([_balanced_tree_tensor(ls, t).reshape(-1) for t in trees])
+        flat = paths.reshape(n_paths, -1)  # [P, prod dims]
+        coeffs = flat @ tree_mat.T  # [P, n_trees], trees are orthonormal
+        resid = np.abs(coeffs @ tree_mat - flat).max()
+        if resid > 1e-10:  # pragma: no cover - numerical safeguard
+            raise RuntimeError(f"balanced trees do not span the paths of {ls} ({resid:.2e})")
+    coeffs.flags.writeable = False
+    return coeffs, trees
+
+
+def coupling_tree_tensor(ls: Sequence[int], tree, scheme: str = "sequential") -> np.ndarray:
+    """Dense, unit-norm tensor ``[2l_1+1, ..., 2l_nu+1]`` of one coupling tree.
+
+    See :func:`coupling_trees` for the tree formats.
+    """
+    ls = _check_ls(ls)
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    trees = coupling_trees(ls, scheme)
+    tree = tuple(tuple(x) for x in tree) if scheme == "balanced" else tuple(tree)
+    if tree not in trees:
+        raise ValueError(f"{tree!r} is not a {scheme} coupling tree of {ls}")
+    if scheme == "balanced":
+        return _balanced_tree_tensor(ls, tree)
+    return _tree_tensor(ls, tree)
+
+
 def coupling_tree_coefficients(
     ls: Sequence[int],
     labels: Sequence | None = None,
     parity: str = "all",
     symmetrize: bool = True,
-) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
-    """Expansion of the coupling tensors over the coupling trees.
+    scheme: str = "sequential",
+) -> tuple[np.ndarray, tuple]:
+    """Expansion of the coupling tensors over coupling trees.
 
     ``coupling_tensors(ls, ...)[p] = sum_t coeffs[p, t] * T_t`` where ``T_t``
-    is the (orthonormal) tensor of tree ``trees[t]``: real CG couplings
-    ``l_1 x l_2 -> L_1 -> ... -> L_{nu-2} = l_nu``, closed with
-    ``real_clebsch_gordan(l_nu, l_nu, 0)[:, :, 0]``. This lets the product
-    basis be evaluated by recursive coupling, without forming the dense
-    ``prod_t (2l_t+1)`` tensors.
+    is the (orthonormal, see :func:`coupling_tree_tensor`) tensor of tree
+    ``trees[t]``. This lets the product basis be evaluated by recursive
+    coupling, without forming the dense ``prod_t (2l_t+1)`` tensors.
+
+    Parameters
+    ----------
+    ls, labels, parity, symmetrize
+        As :func:`coupling_tensors`.
+    scheme : {"sequential", "balanced"}
+        Tree family, see :func:`coupling_trees`.
 
     Returns
     -------
     coeffs : numpy.ndarray
         ``[n_paths, n_trees]`` float64 (read-only).
-    trees : tuple of tuple of int
-        As :func:`coupling_trees`.
+    trees : tuple
+        As :func:`coupling_trees` with the same ``scheme``.
     """
     ls, labs, parity = _prepare(ls, labels, parity, symmetrize)
-    _, coeffs, trees = _reduced_cached(ls, labs, parity)
-    return coeffs, trees
+    if scheme == "sequential":
+        _, coeffs, trees = _reduced_cached(ls, labs, parity)
+        return coeffs, trees
+    if scheme == "balanced":
+        return _balanced_coeffs_cached(ls, labs, parity)
+    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
 def n_coupling_paths(
