@@ -297,3 +297,28 @@ def test_dtype_plan_and_errors():
         ace_product_basis(torch.zeros(3, 2, 9, dtype=torch.long), 2, 2)
     with pytest.raises(ValueError, match="channels"):
         plan(random_A(3, 3, 2))
+
+
+def test_double_backward():
+    # forces-in-the-loss training needs second derivatives
+    A = random_A(2, 2, 2, seed=15).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(
+        lambda a: ace_product_basis(a, 4, [0, 2, 1, 1])[0], (A,), eps=1e-6, atol=1e-7
+    )
+
+
+def test_nu5_general_trees():
+    # nu = 5 uses balanced trees with a 3 + 2 split (chains with an intermediate degree)
+    lmax = [0, 2, 2, 2, 1]
+    A = random_A(6, 2, 2, seed=16)
+    for mode in ("diagonal", "full"):
+        B, labels = ace_product_basis(A, 5, lmax, mode=mode)
+        nu5 = [i for i, lab in enumerate(labels) if lab.nu == 5]
+        assert len(nu5) > 0
+        A_np = A.numpy()
+        for col in nu5:
+            ref = brute_force_feature(A_np, labels[col], "all")
+            np.testing.assert_allclose(B[:, col].numpy(), ref, rtol=1e-12, atol=1e-12)
+        R = random_rotation(np.random.default_rng(17))
+        B_rot, _ = ace_product_basis(rotate_A(A, R), 5, lmax, mode=mode)
+        torch.testing.assert_close(B_rot, B, rtol=1e-11, atol=1e-11)

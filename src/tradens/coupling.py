@@ -275,7 +275,9 @@ def _real_cg_cached(l1: int, l2: int, L: int) -> np.ndarray:
     c = _complex_cg_cached(l1, l2, L)
     # A_c = U^H A_r for the inputs; B_r = U_L B_c for the output:
     # C_r[a, b, M] = sum U_L[M, mu] C[mu1, mu2, mu] conj(U1[a, mu1]) conj(U2[b, mu2])
-    cr = np.einsum("Mz,xyz,ax,by->abM", uL, c, u1.conj(), u2.conj())  # [2l1+1, 2l2+1, 2L+1]
+    cr = np.einsum(
+        "Mz,xyz,ax,by->abM", uL, c, u1.conj(), u2.conj(), optimize=True
+    )  # [2l1+1, 2l2+1, 2L+1]
     re, im = np.abs(cr.real).max(), np.abs(cr.imag).max()
     if im > 1e-12 and re > 1e-12:  # pragma: no cover - would be a convention bug
         raise RuntimeError(f"real CG ({l1},{l2},{L}) is not real up to a global phase")
