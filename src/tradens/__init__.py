@@ -5,6 +5,7 @@ regression and analysis. See ``docs/theory.md`` for the equations.
 """
 
 from ._version import __version__
+from .ace_features import ACE, AceHypers
 from .features import Features
 from .hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers, from_dict, to_dict
 from .soap import SOAP
@@ -12,6 +13,8 @@ from .systems import Batch, System, as_batch
 
 __all__ = [
     "__version__",
+    "ACE",
+    "AceHypers",
     "Batch",
     "Cutoff",
     "Density",
