@@ -1,0 +1,262 @@
+"""File helpers shared by the command line and the analysis tools.
+
+* Atomic writes: every output goes to a temporary file in the destination
+  directory and is moved into place with :func:`os.replace` only once it is
+  complete, so an error or Ctrl-C never leaves a partial file behind (and an
+  existing file is untouched until the new one is whole).
+* Hypers from YAML or JSON files.
+* Structures from any ASE-readable file, with one-line error messages.
+* Feature files (``.npz``, HDF5, metatensor) written and read back.
+
+This module is private: its names may change without notice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FEATURE_FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; move it onto ``path`` on success.
+
+    The temporary name ends with the destination's file name, so writers that
+    look at the suffix (``.json.gz``, ``.png``, ``.xyz``) behave as for the
+    real name. On any exception, ``KeyboardInterrupt`` included, the temporary
+    file is removed and the destination is left as it was.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with atomic_path(os.path.join(d, "a.txt")) as tmp:
+    ...     _ = open(tmp, "w").write("done")
+    >>> open(os.path.join(d, "a.txt")).read()
+    'done'
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"output directory {str(directory)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tradens-tmp-", suffix="-" + path.name)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w"):
+    """Open a temporary file for writing that replaces ``path`` when closed without error."""
+    if not mode.startswith("w"):
+        raise ValueError(f"atomic_open is for writing ('w' or 'wb'), got mode {mode!r}")
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_open(path, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+
+
+# --------------------------------------------------------------------------- hypers
+def read_hypers(path: str | os.PathLike) -> dict:
+    """Read a hypers dict from a YAML (``.yaml``/``.yml``) or JSON file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it cannot be parsed or does not contain a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"hypers file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"cannot parse hypers file {str(path)!r}: {first}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"hypers file {str(path)!r} must contain a mapping, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- structures
+def read_frames(path: str | os.PathLike, index: str = ":", format: str | None = None) -> list:
+    """Read structures with :func:`ase.io.read`; errors become one-line ``ValueError``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Any ASE-readable file (extended XYZ, POSCAR, CIF, ...).
+    index : str
+        ASE index string, e.g. ``":"`` (all), ``"0:10"``, ``"-1"``.
+    format : str, optional
+        ASE format name; guessed from the file name by default.
+    """
+    import ase.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist")
+    try:
+        frames = ase.io.read(str(path), index=index, format=format)
+    except Exception as error:  # ASE raises many exception types for bad files
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot read structures from {str(path)!r}: {message}") from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise ValueError(f"no structures in {str(path)!r} (index {index!r})")
+    return frames
+
+
+def write_frames(path: str | os.PathLike, frames: list) -> None:
+    """Write structures as extended XYZ, atomically."""
+    import ase.io
+
+    with atomic_path(path) as tmp:
+        ase.io.write(tmp, frames, format="extxyz")
+
+
+# --------------------------------------------------------------------------- features
+def feature_format(path: str | os.PathLike) -> str:
+    """``"npz"``, ``"hdf5"`` or ``"metatensor"`` from a file name."""
+    name = str(path).lower()
+    if name.endswith(".npz"):
+        return "npz"
+    if name.endswith((".h5", ".hdf5")):
+        return "hdf5"
+    if name.endswith(".mts"):
+        return "metatensor"
+    raise ValueError(f"unknown feature file type {str(path)!r}: use .npz, .h5/.hdf5 or .mts (metatensor)")
+
+
+def write_features(path: str | os.PathLike, features, hypers: dict | None = None) -> str:
+    """Write :class:`~tradens.Features` atomically; the format follows the suffix.
+
+    ``.npz`` holds ``values [row, feature]``, ``structure``, ``center``,
+    ``numbers`` ``[row]``, ``names [feature]``, ``labels_<key> [feature]``
+    and ``hypers`` (a JSON string). ``.h5``/``.hdf5`` (h5py) holds the same
+    datasets with ``hypers`` as a file attribute. ``.mts`` is a metatensor
+    ``TensorMap`` with one block: samples ``(system, atom)``, properties
+    ``(feature,)``; its hypers go beside it to ``<name>.hypers.json``.
+
+    Returns
+    -------
+    str
+        The format written.
+    """
+    kind = feature_format(path)
+    features = features.numpy()
+    hypers_json = json.dumps(hypers if hypers is not None else {})
+    arrays = {
+        "values": features.values,
+        "structure": features.structure.astype(np.int64),
+        "center": features.center.astype(np.int64),
+        "numbers": features.numbers.astype(np.int64),
+        "names": np.asarray(features.names, dtype=str),
+    }
+    for key, value in features.labels.items():
+        arrays[f"labels_{key}"] = np.asarray(value)
+    if kind == "npz":
+        with atomic_open(path, "wb") as handle:
+            np.savez(handle, hypers=np.asarray(hypers_json),
+                     format_version=np.asarray(FEATURE_FORMAT_VERSION), **arrays)
+    elif kind == "hdf5":
+        h5py = _optional("h5py", "HDF5 output", "pip install h5py")
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as handle:
+                for key, value in arrays.items():
+                    data = value.astype("S") if value.dtype.kind == "U" else value
+                    handle.create_dataset(key, data=data)
+                handle.attrs["hypers"] = hypers_json
+                handle.attrs["format_version"] = FEATURE_FORMAT_VERSION
+    else:
+        _write_tensormap(path, features, hypers_json)
+    return kind
+
+
+def _write_tensormap(path, features, hypers_json: str) -> None:
+    metatensor = _optional("metatensor", "metatensor output", "pip install metatensor")
+    samples = metatensor.Labels(["system", "atom"],
+                                np.stack([features.structure, features.center], axis=1).astype(np.int32))
+    properties = metatensor.Labels(["feature"], np.arange(features.values.shape[1], dtype=np.int32)[:, None])
+    block = metatensor.TensorBlock(values=np.ascontiguousarray(features.values), samples=samples,
+                                   components=[], properties=properties)
+    tensor = metatensor.TensorMap(metatensor.Labels.single(), [block])
+    with atomic_path(path) as tmp:
+        metatensor.save(tmp, tensor)
+    write_json(str(path) + ".hypers.json", json.loads(hypers_json))
+
+
+def read_features(path: str | os.PathLike):
+    """Read a ``.npz`` or HDF5 feature file written by :func:`write_features`.
+
+    Returns
+    -------
+    features : tradens.Features
+        Per-row values with ``structure``, ``center``, ``numbers``.
+    hypers : dict
+        The hypers stored with them (empty if none).
+    """
+    from .features import Features
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file {str(path)!r} does not exist")
+    kind = feature_format(path)
+    if kind == "metatensor":
+        raise ValueError(f"reading metatensor files is not supported here: {str(path)!r}; use .npz or .h5")
+    try:
+        if kind == "npz":
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            hypers = json.loads(str(arrays.pop("hypers", "{}")))
+        else:
+            h5py = _optional("h5py", "HDF5 input", "pip install h5py")
+            with h5py.File(path, "r") as handle:
+                arrays = {key: handle[key][()] for key in handle.keys()}
+                hypers = json.loads(handle.attrs.get("hypers", "{}"))
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"cannot read feature file {str(path)!r}: {error}") from None
+    missing = {"values", "structure", "center", "numbers"} - set(arrays)
+    if missing:
+        raise ValueError(f"feature file {str(path)!r} lacks {sorted(missing)}")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in arrays.get("names", [])]
+    labels = {key[len("labels_"):]: value for key, value in arrays.items() if key.startswith("labels_")}
+    features = Features(np.asarray(arrays["values"]), np.asarray(arrays["structure"]),
+                        np.asarray(arrays["center"]), np.asarray(arrays["numbers"]), labels, names)
+    return features, hypers
+
+
+def _optional(module: str, what: str, hint: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{what} needs the optional package {module!r} ({hint})") from None
