@@ -271,6 +271,9 @@ def test_dtype_plan_and_errors():
     assert plan is ace_product_basis_plan(2, 3, (0, 2, 2))
     assert plan.n_features == len(labels) and plan.l_max == 2
     torch.testing.assert_close(plan(A), B, rtol=0, atol=0)
+    # no atoms
+    B0, _ = ace_product_basis(A[:0], 3, [0, 2, 2])
+    assert B0.shape == (0, len(labels))
     # an int l_max applies to every order; A with a larger l_max is fine
     B_int, _ = ace_product_basis(random_A(3, 2, 3, seed=14), 3, 2)
     assert B_int.shape[1] == len(labels)

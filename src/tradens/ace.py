@@ -228,12 +228,12 @@ class ProductBasisPlan:
         blocks = []
         for gi, g in enumerate(self.groups):
             if g.nu == 1:
-                blocks.append(factor(g.col_ids[0], 0).reshape(n_atoms, -1))  # [N, nK]
+                blocks.append(factor(g.col_ids[0], 0).flatten(1))  # [N, nK]
                 continue
             values = [(chain(left) * chain(right)).sum(-1) for left, right in g.chains]
             trees_values = torch.stack(values, dim=-1)  # [N, nK, n_trees]
             paths = trees_values @ self._coeffs(gi, dtype, device)  # [N, nK, P]
-            blocks.append(paths.reshape(n_atoms, -1))  # [N, nK*P]
+            blocks.append(paths.flatten(1))  # [N, nK*P]
         flat = torch.cat(blocks, dim=1)  # [N, n_features], computation order
         return flat.index_select(1, inverse)  # [N, n_features], label order
 
