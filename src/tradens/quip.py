@@ -222,10 +222,11 @@ class Descriptor:
         atoms : ase.Atoms
             Periodic or not; not modified.
         grad : bool
-            Gradients are not available yet through this interface.
+            Also return ``"grad_data" [row, 3, d]`` and ``"grad_index_0based"
+            [row, 2]`` in quippy's layout (see :meth:`_gradients`).
         """
         if grad:
-            raise NotImplementedError("grad=True is not implemented in tradens.quip yet")
+            return self._gradients(atoms)
         batch = as_batch(atoms)
         with torch.no_grad():
             values, rows = self.soap.forward(batch)
@@ -236,4 +237,56 @@ class Descriptor:
             "ci": (centers + 1).astype(np.int32),
             "has_data": np.ones(data.shape[0], dtype=np.int64),
             "covariance_cutoff": np.ones(data.shape[0]),
+        }
+
+    def _gradients(self, atoms) -> dict:
+        """``calc(atoms, grad=True)``: quippy-ase 0.10.3's gradient layout.
+
+        Rows are grouped by centre (in atom order); each group is the centre row
+        (``j = i``, minus the sum of the others) followed by one row per
+        neighbour image within the cutoff, in quippy's neighbour order
+        (:mod:`tradens._quip_order`). Row ``(i, j)`` holds ``d X_i / d r_ij`` of
+        the normalised vector; ``j = -1`` marks a neighbour whose element is not
+        in ``species_Z`` (zero here; quippy leaves those rows uninitialised).
+        ``average=T`` is not supported.
+        """
+        from ._quip_order import quip_pair_order
+        from .gradients import descriptor_gradients
+
+        if self.soap.hypers.average:
+            raise NotImplementedError("grad=True with average=T is not supported by tradens.quip")
+        batch = as_batch(atoms)
+        result = descriptor_gradients(self.soap, batch, strain=False, images=True)
+        rows = result.rows.numpy()  # centre atom of each row
+        entry_row, entry_atom = result.index[:, 0].numpy(), result.index[:, 1].numpy()
+        shifts = result.shifts.numpy()
+        centre = rows[entry_row]  # [entry]
+        is_image = np.ones(entry_row.shape[0], dtype=bool)
+        starts = np.searchsorted(entry_row, np.arange(rows.shape[0]))
+        is_image[starts] = False  # the first entry of every row is its centre
+        images = np.nonzero(is_image)[0]
+        positions, cell = atoms.get_positions(), np.asarray(atoms.get_cell()[:])
+        order = quip_pair_order(positions, cell, atoms.get_pbc(), centre[images], entry_atom[images],
+                                shifts[images], self.soap.hypers.cutoff.radius)
+        rank = np.zeros(entry_row.shape[0], dtype=np.int64)
+        rank[images[order]] = np.arange(1, images.shape[0] + 1)
+        permutation = np.lexsort((rank, entry_row))  # per row: centre first, then quippy's order
+        known = self.soap.species_map(batch.numbers).numpy()[entry_atom] >= 0
+        neighbour = np.where(known | ~is_image, entry_atom, -1)[permutation]
+        image_positions = positions[entry_atom] + shifts @ cell  # [entry, 3]
+        image_positions[is_image & ~known] = 0.0
+        data = result.values.numpy()
+        counts = np.bincount(entry_row, minlength=rows.shape[0])
+        split = np.cumsum(counts)[:-1]
+        return {
+            "data": data,
+            "ci": (rows + 1).astype(np.int32),
+            "has_data": np.ones(data.shape[0], dtype=np.int64),
+            "covariance_cutoff": np.ones(data.shape[0]),
+            "grad_data": result.positions.numpy()[permutation],
+            "grad_index_0based": np.stack([centre[permutation], neighbour], axis=1).astype(np.int32),
+            "pos": image_positions[permutation],
+            "grad_covariance_cutoff": np.zeros((entry_row.shape[0], 3)),
+            "ii": [(part + 1).astype(np.int32) for part in np.split(neighbour, split)],
+            "has_grad_data": [np.ones(n, dtype=np.int32) for n in counts],
         }

@@ -1,0 +1,435 @@
+"""Gradients of representations: forces, stress and descriptor Jacobians.
+
+Units are Å for lengths and, for a model, whatever unit the model's energies
+have (eV in practice): forces in eV/Å, stress in eV/Å^3.
+
+Strain convention
+-----------------
+A strain ``eps [structure, 3, 3]`` (symmetrised, ``eps = (e + e^T) / 2``) acts
+on the row-vector positions and cell vectors of its structure,
+
+    positions' = positions (1 + eps),    cells' = cells (1 + eps),
+
+so every pair vector becomes ``r' = r (1 + eps)`` and, for any invariant ``X``,
+``dX/d eps_ab = sum_p r_pa dX/dr_pb`` (sum over the pair vectors of the
+environment). ASE's stress is ``(1/V) dE/d eps``; the virial is ``-dE/d eps``.
+
+Three entry points
+------------------
+:func:`energy_forces_stress`
+    For a model ``E = sum_rows f(X_row)`` (any differentiable ``f``): energies,
+    forces ``-dE/dx`` and stress in one reverse-mode pass per batch of
+    structures (a vector-Jacobian product; the Jacobian is never formed).
+    Works for any representation module whose ``forward(batch, positions,
+    cells)`` returns ``(values, rows)``; with ``create_graph=True`` the forces
+    can be differentiated again (force matching, learnable mixing weights).
+:func:`descriptor_gradients`
+    Sparse descriptor Jacobians: ``dX_row / dx_atom`` for every centre and every
+    atom of its environment (``[entry, 3, feature]`` with an ``[entry, 2]``
+    index), optionally image-resolved (``dX_i / dr_ij`` per neighbour image, the
+    layout of GAP), and strain derivatives ``[row, 3, 3, feature]``.
+    :class:`~tradens.soap.SOAP` uses an analytic chain rule through the power
+    spectrum, in chunks of pairs (``method="pair"``); any other module gets
+    forward-mode autograd over a distance-2 colouring of the atoms
+    (``method="jvp"``, ``3 * colours + 9`` Jacobian-vector products).
+:func:`apply_strain`
+    The strained positions and cells used by both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .neighbors import neighbor_list
+from .systems import Batch, as_batch
+
+__all__ = [
+    "DescriptorGradients",
+    "ModelOutput",
+    "apply_strain",
+    "descriptor_gradients",
+    "energy_forces_stress",
+]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class ModelOutput:
+    """Energies, forces and stress of a batch of structures.
+
+    Attributes
+    ----------
+    energy : array ``[structure]``
+        Model energies (sum of the per-row energies of each structure).
+    forces : array ``[atom, 3]``
+        ``-dE/dx`` (eV/Å), atoms of all structures concatenated.
+    virial : array ``[structure, 3, 3]``
+        ``-dE/d eps`` (eV), defined for every structure.
+    stress : array ``[structure, 3, 3]``
+        ``(1/V) dE/d eps`` (eV/Å^3, ASE sign); NaN for structures that are not
+        periodic in all three directions.
+    structure : array ``[atom]``
+        Structure index of every atom.
+    """
+
+    energy: np.ndarray | torch.Tensor
+    forces: np.ndarray | torch.Tensor
+    virial: np.ndarray | torch.Tensor
+    stress: np.ndarray | torch.Tensor
+    structure: np.ndarray | torch.Tensor
+
+
+@dataclass
+class DescriptorGradients:
+    """Sparse Jacobians of per-centre features.
+
+    Attributes
+    ----------
+    values : Tensor ``[row, feature]``
+        The features.
+    rows : Tensor ``[row]``
+        Centre atom of every row (batch index), or the structure for averaged
+        features.
+    positions : Tensor ``[entry, 3, feature]``
+        ``positions[e, a, f] = d values[index[e, 0], f] / d x[index[e, 1], a]``.
+        With ``images=True`` the entries are per neighbour image instead:
+        ``d values[row] / d r_ij`` (``shifts`` tells the image) plus, first in
+        each row, the centre entry ``-sum`` of the row's image entries.
+    index : Tensor ``[entry, 2]``
+        ``(row, atom)``, sorted by row. Summing the entries of equal
+        ``(row, atom)`` gives the total derivative in both layouts.
+    shifts : Tensor ``[entry, 3]`` or None
+        Integer cell shift of each image entry (``images=True`` only).
+    strain : Tensor ``[row, 3, 3, feature]`` or None
+        ``d values[row] / d eps`` (see the module docstring).
+    """
+
+    values: torch.Tensor
+    rows: torch.Tensor
+    positions: torch.Tensor
+    index: torch.Tensor
+    shifts: torch.Tensor | None = None
+    strain: torch.Tensor | None = None
+
+    def dense(self, n_atoms: int) -> torch.Tensor:
+        """Dense ``[row, atom, 3, feature]`` Jacobian (small systems only)."""
+        out = torch.zeros(self.values.shape[0] * n_atoms, 3, self.values.shape[1],
+                          dtype=self.positions.dtype, device=self.positions.device)
+        out.index_add_(0, self.index[:, 0] * n_atoms + self.index[:, 1].clamp(min=0),
+                       self.positions * (self.index[:, 1] >= 0).to(self.positions.dtype)[:, None, None])
+        return out.reshape(self.values.shape[0], n_atoms, 3, -1)
+
+
+# ----------------------------------------------------------------------------- strain
+
+
+def apply_strain(batch: Batch, strain: torch.Tensor, positions: torch.Tensor | None = None,
+                 cells: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strained positions ``[atom, 3]`` and cells ``[structure, 3, 3]``.
+
+    Parameters
+    ----------
+    batch : Batch
+        The structures.
+    strain : Tensor ``[structure, 3, 3]``
+        Strain (symmetrised here); zero gives back the inputs, with autograd
+        reaching ``strain``.
+    positions, cells : Tensor, optional
+        Replacements for the batch's positions and cells.
+    """
+    positions = batch.positions if positions is None else positions
+    cells = batch.cells if cells is None else cells
+    if strain.shape != (batch.n_structures, 3, 3):
+        raise ValueError(f"strain must have shape [{batch.n_structures}, 3, 3], got {tuple(strain.shape)}")
+    eps = 0.5 * (strain + strain.transpose(1, 2))  # [structure, 3, 3]
+    new_positions = positions + torch.einsum("pa,pab->pb", positions, eps[batch.structure])  # [atom, 3]
+    new_cells = cells + torch.bmm(cells, eps)  # [structure, 3, 3]
+    return new_positions, new_cells
+
+
+def _row_structure(representation, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
+    """Structure index of every row: rows are atoms, or structures when averaged."""
+    if _averaged(representation):
+        return rows
+    return batch.structure[rows]
+
+
+def _averaged(representation) -> bool:
+    hypers = getattr(representation, "hypers", None)
+    return bool(getattr(hypers, "average", False))
+
+
+def _batches(systems, batch_size: int, dtype, device):
+    if isinstance(systems, Batch):
+        yield systems
+        return
+    from .systems import _as_frames
+
+    frames = _as_frames(systems)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(frames), batch_size):
+        yield as_batch(frames[start:start + batch_size], dtype=dtype, device=device)
+
+
+# ----------------------------------------------------------------------------- model path
+
+
+def energy_forces_stress(representation, model_fn, systems, *, batch_size: int = 16,
+                         dtype: torch.dtype | None = None, device=None, create_graph: bool = False,
+                         output: str = "numpy") -> ModelOutput:
+    """Energies, forces and stress of ``E = sum_rows model_fn(X)`` by one backward pass.
+
+    Parameters
+    ----------
+    representation : torch.nn.Module
+        Anything with ``forward(batch, positions, cells) -> (values [row, F], rows)``
+        (:class:`~tradens.soap.SOAP`, ACE, ...).
+    model_fn : callable
+        ``model_fn(values [row, F], numbers [row]) -> energies [row]`` (eV), with
+        ``numbers`` the atomic number of each row's centre (0 for averaged rows).
+    systems : ase.Atoms, list of structures, or Batch
+        The structures (never modified).
+    batch_size : int
+        Structures per backward pass.
+    dtype, device : optional
+        Floating dtype (float64 default) and device.
+    create_graph : bool
+        Keep the graph so that forces and stress can be differentiated again
+        (e.g. a force loss with respect to model or mixing weights). Needs
+        ``output="torch"``.
+    output : {"numpy", "torch"}
+        Array type of the result.
+
+    Returns
+    -------
+    ModelOutput
+        ``energy [structure]``, ``forces [atom, 3]``, ``virial`` and ``stress``
+        ``[structure, 3, 3]`` (stress NaN unless periodic in all directions).
+    """
+    if output not in ("numpy", "torch"):
+        raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+    if create_graph and output != "torch":
+        raise ValueError("create_graph=True needs output='torch' (numpy arrays carry no graph)")
+    parts: dict[str, list] = {"energy": [], "forces": [], "virial": [], "stress": [], "structure": []}
+    offset = 0
+    for batch in _batches(systems, batch_size, dtype, device):
+        positions = batch.positions.detach().clone().requires_grad_(True)  # [atom, 3]
+        strain = torch.zeros_like(batch.cells, requires_grad=True)  # [structure, 3, 3]
+        new_positions, new_cells = apply_strain(batch, strain, positions=positions, cells=batch.cells.detach())
+        values, rows = representation(batch, new_positions, new_cells)
+        numbers = torch.zeros_like(rows) if _averaged(representation) else batch.numbers[rows]
+        per_row = model_fn(values, numbers).reshape(-1)  # [row]
+        if per_row.shape[0] != values.shape[0]:
+            raise ValueError(f"model_fn must return one energy per row ({values.shape[0]}), "
+                             f"got {per_row.shape[0]}")
+        structure_of_row = _row_structure(representation, batch, rows)
+        energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=per_row.device)
+        energy = energy.index_add(0, structure_of_row, per_row)  # [structure]
+        d_positions, d_strain = torch.autograd.grad(energy.sum(), [positions, strain],
+                                                    create_graph=create_graph, allow_unused=True)
+        if d_positions is None:
+            d_positions = torch.zeros_like(positions)
+        if d_strain is None:
+            d_strain = torch.zeros_like(strain)
+        volume = torch.linalg.det(batch.cells.detach()).abs()  # [structure]
+        periodic = batch.pbc.all(dim=1)
+        safe = torch.where(periodic, volume, torch.ones_like(volume))
+        stress = torch.where(periodic[:, None, None], d_strain / safe[:, None, None],
+                             torch.full_like(d_strain, math.nan))
+        parts["energy"].append(energy if create_graph else energy.detach())
+        parts["forces"].append(-d_positions)
+        parts["virial"].append(-d_strain)
+        parts["stress"].append(stress)
+        parts["structure"].append(batch.structure + offset)
+        offset += batch.n_structures
+    result = {key: torch.cat(value) for key, value in parts.items()}
+    if output == "numpy":
+        result = {key: value.detach().cpu().numpy() for key, value in result.items()}
+    return ModelOutput(**result)
+
+
+# ----------------------------------------------------------------------------- Jacobians
+
+
+def descriptor_gradients(representation, systems, *, strain: bool = True, images: bool = False,
+                         method: str = "auto", cutoff: float | None = None,
+                         dtype: torch.dtype | None = None, device=None,
+                         chunk_bytes: int = 64 * 2**20) -> DescriptorGradients:
+    """Sparse Jacobians of the features with respect to positions and strain.
+
+    Parameters
+    ----------
+    representation : torch.nn.Module
+        :class:`~tradens.soap.SOAP`, or any module with ``forward(batch,
+        positions, cells) -> (values, rows)`` whose row for centre ``i`` depends
+        only on atoms within ``cutoff`` of ``i`` (or, averaged, on its structure).
+    systems : ase.Atoms, list of structures, or Batch
+        The structures (one batch; never modified).
+    strain : bool
+        Also return ``d values / d eps [row, 3, 3, feature]``.
+    images : bool
+        Image-resolved entries (``d X_i / d r_ij`` per neighbour image and a
+        leading centre entry per row, GAP's layout); ``method="pair"`` only.
+    method : {"auto", "pair", "jvp"}
+        ``"pair"``: analytic per-pair chain rule (SOAP only); ``"jvp"``:
+        forward-mode autograd over an atom colouring (any module); ``"auto"``:
+        ``"pair"`` when available.
+    cutoff : float, optional
+        Environment radius in Å for ``"jvp"`` (default: the representation's).
+    dtype, device : optional
+        Floating dtype (float64 default) and device.
+    chunk_bytes : int
+        Working-memory target per chunk of pairs (the output is extra).
+
+    Returns
+    -------
+    DescriptorGradients
+    """
+    from .soap import SOAP
+
+    if method not in ("auto", "pair", "jvp"):
+        raise ValueError(f"method must be 'auto', 'pair' or 'jvp', got {method!r}")
+    if isinstance(systems, Batch):
+        batch = systems
+    else:
+        batch = as_batch(systems, dtype=dtype, device=device)
+    if method == "auto":
+        method = "pair" if isinstance(representation, SOAP) else "jvp"
+    if method == "pair":
+        if not isinstance(representation, SOAP):
+            raise ValueError(f"method='pair' is implemented for SOAP only, got {type(representation).__name__}; "
+                             "use method='jvp'")
+        from ._soap_gradients import soap_pair_gradients
+
+        return soap_pair_gradients(representation, batch, strain=strain, images=images,
+                                   chunk_bytes=chunk_bytes)
+    if images:
+        raise ValueError("images=True needs per-pair derivatives: only method='pair' (SOAP) provides them")
+    return _jvp_gradients(representation, batch, strain=strain, cutoff=cutoff)
+
+
+def _representation_cutoff(representation, cutoff: float | None) -> float:
+    if cutoff is not None:
+        return float(cutoff)
+    for owner in (representation, getattr(representation, "hypers", None)):
+        value = getattr(owner, "cutoff", None)
+        if isinstance(value, (int, float)):
+            return float(value)
+        radius = getattr(value, "radius", None)
+        if isinstance(radius, (int, float)):
+            return float(radius)
+    raise ValueError(f"cannot find the cutoff of {type(representation).__name__}; pass cutoff=...")
+
+
+def atom_entries(batch: Batch, pair_i: torch.Tensor, pair_j: torch.Tensor, row_of_atom: torch.Tensor,
+                 n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``(row, atom)`` entries of an atom-resolved Jacobian.
+
+    Every centre atom ``i`` (``row_of_atom[i] >= 0``) gives ``(row, i)`` and
+    ``(row, j)`` for its pairs. Returns ``index [entry, 2]`` sorted by row then
+    atom, and the entry of each pair's ``(row, j)`` and ``(row, i)``.
+    """
+    n_atoms = batch.n_atoms
+    centres = (row_of_atom >= 0).nonzero().squeeze(1)
+    pair_rows = row_of_atom[pair_i]  # [pair]
+    keep = pair_rows >= 0
+    keys = torch.cat([row_of_atom[centres] * n_atoms + centres,
+                      pair_rows[keep] * n_atoms + pair_j[keep]])
+    unique = torch.unique(keys)  # sorted
+    index = torch.stack([unique // n_atoms, unique % n_atoms], dim=1)  # [entry, 2]
+    safe_rows = pair_rows.clamp(min=0)
+    entry_j = torch.searchsorted(unique, safe_rows * n_atoms + pair_j)
+    entry_i = torch.searchsorted(unique, safe_rows * n_atoms + pair_i)
+    return index, entry_j, entry_i
+
+
+def _colour(index: torch.Tensor, n_atoms: int) -> np.ndarray:
+    """Greedy colouring of atoms such that no row depends on two atoms of one colour."""
+    rows = index[:, 0].cpu().numpy()
+    atoms = index[:, 1].cpu().numpy()
+    by_atom = np.argsort(atoms, kind="stable")
+    atom_start = np.searchsorted(atoms[by_atom], np.arange(n_atoms + 1))
+    row_start = np.searchsorted(rows, np.arange(rows.max() + 2 if rows.size else 1))
+    colour = np.full(n_atoms, -1, dtype=np.int64)
+    for atom in range(n_atoms):
+        its_rows = rows[by_atom[atom_start[atom]:atom_start[atom + 1]]]
+        if its_rows.size == 0:
+            colour[atom] = 0
+            continue
+        others = np.concatenate([atoms[row_start[r]:row_start[r + 1]] for r in its_rows])
+        used = colour[others]
+        taken = np.zeros(used.max() + 2 if used.size else 1, dtype=bool)
+        taken[used[used >= 0]] = True
+        colour[atom] = int(np.argmin(taken))
+    return colour
+
+
+def _jvp_gradients(representation, batch: Batch, *, strain: bool, cutoff: float | None) -> DescriptorGradients:
+    """Atom-resolved Jacobians of any representation by Jacobian-vector products.
+
+    One forward pass and one vector-Jacobian product ``u -> J^T u`` (kept as a
+    graph, linear in ``u``); differentiating it with respect to ``u`` along a
+    tangent ``t`` gives ``J t``. Tangents move all atoms of one colour along one
+    axis (no row depends on two atoms of a colour), or strain every structure.
+    """
+    radius = _representation_cutoff(representation, cutoff)
+    positions = batch.positions.detach().clone().requires_grad_(True)  # [atom, 3]
+    eps = torch.zeros_like(batch.cells, requires_grad=True)  # [structure, 3, 3]
+    with torch.enable_grad():
+        # unsymmetrised strain here: d/d eps_ab of r (1 + eps) is r_a e_b
+        new_positions = positions + torch.einsum("pa,pab->pb", positions, eps[batch.structure])
+        new_cells = batch.cells.detach() + torch.bmm(batch.cells.detach(), eps)
+        values, rows = representation(batch, new_positions, new_cells)
+        u = torch.zeros_like(values, requires_grad=True)  # [row, F]
+        vjp_positions, vjp_strain = torch.autograd.grad(values, [positions, eps], grad_outputs=u,
+                                                        create_graph=True, allow_unused=True)
+    n_rows = values.shape[0]
+    averaged = _averaged(representation)
+    row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=positions.device)
+    if averaged:
+        row_of_atom[:] = batch.structure
+    else:
+        row_of_atom[rows] = torch.arange(n_rows, device=positions.device)
+    if averaged:  # every atom of a structure is in the environment of its row
+        same = batch.structure[:, None] == batch.structure[None, :]
+        pair_i, pair_j = same.nonzero(as_tuple=True)
+    else:
+        pairs = neighbor_list(batch, radius)
+        pair_i, pair_j = pairs.i, pairs.j
+    index, _, _ = atom_entries(batch, pair_i, pair_j, row_of_atom, n_rows)
+    colour = torch.as_tensor(_colour(index, batch.n_atoms), device=positions.device)
+
+    def jvp(scalar: torch.Tensor) -> torch.Tensor | None:  # d/du of (J^T u . t)
+        if scalar is None or not scalar.requires_grad:
+            return None
+        (out,) = torch.autograd.grad(scalar, u, retain_graph=True, allow_unused=True)
+        return out  # [row, F]
+
+    jacobian = torch.zeros(index.shape[0], 3, values.shape[1], dtype=values.dtype, device=values.device)
+    entry_colour = colour[index[:, 1]]
+    n_colours = int(colour.max()) + 1 if colour.numel() else 0
+    for c in range(n_colours if vjp_positions is not None else 0):
+        entries = (entry_colour == c).nonzero().squeeze(1)
+        if entries.numel() == 0:
+            continue
+        for a in range(3):
+            derivative = jvp(vjp_positions[colour == c, a].sum())
+            if derivative is not None:
+                jacobian[entries, a] = derivative[index[entries, 0]]
+    strain_jacobian = None
+    if strain:
+        strain_jacobian = torch.zeros(n_rows, 3, 3, values.shape[1], dtype=values.dtype, device=values.device)
+        for a in range(3):
+            for b in range(3):
+                derivative = None if vjp_strain is None else jvp(vjp_strain[:, a, b].sum())
+                if derivative is not None:
+                    strain_jacobian[:, a, b] = derivative
+    return DescriptorGradients(values=values.detach(), rows=rows, positions=jacobian, index=index, shifts=None,
+                               strain=strain_jacobian)
