@@ -141,14 +141,15 @@ def test_float32_close_to_float64(alloy):
 @pytest.mark.skipif(not HEA25.exists(), reason="shared HEA25 data not available")
 def test_convergence_to_full_basis_on_hea25():
     """Residual of the full basis regressed on TR features falls with K; zero at K = S * n_max."""
-    frames = ase.io.read(HEA25, ":")
+    frames = ase.io.read(HEA25, "::2")  # 45 structures, all 25 elements, ~1800 atoms
     species = sorted({int(z) for atoms in frames for z in atoms.numbers})
     common = dict(cutoff=4.0, species=species, nu_max=2, l_max=(0, 2), radial={"n_max": 1},
                   density={"sigma": 0.5, "center_weight": 0.0})
     full = ACE(weights="onehot", mode="full", **common).compute(frames).values
     full = full - full.mean(axis=0)
     residuals = {}
-    for mode, ks in (("full", (4, 10, 18, 25)), ("diagonal", (8, 32, 96))):
+    assert len(species) == 25
+    for mode, ks in (("full", (4, 12, 25)), ("diagonal", (8, 32))):
         residuals[mode] = []
         for K in ks:
             tr = ACE(weights="random", mode=mode, channels=K, seed=3, **common).compute(frames).values

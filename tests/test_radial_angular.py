@@ -104,7 +104,7 @@ def test_gto_spline_matches_direct_quadrature():
     # direct evaluation of the same integral at these distances from a fresh dense table
     from tradens.radial import _gto_table
 
-    knots, values, _ = _gto_table(4, 3, 4.5, 0.5, 901)
+    knots, values, _ = _gto_table(4, 3, 4.5, 0.5, 451)
     for index, distance in enumerate(r.numpy()):
         k = int(round(distance / knots[1]))
         assert abs(knots[k] - distance) < 1e-9
