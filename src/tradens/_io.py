@@ -50,12 +50,19 @@ def atomic_path(path: str | os.PathLike):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tradens-tmp-", suffix="-" + path.name)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -98,6 +105,9 @@ def read_hypers(path: str | os.PathLike) -> dict:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         first = str(error).strip().splitlines()[0]
+        mark = getattr(error, "problem_mark", None)
+        if getattr(error, "problem", None) and mark is not None:
+            first = f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
         raise ValueError(f"cannot parse hypers file {str(path)!r}: {first}") from None
     if not isinstance(data, dict):
         raise ValueError(f"hypers file {str(path)!r} must contain a mapping, got {type(data).__name__}")
