@@ -36,7 +36,9 @@ def frames():
 @pytest.fixture(scope="module")
 def features(frames):
     species = sorted({int(z) for atoms in frames for z in atoms.numbers})
-    soap = tradens.SOAP(cutoff=4.5, l_max=2, radial={"n_max": 3}, species=species, mixing={"channels": 4})
+    soap = tradens.SOAP(
+        cutoff=4.5, l_max=2, radial={"n_max": 3}, species=species, mixing={"channels": 4}
+    )
     return soap.compute(frames)
 
 
@@ -76,9 +78,13 @@ def test_pca_matches_sklearn_and_the_randomised_path():
     ours = PCA(3).fit(x)
     theirs = decomposition.PCA(3).fit(x)
     np.testing.assert_allclose(np.abs(ours.components_), np.abs(theirs.components_), atol=1e-8)
-    np.testing.assert_allclose(ours.explained_variance_ratio_, theirs.explained_variance_ratio_, rtol=1e-8)
+    np.testing.assert_allclose(
+        ours.explained_variance_ratio_, theirs.explained_variance_ratio_, rtol=1e-8
+    )
     # more than 500 rows and columns: randomised range finder, same leading components
-    big = rng.normal(size=(620, 2)) @ rng.normal(size=(2, 560)) * 4 + 0.01 * rng.normal(size=(620, 560))
+    big = rng.normal(size=(620, 2)) @ rng.normal(size=(2, 560)) * 4 + 0.01 * rng.normal(
+        size=(620, 560)
+    )
     fast = PCA(2).fit(big)
     _, _, vt = np.linalg.svd(big - big.mean(0), full_matrices=False)
     np.testing.assert_allclose(np.abs(fast.components_ @ vt[:2].T), np.eye(2), atol=1e-6)
@@ -91,7 +97,9 @@ def test_kernel_pca_linear_equals_pca_and_polynomial_matches_sklearn():
     np.testing.assert_allclose(np.abs(linear), np.abs(pca), atol=1e-9)
     decomposition = pytest.importorskip("sklearn.decomposition")
     poly = KernelPCA(2, kernel="polynomial", degree=2).fit_transform(x)
-    theirs = decomposition.KernelPCA(2, kernel="poly", degree=2, gamma=1.0, coef0=0.0).fit_transform(x)
+    theirs = decomposition.KernelPCA(
+        2, kernel="poly", degree=2, gamma=1.0, coef0=0.0
+    ).fit_transform(x)
     np.testing.assert_allclose(np.abs(poly), np.abs(theirs), rtol=1e-7, atol=1e-9)
     rbf = KernelPCA(2, kernel="rbf", gamma=0.3).fit_transform(x)
     theirs = decomposition.KernelPCA(2, kernel="rbf", gamma=0.3).fit_transform(x)
@@ -107,7 +115,9 @@ def test_kernel_pca_landmarks_bound_the_fit():
     assert coords.shape == (300, 2)
     # the landmarks map onto eigenvector * sqrt(eigenvalue), as in plain kernel PCA
     on_landmarks = model.transform(model.X_fit_)
-    np.testing.assert_allclose(on_landmarks.T @ on_landmarks, np.diag(model.eigenvalues_), atol=1e-8)
+    np.testing.assert_allclose(
+        on_landmarks.T @ on_landmarks, np.diag(model.eigenvalues_), atol=1e-8
+    )
     with pytest.raises(ValueError, match="kernel must be"):
         KernelPCA(kernel="cosine").fit(x)
 
@@ -139,7 +149,10 @@ def test_plot_map_categories_and_values(tmp_path, features):
     width, height = _png_size(tmp_path / "elements.png")
     assert width > 500 and height > 400
     assert _png_size(tmp_path / "energy.png")[0] > 500
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["elements.png", "energy.png"]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "elements.png",
+        "energy.png",
+    ]  # no temp files
     with pytest.raises(ValueError, match="not both"):
         plot_map(tmp_path / "x.png", xy, categories=many, values=np.zeros(len(xy)))
     with pytest.raises(ValueError, match="categories must have"):
@@ -184,8 +197,15 @@ def test_chemiscope_file_is_valid(tmp_path, frames, features, use_chemiscope):
         chemiscope = pytest.importorskip("chemiscope")
     atoms_xy = PCA(2).fit_transform(features.values)
     path = tmp_path / "atoms.json.gz"
-    write_chemiscope(path, frames, {"PCA": atoms_xy}, structure=features.structure, center=features.center,
-                     use_chemiscope=use_chemiscope, name="atoms")
+    write_chemiscope(
+        path,
+        frames,
+        {"PCA": atoms_xy},
+        structure=features.structure,
+        center=features.center,
+        use_chemiscope=use_chemiscope,
+        name="atoms",
+    )
     with gzip.open(path, "rt") as handle:
         data = json.load(handle)
     _check_chemiscope(data, frames, len(features), "atom")
@@ -193,7 +213,9 @@ def test_chemiscope_file_is_valid(tmp_path, frames, features, use_chemiscope):
     assert data["properties"]["element"]["values"][0] == frames[0][0].symbol
     pooled = PCA(2).fit_transform(pool_features(features).values)
     plain = tmp_path / "structures.json"
-    write_chemiscope(plain, frames, {"PCA": pooled}, use_chemiscope=use_chemiscope, name="structures")
+    write_chemiscope(
+        plain, frames, {"PCA": pooled}, use_chemiscope=use_chemiscope, name="structures"
+    )
     data = json.loads(plain.read_text())  # not compressed
     _check_chemiscope(data, frames, len(frames), "structure")
     assert data["settings"]["map"]["color"]["property"] == "energy_per_atom"
@@ -208,8 +230,16 @@ def test_fallback_writer_equals_chemiscope_output(tmp_path, frames, features):
     paths = []
     for use in (True, False):
         path = tmp_path / f"{use}.json"
-        write_chemiscope(path, frames, {"PCA": xy}, structure=features.structure, center=features.center,
-                         use_chemiscope=use, name="same", description="d")
+        write_chemiscope(
+            path,
+            frames,
+            {"PCA": xy},
+            structure=features.structure,
+            center=features.center,
+            use_chemiscope=use,
+            name="same",
+            description="d",
+        )
         paths.append(path)
     assert json.loads(paths[0].read_text()) == json.loads(paths[1].read_text())
 
@@ -231,7 +261,10 @@ def test_map_example_runs(tmp_path, capsys):
     spec.loader.exec_module(module)
     module.main(["--output-dir", str(tmp_path), "--channels", "4"])
     printed = capsys.readouterr().out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["atoms_pca.png", "structures.json.gz",
-                                                         "structures_pca.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "atoms_pca.png",
+        "structures.json.gz",
+        "structures_pca.png",
+    ]
     assert "19 elements, 50 features per atom" in printed
     assert "FPS structures: [0," in printed

@@ -86,13 +86,15 @@ def test_fps_errors():
 
 
 def test_cur_picks_independent_directions_and_skips_parallel_rows():
-    x = np.array([
-        [3.0, 0.0, 0.0],
-        [0.0, 2.0, 0.0],
-        [0.0, 0.0, 1.0],
-        [1.5, 0.0, 0.0],  # parallel to row 0: spent once row 0 is chosen
-        [0.0, 0.0, 0.5],  # parallel to row 2
-    ])
+    x = np.array(
+        [
+            [3.0, 0.0, 0.0],
+            [0.0, 2.0, 0.0],
+            [0.0, 0.0, 1.0],
+            [1.5, 0.0, 0.0],  # parallel to row 0: spent once row 0 is chosen
+            [0.0, 0.0, 0.5],  # parallel to row 2
+        ]
+    )
     index, scores = cur_selection(x, 3, return_scores=True)
     assert index.tolist() == [0, 1, 2]
     # first pick: leverage on the top left singular vector, 9 / (9 + 2.25)

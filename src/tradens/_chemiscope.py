@@ -11,8 +11,9 @@ JSON document, gzip-compressed when the file name ends with ``.gz``::
      "environments": [{"structure": s, "center": i, "cutoff": r}, ...],   # atom maps only
      "settings": {"map": {"x": {"property": ...}, ...}, "target": ..., "structure": [...]}}
 
-With the optional ``chemiscope`` package installed, :func:`write_chemiscope`
-calls ``chemiscope.write_input``; otherwise it writes the same document itself.
+With the optional ``chemiscope`` package (>= 1.0) installed,
+:func:`write_chemiscope` calls ``chemiscope.write_input``; otherwise it writes
+the same document itself (the tests check that both agree).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def structure_properties(frames) -> dict[str, np.ndarray]:
     keys = set.intersection(*(set(a.info) for a in frames)) if frames else set()
     for key in sorted(keys):
         values = [a.info[key] for a in frames]
-        if key in out or not all(isinstance(v, (int, float, np.integer, np.floating)) and
-                                 not isinstance(v, bool) for v in values):
+        if key in out or not all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            for v in values
+        ):
             continue
         array = np.asarray(values, dtype=np.float64)
         if np.isfinite(array).all():
@@ -88,7 +91,8 @@ def map_properties(frames, structure=None, center=None) -> dict[str, dict]:
     else:
         structure = np.asarray(structure, dtype=np.int64)
         center = np.asarray(center, dtype=np.int64)
-        symbols = [frames[s].get_chemical_symbols()[c] for s, c in zip(structure, center)]
+        pairs = zip(structure, center, strict=True)
+        symbols = [frames[s].get_chemical_symbols()[c] for s, c in pairs]
         out = {"element": {"target": "atom", "values": np.array(symbols)}}
         for name, values in props.items():
             out[name] = {"target": "atom", "values": values[structure]}
@@ -138,10 +142,20 @@ def _expand(properties: dict) -> dict:
     return out
 
 
-def write_chemiscope(path, frames, projections: dict, *, structure=None, center=None,
-                     properties: dict | None = None, color: str | None = None, cutoff: float = 3.5,
-                     name: str | None = None, description: str | None = None,
-                     use_chemiscope: bool | None = None) -> None:
+def write_chemiscope(
+    path,
+    frames,
+    projections: dict,
+    *,
+    structure=None,
+    center=None,
+    properties: dict | None = None,
+    color: str | None = None,
+    cutoff: float = 3.5,
+    name: str | None = None,
+    description: str | None = None,
+    use_chemiscope: bool | None = None,
+) -> None:
     """Write a chemiscope dataset of a map, atomically.
 
     Parameters
@@ -184,23 +198,34 @@ def write_chemiscope(path, frames, projections: dict, *, structure=None, center=
     for key, coords in projections.items():
         coords = np.asarray(coords, dtype=np.float64)
         if coords.ndim != 2 or coords.shape[0] != n_rows or coords.shape[1] < 2:
-            raise ValueError(f"projection {key!r} must have shape [{n_rows}, >=2], got {coords.shape}")
+            raise ValueError(
+                f"projection {key!r} must have shape [{n_rows}, >=2], got {coords.shape}"
+            )
         props[key] = {"target": target, "values": coords}
     for key, value in (properties or {}).items():
         props[key] = value if isinstance(value, dict) else {"target": target, "values": value}
     for key, prop in props.items():
         expected = n_rows if prop["target"] == target else len(frames)
         if len(prop["values"]) != expected:
-            raise ValueError(f"property {key!r} has {len(prop['values'])} values, expected {expected}")
+            raise ValueError(
+                f"property {key!r} has {len(prop['values'])} values, expected {expected}"
+            )
     first = next(iter(projections))
     if color is None:
-        color = "element" if atom_map else ("energy_per_atom" if "energy_per_atom" in props else "n_atoms")
+        color = (
+            "element"
+            if atom_map
+            else ("energy_per_atom" if "energy_per_atom" in props else "n_atoms")
+        )
     if color not in props:
         raise ValueError(f"unknown colour property {color!r}; available: {sorted(props)}")
     periodic = any(a.pbc.any() for a in frames)
     settings = {
-        "map": {"x": {"property": f"{first}[1]"}, "y": {"property": f"{first}[2]"},
-                "color": {"property": color}},
+        "map": {
+            "x": {"property": f"{first}[1]"},
+            "y": {"property": f"{first}[2]"},
+            "color": {"property": color},
+        },
         "target": target,
         "structure": [{"unitCell": bool(periodic)}],
     }
@@ -209,26 +234,33 @@ def write_chemiscope(path, frames, projections: dict, *, structure=None, center=
         metadata["description"] = description
     environments = None
     if atom_map:
-        environments = [(int(s), int(c), float(cutoff)) for s, c in zip(structure, center)]
+        pairs = zip(structure, center, strict=True)
+        environments = [(int(s), int(c), float(cutoff)) for s, c in pairs]
     if use_chemiscope is None:
-        try:
-            import chemiscope  # noqa: F401
-            use_chemiscope = True
-        except ImportError:
-            use_chemiscope = False
+        use_chemiscope = _modern_chemiscope()
     with atomic_path(path) as tmp:
         if use_chemiscope:
             import chemiscope
 
-            chemiscope.write_input(tmp, structures=frames, properties=props, environments=environments,
-                                   settings=settings, metadata=metadata)
+            chemiscope.write_input(
+                tmp,
+                structures=frames,
+                properties=props,
+                environments=environments,
+                settings=settings,
+                metadata=metadata,
+            )
         else:
-            data = {"meta": metadata, "settings": settings,
-                    "structures": [_structure_json(a) for a in frames],
-                    "properties": {}}
+            data = {
+                "meta": metadata,
+                "settings": settings,
+                "structures": [_structure_json(a) for a in frames],
+                "properties": {},
+            }
             if environments is not None:
-                data["environments"] = [{"structure": s, "center": c, "cutoff": r}
-                                        for s, c, r in environments]
+                data["environments"] = [
+                    {"structure": s, "center": c, "cutoff": r} for s, c, r in environments
+                ]
             for key, prop in _expand(props).items():
                 item = {"target": prop["target"], "values": _json_values(key, prop["values"])}
                 item.update({k: prop[k] for k in ("units", "description") if k in prop})
@@ -242,6 +274,17 @@ def write_chemiscope(path, frames, projections: dict, *, structure=None, center=
                     handle.write(text)
                     handle.flush()
                     os.fsync(handle.fileno())
+
+
+def _modern_chemiscope() -> bool:
+    """Whether chemiscope >= 1.0 (``write_input(path, structures=...)``) is installed."""
+    try:
+        import inspect
+
+        import chemiscope
+    except ImportError:
+        return False
+    return "structures" in inspect.signature(chemiscope.write_input).parameters
 
 
 def read_chemiscope(path) -> dict:

@@ -17,6 +17,7 @@ from ._io import read_features, read_frames, read_hypers
 class CLIError(Exception):
     """An error reported to the user as ``tradens: error: <message>`` (exit code 1)."""
 
+
 BUNDLED = {"hea25": "hea25_sample.xyz", "meam17": "meam17_sample.xyz"}
 
 # flag name -> (path in the SOAP hypers dict, type); None path parts are handled specially
@@ -34,7 +35,10 @@ _SOAP_FLAGS = {
     "unknown_species": ("unknown_species",),
 }
 _DEFAULT_SOAP = {
-    "cutoff": {"radius": 5.0}, "density": {"sigma": 0.5}, "radial": {"n_max": 8}, "l_max": 6,
+    "cutoff": {"radius": 5.0},
+    "density": {"sigma": 0.5},
+    "radial": {"n_max": 8},
+    "l_max": 6,
     "mixing": {"mode": "radial+element", "channels": 16, "weights": "random", "seed": 0},
 }
 
@@ -47,12 +51,24 @@ def bundled_path(name: str = "hea25") -> str:
 # --------------------------------------------------------------------------- structures
 def add_input_arguments(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
     """Positional structure file plus ``--example``, ``--index`` and ``--format``."""
-    parser.add_argument("input", nargs="?", help="structure file (extxyz or any ASE-readable format)")
-    parser.add_argument("--example", nargs="?", const="hea25", choices=sorted(BUNDLED), default=None,
-                        help="use a bundled sample instead of INPUT (default hea25: 12 HEA structures, "
-                             "19 elements)")
-    parser.add_argument("--index", default=":", help="ASE index of the structures to read (default ':')")
-    parser.add_argument("--format", dest="file_format", default=None, help="ASE file format (default: guessed)")
+    parser.add_argument(
+        "input", nargs="?", help="structure file (extxyz or any ASE-readable format)"
+    )
+    parser.add_argument(
+        "--example",
+        nargs="?",
+        const="hea25",
+        choices=sorted(BUNDLED),
+        default=None,
+        help="use a bundled sample instead of INPUT (default hea25: 12 HEA structures, "
+        "19 elements)",
+    )
+    parser.add_argument(
+        "--index", default=":", help="ASE index of the structures to read (default ':')"
+    )
+    parser.add_argument(
+        "--format", dest="file_format", default=None, help="ASE file format (default: guessed)"
+    )
 
 
 def load_frames(args, *, required: bool = True) -> tuple[list | None, str | None]:
@@ -81,7 +97,9 @@ def parse_species(text: str) -> list[int]:
         if token.isdigit():
             z = int(token)
             if not 1 <= z <= 118:
-                raise CLIError(f"unknown element {token!r} in --species (atomic numbers are 1..118)")
+                raise CLIError(
+                    f"unknown element {token!r} in --species (atomic numbers are 1..118)"
+                )
         elif token.capitalize() in atomic_numbers and token.capitalize() != "X":
             z = atomic_numbers[token.capitalize()]
         else:
@@ -96,38 +114,58 @@ def symbols(numbers) -> list[str]:
     """Element symbols of atomic numbers."""
     from ase.data import chemical_symbols
 
-    return [chemical_symbols[int(z)] if 0 < int(z) < len(chemical_symbols) else str(z) for z in numbers]
+    return [
+        chemical_symbols[int(z)] if 0 < int(z) < len(chemical_symbols) else str(z) for z in numbers
+    ]
 
 
 # --------------------------------------------------------------------------- hypers
 def add_hyper_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that define the representation (hypers file, GAP string or flags)."""
     group = parser.add_argument_group(
-        "representation", "A hypers file (YAML/JSON, SOAP or ACE), a GAP string, or flags; flags "
-        "override the file. Default: tensor-reduced SOAP, cutoff 5 A, n_max 8, l_max 6, sigma 0.5 A, "
-        "radial+element mixing with K=16 random channels, species from the data.")
+        "representation",
+        "A hypers file (YAML/JSON, SOAP or ACE), a GAP string, or flags; flags "
+        "override the file. Default: tensor-reduced SOAP, cutoff 5 A, n_max 8, l_max 6, "
+        "sigma 0.5 A, radial+element mixing with K=16 random channels, species from the data.",
+    )
     group.add_argument("--hypers", metavar="FILE", help="hypers file (.yaml/.yml/.json)")
-    group.add_argument("--gap", metavar="STRING", help='GAP descriptor string, e.g. "soap cutoff=5 ..."')
+    group.add_argument(
+        "--gap", metavar="STRING", help='GAP descriptor string, e.g. "soap cutoff=5 ..."'
+    )
     group.add_argument("--cutoff", type=float, help="cutoff radius, A")
     group.add_argument("--cutoff-width", type=float, help="cosine taper width below the cutoff, A")
     group.add_argument("--sigma", type=float, help="Gaussian width of the atomic density, A")
     group.add_argument("--n-max", type=int, help="number of radial functions (a count)")
     group.add_argument("--l-max", type=int, help="largest angular degree (inclusive)")
     group.add_argument("--radial-basis", choices=["gaussian_grid", "gto"], help="radial basis")
-    group.add_argument("--species", help="elements, e.g. Ni,Cu,Pd or 28,29,46 (default: from the data)")
-    group.add_argument("--mixing", choices=["radial+element", "element", "radial", "none"],
-                       help="tensor reduction mode; 'none' is the full SOAP")
+    group.add_argument(
+        "--species", help="elements, e.g. Ni,Cu,Pd or 28,29,46 (default: from the data)"
+    )
+    group.add_argument(
+        "--mixing",
+        choices=["radial+element", "element", "radial", "none"],
+        help="tensor reduction mode; 'none' is the full SOAP",
+    )
     group.add_argument("--channels", "-K", type=int, metavar="K", help="mixed channels K")
     group.add_argument("--weights", choices=["random", "gap", "onehot"], help="mixing weights")
     group.add_argument("--seed", type=int, help="seed of the random mixing weights")
     group.add_argument("--coupling", choices=["tensor", "elementwise"], help="channel coupling")
-    group.add_argument("--no-normalize", action="store_true", help="do not normalise feature vectors")
-    group.add_argument("--unknown-species", choices=["error", "skip"],
-                       help="elements missing from --species: error (default) or ignore as neighbours")
+    group.add_argument(
+        "--no-normalize", action="store_true", help="do not normalise feature vectors"
+    )
+    group.add_argument(
+        "--unknown-species",
+        choices=["error", "skip"],
+        help="elements missing from --species: error (default) or ignore as neighbours",
+    )
 
 
 def _soap_flags_given(args) -> list[str]:
-    given = [f"--{name.replace('_', '-')}" for name in _SOAP_FLAGS if getattr(args, name, None) is not None]
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in _SOAP_FLAGS
+        if getattr(args, name, None) is not None
+    ]
     if getattr(args, "mixing", None) is not None:
         given.append("--mixing")
     if getattr(args, "no_normalize", False):
@@ -152,7 +190,9 @@ def hypers_dict(args, *, base: dict | None = None) -> dict:
     data = json.loads(json.dumps(data))  # deep copy
     if getattr(args, "mixing", None) == "none":
         if args.channels is not None or args.weights is not None or args.seed is not None:
-            raise CLIError("--channels/--weights/--seed need a mixing; they conflict with --mixing none")
+            raise CLIError(
+                "--channels/--weights/--seed need a mixing; they conflict with --mixing none"
+            )
         data["mixing"] = None
     elif getattr(args, "mixing", None) is not None:
         data["mixing"] = dict(data.get("mixing") or {}, mode=args.mixing)
@@ -184,9 +224,15 @@ def build_calculator(args, frames=None, *, base: dict | None = None):
         built from a GAP string.
     """
     if getattr(args, "gap", None):
-        if getattr(args, "hypers", None) or _soap_flags_given(args) or getattr(args, "species", None):
-            raise CLIError("--gap defines all hypers; it cannot be combined with --hypers or "
-                           + ", ".join(_soap_flags_given(args) or ["--species"]))
+        if (
+            getattr(args, "hypers", None)
+            or _soap_flags_given(args)
+            or getattr(args, "species", None)
+        ):
+            raise CLIError(
+                "--gap defines all hypers; it cannot be combined with --hypers or "
+                + ", ".join(_soap_flags_given(args) or ["--species"])
+            )
         from .quip import soap_from_gap
 
         calculator = soap_from_gap(args.gap)
@@ -208,8 +254,10 @@ def _other_calculator(args, base: dict, frames):
     """Non-SOAP hypers (e.g. ``type: AceHypers``): the file defines everything but species."""
     given = _soap_flags_given(args)
     if given:
-        raise CLIError(f"{', '.join(given)} apply to SOAP hypers only; set them in the "
-                       f"{base['type']} file instead")
+        raise CLIError(
+            f"{', '.join(given)} apply to SOAP hypers only; set them in the "
+            f"{base['type']} file instead"
+        )
     representations = {"AceHypers": getattr(tradens, "ACE", None)}
     factory = representations.get(base["type"])
     if factory is None:
@@ -239,21 +287,33 @@ def full_soap_size(hypers) -> int | None:
 def describe(hypers) -> str:
     """A short human-readable summary of hypers."""
     if isinstance(hypers, tradens.SoapHypers):
-        mix = "full SOAP" if hypers.mixing is None else \
-            f"TR-SOAP {hypers.mixing.mode} K={hypers.mixing.channels} ({hypers.coupling})"
-        return (f"{mix}, S={hypers.n_species}, n_max={hypers.radial.n_max}, l_max={hypers.l_max}, "
-                f"cutoff={hypers.cutoff.radius:g} A")
+        mix = (
+            "full SOAP"
+            if hypers.mixing is None
+            else f"TR-SOAP {hypers.mixing.mode} K={hypers.mixing.channels} ({hypers.coupling})"
+        )
+        return (
+            f"{mix}, S={hypers.n_species}, n_max={hypers.radial.n_max}, l_max={hypers.l_max}, "
+            f"cutoff={hypers.cutoff.radius:g} A"
+        )
     if type(hypers).__name__ == "AceHypers":
-        return (f"ACE ({hypers.mode}), nu_max={hypers.nu_max}, K={hypers.channels}, S={len(hypers.species)}, "
-                f"l_max={list(hypers.l_max)}, cutoff={hypers.cutoff.radius:g} A")
+        return (
+            f"ACE ({hypers.mode}), nu_max={hypers.nu_max}, K={hypers.channels}, "
+            f"S={len(hypers.species)}, l_max={list(hypers.l_max)}, "
+            f"cutoff={hypers.cutoff.radius:g} A"
+        )
     return type(hypers).__name__
 
 
 # --------------------------------------------------------------------------- features
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     """dtype, batch size and progress options."""
-    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="feature dtype")
-    parser.add_argument("--batch-size", type=int, default=32, help="structures per batch (default 32)")
+    parser.add_argument(
+        "--dtype", choices=["float64", "float32"], default="float64", help="feature dtype"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="structures per batch (default 32)"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -264,8 +324,9 @@ def compute(calculator, frames, args):
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
-    return calculator.compute(frames, output="numpy", dtype=dtype, batch_size=args.batch_size,
-                              progress=not args.quiet)
+    return calculator.compute(
+        frames, output="numpy", dtype=dtype, batch_size=args.batch_size, progress=not args.quiet
+    )
 
 
 def features_for(args, frames, *, spec_features: str | None = None):
@@ -276,8 +337,10 @@ def features_for(args, frames, *, spec_features: str | None = None):
         if frames is not None:
             n_struct = int(features.structure.max()) + 1 if len(features) else 0
             if n_struct > len(frames):
-                raise CLIError(f"feature file {path!r} has rows of {n_struct} structures but the input "
-                               f"has {len(frames)}")
+                raise CLIError(
+                    f"feature file {path!r} has rows of {n_struct} structures but the input "
+                    f"has {len(frames)}"
+                )
         return features, hypers
     calculator, hypers = build_calculator(args, frames)
     return compute(calculator, frames, args), hypers

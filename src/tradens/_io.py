@@ -110,7 +110,9 @@ def read_hypers(path: str | os.PathLike) -> dict:
             first = f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
         raise ValueError(f"cannot parse hypers file {str(path)!r}: {first}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"hypers file {str(path)!r} must contain a mapping, got {type(data).__name__}")
+        raise ValueError(
+            f"hypers file {str(path)!r} must contain a mapping, got {type(data).__name__}"
+        )
     return data
 
 
@@ -162,7 +164,9 @@ def feature_format(path: str | os.PathLike) -> str:
         return "hdf5"
     if name.endswith(".mts"):
         return "metatensor"
-    raise ValueError(f"unknown feature file type {str(path)!r}: use .npz, .h5/.hdf5 or .mts (metatensor)")
+    raise ValueError(
+        f"unknown feature file type {str(path)!r}: use .npz, .h5/.hdf5 or .mts (metatensor)"
+    )
 
 
 def write_features(path: str | os.PathLike, features, hypers: dict | None = None) -> str:
@@ -194,8 +198,12 @@ def write_features(path: str | os.PathLike, features, hypers: dict | None = None
         arrays[f"labels_{key}"] = np.asarray(value)
     if kind == "npz":
         with atomic_open(path, "wb") as handle:
-            np.savez(handle, hypers=np.asarray(hypers_json),
-                     format_version=np.asarray(FEATURE_FORMAT_VERSION), **arrays)
+            np.savez(
+                handle,
+                hypers=np.asarray(hypers_json),
+                format_version=np.asarray(FEATURE_FORMAT_VERSION),
+                **arrays,
+            )
     elif kind == "hdf5":
         h5py = _optional("h5py", "HDF5 output", "pip install h5py")
         with atomic_path(path) as tmp:
@@ -212,11 +220,18 @@ def write_features(path: str | os.PathLike, features, hypers: dict | None = None
 
 def _write_tensormap(path, features, hypers_json: str) -> None:
     metatensor = _optional("metatensor", "metatensor output", "pip install metatensor")
-    samples = metatensor.Labels(["system", "atom"],
-                                np.stack([features.structure, features.center], axis=1).astype(np.int32))
-    properties = metatensor.Labels(["feature"], np.arange(features.values.shape[1], dtype=np.int32)[:, None])
-    block = metatensor.TensorBlock(values=np.ascontiguousarray(features.values), samples=samples,
-                                   components=[], properties=properties)
+    samples = metatensor.Labels(
+        ["system", "atom"], np.stack([features.structure, features.center], axis=1).astype(np.int32)
+    )
+    properties = metatensor.Labels(
+        ["feature"], np.arange(features.values.shape[1], dtype=np.int32)[:, None]
+    )
+    block = metatensor.TensorBlock(
+        values=np.ascontiguousarray(features.values),
+        samples=samples,
+        components=[],
+        properties=properties,
+    )
     tensor = metatensor.TensorMap(metatensor.Labels.single(), [block])
     with atomic_path(path) as tmp:
         metatensor.save(tmp, tensor)
@@ -240,7 +255,9 @@ def read_features(path: str | os.PathLike):
         raise FileNotFoundError(f"feature file {str(path)!r} does not exist")
     kind = feature_format(path)
     if kind == "metatensor":
-        raise ValueError(f"reading metatensor files is not supported here: {str(path)!r}; use .npz or .h5")
+        raise ValueError(
+            f"reading metatensor files is not supported here: {str(path)!r}; use .npz or .h5"
+        )
     try:
         if kind == "npz":
             with np.load(path, allow_pickle=False) as data:
@@ -257,9 +274,17 @@ def read_features(path: str | os.PathLike):
     if missing:
         raise ValueError(f"feature file {str(path)!r} lacks {sorted(missing)}")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in arrays.get("names", [])]
-    labels = {key[len("labels_"):]: value for key, value in arrays.items() if key.startswith("labels_")}
-    features = Features(np.asarray(arrays["values"]), np.asarray(arrays["structure"]),
-                        np.asarray(arrays["center"]), np.asarray(arrays["numbers"]), labels, names)
+    labels = {
+        key[len("labels_") :]: value for key, value in arrays.items() if key.startswith("labels_")
+    }
+    features = Features(
+        np.asarray(arrays["values"]),
+        np.asarray(arrays["structure"]),
+        np.asarray(arrays["center"]),
+        np.asarray(arrays["numbers"]),
+        labels,
+        names,
+    )
     return features, hypers
 
 

@@ -118,9 +118,19 @@ def _as_points(x, pool: str | None, name: str):
     return tensor, ident
 
 
-def information_imbalance(a, b, *, k: int = 1, pool: str | None = None, max_points: int = 20000,
-                          n_repeats: int = 5, seed: int = 0, tie_tolerance: float = 1e-10,
-                          memory: int = 256 * 2**20, progress: bool = False) -> Imbalance:
+def information_imbalance(
+    a,
+    b,
+    *,
+    k: int = 1,
+    pool: str | None = None,
+    max_points: int = 20000,
+    n_repeats: int = 5,
+    seed: int = 0,
+    tie_tolerance: float = 1e-10,
+    memory: int = 256 * 2**20,
+    progress: bool = False,
+) -> Imbalance:
     """Information imbalance ``Delta(A -> B)`` and ``Delta(B -> A)``.
 
     Parameters
@@ -163,7 +173,11 @@ def information_imbalance(a, b, *, k: int = 1, pool: str | None = None, max_poin
     >>> round(result.b_to_a, 3) > round(result.a_to_b, 3)
     True
     """
-    for name, value, low in (("k", k, 1), ("max_points", max_points, 2), ("n_repeats", n_repeats, 1)):
+    for name, value, low in (
+        ("k", k, 1),
+        ("max_points", max_points, 2),
+        ("n_repeats", n_repeats, 1),
+    ):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if pool not in (None, "mean", "sum"):
@@ -183,8 +197,19 @@ def information_imbalance(a, b, *, k: int = 1, pool: str | None = None, max_poin
         raise ValueError(f"k={k} must be smaller than the number of points used ({used})")
     if n <= max_points:
         ab, ba = _exact(xa, xb, k, tie_tolerance, memory, progress)
-        return Imbalance(float(ab.mean()), float(ba.mean()), _stderr(ab), _stderr(ba), n, n, 1, k, True,
-                         ab.numpy(), ba.numpy())
+        return Imbalance(
+            float(ab.mean()),
+            float(ba.mean()),
+            _stderr(ab),
+            _stderr(ba),
+            n,
+            n,
+            1,
+            k,
+            True,
+            ab.numpy(),
+            ba.numpy(),
+        )
     rng = np.random.default_rng(seed)
     estimates = []
     for _ in range(n_repeats):
@@ -193,8 +218,17 @@ def information_imbalance(a, b, *, k: int = 1, pool: str | None = None, max_poin
         estimates.append((float(ab.mean()), float(ba.mean())))
     est = np.array(estimates)  # [repeat, 2]
     error = est.std(axis=0, ddof=1) / math.sqrt(n_repeats) if n_repeats > 1 else np.full(2, np.nan)
-    return Imbalance(float(est[:, 0].mean()), float(est[:, 1].mean()), float(error[0]), float(error[1]),
-                     n, max_points, n_repeats, k, False)
+    return Imbalance(
+        float(est[:, 0].mean()),
+        float(est[:, 1].mean()),
+        float(error[0]),
+        float(error[1]),
+        n,
+        max_points,
+        n_repeats,
+        k,
+        False,
+    )
 
 
 def _stderr(values: torch.Tensor) -> float:
@@ -203,8 +237,9 @@ def _stderr(values: torch.Tensor) -> float:
     return float(values.std() / math.sqrt(values.numel()))
 
 
-def _exact(xa: torch.Tensor, xb: torch.Tensor, k: int, tie_tolerance: float, memory: int,
-           progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _exact(
+    xa: torch.Tensor, xb: torch.Tensor, k: int, tie_tolerance: float, memory: int, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point terms ``2 <r>/N`` of both directions, ``([point], [point])``."""
     n = xa.shape[0]
     na = (xa * xa).sum(1)  # [point]
@@ -217,6 +252,7 @@ def _exact(xa: torch.Tensor, xb: torch.Tensor, k: int, tie_tolerance: float, mem
     starts = range(0, n, chunk)
     if progress:
         from tqdm.auto import tqdm
+
         starts = tqdm(starts, desc="imbalance", unit="chunk")
     for start in starts:
         rows = torch.arange(start, min(start + chunk, n))
@@ -235,9 +271,10 @@ def _squared_distances(x: torch.Tensor, norms: torch.Tensor, rows: torch.Tensor)
     return d
 
 
-def _mean_rank(d_cond: torch.Tensor, d_target: torch.Tensor, k: int, tol_cond: float,
-               tol_target: float) -> torch.Tensor:
-    """Mean rank in the target space of the k nearest neighbours in the conditioning space, ``[chunk]``."""
+def _mean_rank(
+    d_cond: torch.Tensor, d_target: torch.Tensor, k: int, tol_cond: float, tol_target: float
+) -> torch.Tensor:
+    """Mean target-space rank of the k nearest neighbours in the conditioning space, ``[chunk]``."""
     kth = torch.kthvalue(d_cond, k, dim=1).values[:, None]  # [chunk, 1]
     less = d_cond < kth - tol_cond  # [chunk, point]
     equal = (d_cond - kth).abs() <= tol_cond  # [chunk, point]
@@ -248,7 +285,7 @@ def _mean_rank(d_cond: torch.Tensor, d_target: torch.Tensor, k: int, tol_cond: f
     values = d_target.gather(1, top_index)  # [chunk, width]
     total = torch.zeros(d_cond.shape[0], dtype=torch.float64)
     for q in range(width):
-        v = values[:, q:q + 1]  # [chunk, 1]
+        v = values[:, q : q + 1]  # [chunk, 1]
         below = (d_target < v - tol_target).sum(1)  # [chunk]
         tied = ((d_target - v).abs() <= tol_target).sum(1) - 1  # [chunk], others tied with j
         rank = 1.0 + below.double() + 0.5 * tied.double()  # [chunk]
@@ -280,7 +317,9 @@ def random_projection(values, n_components: int, *, seed: int = 0) -> np.ndarray
 
     if isinstance(values, Features):
         values = values.numpy().values
-    x = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    x = np.asarray(
+        values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64
+    )
     if x.ndim != 2:
         raise ValueError(f"values must be 2-D [point, feature], got shape {x.shape}")
     if not isinstance(n_components, (int, np.integer)) or n_components < 1:

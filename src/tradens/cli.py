@@ -72,9 +72,17 @@ class Subcommand:
 _SUBCOMMANDS: dict[str, Subcommand] = {}
 
 
-def register_subcommand(name: str, add_arguments: Callable | str, run: Callable | str, *, help: str,
-                        description: str | None = None, epilog: str | None = None,
-                        extra_args: bool = False, replace: bool = False) -> None:
+def register_subcommand(
+    name: str,
+    add_arguments: Callable | str,
+    run: Callable | str,
+    *,
+    help: str,
+    description: str | None = None,
+    epilog: str | None = None,
+    extra_args: bool = False,
+    replace: bool = False,
+) -> None:
     """Register a ``tradens <name>`` subcommand.
 
     Parameters
@@ -137,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = _ArgumentParser(
-        prog="tradens", formatter_class=_Formatter,
+        prog="tradens",
+        formatter_class=_Formatter,
         description="Tensor-reduced atomic density representations: features, maps, "
-                    "information imbalance and selection.",
+        "information imbalance and selection.",
         epilog=textwrap.dedent("""\
             examples:
               tradens features --example
@@ -147,15 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
               tradens map --example -o hea25_map.png
               tradens imbalance --example --a full --b tr:8
               tradens select --example -n 4 -o subset.xyz
-            Run 'tradens <command> --help' for the options and examples of each command."""))
+            Run 'tradens <command> --help' for the options and examples of each command."""),
+    )
     parser.add_argument("--version", action="version", version=f"tradens {__version__}")
-    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
-    commands = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_ArgumentParser)
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the full traceback on errors"
+    )
+    commands = parser.add_subparsers(
+        dest="command", metavar="<command>", parser_class=_ArgumentParser
+    )
     for name in sorted(set(_SUBCOMMANDS) | set(RESERVED)):
         if name in _SUBCOMMANDS:
             spec = _SUBCOMMANDS[name]
-            sub = commands.add_parser(name, help=spec.help, description=spec.description or spec.help,
-                                      epilog=spec.epilog, formatter_class=_Formatter)
+            sub = commands.add_parser(
+                name,
+                help=spec.help,
+                description=spec.description or spec.help,
+                epilog=spec.epilog,
+                formatter_class=_Formatter,
+            )
             _resolve(spec.add_arguments)(sub)
         else:
             sub = commands.add_parser(name, help=f"(reserved) {RESERVED[name]}", add_help=True)
@@ -174,7 +193,10 @@ def _load_extensions() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run ``tradens`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    show_traceback = "--traceback" in argv or os.environ.get("TRADENS_TRACEBACK", "") not in ("", "0")
+    show_traceback = "--traceback" in argv or os.environ.get("TRADENS_TRACEBACK", "") not in (
+        "",
+        "0",
+    )
     try:
         _load_extensions()
         parser = build_parser()
@@ -187,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"'{name}' is reserved for {RESERVED[name]} and is not available yet")
         spec = _SUBCOMMANDS[name]
         if extra and not spec.extra_args:
-            raise _UsageError(f"unrecognized arguments: {' '.join(extra)} (see 'tradens {name} --help')")
+            raise _UsageError(
+                f"unrecognized arguments: {' '.join(extra)} (see 'tradens {name} --help')"
+            )
         args.extra_args = [e for e in extra if e != "--"]
         code = _resolve(spec.run)(args)
         return 0 if code is None else int(code)
@@ -207,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug rather than a bad input: still one line, with a hint
         if show_traceback:
             raise
-        print(f"tradens: error: internal error ({type(error).__name__}: {_one_line(error)}); "
-              "rerun with --traceback and report it", file=sys.stderr)
+        print(
+            f"tradens: error: internal error ({type(error).__name__}: {_one_line(error)}); "
+            "rerun with --traceback and report it",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -222,26 +249,54 @@ def _one_line(error: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- built-in subcommands
+from . import _cli_analysis as _analysis  # noqa: E402
 from . import _cli_commands as _cmd  # noqa: E402
 
-register_subcommand("features", _cmd.add_features_arguments, _cmd.run_features,
-                    help="compute features of structures and write them (npz, HDF5, metatensor)",
-                    description=_cmd.FEATURES_DESCRIPTION, epilog=_cmd.FEATURES_EPILOG)
-register_subcommand("info", _cmd.add_info_arguments, _cmd.run_info,
-                    help="feature count and memory estimate for hypers, beside the full SOAP",
-                    epilog=_cmd.INFO_EPILOG)
-register_subcommand("map", _cmd.add_map_arguments, _cmd.run_map,
-                    help="PCA / kernel-PCA map as a PNG plot and a chemiscope file",
-                    epilog=_cmd.MAP_EPILOG)
-register_subcommand("imbalance", _cmd.add_imbalance_arguments, _cmd.run_imbalance,
-                    help="information imbalance between two representations",
-                    description=_cmd.IMBALANCE_DESCRIPTION, epilog=_cmd.IMBALANCE_EPILOG)
-register_subcommand("select", _cmd.add_select_arguments, _cmd.run_select,
-                    help="farthest point sampling or CUR selection, written as extxyz",
-                    epilog=_cmd.SELECT_EPILOG)
-register_subcommand("bench", _cmd.add_bench_arguments, _cmd.run_bench,
-                    help="run the SOAP benchmark (benchmarks/bench_soap.py)",
-                    epilog=_cmd.BENCH_EPILOG, extra_args=True)
+register_subcommand(
+    "features",
+    _cmd.add_features_arguments,
+    _cmd.run_features,
+    help="compute features of structures and write them (npz, HDF5, metatensor)",
+    description=_cmd.FEATURES_DESCRIPTION,
+    epilog=_cmd.FEATURES_EPILOG,
+)
+register_subcommand(
+    "info",
+    _cmd.add_info_arguments,
+    _cmd.run_info,
+    help="feature count and memory estimate for hypers, beside the full SOAP",
+    epilog=_cmd.INFO_EPILOG,
+)
+register_subcommand(
+    "map",
+    _cmd.add_map_arguments,
+    _cmd.run_map,
+    help="PCA / kernel-PCA map as a PNG plot and a chemiscope file",
+    epilog=_cmd.MAP_EPILOG,
+)
+register_subcommand(
+    "imbalance",
+    _analysis.add_imbalance_arguments,
+    _analysis.run_imbalance,
+    help="information imbalance between two representations",
+    description=_analysis.IMBALANCE_DESCRIPTION,
+    epilog=_analysis.IMBALANCE_EPILOG,
+)
+register_subcommand(
+    "select",
+    _analysis.add_select_arguments,
+    _analysis.run_select,
+    help="farthest point sampling or CUR selection, written as extxyz",
+    epilog=_analysis.SELECT_EPILOG,
+)
+register_subcommand(
+    "bench",
+    _cmd.add_bench_arguments,
+    _cmd.run_bench,
+    help="run the SOAP benchmark (benchmarks/bench_soap.py)",
+    epilog=_cmd.BENCH_EPILOG,
+    extra_args=True,
+)
 
 
 if __name__ == "__main__":  # pragma: no cover

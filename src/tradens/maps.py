@@ -24,8 +24,15 @@ from ._chemiscope import map_properties, structure_properties, write_chemiscope
 from .features import Features
 from .selection import _top_left_singular, farthest_point_sampling
 
-__all__ = ["PCA", "KernelPCA", "pool_features", "plot_map", "write_chemiscope", "structure_properties",
-           "map_properties"]
+__all__ = [
+    "PCA",
+    "KernelPCA",
+    "pool_features",
+    "plot_map",
+    "write_chemiscope",
+    "structure_properties",
+    "map_properties",
+]
 
 
 def pool_features(features: Features, how: str = "mean") -> Features:
@@ -40,8 +47,14 @@ def pool_features(features: Features, how: str = "mean") -> Features:
     features = features.numpy()
     values = np.asarray(features.pooled(how))  # [structure, feature]
     n = values.shape[0]
-    return Features(values, np.arange(n), np.full(n, -1), np.zeros(n, dtype=np.int64),
-                    dict(features.labels), list(features.names))
+    return Features(
+        values,
+        np.arange(n),
+        np.full(n, -1),
+        np.zeros(n, dtype=np.int64),
+        dict(features.labels),
+        list(features.names),
+    )
 
 
 def _matrix(x, name: str = "X") -> np.ndarray:
@@ -51,7 +64,9 @@ def _matrix(x, name: str = "X") -> np.ndarray:
         x = x.detach().cpu().numpy()
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 1:
-        raise ValueError(f"{name} must be 2-D [point, feature] with at least one row, got shape {x.shape}")
+        raise ValueError(
+            f"{name} must be 2-D [point, feature] with at least one row, got shape {x.shape}"
+        )
     if not np.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf")
     return x
@@ -69,7 +84,9 @@ def _check_components(n_components, x: np.ndarray) -> int:
     if not isinstance(n_components, (int, np.integer)) or n_components < 1:
         raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}")
     if n_components > min(x.shape):
-        raise ValueError(f"n_components={n_components} is larger than min(points, features)={min(x.shape)}")
+        raise ValueError(
+            f"n_components={n_components} is larger than min(points, features)={min(x.shape)}"
+        )
     return int(n_components)
 
 
@@ -118,10 +135,11 @@ class PCA:
         self.components_ = np.ascontiguousarray(u.T)  # [component, feature]
         projected = xc @ u  # [point, component]
         dof = max(x.shape[0] - 1, 1)
-        self.explained_variance_ = (projected ** 2).sum(axis=0) / dof
-        total = float((xc ** 2).sum()) / dof
-        self.explained_variance_ratio_ = self.explained_variance_ / total if total > 0 \
-            else np.zeros(k)
+        self.explained_variance_ = (projected**2).sum(axis=0) / dof
+        total = float((xc**2).sum()) / dof
+        self.explained_variance_ratio_ = (
+            self.explained_variance_ / total if total > 0 else np.zeros(k)
+        )
         self.n_features_in_ = x.shape[1]
         return self
 
@@ -129,7 +147,9 @@ class PCA:
         """Coordinates ``[point, component]`` of ``X [point, feature]``."""
         x = _matrix(X)
         if x.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {x.shape[1]} features, the PCA was fitted on {self.n_features_in_}")
+            raise ValueError(
+                f"X has {x.shape[1]} features, the PCA was fitted on {self.n_features_in_}"
+            )
         return (x - self.mean_) @ self.components_.T
 
     def fit_transform(self, X, y=None) -> np.ndarray:
@@ -177,8 +197,16 @@ class KernelPCA:
         The rbf width used.
     """
 
-    def __init__(self, n_components: int = 2, *, kernel: str = "polynomial", degree: int = 2,
-                 coef0: float = 0.0, gamma: float | None = None, max_fit_points: int = 2000):
+    def __init__(
+        self,
+        n_components: int = 2,
+        *,
+        kernel: str = "polynomial",
+        degree: int = 2,
+        coef0: float = 0.0,
+        gamma: float | None = None,
+        max_fit_points: int = 2000,
+    ):
         self.n_components = n_components
         self.kernel = kernel
         self.degree = degree
@@ -199,7 +227,9 @@ class KernelPCA:
         """Fit on ``X [point, feature]`` (or its FPS landmarks); returns ``self``."""
         if self.kernel not in ("polynomial", "linear", "rbf"):
             raise ValueError(f"kernel must be 'polynomial', 'linear' or 'rbf', got {self.kernel!r}")
-        if self.kernel == "polynomial" and (not isinstance(self.degree, (int, np.integer)) or self.degree < 1):
+        if self.kernel == "polynomial" and (
+            not isinstance(self.degree, (int, np.integer)) or self.degree < 1
+        ):
             raise ValueError(f"degree must be an integer >= 1, got {self.degree!r}")
         if not isinstance(self.max_fit_points, (int, np.integer)) or self.max_fit_points < 2:
             raise ValueError(f"max_fit_points must be an integer >= 2, got {self.max_fit_points!r}")
@@ -216,7 +246,7 @@ class KernelPCA:
         self.gamma_ = None
         if self.kernel == "rbf":
             if self.gamma is None:
-                n2 = (self.X_fit_ ** 2).sum(1)
+                n2 = (self.X_fit_**2).sum(1)
                 d2 = np.maximum(n2[:, None] + n2[None, :] - 2 * self.X_fit_ @ self.X_fit_.T, 0.0)
                 median = float(np.median(d2[np.triu_indices(m, 1)]))
                 self.gamma_ = 1.0 / median if median > 0 else 1.0
@@ -227,7 +257,12 @@ class KernelPCA:
         kernel = self._kernel(self.X_fit_, self.X_fit_)  # [landmark, landmark]
         self.kernel_col_mean_ = kernel.mean(axis=0)  # [landmark]
         self.kernel_mean_ = float(kernel.mean())
-        centered = kernel - self.kernel_col_mean_[None, :] - self.kernel_col_mean_[:, None] + self.kernel_mean_
+        centered = (
+            kernel
+            - self.kernel_col_mean_[None, :]
+            - self.kernel_col_mean_[:, None]
+            + self.kernel_mean_
+        )
         values, vectors = np.linalg.eigh(centered)  # ascending
         values, vectors = values[::-1][:k], _fix_signs(vectors[:, ::-1][:, :k])
         if values[-1] <= 1e-12 * max(values[0], 1e-300):
@@ -241,10 +276,16 @@ class KernelPCA:
         """Coordinates ``[point, component]`` of ``X [point, feature]``."""
         x = _matrix(X)
         if x.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {x.shape[1]} features, the kernel PCA was fitted on {self.n_features_in_}")
+            raise ValueError(
+                f"X has {x.shape[1]} features, the kernel PCA was fitted on {self.n_features_in_}"
+            )
         kernel = self._kernel(x, self.X_fit_)  # [point, landmark]
-        centered = kernel - kernel.mean(axis=1, keepdims=True) - self.kernel_col_mean_[None, :] \
+        centered = (
+            kernel
+            - kernel.mean(axis=1, keepdims=True)
+            - self.kernel_col_mean_[None, :]
             + self.kernel_mean_
+        )
         return centered @ self.alphas_
 
     def fit_transform(self, X, y=None) -> np.ndarray:
@@ -252,9 +293,18 @@ class KernelPCA:
         return self.fit(X).transform(X)
 
 
-def plot_map(path, coordinates, *, categories=None, values=None, title: str | None = None,
-             color_label: str | None = None, order=None, axis_labels: tuple[str, str] = ("component 1", "component 2"),
-             dpi: int = 150) -> None:
+def plot_map(
+    path,
+    coordinates,
+    *,
+    categories=None,
+    values=None,
+    title: str | None = None,
+    color_label: str | None = None,
+    order=None,
+    axis_labels: tuple[str, str] = ("component 1", "component 2"),
+    dpi: int = 150,
+) -> None:
     """Write a 2-D scatter plot as PNG (atomically; needs matplotlib).
 
     Parameters
@@ -279,11 +329,13 @@ def plot_map(path, coordinates, *, categories=None, values=None, title: str | No
         Resolution.
     """
     try:
+        import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        import matplotlib
     except ImportError:
-        raise ImportError("PNG maps need the optional package 'matplotlib' (pip install tradens[plot])") from None
+        raise ImportError(
+            "PNG maps need the optional package 'matplotlib' (pip install tradens[plot])"
+        ) from None
     from ._io import atomic_path
 
     xy = np.asarray(coordinates, dtype=np.float64)
@@ -310,8 +362,15 @@ def plot_map(path, coordinates, *, categories=None, values=None, title: str | No
             color = cmap(index % 20 if len(unique) <= 20 else index / max(len(unique) - 1, 1))
             ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=color, label=label, linewidths=0)
         ncol = max(1, math.ceil(len(unique) / 25))
-        ax.legend(title=color_label, fontsize="x-small", markerscale=max(1.0, 20.0 / size) ** 0.5,
-                  ncol=ncol, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.legend(
+            title=color_label,
+            fontsize="x-small",
+            markerscale=max(1.0, 20.0 / size) ** 0.5,
+            ncol=ncol,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            frameon=False,
+        )
     elif values is not None:
         colour = np.asarray(values, dtype=np.float64)
         if colour.shape != (n,):

@@ -48,8 +48,9 @@ def _check_count(n_select, n_points: int) -> int:
     return int(n_select)
 
 
-def farthest_point_sampling(points, n_select: int, *, initial: int | str = 0, seed: int = 0,
-                            return_distances: bool = False):
+def farthest_point_sampling(
+    points, n_select: int, *, initial: int | str = 0, seed: int = 0, return_distances: bool = False
+):
     """Farthest point sampling of rows.
 
     Parameters
@@ -123,8 +124,14 @@ def _top_left_singular(x: np.ndarray, n_vectors: int, seed: int = 0) -> np.ndarr
     return (q @ u_small)[:, :n_vectors]
 
 
-def cur_selection(points, n_select: int, *, n_vectors: int = 1, tolerance: float = 1e-12,
-                  return_scores: bool = False):
+def cur_selection(
+    points,
+    n_select: int,
+    *,
+    n_vectors: int = 1,
+    tolerance: float = 1e-12,
+    return_scores: bool = False,
+):
     """Deterministic CUR selection of rows, orthogonalising after every pick.
 
     Parameters
@@ -198,7 +205,8 @@ class FPS:
     def fit(self, X, y=None) -> FPS:
         """Select rows of ``X [point, feature]``; returns ``self``."""
         self.selected_idx_, self.hausdorff_ = farthest_point_sampling(
-            X, self.n_to_select, initial=self.initial, seed=self.seed, return_distances=True)
+            X, self.n_to_select, initial=self.initial, seed=self.seed, return_distances=True
+        )
         return self
 
     def transform(self, X) -> np.ndarray:
@@ -230,8 +238,9 @@ class CUR:
 
     def fit(self, X, y=None) -> CUR:
         """Select rows of ``X [point, feature]``; returns ``self``."""
-        self.selected_idx_, self.scores_ = cur_selection(X, self.n_to_select, n_vectors=self.n_vectors,
-                                                          return_scores=True)
+        self.selected_idx_, self.scores_ = cur_selection(
+            X, self.n_to_select, n_vectors=self.n_vectors, return_scores=True
+        )
         return self
 
     def transform(self, X) -> np.ndarray:
