@@ -105,13 +105,14 @@ def test_features_with_55_elements_end_to_end(tmp_path, capsys):
     assert "55 atom points" in capsys.readouterr().out
 
 
-def test_bad_inputs_end_with_one_line(tmp_path):
-    result = run_tradens("features", "missing.xyz", "-o", "out.npz", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "missing.xyz" in one_line_error(result.stderr) and result.stdout == ""
+def test_bad_input_ends_with_one_line(tmp_path, capsys):
     (tmp_path / "bad.xyz").write_text("3\nnot an extxyz comment\nH 0 0\n")
     result = run_tradens("select", "bad.xyz", "-n", "1", "-o", "s.xyz", cwd=tmp_path)
-    assert result.returncode == 1 and "cannot read structures" in one_line_error(result.stderr)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "cannot read structures from 'bad.xyz'" in one_line_error(result.stderr)
+    missing = str(tmp_path / "missing.xyz")
+    assert cli.main(["features", missing, "-o", str(tmp_path / "out.npz")]) == 1
+    assert "missing.xyz' does not exist" in one_line_error(capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.xyz"]  # no output, no temp files
 
 
@@ -394,6 +395,7 @@ def test_select_writes_an_extxyz_subset(tmp_path, capsys, sample):
         (["map", "{sample}", "-o", "x.png", "--color", "spin"], "unknown --color 'spin'"),
         (["imbalance", "{sample}", "--a", "full", "--b", "xx"], "unknown representation 'xx'"),
         (["fit"], "reserved"),
+        (["info"], "give --species"),
         (["bench", "--script", "no_such_bench.py"], "benchmark script not found"),
     ],
 )
