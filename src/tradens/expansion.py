@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .angular import l_of_lm, spherical_harmonics
@@ -90,8 +91,9 @@ def expand_density(
     center_weight: float,
     center_all_species: bool,
     pair_chunk: int = 16384,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Unmixed density coefficients of every atom.
+    """Density coefficients of every atom, unmixed or mixed.
 
     Parameters
     ----------
@@ -116,49 +118,157 @@ def expand_density(
     center_all_species : bool
         Put the centre term in every species channel (else only the centre's own).
     pair_chunk : int
-        Pairs processed at once (bounds the ``[pair, n, lm]`` intermediate).
+        Bound on the pairs processed at once (bounds the per-pair intermediates;
+        a chunk never splits the neighbours of one atom).
+    weights : torch.Tensor, optional
+        Mixing matrix ``W [S*N, K]``. When given, the mixed density
+        ``A [atom, K, lm] = sum_I W[I, k] c[atom, I, lm]`` is returned instead
+        of ``c`` (differentiable in ``W``). It is computed per pair, without
+        forming ``c``, when that is cheaper (``K < S*N``).
 
     Returns
     -------
     torch.Tensor
-        ``c [atom, S*N, (l_max+1)^2]``.
+        ``c [atom, S*N, (l_max+1)^2]``, or ``A [atom, K, (l_max+1)^2]`` with ``weights``.
     """
     dtype, device = vectors.dtype, vectors.device
-    n_atoms, n_max, n_lm = batch.n_atoms, radial.n_max, (l_max + 1) ** 2
-    lm_to_l = l_of_lm(l_max, device)  # [lm]
-    coefficients = torch.zeros(n_atoms * n_species, n_max * n_lm, dtype=dtype, device=device)
+    n_max = radial.n_max
+    if weights is not None and weights.shape[0] != n_species * n_max:
+        raise ValueError(f"weights must have {n_species * n_max} rows (S*N), got {tuple(weights.shape)}")
     neighbor_species = species_index[pairs.j]  # [pair]
-    keep = neighbor_species >= 0
-    if not bool(keep.all()):
-        keep_index = keep.nonzero().squeeze(1)
+    i, s_j = pairs.i, neighbor_species
+    if not bool((neighbor_species >= 0).all()):
+        keep = (neighbor_species >= 0).nonzero().squeeze(1)
+        i, s_j, vectors = i[keep], s_j[keep], vectors[keep]
+    if i.shape[0] > 1 and not bool((i[1:] >= i[:-1]).all()):
+        order = torch.argsort(i, stable=True)
+        i, s_j, vectors = i[order], s_j[order], vectors[order]
+    if weights is None and n_species == 1:
+        weights_or_identity = None  # per-pair path with R itself (K = N)
+        per_pair = True
     else:
-        keep_index = None
-    for start in range(0, len(pairs), pair_chunk):
-        stop = min(start + pair_chunk, len(pairs))
-        sel = slice(start, stop)
-        vec = vectors[sel]  # [p, 3]
-        i, s_j = pairs.i[sel], neighbor_species[sel]
-        if keep_index is not None:
-            mask = keep[sel]
-            vec, i, s_j = vec[mask], i[mask], s_j[mask]
-        if vec.shape[0] == 0:
-            continue
-        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
-        taper = cosine_cutoff(r, cutoff, cutoff_width)  # [p]
-        radial_values = radial(r) * taper[:, None, None]  # [p, n, l]
-        harmonics = spherical_harmonics(vec, l_max)  # [p, lm]
-        contribution = radial_values[:, :, lm_to_l] * harmonics[:, None, :]  # [p, n, lm]
-        coefficients.index_add_(0, i * n_species + s_j, contribution.reshape(-1, n_max * n_lm))
-    coefficients = coefficients.reshape(n_atoms, n_species * n_max, n_lm)
+        weights_or_identity = weights
+        per_pair = weights is not None and weights.shape[1] < n_species * n_max
+    if per_pair:
+        mixed = _expand_per_pair(batch.n_atoms, i, s_j, vectors, weights_or_identity, n_species=n_species,
+                                 radial=radial, l_max=l_max, cutoff=cutoff, cutoff_width=cutoff_width,
+                                 pair_chunk=pair_chunk)  # [atom, K, lm]
+    else:
+        mixed = _expand_unmixed(batch.n_atoms, i, s_j, vectors, n_species=n_species, radial=radial,
+                                l_max=l_max, cutoff=cutoff, cutoff_width=cutoff_width,
+                                pair_chunk=pair_chunk)  # [atom, S*N, lm]
     if center_weight != 0.0:
         center = radial.center_values(dtype, device) * (center_weight / math.sqrt(4.0 * math.pi))  # [n]
-        term = torch.zeros(n_atoms, n_species, n_max, n_lm, dtype=dtype, device=device)
+        present = (species_index >= 0).to(dtype)  # [atom]
         if center_all_species:
-            has_species = (species_index >= 0).to(dtype)[:, None, None]  # [atom, 1, 1]
-            term[:, :, :, 0] = center[None, None, :] * has_species
+            owner = present[:, None].expand(-1, n_species)  # [atom, S]
         else:
-            own = species_index >= 0
-            atoms = own.nonzero().squeeze(1)
-            term[atoms, species_index[atoms], :, 0] = center
-        coefficients = coefficients + term.reshape(n_atoms, n_species * n_max, n_lm)
-    return coefficients
+            owner = torch.zeros(batch.n_atoms, n_species, dtype=dtype, device=device)
+            atoms = (species_index >= 0).nonzero().squeeze(1)
+            owner = owner.index_put((atoms, species_index[atoms]), torch.ones_like(atoms, dtype=dtype))
+        term = (owner[:, :, None] * center[None, None, :]).reshape(batch.n_atoms, n_species * n_max)
+        if per_pair and weights_or_identity is not None:
+            term = term @ weights_or_identity  # [atom, K]
+        mixed = torch.cat([mixed[:, :, :1] + term[:, :, None], mixed[:, :, 1:]], dim=2)
+    if weights is not None and not per_pair:
+        mixed = torch.einsum("aIm,Ik->akm", mixed, weights)  # [atom, K, lm]
+    return mixed
+
+
+def _pair_terms(vectors: torch.Tensor, radial, l_max: int, cutoff: float, cutoff_width: float):
+    """Tapered radial values ``[p, n, l]`` and harmonics ``[p, lm]`` of pair vectors."""
+    with torch.profiler.record_function("expansion/pair_terms"):
+        r = torch.linalg.vector_norm(vectors, dim=1)  # [p]
+        taper = cosine_cutoff(r, cutoff, cutoff_width)  # [p]
+        radial_values = radial(r) * taper[:, None, None]  # [p, n, l]
+        harmonics = spherical_harmonics(vectors, l_max)  # [p, lm]
+    return radial_values, harmonics
+
+
+def _atom_chunks(n_atoms: int, i: torch.Tensor, pair_chunk: int):
+    """Contiguous atom ranges whose (sorted) pairs number about ``pair_chunk`` at most.
+
+    Yields ``(atom_start, atom_stop, pair_start, pair_stop)``.
+    """
+    n_pairs = i.shape[0]
+    if n_pairs <= pair_chunk:
+        yield 0, n_atoms, 0, n_pairs
+        return
+    starts = torch.searchsorted(i, torch.arange(n_atoms + 1, device=i.device)).cpu().numpy()
+    atom = 0
+    while atom < n_atoms:
+        # last atom whose pairs still end within pair_chunk of this chunk's first pair
+        stop = int(np.searchsorted(starts, starts[atom] + pair_chunk, side="right")) - 1
+        stop = min(max(stop, atom + 1), n_atoms)
+        yield atom, stop, int(starts[atom]), int(starts[stop])
+        atom = stop
+
+
+def _expand_unmixed(n_atoms: int, i, s_j, vectors, *, n_species: int, radial, l_max: int, cutoff: float,
+                    cutoff_width: float, pair_chunk: int) -> torch.Tensor:
+    """``c [atom, S*N, lm]`` by per-pair outer products and ``index_add``."""
+    dtype, device = vectors.dtype, vectors.device
+    n_max, n_lm = radial.n_max, (l_max + 1) ** 2
+    lm_to_l = l_of_lm(l_max, device)  # [lm]
+    coefficients = torch.zeros(n_atoms * n_species, n_max * n_lm, dtype=dtype, device=device)
+    for start in range(0, i.shape[0], pair_chunk):
+        sel = slice(start, start + pair_chunk)
+        radial_values, harmonics = _pair_terms(vectors[sel], radial, l_max, cutoff, cutoff_width)
+        contribution = radial_values[:, :, lm_to_l] * harmonics[:, None, :]  # [p, n, lm]
+        coefficients = coefficients.index_add(0, i[sel] * n_species + s_j[sel],
+                                              contribution.reshape(-1, n_max * n_lm))
+    return coefficients.reshape(n_atoms, n_species * n_max, n_lm)
+
+
+def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, radial, l_max: int,
+                     cutoff: float, cutoff_width: float, pair_chunk: int) -> torch.Tensor:
+    """Mixed density ``A [atom, K, lm]`` without the unmixed ``c``.
+
+    Per pair ``Q[p, l, k] = sum_n W[s_p N + n, k] R[p, n, l]`` (one matrix
+    product per neighbour species, pairs grouped by species), then per atom and
+    degree ``A_l[i] = Q_l[i]^T Y_l[i]`` as a batched product over the atoms'
+    neighbour lists padded to a common length. ``weights=None`` means
+    ``W = 1`` (one species, unmixed).
+    """
+    dtype, device = vectors.dtype, vectors.device
+    n_max, n_l, n_lm = radial.n_max, l_max + 1, (l_max + 1) ** 2
+    n_channels = n_max if weights is None else weights.shape[1]
+    blocks = []
+    for atom_start, atom_stop, pair_start, pair_stop in _atom_chunks(n_atoms, i, pair_chunk):
+        n_chunk = atom_stop - atom_start
+        if pair_stop == pair_start:
+            blocks.append(torch.zeros(n_chunk, n_channels, n_lm, dtype=dtype, device=device))
+            continue
+        ci = i[pair_start:pair_stop] - atom_start  # [p]
+        cs = s_j[pair_start:pair_stop]  # [p]
+        vec = vectors[pair_start:pair_stop]  # [p, 3]
+        counts = torch.bincount(ci, minlength=n_chunk)  # [atom]
+        first = torch.cumsum(counts, 0) - counts  # [atom]
+        rank = torch.arange(ci.shape[0], device=device) - first[ci]  # [p] position in its atom's list
+        width = int(counts.max())  # padded neighbour-list length J
+        slot = ci * width + rank  # [p]
+        if weights is not None and n_species > 1:
+            order = torch.argsort(cs, stable=True)  # group pairs by neighbour species
+            vec, cs, slot = vec[order], cs[order], slot[order]
+        radial_values, harmonics = _pair_terms(vec, radial, l_max, cutoff, cutoff_width)
+        by_degree = radial_values.transpose(1, 2)  # [p, l, n]
+        with torch.profiler.record_function("expansion/mix_pairs"):
+            if weights is None:
+                q = by_degree  # [p, l, n]
+            elif n_species == 1:
+                q = torch.matmul(by_degree, weights)  # [p, l, K]
+            else:
+                sizes = torch.bincount(cs, minlength=n_species).cpu().tolist()
+                w = weights.reshape(n_species, n_max, -1)  # [S, N, K]
+                parts = [torch.matmul(part, w[s]) for s, part in enumerate(torch.split(by_degree, sizes))
+                         if sizes[s] > 0]
+                q = torch.cat(parts) if len(parts) > 1 else parts[0]  # [p, l, K]
+        with torch.profiler.record_function("expansion/accumulate"):
+            padded_q = q.new_zeros(n_chunk * width, n_l, n_channels).index_copy(0, slot, q)
+            padded_q = padded_q.reshape(n_chunk, width, n_l, n_channels)  # [atom, J, l, K]
+            padded_y = harmonics.new_zeros(n_chunk * width, n_lm).index_copy(0, slot, harmonics)
+            padded_y = padded_y.reshape(n_chunk, width, n_lm)  # [atom, J, lm]
+            degrees = [torch.bmm(padded_q[:, :, l, :].transpose(1, 2),
+                                 padded_y[:, :, l * l:(l + 1) * (l + 1)]) for l in range(n_l)]  # [atom, K, 2l+1]
+            blocks.append(torch.cat(degrees, dim=2))  # [atom, K, lm]
+    return torch.cat(blocks) if len(blocks) > 1 else blocks[0]

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 from tqdm.auto import tqdm
 
+from .angular import l_of_lm
 from .embeddings import expand_weights, gap_weights, random_weights
 from .expansion import SpeciesMap, expand_density
 from .features import Features
@@ -45,6 +47,9 @@ class PairPlan:
     second: np.ndarray  # [pair] channel b of the second density
     factor: np.ndarray  # [pair] float64
     dense: bool  # True when most of the K1 x K2 products are kept (use a matmul)
+    # "triangle": every b <= a of K1 = K2 channels, factor 1 on the diagonal and sqrt(2) off it
+    # (full and symmetric tensor-coupled SOAP); "diagonal": (k, k, 1) for every k; else "generic"
+    structure: str = "generic"
 
     def __len__(self) -> int:
         return int(self.first.shape[0])
@@ -53,7 +58,17 @@ class PairPlan:
 def _plan(pairs: list[tuple[int, int, float]], k1: int, k2: int) -> PairPlan:
     array = np.array(pairs, dtype=np.float64).reshape(-1, 3)
     first, second = array[:, 0].astype(np.int64), array[:, 1].astype(np.int64)
-    return PairPlan(first, second, array[:, 2].copy(), dense=len(pairs) * 4 > k1 * k2)
+    factor = array[:, 2].copy()
+    structure = "generic"
+    if k1 == k2 and len(pairs) == k1 * (k1 + 1) // 2:
+        rows, cols = np.tril_indices(k1)
+        if (np.array_equal(first, rows) and np.array_equal(second, cols)
+                and np.array_equal(factor, np.where(rows == cols, 1.0, SQRT2))):
+            structure = "triangle"
+    if k1 == k2 and len(pairs) == k1 and np.array_equal(first, np.arange(k1)) \
+            and np.array_equal(second, first) and np.all(factor == 1.0):
+        structure = "diagonal"
+    return PairPlan(first, second, factor, dense=len(pairs) * 4 > k1 * k2, structure=structure)
 
 
 def pair_plan(*, mode: str | None, coupling: str, symmetric: bool, n_species: int, n_max: int,
@@ -115,11 +130,18 @@ def power_spectrum(y1: torch.Tensor, y2: torch.Tensor, plan: PairPlan, l_max: in
     torch.Tensor
         ``[row, len(plan) * (l_max+1)]`` with ``l`` fastest.
     """
+    n_l = l_max + 1
+    if plan.structure == "diagonal":
+        return _diagonal_products(y1, y2, l_max).reshape(y1.shape[0], -1)
+    if plan.structure == "triangle" and y1 is y2 and not _needs_graph(y1) and y1.shape[0] > 0:
+        out = torch.empty(y1.shape[0], len(plan) * n_l, dtype=y1.dtype, device=y1.device)
+        _triangle_products(y1, out, l_max, normalize=False, sigma0=None)
+        return out
     first = torch.as_tensor(plan.first, device=y1.device)
     second = torch.as_tensor(plan.second, device=y1.device)
     factor = torch.as_tensor(plan.factor, dtype=y1.dtype, device=y1.device)  # [pair]
     columns = []
-    for l in range(l_max + 1):
+    for l in range(n_l):
         block = slice(l * l, (l + 1) * (l + 1))
         scale = 1.0 / math.sqrt(2 * l + 1)
         a, b = y1[:, :, block], y2[:, :, block]  # [row, K, 2l+1]
@@ -130,6 +152,81 @@ def power_spectrum(y1: torch.Tensor, y2: torch.Tensor, plan: PairPlan, l_max: in
             values = (a[:, first, :] * b[:, second, :]).sum(-1)  # [row, pair]
         columns.append(values * (factor * scale))
     return torch.stack(columns, dim=-1).reshape(y1.shape[0], -1)  # [row, pair*(l_max+1)]
+
+
+def _needs_graph(*tensors: torch.Tensor) -> bool:
+    """Whether results computed from ``tensors`` must carry autograd information."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _degree_matrix(l_max: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[lm, l]``: ``(2l+1)^{-1/2}`` where ``lm`` has degree ``l``, else 0."""
+    lm_to_l = l_of_lm(l_max)
+    scale = torch.tensor([1.0 / math.sqrt(2 * l + 1) for l in range(l_max + 1)], dtype=torch.float64)
+    matrix = torch.zeros(lm_to_l.shape[0], l_max + 1, dtype=torch.float64)
+    matrix[torch.arange(lm_to_l.shape[0]), lm_to_l] = scale[lm_to_l]
+    return matrix.to(dtype=dtype, device=device)
+
+
+def _diagonal_products(y1: torch.Tensor, y2: torch.Tensor, l_max: int) -> torch.Tensor:
+    """Element-wise coupling ``P[row, k, l] = (2l+1)^{-1/2} sum_m y1[row,k,lm] y2[row,k,lm]``."""
+    product = y1.square() if y1 is y2 else y1 * y2  # [row, K, lm]
+    return torch.matmul(product, _degree_matrix(l_max, y1.dtype, y1.device))  # [row, K, l]
+
+
+def _triangle_products(y: torch.Tensor, out: torch.Tensor, l_max: int, *, normalize: bool,
+                       sigma0: float | None, workspace_bytes: int = 16 * 2**20) -> None:
+    """Write the symmetric ``b <= a`` products of ``y`` into ``out`` (no autograd).
+
+    ``out [row, P*(l_max+1) (+1)]`` receives, in GAP's layout, the values
+    ``f_ab (2l+1)^{-1/2} sum_m y_alm y_blm`` (``f = 1`` on the diagonal, sqrt 2
+    off it), divided by the row norm when ``normalize``, and ``sigma0`` in the
+    last column when given. The Gram blocks are computed for ``b < a1`` of
+    blocks of rows ``a0 <= a < a1`` only (about 60 % of the full products),
+    with the scalings folded into ``y``: the row norm comes from the small
+    ``[2l+1, 2l+1]`` Gram matrices, since ``||y y^T||_F = ||y^T y||_F``.
+    """
+    n_rows, n_channels, n_lm = y.shape
+    n_l = l_max + 1
+    dtype, device = y.dtype, y.device
+    scale = [1.0 / math.sqrt(2 * l + 1) for l in range(n_l)]
+    lm_to_l = l_of_lm(l_max)
+    lm_scale = torch.tensor([math.sqrt(SQRT2 * scale[l]) for l in lm_to_l.tolist()], dtype=torch.float64)
+    lm_scale = lm_scale.to(dtype=dtype, device=device)  # [lm]
+    n_blocks = max(1, math.ceil(n_channels / 48))
+    block = math.ceil(n_channels / n_blocks)
+    blocks = [(a0, min(n_channels, a0 + block)) for a0 in range(0, n_channels, block)]
+    per_row = n_l * block * n_channels * y.element_size()
+    chunk = max(1, min(n_rows, workspace_bytes // per_row))
+    workspace = torch.empty(n_l * chunk * block * n_channels, dtype=dtype, device=device)
+    offsets = [a * (a + 1) // 2 * n_l for a in range(n_channels + 1)]
+    for start in range(0, n_rows, chunk):
+        yc = y[start:start + chunk]  # [m, K, lm]
+        m = yc.shape[0]
+        if normalize:
+            norm2 = torch.zeros(m, dtype=dtype, device=device)
+            for l in range(n_l):
+                part = yc[:, :, l * l:(l + 1) * (l + 1)]  # [m, K, 2l+1]
+                small = torch.bmm(part.transpose(1, 2), part)  # [m, 2l+1, 2l+1]
+                norm2 = norm2 + small.square().sum((1, 2)) * scale[l] ** 2
+            inverse = torch.where(norm2 > 0, norm2.rsqrt(), torch.ones_like(norm2))  # [m]
+            ys = yc * (lm_scale[None, None, :] * inverse.sqrt()[:, None, None])
+        else:
+            ys = yc * lm_scale[None, None, :]  # [m, K, lm]
+        dest = out[start:start + m]  # [m, F]
+        for a0, a1 in blocks:
+            gram = workspace[:n_l * m * (a1 - a0) * a1].view(n_l, m, a1 - a0, a1)  # [l, m, a, b]
+            for l in range(n_l):
+                part = ys[:, :, l * l:(l + 1) * (l + 1)]  # [m, K, 2l+1]
+                torch.bmm(part[:, a0:a1], part[:, :a1].transpose(1, 2), out=gram[l])
+            gram[:, :, :, a0:a1].diagonal(dim1=2, dim2=3).mul_(1.0 / SQRT2)  # f_aa = 1
+            by_row = gram.permute(1, 2, 3, 0)  # [m, a, b, l]
+            for a in range(a0, a1):
+                dest[:, offsets[a]:offsets[a + 1]].view(m, a + 1, n_l).copy_(by_row[:, a - a0, :a + 1, :])
+        if sigma0 is not None:
+            dest[:, -1] = sigma0
 
 
 class SOAP(torch.nn.Module):
@@ -231,12 +328,16 @@ class SOAP(torch.nn.Module):
 
     def feature_names(self) -> list[str]:
         """Readable name of every column, e.g. ``"Z28n0.Z29n3.l2"``."""
+        cached = self.__dict__.get("_feature_names_cache")
+        if cached is not None and cached[0] is self.plan:
+            return list(cached[1])
         names = self.channel_names()
         labels = self.feature_labels()
         out = [f"{names[a]}.{names[b]}.l{l}" for a, b, l in
                zip(labels["channel_1"], labels["channel_2"], labels["l"]) if l >= 0]
         if self.hypers.covariance_sigma0 is not None:
             out.append("covariance_sigma0")
+        self.__dict__["_feature_names_cache"] = (self.plan, tuple(out))
         return out
 
     # ------------------------------------------------------------------ compute
@@ -287,43 +388,66 @@ class SOAP(torch.nn.Module):
         pairs = neighbor_list(batch, h.cutoff.radius)
         vectors = pair_vectors(batch, pairs, positions, cells)  # [pair, 3]
         species_index = self.species_map(batch.numbers)  # [atom]
-        coefficients = expand_density(
+        w1, w2 = self.mixing_matrices(dtype, device)
+        if w1 is None or w2 is w1:
+            weights = w1  # [S*N, K1] or None
+        else:
+            weights = torch.cat([w1, w2], dim=1)  # [S*N, K1+K2]
+        density = expand_density(
             batch, pairs, vectors, species_index, n_species=h.n_species, radial=self.radial_basis,
             l_max=h.l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
             center_weight=h.density.center_weight, center_all_species=self.center_all_species,
-        )  # [atom, S*N, lm]
+            weights=weights,
+        )  # [atom, K, lm] (K = S*N unmixed)
         rows = self.center_rows(batch)
-        coefficients = coefficients[rows]  # [row, S*N, lm]
+        if h.center_species is not None:
+            density = density[rows]  # [row, K, lm]
         if h.average:
             structure = batch.structure[rows]
-            summed = torch.zeros((batch.n_structures,) + coefficients.shape[1:], dtype=dtype, device=device)
-            coefficients = summed.index_add(0, structure, coefficients)  # [structure, S*N, lm]
+            summed = torch.zeros((batch.n_structures,) + density.shape[1:], dtype=dtype, device=device)
+            density = summed.index_add(0, structure, density)  # [structure, K, lm]
             rows = torch.arange(batch.n_structures, device=device)
-        w1, w2 = self.mixing_matrices(dtype, device)
-        n_rows = coefficients.shape[0]
+        if weights is None or w2 is w1:
+            y1 = y2 = density
+        else:
+            y1, y2 = density[:, :w1.shape[1]], density[:, w1.shape[1]:]  # [row, K1, lm], [row, K2, lm]
+        return self._products(y1, y2, row_chunk=row_chunk, out=out), rows
+
+    def _products(self, y1: torch.Tensor, y2: torch.Tensor, *, row_chunk: int,
+                  out: torch.Tensor | None) -> torch.Tensor:
+        """Normalised power spectrum ``[row, feature]`` of mixed densities, in chunks of rows."""
+        h = self.hypers
+        n_rows, dtype, device = y1.shape[0], y1.dtype, y1.device
+        graph = _needs_graph(y1, y2)
+        if out is None and not graph:
+            out = torch.empty(n_rows, self.n_features, dtype=dtype, device=device)
+        if (self.plan.structure == "triangle" and y1 is y2 and not graph and out.stride(-1) == 1
+                and n_rows > 0):
+            with torch.profiler.record_function("soap/power_spectrum"):
+                _triangle_products(y1, out, h.l_max, normalize=h.normalize, sigma0=h.covariance_sigma0)
+            return out
         chunks = []
         for start in range(0, n_rows, row_chunk):
-            c = coefficients[start:start + row_chunk]  # [chunk, S*N, lm]
-            if w1 is None:
-                y1 = y2 = c
-            else:
-                y1 = torch.einsum("rIm,Ik->rkm", c, w1)  # [chunk, K1, lm]
-                y2 = y1 if w2 is w1 else torch.einsum("rIm,Ik->rkm", c, w2)
-            values = power_spectrum(y1, y2, self.plan, h.l_max)  # [chunk, F']
+            with torch.profiler.record_function("soap/power_spectrum"):
+                values = power_spectrum(y1[start:start + row_chunk], y2[start:start + row_chunk],
+                                        self.plan, h.l_max)  # [chunk, F']
             if h.normalize:
                 norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
                 values = values / torch.where(norm > 0, norm, torch.ones_like(norm))
+            if out is not None:
+                stop = start + values.shape[0]
+                out[start:stop, :values.shape[1]] = values
+                if h.covariance_sigma0 is not None:
+                    out[start:stop, -1] = h.covariance_sigma0
+                continue
             if h.covariance_sigma0 is not None:
                 values = torch.cat([values, torch.full_like(values[:, :1], h.covariance_sigma0)], dim=1)
-            if out is not None:
-                out[start:start + values.shape[0]] = values
-            else:
-                chunks.append(values)
+            chunks.append(values)
         if out is not None:
-            return out, rows
+            return out
         if not chunks:
-            return torch.zeros(0, self.n_features, dtype=dtype, device=device), rows
-        return torch.cat(chunks, dim=0), rows
+            return torch.zeros(0, self.n_features, dtype=dtype, device=device)
+        return torch.cat(chunks, dim=0) if len(chunks) > 1 else chunks[0]
 
     def center_rows(self, batch: Batch) -> torch.Tensor:
         """Atom indices (into the batch) that are centres, ``[row]``."""
@@ -377,7 +501,7 @@ class SOAP(torch.nn.Module):
                     offsets = torch.as_tensor(batch.offsets[:-1], device=rows.device)
                     center.append(rows - offsets[batch.structure[rows]])
                     numbers.append(batch.numbers[rows])
-        values = torch.cat(parts)
+        values = parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy of a large single batch
         result = Features(values, torch.cat(structure), torch.cat(center), torch.cat(numbers),
                           labels=self.feature_labels(), names=self.feature_names())
         return result.numpy() if output == "numpy" else result
