@@ -1,0 +1,24 @@
+"""Regression and potentials on (tensor-reduced) atomic features.
+
+All estimators follow scikit-learn conventions (``fit`` returns ``self``,
+fitted attributes end in ``_``, ``get_params``/``set_params``), fit a
+per-element baseline first and keep it, and predict energies (eV), forces
+(eV/Å) and stress (eV/Å^3) with ``predict(frames)``. Save and load with
+:func:`save` / :func:`load`; run MD through :class:`tradens.calculator.TradensCalculator`.
+"""
+
+from .baseline import ElementBaseline
+from .io import load, save
+from .kernel import SparseKernelPotential
+from .linear import LinearPotential
+from .projection import CompressedLeastSquares, RandomProjection
+
+__all__ = [
+    "CompressedLeastSquares",
+    "ElementBaseline",
+    "LinearPotential",
+    "RandomProjection",
+    "SparseKernelPotential",
+    "load",
+    "save",
+]

@@ -1,0 +1,318 @@
+"""Streaming ridge regression with per-fold sufficient statistics.
+
+The design rows of every fold and property (``"energy"``, ``"forces"``,
+``"stress"``) are reduced on the fly to ``A = R^T C R``, ``b = R^T C y`` and
+``y^T C y`` (``C``: structure weights), so no design matrix is kept. Energy
+rows are per atom (``sum_i phi(X_i) / N``) and also keep the composition
+fractions ``f``, so the per-element baseline can be refitted inside every
+cross-validation fold without touching the rows again
+(``y = E/N - f . e0``). The training objective is
+
+.. math::
+
+    \\sum_p \\frac{w_p^2}{n_p} \\| C^{1/2}(R_p \\theta - y_p) \\|^2
+    + \\alpha\\, \\tau\\, \\theta^T \\Gamma \\theta ,
+    \\qquad \\tau = \\mathrm{tr}(A_\\Gamma) / D
+
+with ``n_p`` the weighted number of rows of property ``p`` (so the weights
+trade mean squared errors), ``Gamma`` the identity (ridge) or a kernel matrix
+(projected process), and ``alpha`` relative to the mean eigenvalue ``tau`` of
+the whitened normal matrix.
+
+Solution: normal equations by a symmetric eigendecomposition of the
+(whitened) normal matrix ``A = V diag(lambda) V^T``, so every ``alpha`` of the
+grid costs one matrix-vector product. Conditioning check: the condition number
+``(lambda_max + alpha tau) / (lambda_min + alpha tau)`` is reported as
+``condition_number`` and a ``RuntimeWarning`` is raised above ``1e13`` (the
+float64 solution would then lose more than three digits).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["FoldStatistics", "solve_path", "PROPERTIES"]
+
+PROPERTIES = ("energy", "forces", "stress")
+
+
+class FoldStatistics:
+    """Sufficient statistics of every fold and property.
+
+    Parameters
+    ----------
+    n_folds : int
+        Number of folds (1 without cross-validation).
+    n_features : int
+        ``D``, columns of the design.
+    n_elements : int
+        Number of baseline elements.
+    """
+
+    def __init__(self, n_folds: int, n_features: int, n_elements: int):
+        self.n_folds, self.n_features, self.n_elements = n_folds, n_features, n_elements
+        # allocated on first use: a property without rows costs no memory
+        self.gram = {p: [None] * n_folds for p in PROPERTIES}
+        self.rhs = {p: [None] * n_folds for p in PROPERTIES}
+        self.yy = {p: np.zeros(n_folds) for p in PROPERTIES}
+        self.count = {p: np.zeros(n_folds) for p in PROPERTIES}
+        # energy extras for the in-fold baseline
+        self.xc = [torch.zeros(n_features, n_elements, dtype=torch.float64) for _ in range(n_folds)]
+        self.cc = [np.zeros((n_elements, n_elements)) for _ in range(n_folds)]
+        self.ce = [np.zeros(n_elements) for _ in range(n_folds)]
+
+    def add(
+        self, prop: str, fold: int, rows: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+    ) -> None:
+        """Add rows ``[r, D]`` with targets ``[r]`` and weights ``[r]`` to a fold."""
+        if rows.shape[0] == 0:
+            return
+        rows = rows.to(torch.float64).cpu()
+        targets, weights = targets.to(torch.float64).cpu(), weights.to(torch.float64).cpu()
+        weighted = rows * weights[:, None]  # [r, D]
+        if self.gram[prop][fold] is None:
+            self.gram[prop][fold] = torch.zeros(
+                self.n_features, self.n_features, dtype=torch.float64
+            )
+            self.rhs[prop][fold] = torch.zeros(self.n_features, dtype=torch.float64)
+        self.gram[prop][fold].addmm_(weighted.T, rows)
+        self.rhs[prop][fold].add_(weighted.T @ targets)
+        self.yy[prop][fold] += float((weights * targets * targets).sum())
+        self.count[prop][fold] += float(weights.sum())
+
+    def add_energy(
+        self,
+        fold: int,
+        rows: torch.Tensor,
+        energy: torch.Tensor,
+        fractions: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> None:
+        """Energy rows per atom ``[s, D]``, energy per atom ``[s]``, fractions ``[s, element]``."""
+        if rows.shape[0] == 0:
+            return
+        self.add("energy", fold, rows, energy, weights)
+        rows, fractions = rows.to(torch.float64).cpu(), fractions.to(torch.float64).cpu()
+        weighted = fractions * weights.to(torch.float64).cpu()[:, None]
+        self.xc[fold].addmm_(rows.T, weighted)
+        self.cc[fold] += (weighted.T @ fractions).numpy()
+        self.ce[fold] += (weighted.T @ energy.to(torch.float64).cpu()).numpy()
+
+    # ------------------------------------------------------------------ combining
+    def merged(self, folds) -> dict:
+        """Statistics summed over ``folds`` (energy still without baseline)."""
+        folds = list(folds)
+        out = {"gram": {}, "rhs": {}, "yy": {}, "count": {}}
+        n = self.n_features
+        for p in PROPERTIES:
+            present = [k for k in folds if self.gram[p][k] is not None]
+            out["gram"][p] = _total([self.gram[p][k] for k in present])  # None when absent
+            out["rhs"][p] = _total([self.rhs[p][k] for k in present])
+            out["yy"][p] = float(sum(self.yy[p][k] for k in folds))
+            out["count"][p] = float(sum(self.count[p][k] for k in folds))
+        out["xc"] = sum(
+            (self.xc[k] for k in folds), torch.zeros(n, self.n_elements, dtype=torch.float64)
+        )
+        out["cc"] = sum((self.cc[k] for k in folds), np.zeros((self.n_elements, self.n_elements)))
+        out["ce"] = sum((self.ce[k] for k in folds), np.zeros(self.n_elements))
+        return out
+
+
+def _total(tensors):
+    if not tensors:
+        return None
+    out = tensors[0].clone()
+    for t in tensors[1:]:
+        out += t
+    return out
+
+
+def baseline_from(stats: dict, rcond: float = 1e-10) -> np.ndarray:
+    """Reference energies ``[element]`` minimising the weighted per-atom energy error."""
+    cc, ce = stats["cc"], stats["ce"]
+    if cc.size == 0:
+        return np.zeros(0)
+    return np.linalg.pinv(cc, rcond=rcond, hermitian=True) @ ce
+
+
+def _objective(stats: dict, e0: np.ndarray | None, weights: dict):
+    """Normal matrix and right-hand side of the weighted training objective.
+
+    ``e0`` fixed (baseline fitted first) or ``None``: the per-element energies
+    are fitted jointly and unregularised, i.e. eliminated by the Schur
+    complement of the composition block.
+    """
+    n = stats["xc"].shape[0]
+    a = torch.zeros(n, n, dtype=torch.float64)
+    b = torch.zeros(n, dtype=torch.float64)
+    for p in PROPERTIES:
+        count = stats["count"][p]
+        if count <= 0 or weights[p] == 0:
+            continue
+        scale = weights[p] ** 2 / count
+        gram, rhs = stats["gram"][p], stats["rhs"][p]
+        if p == "energy":
+            xc = stats["xc"]
+            if e0 is None:
+                inverse = torch.as_tensor(np.linalg.pinv(stats["cc"], rcond=1e-10, hermitian=True))
+                gram = gram - xc @ inverse @ xc.T
+                rhs = rhs - xc @ (inverse @ torch.as_tensor(stats["ce"]))
+            else:
+                rhs = rhs - xc @ torch.as_tensor(e0, dtype=torch.float64)
+        a += scale * gram
+        b += scale * rhs
+    return a, b
+
+
+def joint_reference(stats: dict, theta: torch.Tensor) -> np.ndarray:
+    """Per-element energies ``[element, alpha]`` best fitting the energies, given ``theta``."""
+    inverse = np.linalg.pinv(stats["cc"], rcond=1e-10, hermitian=True)
+    return inverse @ (stats["ce"][:, None] - (stats["xc"].T @ theta).numpy())
+
+
+def _errors(theta: torch.Tensor, stats: dict, e0: np.ndarray) -> dict:
+    """Weighted sums of squared errors and counts of each property.
+
+    ``theta [D, alpha]``; ``e0 [element]`` or ``[element, alpha]``.
+    """
+    out = {}
+    e0 = np.asarray(e0, dtype=np.float64)
+    e0 = np.repeat(e0[:, None], theta.shape[1], axis=1) if e0.ndim == 1 else e0  # [element, alpha]
+    for p in PROPERTIES:
+        count = stats["count"][p]
+        if count <= 0:
+            out[p] = (np.zeros(theta.shape[1]), 0.0)
+            continue
+        quad = (
+            (theta * (stats["gram"][p] @ theta)).sum(0) - 2.0 * (stats["rhs"][p] @ theta)
+        ).numpy()
+        yy = stats["yy"][p]
+        if p == "energy":
+            e0_t = torch.as_tensor(e0)
+            quad = quad + 2.0 * (theta * (stats["xc"] @ e0_t)).sum(0).numpy()
+            yy = yy - 2.0 * (stats["ce"] @ e0) + np.einsum("ea,ef,fa->a", e0, stats["cc"], e0)
+        out[p] = (np.maximum(quad + yy, 0.0), count)
+    return out
+
+
+def solve_path(
+    stats: dict,
+    e0: np.ndarray | None,
+    weights: dict,
+    alphas,
+    regularizer: torch.Tensor | None = None,
+    jitter: float = 1e-10,
+):
+    """Solutions ``theta [D, alpha]`` for every ``alpha`` and the condition numbers.
+
+    Parameters
+    ----------
+    stats : dict
+        :meth:`FoldStatistics.merged` of the training folds.
+    e0 : numpy.ndarray or None
+        Baseline reference energies of these folds, or ``None`` to fit them
+        jointly (see :func:`joint_reference`).
+    weights : dict
+        Property weights ``w_p``.
+    alphas : sequence of float
+        Relative regularisation strengths (> 0).
+    regularizer : torch.Tensor, optional
+        ``Gamma [D, D]`` (symmetric positive semi-definite); identity if None.
+    """
+    a, b = _objective(stats, e0, weights)
+    whiten = None
+    if regularizer is not None:
+        gamma = regularizer.to(torch.float64)
+        scale = float(torch.diagonal(gamma).mean())
+        chol = torch.linalg.cholesky(
+            gamma + jitter * scale * torch.eye(gamma.shape[0], dtype=torch.float64)
+        )
+        whiten = chol  # theta = L^{-T} u
+        a = torch.linalg.solve_triangular(
+            chol, torch.linalg.solve_triangular(chol, a, upper=False).T, upper=False
+        ).T
+        b = torch.linalg.solve_triangular(chol, b[:, None], upper=False)[:, 0]
+    a = 0.5 * (a + a.T)
+    n = a.shape[0]
+    tau = float(torch.diagonal(a).sum()) / max(n, 1)
+    if tau <= 0:
+        raise ValueError("the design is all zeros: no labels, or features that do not vary")
+    eigenvalues, vectors = torch.linalg.eigh(a)
+    eigenvalues = eigenvalues.clamp(min=0.0)
+    projected = vectors.T @ b  # [D]
+    alphas_t = torch.as_tensor(np.asarray(alphas, dtype=np.float64))
+    shifted = eigenvalues[:, None] + alphas_t[None, :] * tau  # [D, alpha]
+    theta = vectors @ (projected[:, None] / shifted)  # [D, alpha]
+    if whiten is not None:
+        theta = torch.linalg.solve_triangular(whiten.T, theta, upper=True)
+    condition = (shifted.max(0).values / shifted.min(0).values).numpy()
+    return theta, condition
+
+
+def _references(stats: dict, theta: torch.Tensor, joint: bool, e0) -> np.ndarray:
+    return joint_reference(stats, theta) if joint else e0
+
+
+def cross_validate(
+    fold_stats: FoldStatistics, weights: dict, alphas, regularizer=None, joint: bool = False
+) -> dict:
+    """K-fold validation errors of every ``alpha``.
+
+    Returns
+    -------
+    dict
+        ``"alphas"``; ``"<property>_rmse" [alpha]`` (weighted, pooled over
+        folds); ``"loss" [alpha]`` (``sum_p w_p^2 MSE_p``).
+    """
+    n_alpha = len(alphas)
+    sse = {p: np.zeros(n_alpha) for p in PROPERTIES}
+    counts = {p: 0.0 for p in PROPERTIES}
+    folds = range(fold_stats.n_folds)
+    for k in folds:
+        validation = fold_stats.merged([k])
+        if sum(validation["count"].values()) == 0:
+            continue
+        training = fold_stats.merged([j for j in folds if j != k])
+        e0 = None if joint else baseline_from(training)
+        theta, _ = solve_path(training, e0, weights, alphas, regularizer)
+        for p, (errors, count) in _errors(
+            theta, validation, _references(training, theta, joint, e0)
+        ).items():
+            sse[p] += errors
+            counts[p] += count
+    out = {"alphas": np.asarray(alphas, dtype=np.float64)}
+    loss = np.zeros(n_alpha)
+    for p in PROPERTIES:
+        if counts[p] > 0:
+            mse = sse[p] / counts[p]
+            out[f"{p}_rmse"] = np.sqrt(mse)
+            loss += weights[p] ** 2 * mse
+        else:
+            out[f"{p}_rmse"] = np.full(n_alpha, np.nan)
+    out["loss"] = loss
+    return out
+
+
+def final_fit(
+    fold_stats: FoldStatistics, weights: dict, alpha: float, regularizer=None, joint: bool = False
+):
+    """Reference energies, ``theta [D]``, training RMSEs and condition number (all folds)."""
+    stats = fold_stats.merged(range(fold_stats.n_folds))
+    e0 = None if joint else baseline_from(stats)
+    theta, condition = solve_path(stats, e0, weights, [alpha], regularizer)
+    e0 = _references(stats, theta, joint, e0)
+    e0 = e0[:, 0] if e0.ndim == 2 else e0
+    if condition[0] > 1e13:
+        warnings.warn(
+            f"ill-conditioned normal equations (condition number {condition[0]:.2e}); "
+            "increase alpha",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    training = {}
+    for p, (errors, count) in _errors(theta, stats, e0).items():
+        training[p] = float(np.sqrt(errors[0] / count)) if count > 0 else float("nan")
+    return e0, theta[:, 0], training, float(condition[0])

@@ -1,0 +1,186 @@
+"""Safe, versioned saving and loading of fitted models.
+
+A model file is a zip archive with two members:
+
+* ``metadata.json``: ``{"format": "tradens-model", "format_version": 1,
+  "class": ..., "tradens_version": ..., "representation": {...}, "params":
+  {...}, "fitted": {...}}`` (plain JSON: hypers, species, reference energies,
+  scalars);
+* ``arrays.npz``: every array (weights, mixing matrices, sparse points),
+  read with ``allow_pickle=False``.
+
+No code is pickled: classes are looked up in a closed registry and rebuilt
+from their constructor parameters, representations from their hypers
+(:func:`tradens.hypers.from_dict`) plus their ``state_dict`` arrays (mixing
+weights, learned embeddings). Files are written atomically (temporary file,
+then ``os.replace``). Reading a file of another ``format_version`` raises a
+``ValueError`` that names both versions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..hypers import from_dict, to_dict
+
+__all__ = ["save", "load", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "tradens-model"
+FORMAT_VERSION = 1
+
+
+def _model_classes() -> dict:
+    from .baseline import ElementBaseline
+    from .kernel import SparseKernelPotential
+    from .linear import LinearPotential
+    from .projection import CompressedLeastSquares
+
+    classes = [ElementBaseline, LinearPotential, SparseKernelPotential, CompressedLeastSquares]
+    try:
+        from .learned import LearnedPotential
+
+        classes.append(LearnedPotential)
+    except ImportError:
+        pass
+    return {cls.__name__: cls for cls in classes}
+
+
+def _representation_classes() -> dict:
+    from ..ace_features import ACE
+    from ..soap import SOAP
+
+    return {"SOAP": SOAP, "ACE": ACE}
+
+
+# ------------------------------------------------------------------ representations
+def representation_state(representation, prefix: str = "representation") -> tuple[dict, dict]:
+    """JSON metadata and arrays of a representation (hypers + tensors)."""
+    name = type(representation).__name__
+    if name not in _representation_classes():
+        raise ValueError(
+            f"cannot save a representation of type {name}; "
+            f"known: {sorted(_representation_classes())}"
+        )
+    arrays = {
+        f"{prefix}/{key}": value.detach().cpu().numpy()
+        for key, value in representation.state_dict().items()
+        if value is not None
+    }
+    fixed = getattr(representation, "fixed_matrices", None)
+    if fixed is not None:
+        arrays.update(
+            {f"{prefix}.fixed/{k}": np.asarray(m.detach().cpu()) for k, m in enumerate(fixed)}
+        )
+    return {"class": name, "hypers": to_dict(representation.hypers)}, arrays
+
+
+def representation_from_state(meta: dict, arrays: dict, prefix: str = "representation"):
+    """Rebuild a representation saved by :func:`representation_state`."""
+    classes = _representation_classes()
+    if meta.get("class") not in classes:
+        raise ValueError(f"unknown representation class {meta.get('class')!r} in model file")
+    representation = classes[meta["class"]](from_dict(meta["hypers"]))
+    state = {
+        key[len(prefix) + 1 :]: torch.as_tensor(value)
+        for key, value in arrays.items()
+        if key.startswith(prefix + "/")
+    }
+    current = representation.state_dict()
+    missing = set(current) - set(state)
+    if missing:
+        raise ValueError(f"model file lacks representation arrays {sorted(missing)}")
+    with torch.no_grad():
+        for key, value in state.items():
+            if key not in current:
+                raise ValueError(f"model file has an unknown representation array {key!r}")
+            current[key].copy_(value.to(current[key].dtype))
+    fixed = sorted(key for key in arrays if key.startswith(prefix + ".fixed/"))
+    if fixed:
+        representation.fixed_matrices = tuple(torch.as_tensor(arrays[key]) for key in fixed)
+    return representation
+
+
+# ------------------------------------------------------------------ files
+def save(model, path: str | os.PathLike) -> str:
+    """Write a fitted model to ``path`` (atomically); returns the path.
+
+    Raises
+    ------
+    ValueError
+        If the model is not fitted or of an unknown class.
+    """
+    name = type(model).__name__
+    if name not in _model_classes():
+        raise ValueError(f"cannot save a {name}; known models: {sorted(_model_classes())}")
+    model._check_fitted()
+    meta, arrays = model._get_state()
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "class": name,
+        "tradens_version": __version__,
+        **meta,
+    }
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray) or value.dtype == object:
+            raise TypeError(f"array {key!r} must be a numeric numpy array")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".tradens-", suffix=".tmp", dir=directory)
+    try:
+        with (
+            os.fdopen(handle, "wb") as stream,
+            zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as archive,
+        ):
+            archive.writestr("metadata.json", json.dumps(metadata, indent=1, sort_keys=True))
+            archive.writestr("arrays.npz", buffer.getvalue())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata of a model file (checked for format and version)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read("metadata.json"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+        raise ValueError(f"{os.fspath(path)!r} is not a tradens model file ({error})") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a tradens model file (format {metadata.get('format')!r})"
+        )
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{os.fspath(path)!r} uses model format version {version}, but this tradens "
+            f"({__version__}) reads version {FORMAT_VERSION}; load it with the tradens version "
+            f"that wrote it "
+            f"({metadata.get('tradens_version', 'unknown')}) and refit or re-save"
+        )
+    return metadata
+
+
+def load(path: str | os.PathLike):
+    """Read a model written by :func:`save`."""
+    metadata = read_metadata(path)
+    with zipfile.ZipFile(path) as archive:
+        with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    classes = _model_classes()
+    if metadata.get("class") not in classes:
+        raise ValueError(f"unknown model class {metadata.get('class')!r}; known: {sorted(classes)}")
+    return classes[metadata["class"]]._from_state(metadata, arrays)

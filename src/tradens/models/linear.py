@@ -1,0 +1,439 @@
+"""Linear (ridge) potentials on per-atom features.
+
+.. math::
+
+    E = \\sum_i \\left( \\theta \\cdot \\phi(X_i) + e_{Z_i} \\right), \\qquad
+    \\mathbf F_a = -\\partial E / \\partial \\mathbf x_a, \\qquad
+    \\sigma = \\frac{1}{V} \\frac{\\partial E}{\\partial \\epsilon}
+
+with ``phi(X) = X`` (or per element, or a random projection), fitted jointly on
+energies, forces and stress by ridge regression streamed over structures (see
+:mod:`tradens.models._solve` for the objective, the per-fold baseline and the
+conditioning check). The force rows come from
+:mod:`tradens.models._jacobian` (per-pair SOAP derivatives; any other
+representation falls back to autograd).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..systems import _as_frames
+from ._base import PotentialBase
+from ._data import composition, read_targets, species_of
+from ._design import LinearBasis, ProjectionBasis, design_batches
+from ._solve import FoldStatistics, cross_validate, final_fit
+from .baseline import ElementBaseline
+
+__all__ = ["LinearPotential", "DEFAULT_ALPHAS"]
+
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-9, -1, 9))
+
+
+def fold_ids(n: int, cv, groups, seed: int) -> tuple[np.ndarray, int]:
+    """Fold of every structure: seeded shuffled K-fold, or the given groups."""
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(
+                f"groups must have one entry per structure ({n}), got shape {groups.shape}"
+            )
+        _, ids = np.unique(groups, return_inverse=True)
+        return ids.astype(np.int64), int(ids.max()) + 1
+    if cv is None or cv == 1:
+        return np.zeros(n, dtype=np.int64), 1
+    if not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise ValueError(f"cv must be None or an integer >= 2, got {cv!r}")
+    if cv > n:
+        raise ValueError(f"cv={cv} folds need at least {cv} structures, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    ids = np.empty(n, dtype=np.int64)
+    ids[order] = np.arange(n) % cv
+    return ids, int(cv)
+
+
+def structure_weights(frames, sample_weight, config_weights, config_key) -> np.ndarray:
+    """Per-structure weights ``c_s`` from ``sample_weight`` and ``config_weights``."""
+    n = len(frames)
+    weights = (
+        np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).copy()
+    )
+    if weights.shape != (n,) or not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(f"sample_weight must be {n} finite non-negative numbers")
+    if config_weights:
+        for s, frame in enumerate(frames):
+            key = getattr(frame, "info", {}).get(config_key)
+            weights[s] *= float(config_weights.get(key, config_weights.get("default", 1.0)))
+    return weights
+
+
+class LinearPotential(PotentialBase):
+    """Ridge-regression potential, linear in (a basis of) per-atom features.
+
+    Parameters
+    ----------
+    representation : torch.nn.Module
+        Per-atom features with ``forward(batch, positions, cells) -> (values
+        [row, F], rows)``, e.g. :class:`tradens.SOAP` (every atom a centre).
+        Not modified; the fitted model keeps a copy in ``representation_``.
+    alphas : sequence of float
+        Relative regularisation strengths to cross-validate (one value skips CV).
+    cv : int or None
+        Number of folds (seeded shuffled K-fold over structures); ``None``
+        fits once with ``alphas[0]``.
+    energy_weight, forces_weight, stress_weight : float
+        Weights of the mean squared errors of energies (per eV/atom), force
+        components (per eV/Å) and stress components (per eV/Å^3). 0 ignores a
+        property.
+    per_element : bool
+        Separate weights for every centre element (``D = S F``).
+    projection : RandomProjection, optional
+        Project the features to fewer columns first (baselines).
+    config_weights : dict, optional
+        Per-structure weights by ``atoms.info[config_key]`` (key ``"default"``
+        for the others).
+    config_key : str
+        Info key for ``config_weights``.
+    energy_key, forces_key, stress_key : str
+        Where the labels are.
+    baseline : {"first", "joint"}
+        ``"first"``: per-element reference energies by least squares on
+        composition, fitted before (and inside every CV fold, independently
+        of) the weights and kept fixed. ``"joint"``: fitted together with the
+        weights, unregularised (the Schur complement of the composition block),
+        so a model of exactly this form is recovered exactly.
+    cv_metric : {"loss", "energy", "forces", "stress"}
+        What selects ``alpha``: the weighted validation loss, or one RMSE.
+    batch_size : int
+        Structures per design batch (memory).
+    seed : int
+        Seed of the fold assignment.
+    progress : bool
+        Show a progress bar.
+
+    Attributes
+    ----------
+    baseline_ : ElementBaseline
+        Per-element reference energies fitted with the model.
+    weights_ : numpy.ndarray
+        ``theta [D]``.
+    alpha_ : float
+        Selected regularisation.
+    cv_results_ : dict
+        ``alphas`` and, per alpha, ``energy_rmse`` (eV/atom),
+        ``forces_rmse`` (eV/Å), ``stress_rmse`` (eV/Å^3) and ``loss``.
+    training_rmse_ : dict
+        Training RMSEs of the final fit.
+    condition_number_ : float
+        Of the regularised normal equations.
+    """
+
+    def __init__(
+        self,
+        representation,
+        *,
+        alphas=DEFAULT_ALPHAS,
+        cv=5,
+        energy_weight: float = 1.0,
+        forces_weight: float = 0.1,
+        stress_weight: float = 1.0,
+        per_element: bool = False,
+        projection=None,
+        config_weights=None,
+        config_key: str = "config_type",
+        energy_key: str = "energy",
+        forces_key: str = "forces",
+        stress_key: str = "stress",
+        baseline: str = "first",
+        cv_metric: str = "loss",
+        batch_size: int = 8,
+        seed: int = 0,
+        progress: bool = False,
+    ):
+        self.representation = representation
+        self.alphas = alphas
+        self.cv = cv
+        self.energy_weight = energy_weight
+        self.forces_weight = forces_weight
+        self.stress_weight = stress_weight
+        self.per_element = per_element
+        self.projection = projection
+        self.config_weights = config_weights
+        self.config_key = config_key
+        self.energy_key = energy_key
+        self.forces_key = forces_key
+        self.stress_key = stress_key
+        self.baseline = baseline
+        self.cv_metric = cv_metric
+        self.batch_size = batch_size
+        self.seed = seed
+        self.progress = progress
+
+    # ------------------------------------------------------------------ fitting
+    def _validate(self):
+        for name in ("energy_weight", "forces_weight", "stress_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.energy_weight == 0 and self.forces_weight == 0 and self.stress_weight == 0:
+            raise ValueError(
+                "at least one of energy_weight, forces_weight, stress_weight must be > 0"
+            )
+        alphas = np.atleast_1d(np.asarray(self.alphas, dtype=np.float64))
+        if alphas.size == 0 or not np.isfinite(alphas).all() or (alphas <= 0).any():
+            raise ValueError(f"alphas must be positive numbers, got {self.alphas!r}")
+        if self.baseline not in ("first", "joint"):
+            raise ValueError(f"baseline must be 'first' or 'joint', got {self.baseline!r}")
+        if self.cv_metric not in ("loss", "energy", "forces", "stress"):
+            raise ValueError(
+                f"cv_metric must be 'loss', 'energy', 'forces' or 'stress', got {self.cv_metric!r}"
+            )
+        if not hasattr(self.representation, "forward"):
+            raise ValueError(
+                "representation must be a torch module with forward(batch, positions, cells)"
+            )
+        return alphas
+
+    def _make_basis(self, n_features: int, species):
+        if self.projection is not None:
+            if self.per_element:
+                raise ValueError("per_element cannot be combined with a projection")
+            projection = copy.deepcopy(self.projection).fit(n_features)
+            self.projection_ = projection
+            return ProjectionBasis(torch.as_tensor(projection.components_))
+        return LinearBasis(n_features, tuple(species) if self.per_element else None)
+
+    def _n_features(self, frames) -> int:
+        with torch.no_grad():
+            from ..systems import as_batch
+
+            values, _ = self.representation.forward(as_batch(frames[:1]))
+        return int(values.shape[1])
+
+    def fit(self, frames, sample_weight=None, groups=None):
+        """Fit baseline and weights; returns ``self``.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            Labelled training structures (never modified).
+        sample_weight : array-like, optional
+            ``[structure]`` weights ``c_s``.
+        groups : array-like, optional
+            ``[structure]`` fold labels (one fold per distinct label),
+            overriding ``cv``.
+        """
+        alphas = self._validate()
+        frames = _as_frames(frames)
+        targets = read_targets(
+            frames,
+            energy_key=self.energy_key,
+            forces_key=self.forces_key,
+            stress_key=self.stress_key,
+        )
+        species = species_of(frames)
+        weights = structure_weights(frames, sample_weight, self.config_weights, self.config_key)
+        folds, n_folds = fold_ids(len(frames), self.cv, groups, self.seed)
+        if n_folds == 1 and alphas.size > 1:
+            alphas = alphas[:1]
+        basis = self._make_basis(self._n_features(frames), species)
+        use_forces = self.forces_weight > 0 and bool(np.isfinite(targets.forces).any())
+        use_stress = self.stress_weight > 0 and bool(np.isfinite(targets.stress).any())
+        stats = self._accumulate(
+            frames, targets, basis, species, weights, folds, n_folds, use_forces, use_stress
+        )
+        prop_weights = {
+            "energy": self.energy_weight,
+            "forces": self.forces_weight,
+            "stress": self.stress_weight,
+        }
+        if n_folds > 1:
+            self.cv_results_ = cross_validate(
+                stats,
+                prop_weights,
+                alphas,
+                self._regularizer(basis),
+                joint=self.baseline == "joint",
+            )
+            metric = "loss" if self.cv_metric == "loss" else f"{self.cv_metric}_rmse"
+            scores = self.cv_results_[metric]
+            if np.isnan(scores).all():
+                raise ValueError(f"cv_metric={self.cv_metric!r} but no such labels in the data")
+            self.alpha_ = float(alphas[int(np.nanargmin(scores))])
+        else:
+            self.cv_results_ = None
+            self.alpha_ = float(alphas[0])
+        e0, theta, training, condition = final_fit(
+            stats,
+            prop_weights,
+            self.alpha_,
+            self._regularizer(basis),
+            joint=self.baseline == "joint",
+        )
+        self.baseline_ = ElementBaseline(species=species).set_reference(species, e0)
+        self.species_ = species
+        self.weights_ = theta.numpy()
+        self.training_rmse_ = training
+        self.condition_number_ = condition
+        self.n_features_in_ = basis.n_outputs
+        self.basis_ = basis
+        self.representation_ = self.representation
+        self._theta = theta
+        return self
+
+    def _regularizer(self, basis):
+        return None
+
+    def _accumulate(
+        self, frames, targets, basis, species, weights, folds, n_folds, use_forces, use_stress
+    ):
+        stats = FoldStatistics(n_folds, basis.n_outputs, len(species))
+        fractions = composition(frames, species) / targets.n_atoms[:, None]
+        batches = design_batches(
+            self.representation,
+            basis,
+            frames,
+            forces=use_forces,
+            stress=use_stress,
+            batch_size=self.batch_size,
+        )
+        if self.progress:
+            batches = tqdm(
+                batches, total=-(-len(frames) // self.batch_size), desc="design", unit="batch"
+            )
+        for start, batch, design in batches:
+            n_batch = batch.n_structures
+            index = np.arange(start, start + n_batch)
+            for k in np.unique(folds[index]):
+                chosen = index[folds[index] == k]
+                local = torch.as_tensor(chosen - start)
+                w = torch.as_tensor(weights[chosen])
+                energy = torch.as_tensor(targets.energy[chosen])
+                ok = torch.isfinite(energy)
+                n_at = torch.as_tensor(targets.n_atoms[chosen], dtype=torch.float64)
+                stats.add_energy(
+                    int(k),
+                    design.energy[local][ok] / n_at[ok, None],
+                    (energy / n_at)[ok],
+                    torch.as_tensor(fractions[chosen])[ok],
+                    w[ok],
+                )
+                if use_forces:
+                    self._add_forces(stats, int(k), chosen, start, batch, design, targets, weights)
+                if use_stress:
+                    self._add_stress(stats, int(k), chosen, start, batch, design, targets, weights)
+        return stats
+
+    @staticmethod
+    def _add_forces(stats, k, chosen, start, batch, design, targets, weights):
+        for s in chosen:
+            if not targets.has_forces(s):
+                continue
+            lo, hi = batch.offsets[s - start], batch.offsets[s - start + 1]
+            rows = design.forces[lo:hi].reshape(-1, design.forces.shape[2])  # [3n, D]
+            labels = torch.as_tensor(
+                targets.forces[targets.offsets[s] : targets.offsets[s + 1]].reshape(-1)
+            )
+            stats.add("forces", k, rows, labels, torch.full_like(labels, weights[s]))
+
+    @staticmethod
+    def _add_stress(stats, k, chosen, start, batch, design, targets, weights):
+        cells = batch.cells.detach().cpu().numpy()
+        for s in chosen:
+            if not targets.has_stress(s):
+                continue
+            volume = abs(float(np.linalg.det(cells[s - start])))
+            if volume <= 0:
+                continue
+            virial = design.virial[s - start]  # [3, 3, D]
+            rows = virial[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / volume  # [6, D]
+            labels = torch.as_tensor(targets.stress[s])
+            stats.add("stress", k, rows, labels, torch.full_like(labels, weights[s]))
+
+    # ------------------------------------------------------------------ prediction
+    # ------------------------------------------------------------------ io
+    def _fitted_state(self) -> tuple[dict, dict]:
+        meta = {
+            "species": list(self.species_),
+            "alpha": self.alpha_,
+            "training_rmse": self.training_rmse_,
+            "condition_number": self.condition_number_,
+            "n_features_in": self.n_features_in_,
+            "basis": "projection"
+            if self.projection is not None
+            else ("per_element" if self.per_element else "linear"),
+        }
+        arrays = {
+            "weights": np.asarray(self.weights_),
+            "reference_energies": self.baseline_.reference_energies_,
+        }
+        if self.projection is not None:
+            arrays["projection"] = np.asarray(self.projection_.components_)
+        return meta, arrays
+
+    def _set_fitted(self, meta: dict, arrays: dict, representation) -> None:
+        species = tuple(meta["species"])
+        self.baseline_ = ElementBaseline(species=species).set_reference(
+            species, arrays["reference_energies"]
+        )
+        self.species_ = species
+        self.alpha_ = meta["alpha"]
+        self.training_rmse_ = meta["training_rmse"]
+        self.condition_number_ = meta["condition_number"]
+        self.n_features_in_ = meta["n_features_in"]
+        self.weights_ = np.asarray(arrays["weights"], dtype=np.float64)
+        self._theta = torch.as_tensor(self.weights_)
+        self.representation_ = representation
+        self.cv_results_ = None
+        if meta["basis"] == "projection":
+            self.projection_ = self.projection
+            self.projection_.components_ = np.asarray(arrays["projection"], dtype=np.float64)
+            self.basis_ = ProjectionBasis(torch.as_tensor(self.projection_.components_))
+        else:
+            n_features = int(representation.n_features)
+            self.basis_ = LinearBasis(
+                n_features, species if meta["basis"] == "per_element" else None
+            )
+
+    def _get_state(self):
+        from .io import representation_state
+
+        rep_meta, arrays = representation_state(self.representation_)
+        meta, fitted_arrays = self._fitted_state()
+        arrays.update(fitted_arrays)
+        params = self._json_params(exclude=("representation", "projection"))
+        projection = None if self.projection is None else self.projection.get_params()
+        return {
+            "representation": rep_meta,
+            "params": params,
+            "projection": projection,
+            "fitted": meta,
+        }, arrays
+
+    @classmethod
+    def _from_state(cls, meta, arrays):
+        from .io import representation_from_state
+        from .projection import RandomProjection
+
+        representation = representation_from_state(meta["representation"], arrays)
+        params = dict(meta["params"])
+        params["alphas"] = (
+            tuple(params["alphas"]) if isinstance(params["alphas"], list) else params["alphas"]
+        )
+        projection = (
+            None if meta.get("projection") is None else RandomProjection(**meta["projection"])
+        )
+        model = cls(representation, projection=projection, **params)
+        model._set_fitted(meta["fitted"], arrays, representation)
+        return model
+
+    def _atom_energy(self, values: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        phi = self.basis_.values(values, numbers)  # [row, D]
+        theta = self._theta.to(dtype=phi.dtype, device=phi.device)
+        return phi @ theta + self.baseline_.atom_energies(numbers, phi.dtype).to(
+            phi.device
+        )  # [row]

@@ -1,0 +1,229 @@
+"""Random-projection baselines for tensor-reduced features.
+
+* :class:`RandomProjection`: a Johnson-Lindenstrauss map ``X -> P X`` with
+  ``P [D, F]`` Gaussian (``N(0, 1/D)``) or very sparse (Achlioptas/Li:
+  entries ``+-sqrt(s/D)`` with probability ``1/(2s)``, ``s = sqrt(F)``).
+  Used as ``LinearPotential(full_soap, projection=RandomProjection(D))`` it
+  compresses the full SOAP to as many columns as a tensor-reduced SOAP, the
+  baseline that tensor reduction must beat at equal size.
+* :class:`CompressedLeastSquares`: ordinary least squares on randomly
+  projected features (Maillard & Munos, NeurIPS 2009), optionally averaged
+  over several independent projections (Slawski 2018; Kabán 2014); ``alpha``
+  is only a tiny ridge for round-off. Fitted the same way as the ridge
+  potentials (baseline first, same weights and labels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..systems import _as_frames
+from ._base import PotentialBase
+from .linear import LinearPotential
+
+__all__ = ["RandomProjection", "CompressedLeastSquares"]
+
+
+class RandomProjection:
+    """Seeded random projection of feature vectors.
+
+    Parameters
+    ----------
+    n_components : int
+        Output dimension ``D``.
+    kind : {"gaussian", "sparse"}
+        Dense Gaussian or very sparse random matrix.
+    seed : int
+        Seed of the matrix.
+
+    Attributes
+    ----------
+    components_ : numpy.ndarray
+        ``P [D, F]``.
+    """
+
+    def __init__(self, n_components: int, *, kind: str = "gaussian", seed: int = 0):
+        self.n_components = n_components
+        self.kind = kind
+        self.seed = seed
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Constructor arguments (scikit-learn protocol)."""
+        return {"n_components": self.n_components, "kind": self.kind, "seed": self.seed}
+
+    def set_params(self, **params):
+        """Set constructor arguments; returns ``self``."""
+        for key, value in params.items():
+            if key not in self.get_params():
+                raise ValueError(f"invalid parameter {key!r} for RandomProjection")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"RandomProjection({self.n_components}, kind={self.kind!r}, seed={self.seed})"
+
+    def fit(self, n_features):
+        """Draw ``P`` for ``n_features`` columns (or those of an array); returns ``self``."""
+        if not isinstance(n_features, (int, np.integer)):
+            n_features = np.asarray(n_features).shape[1]
+        d = self.n_components
+        if not isinstance(d, (int, np.integer)) or d < 1:
+            raise ValueError(f"n_components must be a positive integer, got {d!r}")
+        if self.kind not in ("gaussian", "sparse"):
+            raise ValueError(f"kind must be 'gaussian' or 'sparse', got {self.kind!r}")
+        rng = np.random.default_rng(self.seed)
+        if self.kind == "gaussian":
+            matrix = rng.standard_normal((d, n_features)) / np.sqrt(d)
+        else:
+            s = np.sqrt(n_features)
+            draw = rng.random((d, n_features))
+            matrix = np.where(
+                draw < 0.5 / s, 1.0, np.where(draw > 1.0 - 0.5 / s, -1.0, 0.0)
+            ) * np.sqrt(s / d)
+        self.components_ = matrix
+        self.n_features_in_ = int(n_features)
+        return self
+
+    def transform(self, x):
+        """``X P^T``: ``[row, F] -> [row, D]`` (numpy or torch)."""
+        if isinstance(x, torch.Tensor):
+            return x @ torch.as_tensor(self.components_, dtype=x.dtype, device=x.device).T
+        return np.asarray(x) @ self.components_.T
+
+
+class CompressedLeastSquares(PotentialBase):
+    """Least squares on random projections of the features, averaged over projections.
+
+    Parameters
+    ----------
+    representation : torch.nn.Module
+        Per-atom features (typically the full SOAP).
+    n_components : int
+        Columns after projection.
+    n_projections : int
+        Independent projections whose predictions are averaged.
+    kind : {"gaussian", "sparse"}
+        Projection matrix type.
+    alpha : float
+        Relative ridge for round-off only (ordinary least squares in the limit).
+    energy_weight, forces_weight, stress_weight : float
+        As :class:`~tradens.models.LinearPotential`.
+    energy_key, forces_key, stress_key : str
+        Label keys.
+    batch_size : int
+        Structures per design batch.
+    seed : int
+        Seed of the first projection (``seed + k`` for the ``k``-th).
+
+    Attributes
+    ----------
+    members_ : list of LinearPotential
+        One fitted potential per projection.
+    baseline_ : ElementBaseline
+        Per-element reference energies (shared by all members).
+    """
+
+    def __init__(
+        self,
+        representation,
+        n_components: int,
+        *,
+        n_projections: int = 1,
+        kind: str = "gaussian",
+        alpha: float = 1e-10,
+        energy_weight: float = 1.0,
+        forces_weight: float = 0.1,
+        stress_weight: float = 1.0,
+        energy_key: str = "energy",
+        forces_key: str = "forces",
+        stress_key: str = "stress",
+        batch_size: int = 8,
+        seed: int = 0,
+    ):
+        self.representation = representation
+        self.n_components = n_components
+        self.n_projections = n_projections
+        self.kind = kind
+        self.alpha = alpha
+        self.energy_weight = energy_weight
+        self.forces_weight = forces_weight
+        self.stress_weight = stress_weight
+        self.energy_key = energy_key
+        self.forces_key = forces_key
+        self.stress_key = stress_key
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def _member(self, k: int) -> LinearPotential:
+        return LinearPotential(
+            self.representation,
+            alphas=(self.alpha,),
+            cv=None,
+            energy_weight=self.energy_weight,
+            forces_weight=self.forces_weight,
+            stress_weight=self.stress_weight,
+            projection=RandomProjection(self.n_components, kind=self.kind, seed=self.seed + k),
+            energy_key=self.energy_key,
+            forces_key=self.forces_key,
+            stress_key=self.stress_key,
+            batch_size=self.batch_size,
+        )
+
+    def fit(self, frames, sample_weight=None):
+        """Fit every member; returns ``self``."""
+        if not isinstance(self.n_projections, (int, np.integer)) or self.n_projections < 1:
+            raise ValueError(
+                f"n_projections must be a positive integer, got {self.n_projections!r}"
+            )
+        frames = _as_frames(frames)
+        self.members_ = [
+            self._member(k).fit(frames, sample_weight=sample_weight)
+            for k in range(self.n_projections)
+        ]
+        self.baseline_ = self.members_[0].baseline_
+        self.species_ = self.members_[0].species_
+        self.representation_ = self.representation
+        return self
+
+    def _atom_energy(self, values: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        total = sum(member._atom_energy(values, numbers) for member in self.members_)
+        return total / len(self.members_)
+
+    # ------------------------------------------------------------------ io
+    def _get_state(self):
+        from .io import representation_state
+
+        rep_meta, arrays = representation_state(self.representation_)
+        members = []
+        for k, member in enumerate(self.members_):
+            meta, member_arrays = member._fitted_state()
+            members.append(meta)
+            arrays.update({f"member{k}/{key}": value for key, value in member_arrays.items()})
+        params = self._json_params(exclude=("representation",))
+        return {
+            "representation": rep_meta,
+            "params": params,
+            "fitted": {"members": members},
+        }, arrays
+
+    @classmethod
+    def _from_state(cls, meta, arrays):
+        from .io import representation_from_state
+
+        representation = representation_from_state(meta["representation"], arrays)
+        model = cls(representation, **meta["params"])
+        model.members_ = []
+        for k, member_meta in enumerate(meta["fitted"]["members"]):
+            prefix = f"member{k}/"
+            member = model._member(k)
+            member._set_fitted(
+                member_meta,
+                {key[len(prefix) :]: v for key, v in arrays.items() if key.startswith(prefix)},
+                representation,
+            )
+            model.members_.append(member)
+        model.baseline_ = model.members_[0].baseline_
+        model.species_ = model.members_[0].species_
+        model.representation_ = representation
+        return model
