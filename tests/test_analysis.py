@@ -91,6 +91,45 @@ def test_matches_brute_force_and_is_asymmetric():
     assert result.a_to_b < 0.5 * result.b_to_a
 
 
+def test_many_ties_mean_no_information():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(300, 3))
+    coincident = np.zeros((300, 2))  # every point in the same place: all distances tie
+    assert information_imbalance(coincident, x).a_to_b == pytest.approx(1.0, abs=1e-14)
+    assert information_imbalance(x, coincident, k=3).a_to_b == pytest.approx(1.0, abs=1e-14)
+    # discrete features: many ties (the sorted-rank path). The result is the expectation over random
+    # tie-breaking: compare with the mean over tiny random jitters of the textbook definition
+    a = rng.integers(0, 3, size=(150, 2)).astype(float)
+    b = a[:, :1].copy()
+    result = information_imbalance(a, b, k=2)
+    jittered = [
+        (
+            jittered_definition(
+                a + 1e-7 * rng.normal(size=a.shape), b + 1e-7 * rng.normal(size=b.shape)
+            )
+        )
+        for _ in range(100)
+    ]
+    mean, spread = np.mean(jittered, axis=0), np.std(jittered, axis=0) / 10
+    assert abs(result.a_to_b - mean[0]) < 4 * spread[0] + 1e-3
+    assert abs(result.b_to_a - mean[1]) < 4 * spread[1] + 1e-3
+    assert result.a_to_b < result.b_to_a < 1.0  # b is a function of a
+
+
+def jittered_definition(a: np.ndarray, b: np.ndarray, k: int = 2) -> tuple[float, float]:
+    """Both directions of the textbook definition (no ties), vectorised."""
+    da = ((a[:, None] - a[None]) ** 2).sum(-1)
+    db = ((b[:, None] - b[None]) ** 2).sum(-1)
+    np.fill_diagonal(da, np.inf)
+    np.fill_diagonal(db, np.inf)
+    out = []
+    for first, second in ((da, db), (db, da)):
+        ranks = np.argsort(np.argsort(second, axis=1), axis=1) + 1
+        nearest = np.argsort(first, axis=1)[:, :k]
+        out.append(2 / len(a) * np.take_along_axis(ranks, nearest, 1).mean())
+    return out[0], out[1]
+
+
 def test_invariant_to_similarity_transforms_and_chunking():
     rng = np.random.default_rng(2)
     a = rng.normal(size=(150, 5))

@@ -278,13 +278,20 @@ def _mean_rank(
     kth = torch.kthvalue(d_cond, k, dim=1).values[:, None]  # [chunk, 1]
     less = d_cond < kth - tol_cond  # [chunk, point]
     equal = (d_cond - kth).abs() <= tol_cond  # [chunk, point]
-    share = (k - less.sum(1, keepdim=True)) / equal.sum(1, keepdim=True)  # [chunk, 1]
+    n_less = less.sum(1, keepdim=True).double()  # [chunk, 1]
+    share = (k - n_less) / equal.sum(1, keepdim=True).double()  # [chunk, 1], float64
     weights = less.double() + equal.double() * share  # [chunk, point]; each row sums to k
     width = int((weights > 0).sum(1).max())
+    if width > 16:  # many ties: rank every column at once, O(N log N) per row
+        ordered = torch.sort(d_target, dim=1).values  # [chunk, point]
+        below = torch.searchsorted(ordered, d_target - tol_target)  # [chunk, point]
+        upto = torch.searchsorted(ordered, d_target + tol_target, right=True)  # [chunk, point]
+        rank = 1.0 + below.double() + 0.5 * (upto - below - 1).double()  # [chunk, point]
+        return (weights * torch.where(weights > 0, rank, 0.0)).sum(1) / k
     top_weights, top_index = torch.topk(weights, width, dim=1)  # [chunk, width]
     values = d_target.gather(1, top_index)  # [chunk, width]
     total = torch.zeros(d_cond.shape[0], dtype=torch.float64)
-    for q in range(width):
+    for q in range(width):  # few neighbours: count directly, O(N) per neighbour
         v = values[:, q : q + 1]  # [chunk, 1]
         below = (d_target < v - tol_target).sum(1)  # [chunk]
         tied = ((d_target - v).abs() <= tol_target).sum(1) - 1  # [chunk], others tied with j
