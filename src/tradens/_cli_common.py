@@ -124,9 +124,9 @@ def add_hyper_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that define the representation (hypers file, GAP string or flags)."""
     group = parser.add_argument_group(
         "representation",
-        "A hypers file (YAML/JSON, SOAP or ACE), a GAP string, or flags; flags "
-        "override the file. Default: tensor-reduced SOAP, cutoff 5 A, n_max 8, l_max 6, "
-        "sigma 0.5 A, radial+element mixing with K=16 random channels, species from the data.",
+        "A hypers file (YAML/JSON, SOAP or ACE), a GAP string, or flags; flags override\n"
+        "the file. Default: tensor-reduced SOAP, cutoff 5 A, n_max 8, l_max 6, sigma 0.5 A,\n"
+        "radial+element mixing with K=16 random channels, species from the data.",
     )
     group.add_argument("--hypers", metavar="FILE", help="hypers file (.yaml/.yml/.json)")
     group.add_argument(
