@@ -217,27 +217,32 @@ class ACE(torch.nn.Module):
         return [f"nu{n}.k{k}.l{l}.p{p}" for n, k, l, p in zip(labels["nu"], labels["k"], labels["l"], labels["path"])]
 
     def atomic_base(self, batch: Batch, positions: torch.Tensor | None = None,
-                    cells: torch.Tensor | None = None) -> torch.Tensor:
-        """Unmixed density coefficients ``c [atom, S*N, lm]`` (differentiable)."""
+                    cells: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Mixed atomic bases ``A [atom, K, lm]``, one per embedding (differentiable).
+
+        Each is computed per pair (``A = sum_j W[z_j n, k] R_nl Y_lm``) without
+        forming the unmixed density when that is cheaper.
+        """
         h = self.hypers
         pairs = neighbor_list(batch, h.cutoff.radius)
         vectors = pair_vectors(batch, pairs, positions, cells)  # [pair, 3]
-        return expand_density(
-            batch, pairs, vectors, self.species_map(batch.numbers), n_species=len(h.species),
-            radial=self.radial_basis, l_max=max(h.l_max), cutoff=h.cutoff.radius,
-            cutoff_width=h.cutoff.width, center_weight=h.density.center_weight,
-            center_all_species=self.center_all_species,
-        )
+        species_index = self.species_map(batch.numbers)  # [atom]
+        bases = []
+        for name, _, _ in self.groups:
+            embedding = getattr(self, name).to(dtype=vectors.dtype, device=vectors.device)  # [S*N, K]
+            bases.append(expand_density(
+                batch, pairs, vectors, species_index, n_species=len(h.species), radial=self.radial_basis,
+                l_max=max(h.l_max), cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
+                center_weight=h.density.center_weight, center_all_species=self.center_all_species,
+                weights=embedding,
+            ))  # [atom, K, lm]
+        return bases
 
     def forward(self, batch: Batch, positions: torch.Tensor | None = None,
                 cells: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable features ``[atom, feature]`` and the atom index of each row."""
-        coefficients = self.atomic_base(batch, positions, cells)  # [atom, S*N, lm]
-        blocks = []
-        for name, plan, keep in self.groups:
-            embedding = getattr(self, name).to(coefficients.dtype)
-            base = torch.einsum("aIm,Ik->akm", coefficients, embedding)  # [atom, K, lm]
-            blocks.append(plan(base)[:, keep.to(base.device)])
+        bases = self.atomic_base(batch, positions, cells)
+        blocks = [plan(base)[:, keep.to(base.device)] for base, (_, plan, keep) in zip(bases, self.groups)]
         values = torch.cat(blocks, dim=1)  # [atom, feature]
         if self.hypers.normalize:
             norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
