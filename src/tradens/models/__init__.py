@@ -10,12 +10,14 @@ per-element baseline first and keep it, and predict energies (eV), forces
 from .baseline import ElementBaseline
 from .io import load, save
 from .kernel import SparseKernelPotential
+from .learned import LearnedPotential
 from .linear import LinearPotential
 from .projection import CompressedLeastSquares, RandomProjection
 
 __all__ = [
     "CompressedLeastSquares",
     "ElementBaseline",
+    "LearnedPotential",
     "LinearPotential",
     "RandomProjection",
     "SparseKernelPotential",

@@ -148,10 +148,10 @@ def composition(systems, species) -> np.ndarray:
     return out
 
 
-def species_of(systems) -> tuple[int, ...]:
-    """Sorted atomic numbers present in ``systems``."""
+def species_of(systems, representation=None) -> tuple[int, ...]:
+    """Sorted atomic numbers present in ``systems`` (and in ``representation.hypers.species``)."""
     frames = _as_frames(systems)
-    found = set()
+    found = set(getattr(getattr(representation, "hypers", None), "species", None) or ())
     for s, frame in enumerate(frames):
         found.update(int(z) for z in np.asarray(_system_arrays(frame, s)[1]).tolist())
     return tuple(sorted(found))

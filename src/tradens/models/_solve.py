@@ -135,7 +135,15 @@ def baseline_from(stats: dict, rcond: float = 1e-10) -> np.ndarray:
     cc, ce = stats["cc"], stats["ce"]
     if cc.size == 0:
         return np.zeros(0)
-    return np.linalg.pinv(cc, rcond=rcond, hermitian=True) @ ce
+    return fill_unseen(np.linalg.pinv(cc, rcond=rcond, hermitian=True) @ ce, np.diagonal(cc) > 0)
+
+
+def fill_unseen(e0: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Give elements without training data the mean reference energy of the others."""
+    e0 = np.array(e0, dtype=np.float64)
+    if seen.any() and not seen.all():
+        e0[~seen] = e0[seen].mean(axis=0)
+    return e0
 
 
 def _objective(stats: dict, e0: np.ndarray | None, weights: dict):
@@ -170,7 +178,8 @@ def _objective(stats: dict, e0: np.ndarray | None, weights: dict):
 def joint_reference(stats: dict, theta: torch.Tensor) -> np.ndarray:
     """Per-element energies ``[element, alpha]`` best fitting the energies, given ``theta``."""
     inverse = np.linalg.pinv(stats["cc"], rcond=1e-10, hermitian=True)
-    return inverse @ (stats["ce"][:, None] - (stats["xc"].T @ theta).numpy())
+    e0 = inverse @ (stats["ce"][:, None] - (stats["xc"].T @ theta).numpy())
+    return fill_unseen(e0, np.diagonal(stats["cc"]) > 0)
 
 
 def _errors(theta: torch.Tensor, stats: dict, e0: np.ndarray) -> dict:

@@ -40,12 +40,15 @@ def solve_reference_energies(
     Returns
     -------
     numpy.ndarray
-        ``[element]`` reference energies in eV (0 for elements with no data).
+        ``[element]`` reference energies in eV; elements without data get the
+        mean of the others.
     """
+    from ._solve import fill_unseen
+
     w = np.ones(len(energy_per_atom)) if weights is None else np.asarray(weights, dtype=np.float64)
     root = np.sqrt(w)[:, None]
     solution, *_ = np.linalg.lstsq(fractions * root, energy_per_atom * root[:, 0], rcond=rcond)
-    return solution
+    return fill_unseen(solution, ((fractions > 0) & (w[:, None] > 0)).any(axis=0))
 
 
 class ElementBaseline(PotentialBase):
@@ -54,7 +57,8 @@ class ElementBaseline(PotentialBase):
     Parameters
     ----------
     species : sequence of int, optional
-        Elements to fit (default: those in the training data).
+        Elements to fit (default: those in the training data). Elements
+        without training data get the mean reference energy of the others.
     energy_key : str
         Where the energies are (``atoms.info`` or the attached calculator).
 

@@ -235,7 +235,7 @@ class LinearPotential(PotentialBase):
             forces_key=self.forces_key,
             stress_key=self.stress_key,
         )
-        species = species_of(frames)
+        species = species_of(frames, self.representation)
         weights = structure_weights(frames, sample_weight, self.config_weights, self.config_key)
         folds, n_folds = fold_ids(len(frames), self.cv, groups, self.seed)
         if n_folds == 1 and alphas.size > 1:
