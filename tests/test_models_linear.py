@@ -200,3 +200,18 @@ def test_validation_messages():
     model = LinearPotential(soap, cv=None, forces_weight=0, stress_weight=0).fit(frames)
     with pytest.raises(ValueError, match=r"element\(s\) with atomic number \[26\]"):
         model.predict([ase.Atoms("Fe", positions=[[0, 0, 0]])])
+
+
+def test_dual_solver_equals_primal_for_energy_only_fits(planted_data):
+    soap = small_soap()
+    frames = [alloy(seed, rattle=0.2) for seed in range(6)]
+    rng = np.random.default_rng(2)
+    for atoms in frames:
+        atoms.info["energy"] = -4.0 * len(atoms) + rng.normal()
+    options = dict(alphas=(1e-4, 1e-2), cv=3, forces_weight=0, stress_weight=0)
+    primal = LinearPotential(soap, solver="primal", **options).fit(frames)
+    dual = LinearPotential(soap, solver="dual", **options).fit(frames)
+    np.testing.assert_allclose(dual.cv_results_["energy_rmse"], primal.cv_results_["energy_rmse"], rtol=1e-8)
+    np.testing.assert_allclose(dual.weights_, primal.weights_, rtol=1e-7, atol=1e-10)
+    with pytest.raises(ValueError, match="solver='dual' fits energies only"):
+        LinearPotential(soap, solver="dual", cv=None).fit(planted_data[1])

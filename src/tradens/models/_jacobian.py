@@ -438,12 +438,9 @@ def soap_summed_jacobian(soap, batch):
             d_phi, blocks, ty1, ty2, i_all, j_all, ctx.species_index, n_atoms, plan, h.l_max, sym
         )
         if h.normalize:
-            if sym:
-                s_p = torch.einsum("pkm,pmdk->pd", (u1 + u2)[i_all], dys[0])  # [p, 3]
-            else:
-                s_p = torch.einsum("pkm,pmdk->pd", u1[i_all], dys[0]) + torch.einsum(
-                    "pkm,pmdk->pd", u2[i_all], dys[1]
-                )
+            s_p = _pair_dot(u1 + u2 if sym else u1, dys[0], i_all)  # [p, 3]
+            if not sym:
+                s_p = s_p + _pair_dot(u2, dys[1], i_all)
             index = torch.stack(
                 [
                     (3 * j_all[:, None] + torch.arange(3, device=device)).reshape(-1),
@@ -458,6 +455,14 @@ def soap_summed_jacobian(soap, batch):
             gradient = torch.cat([gradient, torch.zeros_like(gradient[..., :1])], dim=-1)
             virial = torch.cat([virial, torch.zeros_like(virial[..., :1])], dim=-1)
     return ctx.features, gradient, virial.reshape(batch.n_structures, 3, 3, -1)
+
+
+def _pair_dot(u: torch.Tensor, dy: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """``<u_{i_p}, dy_p>`` over K and lm: ``u [atom, K, lm]``, ``dy [p, lm, 3, K]``: ``[p, 3]``."""
+    p, n_lm, _, k = dy.shape
+    ut = u.transpose(1, 2).contiguous()[centres]  # [p, lm, K]
+    products = torch.bmm(dy.reshape(p * n_lm, 3, k), ut.reshape(p * n_lm, k, 1))  # [p*lm, 3, 1]
+    return products.reshape(p, n_lm, 3).sum(1)
 
 
 def _mix_lm(d_phi: torch.Tensor, species: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:

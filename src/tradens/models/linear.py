@@ -106,6 +106,12 @@ class LinearPotential(PotentialBase):
         of) the weights and kept fixed. ``"joint"``: fitted together with the
         weights, unregularised (the Schur complement of the composition block),
         so a model of exactly this form is recovered exactly.
+    solver : {"auto", "primal", "dual"}
+        ``"primal"``: streamed ``D x D`` normal equations (any labels).
+        ``"dual"``: energy rows kept in memory and solved in the
+        ``structure x structure`` space (energies only, ``baseline="first"``;
+        for very wide designs such as the full SOAP). ``"auto"`` picks
+        ``"dual"`` for energy-only fits with ``D > 20000``.
     cv_metric : {"loss", "energy", "forces", "stress"}
         What selects ``alpha``: the weighted validation loss, or one RMSE.
     batch_size : int
@@ -149,6 +155,7 @@ class LinearPotential(PotentialBase):
         forces_key: str = "forces",
         stress_key: str = "stress",
         baseline: str = "first",
+        solver: str = "auto",
         cv_metric: str = "loss",
         batch_size: int = 8,
         seed: int = 0,
@@ -168,6 +175,7 @@ class LinearPotential(PotentialBase):
         self.forces_key = forces_key
         self.stress_key = stress_key
         self.baseline = baseline
+        self.solver = solver
         self.cv_metric = cv_metric
         self.batch_size = batch_size
         self.seed = seed
@@ -188,6 +196,8 @@ class LinearPotential(PotentialBase):
             raise ValueError(f"alphas must be positive numbers, got {self.alphas!r}")
         if self.baseline not in ("first", "joint"):
             raise ValueError(f"baseline must be 'first' or 'joint', got {self.baseline!r}")
+        if self.solver not in ("auto", "primal", "dual"):
+            raise ValueError(f"solver must be 'auto', 'primal' or 'dual', got {self.solver!r}")
         if self.cv_metric not in ("loss", "energy", "forces", "stress"):
             raise ValueError(
                 f"cv_metric must be 'loss', 'energy', 'forces' or 'stress', got {self.cv_metric!r}"
@@ -274,6 +284,53 @@ class LinearPotential(PotentialBase):
             self._regularizer(basis),
             joint=self.baseline == "joint",
         )
+        self._finish(species, e0, theta, training, condition, basis)
+        return self
+
+    def _regularizer(self, basis):
+        return None
+
+    def _fit_dual(
+        self, frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives
+    ):
+        from ._dual import EnergyRows, dual_cross_validate, dual_final_fit
+
+        if derivatives:
+            raise ValueError(
+                "solver='dual' fits energies only; set forces_weight=0 and stress_weight=0"
+            )
+        if self.baseline != "first" or self._regularizer(basis) is not None:
+            raise ValueError("solver='dual' supports baseline='first' ridge models only")
+        store = EnergyRows(len(frames))
+        fractions = composition(frames, species) / targets.n_atoms[:, None]
+        for start, batch, design in design_batches(
+            self.representation,
+            basis,
+            frames,
+            forces=False,
+            stress=False,
+            batch_size=self.batch_size,
+        ):
+            for local in range(batch.n_structures):
+                s = start + local
+                store.add(
+                    s,
+                    design.energy[local] / float(targets.n_atoms[s]),
+                    targets.energy[s] / targets.n_atoms[s],
+                    fractions[s],
+                    weights[s],
+                )
+        if n_folds > 1:
+            self.cv_results_ = dual_cross_validate(store, folds, n_folds, alphas)
+            self.alpha_ = float(alphas[int(np.nanargmin(self.cv_results_["energy_rmse"]))])
+        else:
+            self.cv_results_ = None
+            self.alpha_ = float(alphas[0])
+        e0, theta, training, condition = dual_final_fit(store, self.alpha_)
+        self._finish(species, e0, theta, training, condition, basis)
+        return self
+
+    def _finish(self, species, e0, theta, training, condition, basis) -> None:
         self.baseline_ = ElementBaseline(species=species).set_reference(species, e0)
         self.species_ = species
         self.weights_ = theta.numpy()
@@ -283,10 +340,6 @@ class LinearPotential(PotentialBase):
         self.basis_ = basis
         self.representation_ = self.representation
         self._theta = theta
-        return self
-
-    def _regularizer(self, basis):
-        return None
 
     def _accumulate(
         self, frames, targets, basis, species, weights, folds, n_folds, use_forces, use_stress

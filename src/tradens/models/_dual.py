@@ -1,0 +1,112 @@
+"""Energy-only ridge in the dual (row) space, for designs wider than they are tall.
+
+When ``D`` (features) is far larger than the number of structures (the full
+SOAP has ``~10^5`` columns), the ``D x D`` normal matrix of
+:mod:`tradens.models._solve` does not fit in memory. The energy rows
+``R [s, D]`` (per atom) do, and by the push-through identity the same ridge
+solution is
+
+.. math::
+
+    \\theta = (A + \\alpha\\tau)^{-1} b = R^T C^{1/2}
+              \\big(C^{1/2} R R^T C^{1/2} + \\alpha \\tau n / w^2\\big)^{-1} C^{1/2} y ,
+    \\qquad A = \\frac{w^2}{n} R^T C R, \\quad \\tau = \\mathrm{tr}(A) / D ,
+
+so one eigendecomposition of the ``s x s`` row Gram matrix per fold serves
+every ``alpha``. The baseline is refitted inside every fold as in the primal
+solver; the objective and ``alpha`` mean the same in both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._solve import fill_unseen
+
+__all__ = ["EnergyRows", "dual_cross_validate", "dual_final_fit"]
+
+
+class EnergyRows:
+    """Per-atom energy rows of every structure, kept in memory (float64)."""
+
+    def __init__(self, n_structures: int):
+        self.rows: list = [None] * n_structures
+        self.energy = np.full(n_structures, np.nan)
+        self.fractions: list = [None] * n_structures
+        self.weights = np.zeros(n_structures)
+
+    def add(
+        self, index: int, row: torch.Tensor, energy: float, fractions: np.ndarray, weight: float
+    ) -> None:
+        self.rows[index] = row.detach().to(torch.float64).cpu()
+        self.energy[index], self.fractions[index], self.weights[index] = energy, fractions, weight
+
+    def subset(self, chosen: np.ndarray):
+        chosen = [i for i in chosen if self.rows[i] is not None and np.isfinite(self.energy[i])]
+        rows = (
+            torch.stack([self.rows[i] for i in chosen])
+            if chosen
+            else torch.zeros(0, 0, dtype=torch.float64)
+        )
+        fractions = np.array([self.fractions[i] for i in chosen])
+        return rows, self.energy[chosen], fractions, self.weights[chosen]
+
+
+def _baseline(fractions, energy, weights) -> np.ndarray:
+    w = weights[:, None]
+    cc, ce = fractions.T @ (w * fractions), fractions.T @ (weights * energy)
+    return fill_unseen(np.linalg.pinv(cc, rcond=1e-10, hermitian=True) @ ce, np.diagonal(cc) > 0)
+
+
+def _solutions(rows, energy, fractions, weights, alphas):
+    """``theta [D, alpha]`` and the baseline of one training set."""
+    e0 = _baseline(fractions, energy, weights)
+    y = torch.as_tensor((energy - fractions @ e0) * np.sqrt(weights))  # [s]
+    scaled = rows * torch.as_tensor(np.sqrt(weights))[:, None]  # C^{1/2} R
+    gram = scaled @ scaled.T  # [s, s]
+    n, d = float(weights.sum()), rows.shape[1]
+    tau = float(torch.diagonal(gram).sum()) / (n * d)  # tr(A)/D with w^2 cancelled below
+    eigenvalues, vectors = torch.linalg.eigh(0.5 * (gram + gram.T))
+    projected = vectors.T @ y
+    alphas_t = torch.as_tensor(np.asarray(alphas, dtype=np.float64))
+    shifted = eigenvalues.clamp(min=0.0)[:, None] + alphas_t[None, :] * tau * n  # [s, alpha]
+    dual = vectors @ (projected[:, None] / shifted)  # [s, alpha]
+    condition = (shifted.max(0).values / shifted.min(0).values).numpy()
+    return scaled.T @ dual, e0, condition
+
+
+def dual_cross_validate(store: EnergyRows, folds: np.ndarray, n_folds: int, alphas) -> dict:
+    """K-fold energy RMSE (eV/atom, weighted, pooled) of every ``alpha``."""
+    sse, count = np.zeros(len(alphas)), 0.0
+    for k in range(n_folds):
+        val = store.subset(np.nonzero(folds == k)[0])
+        if val[0].shape[0] == 0:
+            continue
+        theta, e0, _ = _solutions(*store.subset(np.nonzero(folds != k)[0]), alphas)
+        rows, energy, fractions, weights = val
+        errors = (rows @ theta).numpy() + (fractions @ e0)[:, None] - energy[:, None]  # [s, alpha]
+        sse += (weights[:, None] * errors**2).sum(0)
+        count += weights.sum()
+    rmse = np.sqrt(sse / count)
+    nan = np.full(len(alphas), np.nan)
+    return {
+        "alphas": np.asarray(alphas, dtype=np.float64),
+        "energy_rmse": rmse,
+        "forces_rmse": nan,
+        "stress_rmse": nan.copy(),
+        "loss": rmse**2,
+    }
+
+
+def dual_final_fit(store: EnergyRows, alpha: float):
+    """Baseline, ``theta [D]``, training RMSEs and condition number on all structures."""
+    rows, energy, fractions, weights = store.subset(np.arange(len(store.rows)))
+    theta, e0, condition = _solutions(rows, energy, fractions, weights, [alpha])
+    errors = (rows @ theta[:, 0]).numpy() + fractions @ e0 - energy
+    training = {
+        "energy": float(np.sqrt((weights * errors**2).sum() / weights.sum())),
+        "forces": float("nan"),
+        "stress": float("nan"),
+    }
+    return e0, theta[:, 0], training, float(condition[0])
