@@ -253,6 +253,12 @@ class LinearPotential(PotentialBase):
         basis = self._make_basis(self._n_features(frames), species)
         use_forces = self.forces_weight > 0 and bool(np.isfinite(targets.forces).any())
         use_stress = self.stress_weight > 0 and bool(np.isfinite(targets.stress).any())
+        wide = basis.n_outputs > 20000 and not (use_forces or use_stress)
+        if self.solver == "dual" or (self.solver == "auto" and wide):
+            derivatives = use_forces or use_stress
+            return self._fit_dual(
+                frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives
+            )
         stats = self._accumulate(
             frames, targets, basis, species, weights, folds, n_folds, use_forces, use_stress
         )
