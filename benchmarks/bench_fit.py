@@ -1,8 +1,8 @@
-"""Timing of a streamed ridge fit with forces on MEAM17 (issue #7 target: 1500 structures < 2 min, 1 core).
+"""Timing of a streamed ridge fit with forces on MEAM17 (target: 1500 structures < 2 min, 1 core).
 
 Usage::
 
-    python benchmarks/bench_fit.py                       # all 1500 structures, K=16, E+F+S, 1 thread
+    python benchmarks/bench_fit.py               # all 1500 structures, K=16, E+F+S, 1 thread
     python benchmarks/bench_fit.py --structures 200 --channels 32 --cv 5
 
 Prints the wall time of the design accumulation (features, force and virial
@@ -48,18 +48,35 @@ def main(argv=None):
     train = [frames[i] for i in order[: args.structures]]
     test = [frames[i] for i in order[args.structures : args.structures + args.test]]
     species = sorted({int(z) for atoms in frames for z in atoms.numbers})
-    soap = SOAP(cutoff=5.0, l_max=args.l_max, radial={"n_max": args.n_max}, species=species,
-                mixing={"channels": args.channels, "weights": "gap"})
-    model = LinearPotential(soap, alphas=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2) if args.cv else (1e-4,),
-                            cv=args.cv or None, forces_weight=args.forces_weight,
-                            stress_weight=args.stress_weight, batch_size=args.batch_size)
+    soap = SOAP(
+        cutoff=5.0,
+        l_max=args.l_max,
+        radial={"n_max": args.n_max},
+        species=species,
+        mixing={"channels": args.channels, "weights": "gap"},
+    )
+    model = LinearPotential(
+        soap,
+        alphas=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2) if args.cv else (1e-4,),
+        cv=args.cv or None,
+        forces_weight=args.forces_weight,
+        stress_weight=args.stress_weight,
+        batch_size=args.batch_size,
+    )
     start = time.perf_counter()
     model.fit(train)
     elapsed = time.perf_counter() - start
-    result = {"structures": len(train), "atoms": int(sum(len(a) for a in train)),
-              "features": soap.n_features, "threads": args.threads, "cv": args.cv,
-              "fit_seconds": round(elapsed, 1), "alpha": model.alpha_,
-              "training_rmse": model.training_rmse_, "condition_number": model.condition_number_}
+    result = {
+        "structures": len(train),
+        "atoms": int(sum(len(a) for a in train)),
+        "features": soap.n_features,
+        "threads": args.threads,
+        "cv": args.cv,
+        "fit_seconds": round(elapsed, 1),
+        "alpha": model.alpha_,
+        "training_rmse": model.training_rmse_,
+        "condition_number": model.condition_number_,
+    }
     if test:
         result["test_rmse"] = model.score(test)
         result["baseline_test_rmse"] = ElementBaseline().fit(train).score(test)
