@@ -298,6 +298,25 @@ register_subcommand(
     extra_args=True,
 )
 
+register_subcommand(
+    "fit",
+    "tradens.models._cli:add_fit_arguments",
+    "tradens.models._cli:run_fit",
+    help="fit a potential (ridge, sparse kernel or learned embedding) and save it",
+    epilog=(
+        "examples:\n  tradens fit train.xyz -o model.zip\n"
+        "  tradens fit train.xyz -o gap.zip --model kernel --n-sparse 500 --zeta 4\n"
+        "  tradens fit train.xyz -o learned.zip --model learned -K 8 --epochs 100"
+    ),
+)
+register_subcommand(
+    "eval",
+    "tradens.models._cli:add_eval_arguments",
+    "tradens.models._cli:run_eval",
+    help="RMSE of a saved potential on labelled structures (and predicted labels)",
+    epilog="examples:\n  tradens eval model.zip test.xyz --json errors.json --output predicted.xyz",
+)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
