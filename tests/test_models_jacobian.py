@@ -8,11 +8,8 @@ import torch
 from _models_helpers import alloy, small_soap
 
 from tradens.gradients import apply_strain
-from tradens.models._jacobian import (
-    _radial_with_derivative,
-    soap_local_features,
-    soap_summed_jacobian,
-)
+from tradens.models._jacobian import soap_summed_jacobian
+from tradens.models._pair_derivatives import _radial_with_derivative, soap_local_features
 from tradens.systems import as_batch
 
 VARIANTS = {

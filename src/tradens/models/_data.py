@@ -16,7 +16,7 @@ import numpy as np
 
 from ..systems import _as_frames, _system_arrays
 
-__all__ = ["Targets", "read_targets", "composition", "voigt"]
+__all__ = ["Targets", "read_targets", "composition", "voigt", "fold_ids", "structure_weights"]
 
 
 @dataclass
@@ -155,3 +155,40 @@ def species_of(systems, representation=None) -> tuple[int, ...]:
     for s, frame in enumerate(frames):
         found.update(int(z) for z in np.asarray(_system_arrays(frame, s)[1]).tolist())
     return tuple(sorted(found))
+
+
+def fold_ids(n: int, cv, groups, seed: int) -> tuple[np.ndarray, int]:
+    """Fold of every structure: seeded shuffled K-fold, or the given groups."""
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(
+                f"groups must have one entry per structure ({n}), got shape {groups.shape}"
+            )
+        _, ids = np.unique(groups, return_inverse=True)
+        return ids.astype(np.int64), int(ids.max()) + 1
+    if cv is None or cv == 1:
+        return np.zeros(n, dtype=np.int64), 1
+    if not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise ValueError(f"cv must be None or an integer >= 2, got {cv!r}")
+    if cv > n:
+        raise ValueError(f"cv={cv} folds need at least {cv} structures, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    ids = np.empty(n, dtype=np.int64)
+    ids[order] = np.arange(n) % cv
+    return ids, int(cv)
+
+
+def structure_weights(frames, sample_weight, config_weights, config_key) -> np.ndarray:
+    """Per-structure weights ``c_s`` from ``sample_weight`` and ``config_weights``."""
+    n = len(frames)
+    weights = (
+        np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).copy()
+    )
+    if weights.shape != (n,) or not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(f"sample_weight must be {n} finite non-negative numbers")
+    if config_weights:
+        for s, frame in enumerate(frames):
+            key = getattr(frame, "info", {}).get(config_key)
+            weights[s] *= float(config_weights.get(key, config_weights.get("default", 1.0)))
+    return weights

@@ -16,7 +16,6 @@ and the virial ``d(sum_i phi)/d(epsilon)``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..systems import as_batch
@@ -246,6 +245,3 @@ def _generic_design(representation, basis, batch) -> Design:
     virial = torch.zeros(batch.n_structures, 9, n_out, dtype=phi.dtype, device=phi.device)
     virial.index_add_(0, batch.structure[rows], strain)
     return Design(energy, -gradient, virial.reshape(-1, 3, 3, n_out))
-
-
-_ = np

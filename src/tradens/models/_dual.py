@@ -22,9 +22,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._data import composition
+from ._design import design_batches
 from ._solve import fill_unseen
 
-__all__ = ["EnergyRows", "dual_cross_validate", "dual_final_fit"]
+__all__ = ["EnergyRows", "dual_cross_validate", "dual_final_fit", "fit_dual"]
 
 
 class EnergyRows:
@@ -110,3 +112,41 @@ def dual_final_fit(store: EnergyRows, alpha: float):
         "stress": float("nan"),
     }
     return e0, theta[:, 0], training, float(condition[0])
+
+
+def fit_dual(model, frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives):
+    """Energy-only fit of a :class:`~tradens.models.LinearPotential` in the row space."""
+    if derivatives:
+        raise ValueError(
+            "solver='dual' fits energies only; set forces_weight=0 and stress_weight=0"
+        )
+    if model.baseline != "first" or model._regularizer(basis) is not None:
+        raise ValueError("solver='dual' supports baseline='first' ridge models only")
+    store = EnergyRows(len(frames))
+    fractions = composition(frames, species) / targets.n_atoms[:, None]
+    for start, batch, design in design_batches(
+        model.representation,
+        basis,
+        frames,
+        forces=False,
+        stress=False,
+        batch_size=model.batch_size,
+    ):
+        for local in range(batch.n_structures):
+            s = start + local
+            store.add(
+                s,
+                design.energy[local] / float(targets.n_atoms[s]),
+                targets.energy[s] / targets.n_atoms[s],
+                fractions[s],
+                weights[s],
+            )
+    if n_folds > 1:
+        model.cv_results_ = dual_cross_validate(store, folds, n_folds, alphas)
+        model.alpha_ = float(alphas[int(np.nanargmin(model.cv_results_["energy_rmse"]))])
+    else:
+        model.cv_results_ = None
+        model.alpha_ = float(alphas[0])
+    e0, theta, training, condition = dual_final_fit(store, model.alpha_)
+    model._finish(species, e0, theta, training, condition, basis)
+    return model

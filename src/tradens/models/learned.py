@@ -21,8 +21,6 @@ available (``device="auto"``) and ends on the CPU.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 
 import numpy as np
@@ -31,58 +29,11 @@ import torch
 from ..gradients import energy_forces_stress
 from ..systems import _as_frames, as_batch
 from ._base import PotentialBase
-from ._data import read_targets, species_of
+from ._data import read_targets, species_of, structure_weights
+from ._readout import Readout, concat_targets, learnable_copy
 from .baseline import ElementBaseline
-from .linear import structure_weights
 
 __all__ = ["LearnedPotential", "Readout"]
-
-
-class Readout(torch.nn.Module):
-    """Per-atom energy ``w . X + MLP(sqrt(F) X)`` (MLP optional, its last layer starts at 0)."""
-
-    def __init__(self, n_features: int, hidden: tuple[int, ...] = (), activation: str = "silu"):
-        super().__init__()
-        self.linear = torch.nn.Linear(n_features, 1, bias=False, dtype=torch.float64)
-        self.scale = math.sqrt(n_features)
-        layers: list[torch.nn.Module] = []
-        width = n_features
-        act = {"silu": torch.nn.SiLU, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[activation]
-        for size in hidden:
-            layers += [torch.nn.Linear(width, size, dtype=torch.float64), act()]
-            width = size
-        self.mlp = None
-        if hidden:
-            last = torch.nn.Linear(width, 1, dtype=torch.float64)
-            torch.nn.init.zeros_(last.weight)
-            torch.nn.init.zeros_(last.bias)
-            self.mlp = torch.nn.Sequential(*layers, last)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear(x)[:, 0]  # [row]
-        if self.mlp is not None:
-            out = out + self.mlp(x * self.scale)[:, 0]
-        return out
-
-
-def learnable_copy(representation):
-    """A copy of ``representation`` whose embedding is a trainable parameter."""
-    hypers = representation.hypers
-    if getattr(hypers, "mixing", None) is not None:
-        new = dataclasses.replace(hypers, mixing=dataclasses.replace(hypers.mixing, learnable=True))
-    elif hasattr(hypers, "learnable") and getattr(hypers, "weights", None) != "onehot":
-        new = dataclasses.replace(hypers, learnable=True)
-    else:
-        raise ValueError(
-            f"{type(representation).__name__} has no embedding to learn; "
-            "use a SOAP with mixing=... "
-            "or an ACE with weights='random'/'given'"
-        )
-    out = type(representation)(new)
-    with torch.no_grad():
-        for key, value in representation.state_dict().items():
-            out.state_dict()[key].copy_(value)
-    return out
 
 
 class LearnedPotential(PotentialBase):
@@ -341,7 +292,7 @@ class LearnedPotential(PotentialBase):
             running = 0.0
             for k in range(0, len(train), self.batch_size):
                 chunk = [train[i] for i in order[k : k + self.batch_size]]
-                targets = _concat_targets([train_targets[id(f)] for f in chunk])
+                targets = concat_targets([train_targets[id(f)] for f in chunk])
                 optimiser.zero_grad()
                 loss, _ = self._loss(
                     chunk,
@@ -459,19 +410,3 @@ class LearnedPotential(PotentialBase):
         model.best_epoch_ = meta["fitted"]["best_epoch"]
         model.history_ = meta["fitted"]["history"]
         return model
-
-
-def _concat_targets(parts):
-    from ._data import Targets
-
-    n_atoms = np.concatenate([t.n_atoms for t in parts])
-    return Targets(
-        energy=np.concatenate([t.energy for t in parts]),
-        forces=np.concatenate([t.forces for t in parts]),
-        stress=np.concatenate([t.stress for t in parts]),
-        n_atoms=n_atoms,
-        offsets=np.concatenate([[0], np.cumsum(n_atoms)]),
-    )
-
-
-_ = copy

@@ -24,51 +24,14 @@ from tqdm.auto import tqdm
 
 from ..systems import _as_frames
 from ._base import PotentialBase
-from ._data import composition, read_targets, species_of
+from ._data import composition, fold_ids, read_targets, species_of, structure_weights
 from ._design import LinearBasis, ProjectionBasis, design_batches
 from ._solve import FoldStatistics, cross_validate, final_fit
 from .baseline import ElementBaseline
 
 __all__ = ["LinearPotential", "DEFAULT_ALPHAS"]
 
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-9, -1, 9))
-
-
-def fold_ids(n: int, cv, groups, seed: int) -> tuple[np.ndarray, int]:
-    """Fold of every structure: seeded shuffled K-fold, or the given groups."""
-    if groups is not None:
-        groups = np.asarray(groups)
-        if groups.shape != (n,):
-            raise ValueError(
-                f"groups must have one entry per structure ({n}), got shape {groups.shape}"
-            )
-        _, ids = np.unique(groups, return_inverse=True)
-        return ids.astype(np.int64), int(ids.max()) + 1
-    if cv is None or cv == 1:
-        return np.zeros(n, dtype=np.int64), 1
-    if not isinstance(cv, (int, np.integer)) or cv < 2:
-        raise ValueError(f"cv must be None or an integer >= 2, got {cv!r}")
-    if cv > n:
-        raise ValueError(f"cv={cv} folds need at least {cv} structures, got {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    ids = np.empty(n, dtype=np.int64)
-    ids[order] = np.arange(n) % cv
-    return ids, int(cv)
-
-
-def structure_weights(frames, sample_weight, config_weights, config_key) -> np.ndarray:
-    """Per-structure weights ``c_s`` from ``sample_weight`` and ``config_weights``."""
-    n = len(frames)
-    weights = (
-        np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).copy()
-    )
-    if weights.shape != (n,) or not np.isfinite(weights).all() or (weights < 0).any():
-        raise ValueError(f"sample_weight must be {n} finite non-negative numbers")
-    if config_weights:
-        for s, frame in enumerate(frames):
-            key = getattr(frame, "info", {}).get(config_key)
-            weights[s] *= float(config_weights.get(key, config_weights.get("default", 1.0)))
-    return weights
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-9, 1, 11))
 
 
 class LinearPotential(PotentialBase):
@@ -111,7 +74,7 @@ class LinearPotential(PotentialBase):
         ``"dual"``: energy rows kept in memory and solved in the
         ``structure x structure`` space (energies only, ``baseline="first"``;
         for very wide designs such as the full SOAP). ``"auto"`` picks
-        ``"dual"`` for energy-only fits with ``D > 20000``.
+        ``"dual"`` for energy-only fits with ``D > max(4000, structures)``.
     cv_metric : {"loss", "energy", "forces", "stress"}
         What selects ``alpha``: the weighted validation loss, or one RMSE.
     batch_size : int
@@ -253,7 +216,7 @@ class LinearPotential(PotentialBase):
         basis = self._make_basis(self._n_features(frames), species)
         use_forces = self.forces_weight > 0 and bool(np.isfinite(targets.forces).any())
         use_stress = self.stress_weight > 0 and bool(np.isfinite(targets.stress).any())
-        wide = basis.n_outputs > 20000 and not (use_forces or use_stress)
+        wide = basis.n_outputs > max(4000, len(frames)) and not (use_forces or use_stress)
         if self.solver == "dual" or (self.solver == "auto" and wide):
             derivatives = use_forces or use_stress
             return self._fit_dual(
@@ -299,42 +262,11 @@ class LinearPotential(PotentialBase):
     def _fit_dual(
         self, frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives
     ):
-        from ._dual import EnergyRows, dual_cross_validate, dual_final_fit
+        from ._dual import fit_dual
 
-        if derivatives:
-            raise ValueError(
-                "solver='dual' fits energies only; set forces_weight=0 and stress_weight=0"
-            )
-        if self.baseline != "first" or self._regularizer(basis) is not None:
-            raise ValueError("solver='dual' supports baseline='first' ridge models only")
-        store = EnergyRows(len(frames))
-        fractions = composition(frames, species) / targets.n_atoms[:, None]
-        for start, batch, design in design_batches(
-            self.representation,
-            basis,
-            frames,
-            forces=False,
-            stress=False,
-            batch_size=self.batch_size,
-        ):
-            for local in range(batch.n_structures):
-                s = start + local
-                store.add(
-                    s,
-                    design.energy[local] / float(targets.n_atoms[s]),
-                    targets.energy[s] / targets.n_atoms[s],
-                    fractions[s],
-                    weights[s],
-                )
-        if n_folds > 1:
-            self.cv_results_ = dual_cross_validate(store, folds, n_folds, alphas)
-            self.alpha_ = float(alphas[int(np.nanargmin(self.cv_results_["energy_rmse"]))])
-        else:
-            self.cv_results_ = None
-            self.alpha_ = float(alphas[0])
-        e0, theta, training, condition = dual_final_fit(store, self.alpha_)
-        self._finish(species, e0, theta, training, condition, basis)
-        return self
+        return fit_dual(
+            self, frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives
+        )
 
     def _finish(self, species, e0, theta, training, condition, basis) -> None:
         self.baseline_ = ElementBaseline(species=species).set_reference(species, e0)
