@@ -261,7 +261,7 @@ def energy_forces_stress(representation, model_fn, systems, *, batch_size: int =
 def descriptor_gradients(representation, systems, *, strain: bool = True, images: bool = False,
                          method: str = "auto", cutoff: float | None = None,
                          dtype: torch.dtype | None = None, device=None,
-                         chunk_bytes: int = 64 * 2**20) -> DescriptorGradients:
+                         chunk_bytes: int = 16 * 2**20) -> DescriptorGradients:
     """Sparse Jacobians of the features with respect to positions and strain.
 
     Parameters
@@ -388,7 +388,7 @@ def _jvp_gradients(representation, batch: Batch, *, strain: bool, cutoff: float 
         new_cells = batch.cells.detach() + torch.bmm(batch.cells.detach(), eps)
         values, rows = representation(batch, new_positions, new_cells)
         u = torch.zeros_like(values, requires_grad=True)  # [row, F]
-        vjp_positions, vjp_strain = torch.autograd.grad(values, [positions, eps], grad_outputs=u,
+        vjp_positions, vjp_strain = torch.autograd.grad((values * u).sum(), [positions, eps],
                                                         create_graph=True, allow_unused=True)
     n_rows = values.shape[0]
     averaged = _averaged(representation)
