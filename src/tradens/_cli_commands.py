@@ -160,7 +160,7 @@ def run_info(args) -> int:
     if full is not None:
         print(f"full SOAP per atom     {full}  ({full / n:.1f}x the features above)")
     print(
-        f"memory for {n_atoms} atoms  {_size(info['feature_bytes_float64'])} (float64), "
+        f"{f'memory, {n_atoms} atoms':<23}{_size(info['feature_bytes_float64'])} (float64), "
         f"{_size(info['feature_bytes_float32'])} (float32)"
     )
     if full is not None:
