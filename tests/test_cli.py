@@ -394,7 +394,6 @@ def test_select_writes_an_extxyz_subset(tmp_path, capsys, sample):
         ),
         (["map", "{sample}", "-o", "x.png", "--color", "spin"], "unknown --color 'spin'"),
         (["imbalance", "{sample}", "--a", "full", "--b", "xx"], "unknown representation 'xx'"),
-        (["fit"], "reserved"),
         (["info"], "give --species"),
         (["bench", "--script", "no_such_bench.py"], "benchmark script not found"),
     ],
@@ -448,13 +447,18 @@ def test_subcommand_registry(capsys, tmp_path, monkeypatch):
         seen["value"] = args.value
         return 3
 
-    monkeypatch.setattr(cli, "_SUBCOMMANDS", dict(cli._SUBCOMMANDS))
+    # a reserved name that nothing registered yet ends with a clear error
+    without_eval = {k: v for k, v in cli._SUBCOMMANDS.items() if k != "eval"}
+    monkeypatch.setattr(cli, "_SUBCOMMANDS", without_eval)
+    code, _, err = call(capsys, "eval")
+    assert code == 1 and "'eval' is reserved" in one_line_error(err)
+    # registering it: one function for the arguments, one to run, one call
     cli.register_subcommand(
-        "fit", add, run, help="a test fit", epilog="examples:\n  tradens fit --value 2"
+        "eval", add, run, help="a test eval", epilog="examples:\n  tradens eval --value 2"
     )
-    assert call(capsys, "fit", "--value", "7")[0] == 3 and seen == {"value": 7}
+    assert call(capsys, "eval", "--value", "7")[0] == 3 and seen == {"value": 7}
     with pytest.raises(ValueError, match="already registered"):
-        cli.register_subcommand("fit", add, run, help="again")
+        cli.register_subcommand("eval", add, run, help="again")
     cli.register_subcommand(
         "demo", "tradens._cli_commands:add_bench_arguments", run, help="lazy"
     )  # "module:function" strings are resolved when used
