@@ -36,11 +36,11 @@ def atomic_path(path: str | os.PathLike):
 
     Examples
     --------
-    >>> import os, tempfile
-    >>> d = tempfile.mkdtemp()
-    >>> with atomic_path(os.path.join(d, "a.txt")) as tmp:
-    ...     _ = open(tmp, "w").write("done")
-    >>> open(os.path.join(d, "a.txt")).read()
+    >>> import pathlib, tempfile
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = pathlib.Path(tmp).write_text("done")
+    >>> target.read_text()
     'done'
     """
     path = Path(path)
