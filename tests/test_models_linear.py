@@ -208,10 +208,21 @@ def test_dual_solver_equals_primal_for_energy_only_fits(planted_data):
     rng = np.random.default_rng(2)
     for atoms in frames:
         atoms.info["energy"] = -4.0 * len(atoms) + rng.normal()
-    options = dict(alphas=(1e-4, 1e-2), cv=3, forces_weight=0, stress_weight=0)
-    primal = LinearPotential(soap, solver="primal", **options).fit(frames)
-    dual = LinearPotential(soap, solver="dual", **options).fit(frames)
-    np.testing.assert_allclose(dual.cv_results_["energy_rmse"], primal.cv_results_["energy_rmse"], rtol=1e-8)
-    np.testing.assert_allclose(dual.weights_, primal.weights_, rtol=1e-7, atol=1e-10)
+    for standardize in (False, True):
+        options = dict(
+            alphas=(1e-4, 1e-2), cv=3, forces_weight=0, stress_weight=0, standardize=standardize
+        )
+        primal = LinearPotential(soap, solver="primal", **options).fit(frames)
+        dual = LinearPotential(soap, solver="dual", **options).fit(frames)
+        np.testing.assert_allclose(
+            dual.cv_results_["energy_rmse"], primal.cv_results_["energy_rmse"], rtol=1e-6
+        )
+        np.testing.assert_allclose(dual.weights_, primal.weights_, rtol=1e-5, atol=1e-8)
+    assert not np.allclose(
+        primal.weights_,
+        LinearPotential(soap, solver="primal", **dict(options, standardize=False))
+        .fit(frames)
+        .weights_,
+    )
     with pytest.raises(ValueError, match="solver='dual' fits energies only"):
         LinearPotential(soap, solver="dual", cv=None).fit(planted_data[1])

@@ -61,11 +61,16 @@ def _baseline(fractions, energy, weights) -> np.ndarray:
     return fill_unseen(np.linalg.pinv(cc, rcond=1e-10, hermitian=True) @ ce, np.diagonal(cc) > 0)
 
 
-def _solutions(rows, energy, fractions, weights, alphas):
+def _solutions(rows, energy, fractions, weights, alphas, standardize: bool = False):
     """``theta [D, alpha]`` and the baseline of one training set."""
     e0 = _baseline(fractions, energy, weights)
     y = torch.as_tensor((energy - fractions @ e0) * np.sqrt(weights))  # [s]
     scaled = rows * torch.as_tensor(np.sqrt(weights))[:, None]  # C^{1/2} R
+    column = torch.ones(rows.shape[1], dtype=rows.dtype)
+    if standardize:  # ridge on columns of unit weighted second moment
+        second = (scaled * scaled).sum(0)
+        column = 1.0 / torch.sqrt(second + 1e-10 * float(second.mean()))
+        scaled = scaled * column
     gram = scaled @ scaled.T  # [s, s]
     n, d = float(weights.sum()), rows.shape[1]
     tau = float(torch.diagonal(gram).sum()) / (n * d)  # tr(A)/D with w^2 cancelled below
@@ -75,17 +80,19 @@ def _solutions(rows, energy, fractions, weights, alphas):
     shifted = eigenvalues.clamp(min=0.0)[:, None] + alphas_t[None, :] * tau * n  # [s, alpha]
     dual = vectors @ (projected[:, None] / shifted)  # [s, alpha]
     condition = (shifted.max(0).values / shifted.min(0).values).numpy()
-    return scaled.T @ dual, e0, condition
+    return (scaled.T @ dual) * column[:, None], e0, condition
 
 
-def dual_cross_validate(store: EnergyRows, folds: np.ndarray, n_folds: int, alphas) -> dict:
+def dual_cross_validate(
+    store: EnergyRows, folds: np.ndarray, n_folds: int, alphas, standardize: bool = False
+) -> dict:
     """K-fold energy RMSE (eV/atom, weighted, pooled) of every ``alpha``."""
     sse, count = np.zeros(len(alphas)), 0.0
     for k in range(n_folds):
         val = store.subset(np.nonzero(folds == k)[0])
         if val[0].shape[0] == 0:
             continue
-        theta, e0, _ = _solutions(*store.subset(np.nonzero(folds != k)[0]), alphas)
+        theta, e0, _ = _solutions(*store.subset(np.nonzero(folds != k)[0]), alphas, standardize)
         rows, energy, fractions, weights = val
         errors = (rows @ theta).numpy() + (fractions @ e0)[:, None] - energy[:, None]  # [s, alpha]
         sse += (weights[:, None] * errors**2).sum(0)
@@ -101,10 +108,10 @@ def dual_cross_validate(store: EnergyRows, folds: np.ndarray, n_folds: int, alph
     }
 
 
-def dual_final_fit(store: EnergyRows, alpha: float):
+def dual_final_fit(store: EnergyRows, alpha: float, standardize: bool = False):
     """Baseline, ``theta [D]``, training RMSEs and condition number on all structures."""
     rows, energy, fractions, weights = store.subset(np.arange(len(store.rows)))
-    theta, e0, condition = _solutions(rows, energy, fractions, weights, [alpha])
+    theta, e0, condition = _solutions(rows, energy, fractions, weights, [alpha], standardize)
     errors = (rows @ theta[:, 0]).numpy() + fractions @ e0 - energy
     training = {
         "energy": float(np.sqrt((weights * errors**2).sum() / weights.sum())),
@@ -120,8 +127,9 @@ def fit_dual(model, frames, targets, basis, species, weights, folds, n_folds, al
         raise ValueError(
             "solver='dual' fits energies only; set forces_weight=0 and stress_weight=0"
         )
-    if model.baseline != "first" or model._regularizer(basis) is not None:
+    if model.baseline != "first" or not isinstance(model._regularizer(basis), (str, type(None))):
         raise ValueError("solver='dual' supports baseline='first' ridge models only")
+    standardize = model._regularizer(basis) == "diagonal"
     store = EnergyRows(len(frames))
     fractions = composition(frames, species) / targets.n_atoms[:, None]
     for start, batch, design in design_batches(
@@ -142,11 +150,11 @@ def fit_dual(model, frames, targets, basis, species, weights, folds, n_folds, al
                 weights[s],
             )
     if n_folds > 1:
-        model.cv_results_ = dual_cross_validate(store, folds, n_folds, alphas)
+        model.cv_results_ = dual_cross_validate(store, folds, n_folds, alphas, standardize)
         model.alpha_ = float(alphas[int(np.nanargmin(model.cv_results_["energy_rmse"]))])
     else:
         model.cv_results_ = None
         model.alpha_ = float(alphas[0])
-    e0, theta, training, condition = dual_final_fit(store, model.alpha_)
+    e0, theta, training, condition = dual_final_fit(store, model.alpha_, standardize)
     model._finish(species, e0, theta, training, condition, basis)
     return model

@@ -228,11 +228,15 @@ def solve_path(
         Property weights ``w_p``.
     alphas : sequence of float
         Relative regularisation strengths (> 0).
-    regularizer : torch.Tensor, optional
-        ``Gamma [D, D]`` (symmetric positive semi-definite); identity if None.
+    regularizer : torch.Tensor or "diagonal", optional
+        ``Gamma [D, D]`` (symmetric positive semi-definite); identity if None;
+        ``"diagonal"``: the diagonal of the normal matrix (ridge on
+        standardised columns).
     """
     a, b = _objective(stats, e0, weights)
     whiten = None
+    if isinstance(regularizer, str):
+        regularizer = torch.diag(torch.diagonal(a).clamp(min=0.0))
     if regularizer is not None:
         gamma = regularizer.to(torch.float64)
         scale = float(torch.diagonal(gamma).mean())

@@ -69,6 +69,11 @@ class LinearPotential(PotentialBase):
         of) the weights and kept fixed. ``"joint"``: fitted together with the
         weights, unregularised (the Schur complement of the composition block),
         so a model of exactly this form is recovered exactly.
+    standardize : bool
+        Penalise ``sum_f d_f theta_f^2`` with ``d_f`` the diagonal of the
+        (training) normal matrix: ridge on columns scaled to unit weighted
+        second moment, so small-variance blocks (high ``l``) are not shrunk
+        more than the others.
     solver : {"auto", "primal", "dual"}
         ``"primal"``: streamed ``D x D`` normal equations (any labels).
         ``"dual"``: energy rows kept in memory and solved in the
@@ -118,6 +123,7 @@ class LinearPotential(PotentialBase):
         forces_key: str = "forces",
         stress_key: str = "stress",
         baseline: str = "first",
+        standardize: bool = False,
         solver: str = "auto",
         cv_metric: str = "loss",
         batch_size: int = 8,
@@ -138,6 +144,7 @@ class LinearPotential(PotentialBase):
         self.forces_key = forces_key
         self.stress_key = stress_key
         self.baseline = baseline
+        self.standardize = standardize
         self.solver = solver
         self.cv_metric = cv_metric
         self.batch_size = batch_size
@@ -257,7 +264,7 @@ class LinearPotential(PotentialBase):
         return self
 
     def _regularizer(self, basis):
-        return None
+        return "diagonal" if self.standardize else None
 
     def _fit_dual(
         self, frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives
