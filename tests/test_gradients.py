@@ -136,6 +136,44 @@ def test_strain_is_symmetric_for_invariant_features(alloy):
     torch.testing.assert_close(s, s.transpose(1, 2), atol=1e-12, rtol=0)
 
 
+# ----------------------------------------------------------------------------- closed-form pair derivatives
+
+
+@pytest.mark.parametrize("l_max", [1, 4, 8])
+def test_closed_form_harmonic_gradients_match_autograd(l_max):
+    from tradens._density_derivatives import harmonics_with_gradient, rowwise_jacobian
+    from tradens.angular import spherical_harmonics
+
+    generator = torch.Generator().manual_seed(l_max)
+    vectors = torch.randn(200, 3, dtype=torch.float64, generator=generator) * 2.0
+    vectors[0] = torch.tensor([0.0, 0.0, 1.7])  # the poles
+    vectors[1] = torch.tensor([0.0, 0.0, -0.4])
+    values, gradient = harmonics_with_gradient(vectors, l_max)
+    reference_values, reference = rowwise_jacobian(lambda v: spherical_harmonics(v, l_max), vectors)
+    torch.testing.assert_close(values, reference_values, atol=1e-14, rtol=0)
+    assert reference.abs().max() > 1.0
+    torch.testing.assert_close(gradient, reference, atol=1e-12 * reference.abs().max(), rtol=0)
+
+
+@pytest.mark.parametrize("gap", ["soap cutoff=5.0 l_max=6 n_max=8 atom_sigma=0.5",
+                                 "soap cutoff=4.0 l_max=9 n_max=10 atom_sigma=0.3 cutoff_transition_width=1.2"])
+def test_closed_form_radial_derivative_matches_autograd(gap):
+    from tradens._density_derivatives import radial_with_derivative, rowwise_jacobian
+    from tradens.quip import soap_from_gap
+    from tradens.radial import cosine_cutoff
+
+    soap = soap_from_gap(gap)
+    h = soap.hypers
+    r = torch.linspace(0.05, h.cutoff.radius - 1e-6, 500, dtype=torch.float64)
+    radial, derivative = radial_with_derivative(soap, r)
+    reference_values, reference = rowwise_jacobian(
+        lambda x: soap.radial_basis(x[:, 0]) * cosine_cutoff(x[:, 0], h.cutoff.radius, h.cutoff.width)[:, None, None],
+        r[:, None])
+    torch.testing.assert_close(radial, reference_values, atol=1e-15, rtol=0)
+    assert reference.abs().max() > 0.1
+    torch.testing.assert_close(derivative, reference[:, 0], atol=1e-12 * reference.abs().max(), rtol=0)
+
+
 # ----------------------------------------------------------------------------- autograd reference, invariances
 
 

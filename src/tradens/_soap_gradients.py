@@ -30,148 +30,40 @@ import math
 
 import torch
 
-from .angular import spherical_harmonics
+from ._density_derivatives import radial_and_angular
 from .gradients import DescriptorGradients, atom_entries
 from .neighbors import neighbor_list, pair_vectors
-from .radial import GaussianGridBasis, cosine_cutoff, scaled_spherical_in
 from .soap import SOAP, power_spectrum
 from .systems import Batch
 
 __all__ = ["soap_pair_gradients"]
 
 
-def _rowwise_jacobian(function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``f(x)`` and ``J [p, d, ...] = df/dx`` for ``f: [p, d] -> [p, ...]`` acting row by row.
-
-    Forward mode by double reverse mode (``u -> J^T u`` is linear in ``u``;
-    differentiating it again gives ``J v``). This works for every op with a
-    double backward and avoids the slow first use of forward-mode AD
-    decompositions (several seconds to import ``torch._dynamo``).
-    """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        y = function(x)  # [p, ...]
-        u = torch.zeros_like(y, requires_grad=True)
-        # (y * u).sum() rather than grad_outputs=u: the latter imports sympy on first use
-        (vjp,) = torch.autograd.grad((y * u).sum(), x, create_graph=True)  # [p, d]
-        columns = []
-        for a in range(x.shape[1]):
-            (column,) = torch.autograd.grad(vjp[:, a].sum(), u, retain_graph=a + 1 < x.shape[1])
-            columns.append(column)  # [p, ...]
-    return y.detach(), torch.stack(columns, dim=1)
-
-
-def _radial_with_derivative(soap: SOAP, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tapered radial basis ``f_c R [pair, N, l]`` and its derivative in ``r``.
-
-    For GAP's grid of Gaussians, ``R_nl = sum_a e^{-alpha (r - r_a)^2} s_l(x_a) T_an``
-    with ``s_l(x) = e^{-x} i_l(x)``, ``x_a = 2 alpha r r_a``, and
-    ``s_l' = s_{l+1} + (l/x) s_l - s_l`` gives the closed form
-    ``d/dr [e^{-alpha (r-r_a)^2} s_l] = e^{-alpha (r-r_a)^2} [(-2 alpha (r - r_a) - 2 alpha r_a + l/r) s_l
-    + 2 alpha r_a s_{l+1}]`` (written out because differentiating the series
-    branch of ``s_l`` twice by autograd is ~10x slower). Other bases use
-    autograd.
-    """
-    h = soap.hypers
-    taper = cosine_cutoff(r, h.cutoff.radius, h.cutoff.width)  # [p]
-    width = h.cutoff.width
-    if width > 0:
-        t = ((r - h.cutoff.radius + width) / width).clamp(0.0, 1.0)
-        d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
-    else:
-        d_taper = torch.zeros_like(r)
-    basis = soap.radial_basis
-    if isinstance(basis, GaussianGridBasis):
-        grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
-        transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
-        alpha, l_max = basis.alpha, basis.l_max
-        x = 2.0 * alpha * r[:, None] * grid[None, :]  # [p, a]
-        gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [p, a]
-        bessel = scaled_spherical_in(x, l_max + 1)  # [p, a, l+2]
-        degrees = torch.arange(l_max + 1, dtype=r.dtype, device=r.device)
-        slope = (-2.0 * alpha * r[:, None]) [:, :, None] + degrees / r[:, None, None]  # [p, 1, l]
-        d_rho = gauss[:, :, None] * (slope * bessel[:, :, :-1] + 2.0 * alpha * grid[None, :, None]
-                                     * bessel[:, :, 1:])  # [p, a, l]
-        radial = torch.einsum("pal,an->pnl", gauss[:, :, None] * bessel[:, :, :-1], transform)  # [p, n, l]
-        d_radial = torch.einsum("pal,an->pnl", d_rho, transform)
-    else:
-        radial, d_radial = _rowwise_jacobian(lambda q: basis(q[:, 0]), r[:, None])
-        d_radial = d_radial[:, 0]
-    return radial * taper[:, None, None], d_radial * taper[:, None, None] + radial * d_taper[:, None, None]
-
-
-def _harmonics_with_gradient(vectors: torch.Tensor, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real spherical harmonics ``[pair, lm]`` (as :func:`tradens.angular.spherical_harmonics`)
-    and their gradients with respect to the vectors ``[pair, 3, lm]``.
-
-    With ``u = v/|v|``, ``Y = N_lm Q_l^|m|(u_z) {C_m, S_m}(u_x, u_y)`` where
-    ``Q_l^m = d^m P_l / dz^m`` (so ``dQ_l^m/dz = Q_l^{m+1}``) and ``C_m + i S_m =
-    (u_x + i u_y)^m`` (so ``d/du_x = m (C_{m-1}, S_{m-1})``,
-    ``d/du_y = m (-S_{m-1}, C_{m-1})``); then ``dY/dv = (1 - u u^T) dY/du / |v|``.
-    Written out because autograd needs ~40x the time of the values here.
-    """
-    norm = torch.linalg.vector_norm(vectors, dim=1, keepdim=True)  # [p, 1]
-    unit = vectors / norm
-    x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]
-    cos_m, sin_m = [torch.ones_like(x)], [torch.zeros_like(x)]
-    for m in range(1, l_max + 1):
-        cos_m.append(x * cos_m[-1] - y * sin_m[-1])
-        sin_m.append(x * sin_m[-1] + y * cos_m[-2])
-    q = [[None] * (l + 2) for l in range(l_max + 1)]  # q[l][m], with q[l][l+1] = 0
-    double_factorial = 1.0
-    for m in range(l_max + 1):
-        if m > 0:
-            double_factorial *= 2 * m - 1
-        q[m][m] = torch.full_like(z, double_factorial)
-        if m + 1 <= l_max:
-            q[m + 1][m] = (2 * m + 1) * z * q[m][m]
-        for l in range(m + 2, l_max + 1):
-            q[l][m] = ((2 * l - 1) * z * q[l - 1][m] - (l + m - 1) * q[l - 2][m]) / (l - m)
-    zero = torch.zeros_like(z)
-    for l in range(l_max + 1):
-        q[l][l + 1] = zero
-    values, grads = [], []
-    for l in range(l_max + 1):
-        for m in range(-l, l + 1):
-            k = abs(m)
-            scale = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - k) / math.factorial(l + k))
-            if k > 0:
-                scale *= math.sqrt(2.0)
-            if m == 0:
-                values.append(scale * q[l][0])
-                grads.append((zero, zero, scale * q[l][1]))
-                continue
-            azimuth = sin_m[k] if m < 0 else cos_m[k]
-            # d(azimuth)/du_x, d(azimuth)/du_y
-            if m < 0:
-                d_x, d_y = k * sin_m[k - 1], k * cos_m[k - 1]
-            else:
-                d_x, d_y = k * cos_m[k - 1], -k * sin_m[k - 1]
-            values.append(scale * q[l][k] * azimuth)
-            grads.append((scale * q[l][k] * d_x, scale * q[l][k] * d_y, scale * q[l][k + 1] * azimuth))
-    harmonics = torch.stack(values, dim=-1)  # [p, lm]
-    d_unit = torch.stack([torch.stack(g, dim=-1) for g in grads], dim=-1)  # [p, 3, lm]
-    radial_part = torch.einsum("pa,pal->pl", unit, d_unit)  # [p, lm]
-    return harmonics, (d_unit - unit[:, :, None] * radial_part[:, None, :]) / norm[:, :, None]
-
-
-def _radial_and_angular(soap: SOAP, vectors: torch.Tensor):
-    """``R, R' [pair, N, l_max+1]`` (taper included) and ``Y [pair, lm]``, ``dY/dr [pair, 3, lm]``."""
-    r = torch.linalg.vector_norm(vectors, dim=1)  # [p]
-    radial, d_radial = _radial_with_derivative(soap, r)
-    harmonics, d_harmonics = _harmonics_with_gradient(vectors, soap.hypers.l_max)
-    return radial, d_radial, harmonics, d_harmonics
-
-
 def _mix(weights: torch.Tensor | None, radial: torch.Tensor, species: torch.Tensor, n_species: int) -> torch.Tensor:
-    """``W[s_p]^T R_p [pair, K, c]`` from ``R [pair, N, c]`` and neighbour species ``[pair]``."""
+    """``W[s_p]^T R_p [pair, K, c]`` from ``R [pair, N, c]`` and neighbour species ``[pair]``.
+
+    Pairs are grouped by species so that each species is one matrix product
+    (a batch of tiny per-pair products is far slower).
+    """
     n_pairs, n_max, n_c = radial.shape
     if weights is None:  # unmixed: the block of species s
         out = radial.new_zeros(n_pairs, n_species, n_max, n_c)
         out[torch.arange(n_pairs, device=radial.device), species] = radial
         return out.reshape(n_pairs, n_species * n_max, n_c)
-    blocks = weights.reshape(n_species, n_max, -1)[species]  # [p, N, K]
-    return torch.bmm(blocks.transpose(1, 2), radial)
+    blocks = weights.reshape(n_species, n_max, -1)  # [S, N, K]
+    order = torch.argsort(species, stable=True)
+    counts = torch.bincount(species, minlength=n_species).tolist()
+    by_species = radial[order].transpose(1, 2).reshape(-1, n_max)  # [p*c, N], pairs sorted by species
+    product = radial.new_empty(n_pairs * n_c, blocks.shape[2])  # [p*c, K]
+    start = 0
+    for s, count in enumerate(counts):
+        if count:
+            rows = slice(start * n_c, (start + count) * n_c)
+            torch.mm(by_species[rows], blocks[s], out=product[rows])
+            start += count
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n_pairs, device=order.device)
+    return product.reshape(n_pairs, n_c, -1)[inverse].transpose(1, 2).contiguous()  # [p, K, c]
 
 
 class _TangentPlan:
@@ -188,25 +80,24 @@ class _TangentPlan:
         self.blocks_t = torch.nn.functional.one_hot(lm_to_l, l_max + 1).to(dtype).T.contiguous()  # [l, lm]
 
 
-def _power_spectrum_tangent(radial2, angular, y, k1: int, weights, species, n_species: int, unit,
-                            plan: _TangentPlan, symmetric: bool, weight: torch.Tensor) -> torch.Tensor:
+def _power_spectrum_tangent(mixed, angular, y, k1: int, unit, plan: _TangentPlan, symmetric: bool,
+                            weight: torch.Tensor) -> torch.Tensor:
     """Derivative of :func:`tradens.soap.power_spectrum` with respect to each pair vector.
 
     Parameters
     ----------
-    radial2 : ``[pair, N, 2L]``, ``R`` then ``R'`` (taper included), ``L = l_max + 1``.
+    mixed : ``[pair, K1 (+K2), 2L]``, ``W^T R`` then ``W^T R'`` (taper included),
+        ``L = l_max + 1``, both densities stacked unless symmetric.
     angular : ``[pair, 4, lm]``, ``Y`` then ``dY/dr_a``.
     y : ``[pair, K1 (+K2), lm]``, the mixed densities of each pair's row (both
         densities stacked unless symmetric).
-    weights : ``W1`` (or ``[W1 | W2]``) ``[S*N, K1 (+K2)]``, or None (unmixed).
     unit : ``[pair, 3]`` unit vectors; ``weight [pair]`` multiplies the result.
 
     Returns ``[pair, 3, q * L]`` (``l`` fastest). With ``A = W^T R'``, ``B = W^T R``,
     ``u_kl = sum_m y_klm Y_lm`` and ``v_akl = sum_m y_klm dY_alm``:
     ``dP_l[k, b] = (A1_kl rhat_a u2_bl + B1_kl v2_abl) + (u1_kl rhat_a A2_bl + v1_akl B2_bl)``.
     """
-    n_pairs, n_l = radial2.shape[0], radial2.shape[2] // 2
-    mixed = _mix(weights, radial2, species, n_species)  # [p, Kt, 2L]
+    n_pairs, n_l = mixed.shape[0], mixed.shape[2] // 2
     # u and v of every channel in one matmul: [p, 4L, lm] @ [p, lm, Kt]
     design = (angular[:, :, None, :] * plan.blocks_t).reshape(n_pairs, 4 * n_l, -1)
     uv = torch.bmm(design, y.transpose(1, 2)).reshape(n_pairs, 4, n_l, -1)  # [p, 4, L, Kt]
@@ -247,33 +138,43 @@ def _segment_matrix(local_rows: torch.Tensor, n_rows: int, weights: torch.Tensor
     return out.reshape(n_rows * columns, n_pairs)
 
 
-def _density(soap: SOAP, batch: Batch, pairs, known, pair_species, species_index, radial2,
-             angular) -> torch.Tensor:
-    """Unmixed coefficients ``c [atom, S*N, lm]`` (as :func:`tradens.expansion.expand_density`)
-    from the already evaluated radial (``radial2[:, :, :L]``) and angular (``angular[:, 0]``)
-    terms of the pairs ``known``."""
+def _density(soap: SOAP, batch: Batch, pair_i, pair_species, species_index, radial, angular,
+             weights) -> torch.Tensor:
+    """Mixed densities ``Y [atom, K, lm] = W^T c`` (``c`` of :func:`tradens.expansion.expand_density`;
+    ``W = 1`` when ``weights`` is None) from the radial terms (``radial[:, :, :L]``, already
+    mixed unless ``weights`` is None) and harmonics ``angular[:, 0]`` of the pairs with
+    centres ``pair_i`` and neighbour species ``pair_species``."""
     h = soap.hypers
-    n_species, n_max, n_l, n_lm = h.n_species, h.radial.n_max, h.l_max + 1, (h.l_max + 1) ** 2
-    lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=known.device)
+    n_species, n_max, n_l = h.n_species, h.radial.n_max, h.l_max + 1
+    lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=pair_i.device)
     dtype = batch.positions.dtype
-    flat = torch.zeros(batch.n_atoms * n_species, n_max * n_lm, dtype=dtype, device=known.device)
-    for start in range(0, known.shape[0], 8192):
-        part = slice(start, start + 8192)
-        sel = known[part]
-        contribution = radial2[part, :, :n_l][:, :, lm_to_l] * angular[part, 0][:, None, :]  # [p, n, lm]
-        flat.index_add_(0, pairs.i[sel] * n_species + pair_species[sel], contribution.reshape(-1, n_max * n_lm))
-    coefficients = flat.reshape(batch.n_atoms, n_species * n_max, n_lm)
-    if h.density.center_weight != 0.0:
-        center = soap.radial_basis.center_values(dtype, known.device) * (h.density.center_weight
-                                                                          / math.sqrt(4.0 * math.pi))  # [n]
-        term = coefficients.new_zeros(batch.n_atoms, n_species, n_max)
+    if weights is None:  # unmixed: accumulate [p, N, lm] into row i*S + s of [atom*S, N*lm]
+        out = torch.zeros(batch.n_atoms * n_species, n_max * n_l * n_l, dtype=dtype, device=pair_i.device)
+        rows, n_channels = pair_i * n_species + pair_species, n_species * n_max
+    else:
+        out = torch.zeros(batch.n_atoms, radial.shape[1] * n_l * n_l, dtype=dtype, device=pair_i.device)
+        rows, n_channels = pair_i, radial.shape[1]
+    blocks_t = torch.nn.functional.one_hot(lm_to_l, n_l).to(dtype).T  # [l, lm]
+    for start in range(0, pair_i.shape[0], 1024):  # small chunks: temporaries reuse freed memory
+        part = slice(start, start + 1024)
+        radial_part = radial[part, :, :n_l].reshape(-1, n_l)  # [p*K, l]
+        terms = torch.mm(radial_part, blocks_t).reshape(-1, radial.shape[1], blocks_t.shape[1])
+        # terms[p, k, lm] = R[p, k, l(lm)]
+        terms.mul_(angular[part, 0][:, None, :])
+        out.index_add_(0, rows[part], terms.reshape(terms.shape[0], -1))
+    out = out.reshape(batch.n_atoms, n_channels, n_l * n_l)
+    if h.density.center_weight != 0.0:  # the centre's own Gaussian, l = 0 only
+        center = soap.radial_basis.center_values(dtype, pair_i.device) * (h.density.center_weight
+                                                                           / math.sqrt(4.0 * math.pi))  # [n]
+        term = out.new_zeros(batch.n_atoms, n_species, n_max)
         if soap.center_all_species:
             term[:] = center * (species_index >= 0).to(dtype)[:, None, None]
         else:
             own = (species_index >= 0).nonzero().squeeze(1)
             term[own, species_index[own]] = center
-        coefficients[:, :, 0] += term.reshape(batch.n_atoms, n_species * n_max)
-    return coefficients
+        term = term.reshape(batch.n_atoms, n_species * n_max)
+        out[:, :, 0] += term if weights is None else term @ weights
+    return out
 
 
 def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images: bool = False,
@@ -294,12 +195,22 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         n_known, n_l, n_lm = known.shape[0], h.l_max + 1, (h.l_max + 1) ** 2
         radial2 = vectors.new_empty(n_known, h.radial.n_max, 2 * n_l)  # R then R'
         angular = vectors.new_empty(n_known, 4, n_lm)  # Y then dY/dr
-        for start in range(0, n_known, 8192):
-            part = slice(start, start + 8192)
+        for start in range(0, n_known, 2048):
+            part = slice(start, start + 2048)
             radial2[part, :, :n_l], radial2[part, :, n_l:], angular[part, 0], angular[part, 1:] = \
-                _radial_and_angular(soap, vectors[known[part]])
-        coefficients = _density(soap, batch, pairs, known, pair_species, species_index, radial2,
-                                angular)  # [atom, S*N, lm]
+                radial_and_angular(soap, vectors[known[part]])
+        w1, w2 = soap.mixing_matrices(dtype, device)
+        w1 = None if w1 is None else w1.detach()
+        symmetric = w1 is None or w2 is w1  # the same density on both sides
+        w2 = w1 if symmetric else w2.detach()
+        w_both = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2], dim=1))  # [S*N, K1 (+K2)]
+        # W^T R and W^T R' of every pair (unmixed: per chunk, below)
+        mixed = None if w_both is None else _mix(w_both, radial2, pair_species[known], h.n_species)
+        if mixed is not None:
+            del radial2
+        # mixed densities of every atom, both sides stacked: [atom, K1 (+K2), lm]
+        density = _density(soap, batch, pairs.i[known], pair_species[known], species_index,
+                           radial2 if mixed is None else mixed, angular, w_both)
         centres = soap.center_rows(batch)
         row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=device)
         if h.average:
@@ -307,24 +218,16 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
                 raise ValueError("images=True is per centre; it cannot be combined with average=True")
             rows = torch.arange(batch.n_structures, device=device)
             row_of_atom[centres] = batch.structure[centres]
-            c_rows = coefficients.new_zeros((batch.n_structures,) + coefficients.shape[1:])
-            c_rows = c_rows.index_add(0, batch.structure[centres], coefficients[centres])
+            y_both = density.new_zeros((batch.n_structures,) + density.shape[1:])
+            y_both = y_both.index_add(0, batch.structure[centres], density[centres])
         else:
             rows = centres
             row_of_atom[centres] = torch.arange(centres.shape[0], device=device)
             all_atoms = centres.shape[0] == batch.n_atoms  # centres are sorted
-            c_rows = coefficients if all_atoms else coefficients[centres]  # [row, S*N, lm]
-        del coefficients
-        w1, w2 = soap.mixing_matrices(dtype, device)
-        w1 = None if w1 is None else w1.detach()
-        symmetric = w1 is None or w2 is w1  # the same density on both sides
-        w2 = w1 if symmetric else w2.detach()
-        if w1 is None:
-            y1 = y2 = c_rows
-        else:
-            y1 = torch.einsum("rIm,Ik->rkm", c_rows, w1)  # [row, K1, lm]
-            y2 = y1 if symmetric else torch.einsum("rIm,Ik->rkm", c_rows, w2)
-            del c_rows  # the unmixed density is not needed any more
+            y_both = density if all_atoms else density[centres]  # [row, K1 (+K2), lm]
+        del density
+        k1 = y_both.shape[1] if symmetric else w1.shape[1]
+        y1, y2 = (y_both, y_both) if symmetric else (y_both[:, :k1], y_both[:, k1:])
         raw = power_spectrum(y1, y2, soap.plan, h.l_max)  # [row, F']
         if h.normalize:
             norm = torch.linalg.vector_norm(raw, dim=1)
@@ -394,10 +297,11 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
 
         on_centre = pair_rows[known] >= 0
         if not bool(on_centre.all()):  # keep the pairs of centres only
-            radial2, angular = radial2[on_centre], angular[on_centre]
-        k1 = y1.shape[1]
-        y_both = y1 if symmetric else torch.cat([y1, y2], dim=1)  # [row, K1 (+K2), lm]
-        w_both = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2], dim=1))
+            angular = angular[on_centre]
+            if mixed is None:
+                radial2 = radial2[on_centre]
+            else:
+                mixed = mixed[on_centre]
         tangent_plan = _TangentPlan(soap.plan, h.l_max, dtype, device)
         inverse_norm = 1.0 / norm  # [row]
         # chunks of pairs sized by the [pair, 3, F] temporaries (small chunks stay in cache)
@@ -413,9 +317,10 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
             r = pair_rows[sel]
             unit_vectors = vec / torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 3]
             # dv / |v|
-            dv = _power_spectrum_tangent(radial2[local], angular[local], y_both[r], k1, w_both, species,
-                                         h.n_species, unit_vectors, tangent_plan, symmetric,
-                                         inverse_norm[r])  # [p, 3, F']
+            chunk_mixed = _mix(None, radial2[local], species, h.n_species) if mixed is None else mixed[local]
+            dv = _power_spectrum_tangent(chunk_mixed, angular[local], y_both[r], k1, unit_vectors, tangent_plan,
+                                         symmetric, inverse_norm[r])  # [p, 3, F']
+            del chunk_mixed
             if h.normalize:  # dx = dv/|v| - x (x . dv/|v|)
                 x = unit[r]  # [p, F']
                 dv.baddbmm_(torch.bmm(dv, x[:, :, None]), x[:, None, :], alpha=-1.0)

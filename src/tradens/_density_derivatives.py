@@ -1,0 +1,142 @@
+"""Single-neighbour density terms and their derivatives with respect to the pair vector.
+
+For a pair vector ``r`` the density contribution is ``f_c(r) R_nl(r) Y_lm(r_hat)``;
+:func:`radial_and_angular` returns the radial part and its ``r``-derivative and the
+harmonics and their gradient, in closed form for GAP's grid of Gaussians and for
+the real harmonics (autograd, by double reverse mode, for other radial bases).
+These are the inputs of the analytic SOAP Jacobians in
+:mod:`tradens._soap_gradients`; tests compare them with autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .radial import GaussianGridBasis, cosine_cutoff, scaled_spherical_in
+
+__all__ = ["harmonics_with_gradient", "radial_and_angular", "radial_with_derivative", "rowwise_jacobian"]
+
+
+def rowwise_jacobian(function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f(x)`` and ``J [p, d, ...] = df/dx`` for ``f: [p, d] -> [p, ...]`` acting row by row.
+
+    Forward mode by double reverse mode (``u -> J^T u`` is linear in ``u``;
+    differentiating it again gives ``J v``). This works for every op with a
+    double backward and avoids the slow first use of forward-mode AD
+    decompositions (several seconds to import ``torch._dynamo``).
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        y = function(x)  # [p, ...]
+        u = torch.zeros_like(y, requires_grad=True)
+        # (y * u).sum() rather than grad_outputs=u: the latter imports sympy on first use
+        (vjp,) = torch.autograd.grad((y * u).sum(), x, create_graph=True)  # [p, d]
+        columns = []
+        for a in range(x.shape[1]):
+            (column,) = torch.autograd.grad(vjp[:, a].sum(), u, retain_graph=a + 1 < x.shape[1])
+            columns.append(column)  # [p, ...]
+    return y.detach(), torch.stack(columns, dim=1)
+
+
+def radial_with_derivative(soap, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tapered radial basis ``f_c R [pair, N, l]`` and its derivative in ``r``.
+
+    For GAP's grid of Gaussians, ``R_nl = sum_a e^{-alpha (r - r_a)^2} s_l(x_a) T_an``
+    with ``s_l(x) = e^{-x} i_l(x)``, ``x_a = 2 alpha r r_a``, and
+    ``s_l' = s_{l+1} + (l/x) s_l - s_l`` gives the closed form
+    ``d/dr [e^{-alpha (r-r_a)^2} s_l] = e^{-alpha (r-r_a)^2} [(-2 alpha (r - r_a) - 2 alpha r_a + l/r) s_l
+    + 2 alpha r_a s_{l+1}]`` (written out because differentiating the series
+    branch of ``s_l`` twice by autograd is ~10x slower). Other bases use
+    autograd.
+    """
+    h = soap.hypers
+    taper = cosine_cutoff(r, h.cutoff.radius, h.cutoff.width)  # [p]
+    width = h.cutoff.width
+    if width > 0:
+        t = ((r - h.cutoff.radius + width) / width).clamp(0.0, 1.0)
+        d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+    else:
+        d_taper = torch.zeros_like(r)
+    basis = soap.radial_basis
+    if isinstance(basis, GaussianGridBasis):
+        grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
+        transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
+        alpha, l_max = basis.alpha, basis.l_max
+        x = 2.0 * alpha * r[:, None] * grid[None, :]  # [p, a]
+        gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [p, a]
+        bessel = scaled_spherical_in(x, l_max + 1)  # [p, a, l+2]
+        degrees = torch.arange(l_max + 1, dtype=r.dtype, device=r.device)
+        slope = (-2.0 * alpha * r[:, None]) [:, :, None] + degrees / r[:, None, None]  # [p, 1, l]
+        d_rho = gauss[:, :, None] * (slope * bessel[:, :, :-1] + 2.0 * alpha * grid[None, :, None]
+                                     * bessel[:, :, 1:])  # [p, a, l]
+        radial = torch.einsum("pal,an->pnl", gauss[:, :, None] * bessel[:, :, :-1], transform)  # [p, n, l]
+        d_radial = torch.einsum("pal,an->pnl", d_rho, transform)
+    else:
+        radial, d_radial = rowwise_jacobian(lambda q: basis(q[:, 0]), r[:, None])
+        d_radial = d_radial[:, 0]
+    return radial * taper[:, None, None], d_radial * taper[:, None, None] + radial * d_taper[:, None, None]
+
+
+def harmonics_with_gradient(vectors: torch.Tensor, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real spherical harmonics ``[pair, lm]`` (as :func:`tradens.angular.spherical_harmonics`)
+    and their gradients with respect to the vectors ``[pair, 3, lm]``.
+
+    With ``u = v/|v|``, ``Y = N_lm Q_l^|m|(u_z) {C_m, S_m}(u_x, u_y)`` where
+    ``Q_l^m = d^m P_l / dz^m`` (so ``dQ_l^m/dz = Q_l^{m+1}``) and ``C_m + i S_m =
+    (u_x + i u_y)^m`` (so ``d/du_x = m (C_{m-1}, S_{m-1})``,
+    ``d/du_y = m (-S_{m-1}, C_{m-1})``); then ``dY/dv = (1 - u u^T) dY/du / |v|``.
+    Written out because autograd needs ~40x the time of the values here.
+    """
+    norm = torch.linalg.vector_norm(vectors, dim=1, keepdim=True)  # [p, 1]
+    unit = vectors / norm
+    x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]
+    cos_m, sin_m = [torch.ones_like(x)], [torch.zeros_like(x)]
+    for m in range(1, l_max + 1):
+        cos_m.append(x * cos_m[-1] - y * sin_m[-1])
+        sin_m.append(x * sin_m[-1] + y * cos_m[-2])
+    q = [[None] * (l + 2) for l in range(l_max + 1)]  # q[l][m], with q[l][l+1] = 0
+    double_factorial = 1.0
+    for m in range(l_max + 1):
+        if m > 0:
+            double_factorial *= 2 * m - 1
+        q[m][m] = torch.full_like(z, double_factorial)
+        if m + 1 <= l_max:
+            q[m + 1][m] = (2 * m + 1) * z * q[m][m]
+        for l in range(m + 2, l_max + 1):
+            q[l][m] = ((2 * l - 1) * z * q[l - 1][m] - (l + m - 1) * q[l - 2][m]) / (l - m)
+    zero = torch.zeros_like(z)
+    for l in range(l_max + 1):
+        q[l][l + 1] = zero
+    values, grads = [], []
+    for l in range(l_max + 1):
+        for m in range(-l, l + 1):
+            k = abs(m)
+            scale = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - k) / math.factorial(l + k))
+            if k > 0:
+                scale *= math.sqrt(2.0)
+            if m == 0:
+                values.append(scale * q[l][0])
+                grads.append((zero, zero, scale * q[l][1]))
+                continue
+            azimuth = sin_m[k] if m < 0 else cos_m[k]
+            # d(azimuth)/du_x, d(azimuth)/du_y
+            if m < 0:
+                d_x, d_y = k * sin_m[k - 1], k * cos_m[k - 1]
+            else:
+                d_x, d_y = k * cos_m[k - 1], -k * sin_m[k - 1]
+            values.append(scale * q[l][k] * azimuth)
+            grads.append((scale * q[l][k] * d_x, scale * q[l][k] * d_y, scale * q[l][k + 1] * azimuth))
+    harmonics = torch.stack(values, dim=-1)  # [p, lm]
+    d_unit = torch.stack([torch.stack(g, dim=-1) for g in grads], dim=-1)  # [p, 3, lm]
+    radial_part = torch.einsum("pa,pal->pl", unit, d_unit)  # [p, lm]
+    return harmonics, (d_unit - unit[:, :, None] * radial_part[:, None, :]) / norm[:, :, None]
+
+
+def radial_and_angular(soap, vectors: torch.Tensor):
+    """``R, R' [pair, N, l_max+1]`` (taper included) and ``Y [pair, lm]``, ``dY/dr [pair, 3, lm]``."""
+    r = torch.linalg.vector_norm(vectors, dim=1)  # [p]
+    radial, d_radial = radial_with_derivative(soap, r)
+    harmonics, d_harmonics = harmonics_with_gradient(vectors, soap.hypers.l_max)
+    return radial, d_radial, harmonics, d_harmonics
