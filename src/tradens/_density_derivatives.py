@@ -60,7 +60,7 @@ def radial_with_derivative(soap, r: torch.Tensor) -> tuple[torch.Tensor, torch.T
     else:
         d_taper = torch.zeros_like(r)
     basis = soap.radial_basis
-    if isinstance(basis, GaussianGridBasis):
+    if isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and hasattr(basis, "_transform"):
         grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
         transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
         alpha, l_max = basis.alpha, basis.l_max
