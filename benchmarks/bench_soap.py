@@ -206,25 +206,28 @@ def run_case(spec: dict) -> dict:
     run, n_features, sync = _build_case(spec)
     setup = time.perf_counter() - setup_start
     base = _memory_status()
-    times = []
+    times, cpu_times = [], []
     features = None
     for index in range(spec["warmup"] + spec["repeats"]):
         gc.collect()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = run()
         if sync is not None:
             sync()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if features is None:
             features = n_features(result)
         del result
         if index >= spec["warmup"]:
             times.append(elapsed)
+            cpu_times.append(cpu)
     memory = _memory_status()
     out = {
         "times_s": times,
         "median_s": statistics.median(times),
         "min_s": min(times),
+        "cpu_times_s": cpu_times,
+        "median_cpu_s": statistics.median(cpu_times),
         "setup_s": setup,
         "features_per_atom": features,
         "n_atoms": 2 * spec["repeat"] ** 3,
@@ -337,39 +340,46 @@ def run_in_subprocess(spec: dict, timeout: float) -> dict:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Speed-ups of every row against quippy (same descriptor) and the best peer."""
+    """Speed-ups of every row against quippy (same descriptor) and the best peer.
+
+    ``speedup_*`` use wall-clock medians (the protocol of ``peers.md``),
+    ``speedup_*_cpu`` CPU-time medians (steadier on a shared machine).
+    """
     def key(row):
         return (row["S"], row["variant"], row["K"], row["scan"])
 
-    peers: dict = {}
-    for row in rows:
-        if row["lib"] in PEERS and row.get("ok"):
-            peers.setdefault(key(row), {})[row["lib"]] = row["median_s"]
-    for row in rows:
-        row["speedup_vs_quippy"] = None
-        row["speedup_vs_best_peer"] = None
-        row["best_peer"] = None
-        if not row.get("ok"):
-            continue
-        times = peers.get(key(row), {})
-        if "quippy" in times and row["lib"] != "quippy":
-            row["speedup_vs_quippy"] = times["quippy"] / row["median_s"]
-        others = {lib: t for lib, t in times.items() if lib != row["lib"]}
-        if others:
-            best = min(others, key=others.get)
-            row["best_peer"] = best
-            row["speedup_vs_best_peer"] = others[best] / row["median_s"]
+    for metric, suffix in (("median_s", ""), ("median_cpu_s", "_cpu")):
+        peers: dict = {}
+        for row in rows:
+            if row["lib"] in PEERS and row.get("ok"):
+                peers.setdefault(key(row), {})[row["lib"]] = row[metric]
+        for row in rows:
+            row["speedup_vs_quippy" + suffix] = None
+            row["speedup_vs_best_peer" + suffix] = None
+            row["best_peer" + suffix] = None
+            if not row.get("ok"):
+                continue
+            times = peers.get(key(row), {})
+            if "quippy" in times and row["lib"] != "quippy":
+                row["speedup_vs_quippy" + suffix] = times["quippy"] / row[metric]
+            others = {lib: t for lib, t in times.items() if lib != row["lib"]}
+            if others:
+                best = min(others, key=others.get)
+                row["best_peer" + suffix] = best
+                row["speedup_vs_best_peer" + suffix] = others[best] / row[metric]
 
 
 def s_scan_summary(rows: list[dict]) -> dict:
     """TR-SOAP (K = 16) time against S, and the ratio of the largest to the smallest S."""
     summary = {}
     for lib in ("tradens", "quippy"):
-        scan = sorted((r["S"], r["median_s"]) for r in rows
+        scan = sorted((r["S"], r["median_s"], r["median_cpu_s"]) for r in rows
                       if r["scan"] and r["lib"] == lib and r.get("ok"))
         if scan:
-            summary[lib] = {"S": [s for s, _ in scan], "median_s": [t for _, t in scan],
-                            "ratio_largest_to_smallest": scan[-1][1] / scan[0][1]}
+            summary[lib] = {"S": [s for s, _, _ in scan], "median_s": [t for _, t, _ in scan],
+                            "median_cpu_s": [c for _, _, c in scan],
+                            "ratio_largest_to_smallest": scan[-1][1] / scan[0][1],
+                            "ratio_largest_to_smallest_cpu": scan[-1][2] / scan[0][2]}
     return summary
 
 
@@ -378,23 +388,31 @@ def _basis(name: str) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'lib':9} {'S':>2} {'descriptor':22} {'basis':6} {'dtype':7} {'dev':4} "
-              f"{'feat/atom':>9} {'median s':>9} {'min s':>8} {'peak MB':>8} {'work MB':>8} "
-              f"{'x quippy':>8} {'x best peer':>16}")
+    """The results as a text table (ratios are speed-ups: wall-clock, then CPU time)."""
+    header = (f"{'lib':9} {'S':>2} {'descriptor':22} {'basis':5} {'dtype':7} {'dev':4} "
+              f"{'feat/atom':>9} {'wall s':>8} {'cpu s':>8} {'peak MB':>8} {'work MB':>8} "
+              f"{'x quippy (cpu)':>15} {'x best peer (cpu)':>26}")
     lines = [header, "-" * len(header)]
+
+    def ratio(row, name):
+        wall, cpu = row[name], row[name + "_cpu"]
+        return "" if wall is None else f"{wall:.2f} ({cpu:.2f})"
+
     for r in rows:
         name = variant_label(r["variant"], r["K"]) + (" (scan)" if r["scan"] else "")
-        head = (f"{r['lib']:9} {r['S']:>2} {name:22} {_basis(r['basis']):6} {r['dtype']:7} "
+        head = (f"{r['lib']:9} {r['S']:>2} {name:22} {_basis(r['basis']):5} {r['dtype']:7} "
                 f"{r['device'][:4]:4} ")
         if not r.get("ok"):
             lines.append(head + f"FAILED: {r.get('error')}")
             continue
-        quippy = "" if r["speedup_vs_quippy"] is None else f"{r['speedup_vs_quippy']:.2f}"
-        best = "" if r["speedup_vs_best_peer"] is None else \
-            f"{r['speedup_vs_best_peer']:.2f} ({r['best_peer']})"
+        best = ratio(r, "speedup_vs_best_peer")
+        if best:
+            best += f" {r['best_peer']}"
         work = r["peak_rss_mb"] - r["rss_before_mb"] if r.get("rss_before_mb") else float("nan")
-        lines.append(head + f"{r['features_per_atom']:>9} {r['median_s']:>9.4f} {r['min_s']:>8.4f} "
-                     f"{r['peak_rss_mb']:>8.0f} {work:>8.0f} {quippy:>8} {best:>16}")
+        lines.append(head + f"{r['features_per_atom']:>9} {r['median_s']:>8.4f} "
+                     f"{r['median_cpu_s']:>8.4f} "
+                     f"{r['peak_rss_mb']:>8.0f} {work:>8.0f} {ratio(r, 'speedup_vs_quippy'):>15} "
+                     f"{best:>26}")
     return "\n".join(lines)
 
 
@@ -414,7 +432,8 @@ def machine_info() -> dict:
         info["cpus_available"] = len(os.sched_getaffinity(0))
     try:
         with open("/proc/cpuinfo") as handle:
-            models = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+            models = [line.split(":", 1)[1].strip() for line in handle
+                      if line.startswith("model name")]
         info["cpu_model"] = models[0] if models else None
         with open("/proc/meminfo") as handle:
             total = handle.readline().split()[1]
@@ -458,7 +477,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench_soap", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--elements", default="3,25", help="S values of the main table (default 3,25)")
+    parser.add_argument("--elements", default="3,25",
+                        help="S values of the main table (default 3,25)")
     parser.add_argument("--libs", default="tradens,quippy,featomic,dscribe",
                         help="libraries to run (missing peers are skipped)")
     parser.add_argument("--channels", default="8,16,32", help="K of the element-wise TR cases")
@@ -505,7 +525,10 @@ def main(argv=None) -> int:
         result = run_in_subprocess(spec, args.timeout)
         row = {**spec, **result}
         rows.append(row)
-        status = f"{result['median_s']:.4f} s" if result.get("ok") else f"FAILED {result.get('error')}"
+        if result.get("ok"):
+            status = f"{result['median_s']:.4f} s (cpu {result['median_cpu_s']:.4f} s)"
+        else:
+            status = f"FAILED {result.get('error')}"
         print(f"  {spec['lib']:9} S={spec['S']:<2} {variant_label(spec['variant'], spec['K']):22} "
               f"{_basis(spec['basis']):6} {spec['dtype']:7} {spec['device']:4} {status}  "
               f"[{time.perf_counter() - start:.1f} s wall]", flush=True)
@@ -514,9 +537,12 @@ def main(argv=None) -> int:
     print(format_table(rows))
     scan = s_scan_summary(rows)
     for lib, values in scan.items():
-        pairs = ", ".join(f"S={s}: {t:.4f} s" for s, t in zip(values["S"], values["median_s"]))
-        print(f"S scan ({lib}, TR R+Z el K=16): {pairs}; "
-              f"ratio {values['ratio_largest_to_smallest']:.2f}")
+        pairs = ", ".join(f"S={s}: {t:.4f} s (cpu {c:.4f} s)"
+                          for s, t, c in zip(values["S"], values["median_s"],
+                                             values["median_cpu_s"], strict=True))
+        print(f"S scan ({lib}, TR R+Z el K=16): {pairs}; ratio largest/smallest S "
+              f"{values['ratio_largest_to_smallest']:.2f} "
+              f"(cpu {values['ratio_largest_to_smallest_cpu']:.2f})")
     info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     data = {"benchmark": "bench_soap", "system": {
         "structure": "bulk('Fe', 'bcc', a=3.2, cubic=True) * repeat, random elements "

@@ -22,7 +22,7 @@ with :math:`Q_l^m = P_l^m(\\cos\\theta)/\\sin^m\\theta` a polynomial in ``z``
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -34,7 +34,7 @@ def lm_index(l: int, m: int) -> int:
     return l * l + l + m
 
 
-@lru_cache(maxsize=None)
+@cache
 def _l_of_lm_list(l_max: int) -> tuple[int, ...]:
     return tuple(l for l in range(l_max + 1) for _ in range(2 * l + 1))
 
@@ -44,7 +44,7 @@ def l_of_lm(l_max: int, device: torch.device | str | None = None) -> torch.Tenso
     return torch.tensor(_l_of_lm_list(l_max), dtype=torch.long, device=device)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _normalisation(l_max: int) -> tuple[tuple[float, ...], ...]:
     # norms[l][m] for m = 0..l, including the sqrt(2) for m > 0.
     norms = []
@@ -80,34 +80,79 @@ def spherical_harmonics(vectors: torch.Tensor, l_max: int) -> torch.Tensor:
         raise ValueError(f"vectors must have a last dimension of 3, got shape {tuple(vectors.shape)}")
     unit = vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
     x, y, z = unit[..., 0], unit[..., 1], unit[..., 2]
+    diagonal, first, up, down = _recurrence(l_max)
 
-    # azimuthal parts C_m = Re (x+iy)^m, S_m = Im (x+iy)^m, each [...]
-    cos_m = [torch.ones_like(x)]
-    sin_m = [torch.zeros_like(x)]
-    for m in range(1, l_max + 1):
-        cos_m.append(x * cos_m[-1] - y * sin_m[-1])
-        sin_m.append(x * sin_m[-1] + y * cos_m[-2])
+    # azimuthal parts C_m = Re (x+iy)^m, S_m = Im (x+iy)^m, each [...] (m >= 1)
+    cos_m: list = [None] * (l_max + 1)
+    sin_m: list = [None] * (l_max + 1)
+    if l_max >= 1:
+        cos_m[1], sin_m[1] = x, y
+    for m in range(2, l_max + 1):
+        cos_m[m] = x * cos_m[m - 1] - y * sin_m[m - 1]
+        sin_m[m] = torch.addcmul(y * cos_m[m - 1], x, sin_m[m - 1])
 
-    # Q[l][m], polynomials in z, each [...]
-    q: list[list[torch.Tensor | None]] = [[None] * (l + 1) for l in range(l_max + 1)]
+    # normalised Legendre parts N_lm Q_l^m (floats where constant), by the recurrence
+    # N_lm Q_l^m = a_lm z N_{l-1,m} Q_{l-1}^m + b_lm N_{l-2,m} Q_{l-2}^m
+    q: list = [[None] * (l + 1) for l in range(l_max + 1)]
+    for m in range(l_max + 1):
+        q[m][m] = diagonal[m]  # N_mm (2m-1)!!
+        if m + 1 <= l_max:
+            q[m + 1][m] = first[m] * z
+        for l in range(m + 2, l_max + 1):
+            if isinstance(q[l - 2][m], float):
+                q[l][m] = (up[l, m] * z) * q[l - 1][m] + down[l, m] * q[l - 2][m]
+            else:
+                q[l][m] = torch.addcmul(down[l, m] * q[l - 2][m], z, q[l - 1][m], value=up[l, m])
+
+    def column(l: int, m: int):
+        legendre = q[l][abs(m)]
+        if m == 0:
+            return legendre
+        return (sin_m if m < 0 else cos_m)[abs(m)] * legendre
+
+    n_lm = (l_max + 1) ** 2
+    if torch.is_grad_enabled() and vectors.requires_grad or _has_tangent(vectors):
+        columns = []
+        for l in range(l_max + 1):
+            for m in range(-l, l + 1):
+                value = column(l, m)
+                columns.append(torch.full_like(x, value) if isinstance(value, float) else value)
+        return torch.stack(columns, dim=-1)  # [..., (l_max+1)^2]
+    out = torch.empty(vectors.shape[:-1] + (n_lm,), dtype=vectors.dtype, device=vectors.device)
+    for l in range(l_max + 1):
+        for m in range(-l, l + 1):
+            legendre, target = q[l][abs(m)], out[..., l * l + l + m]
+            if m == 0:
+                if isinstance(legendre, float):
+                    target.fill_(legendre)
+                else:
+                    target.copy_(legendre)
+            else:
+                torch.mul((sin_m if m < 0 else cos_m)[abs(m)], legendre, out=target)
+    return out  # [..., (l_max+1)^2]
+
+
+def _has_tangent(tensor: torch.Tensor) -> bool:
+    import torch.autograd.forward_ad as fwAD
+
+    return fwAD.unpack_dual(tensor).tangent is not None
+
+
+@cache
+def _recurrence(l_max: int):
+    """Constants of the normalised Legendre recurrence (see :func:`spherical_harmonics`)."""
+    norms = _normalisation(l_max)
+    diagonal, first, up, down = [], [], {}, {}
     double_factorial = 1.0  # (2m-1)!!
     for m in range(l_max + 1):
         if m > 0:
             double_factorial *= 2 * m - 1
-        q[m][m] = torch.full_like(z, double_factorial)
+        diagonal.append(norms[m][m] * double_factorial)  # N_mm Q_m^m
         if m + 1 <= l_max:
-            q[m + 1][m] = (2 * m + 1) * z * q[m][m]
+            # N_{m+1,m} Q_{m+1}^m / z
+            first.append(norms[m + 1][m] * (2 * m + 1) * double_factorial)
         for l in range(m + 2, l_max + 1):
-            q[l][m] = ((2 * l - 1) * z * q[l - 1][m] - (l + m - 1) * q[l - 2][m]) / (l - m)
-
-    norms = _normalisation(l_max)
-    columns = []
-    for l in range(l_max + 1):
-        for m in range(-l, l + 1):
-            if m < 0:
-                columns.append(norms[l][-m] * q[l][-m] * sin_m[-m])
-            elif m == 0:
-                columns.append(norms[l][0] * q[l][0])
-            else:
-                columns.append(norms[l][m] * q[l][m] * cos_m[m])
-    return torch.stack(columns, dim=-1)  # [..., (l_max+1)^2]
+            # Q_l^m = ((2l-1) z Q_{l-1}^m - (l+m-1) Q_{l-2}^m) / (l-m)
+            up[l, m] = (2 * l - 1) / (l - m) * norms[l][m] / norms[l - 1][m]
+            down[l, m] = -(l + m - 1) / (l - m) * norms[l][m] / norms[l - 2][m]
+    return diagonal, first, up, down

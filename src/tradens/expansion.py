@@ -28,6 +28,8 @@ from .systems import Batch
 
 __all__ = ["SpeciesMap", "expand_density"]
 
+_UNMIXED_PER_PAIR = 32  # largest S*N computed per pair without mixing
+
 
 class SpeciesMap:
     """Maps atomic numbers to species channel indices.
@@ -90,7 +92,7 @@ def expand_density(
     cutoff_width: float,
     center_weight: float,
     center_all_species: bool,
-    pair_chunk: int = 16384,
+    pair_chunk: int | None = None,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Density coefficients of every atom, unmixed or mixed.
@@ -117,9 +119,10 @@ def expand_density(
         Weight of the centre atom's own Gaussian.
     center_all_species : bool
         Put the centre term in every species channel (else only the centre's own).
-    pair_chunk : int
+    pair_chunk : int, optional
         Bound on the pairs processed at once (bounds the per-pair intermediates;
-        a chunk never splits the neighbours of one atom).
+        a chunk never splits the neighbours of one atom). Default: 4096 on the
+        CPU (the intermediates stay in cache), 65536 on other devices.
     weights : torch.Tensor, optional
         Mixing matrix ``W [S*N, K]``. When given, the mixed density
         ``A [atom, K, lm] = sum_I W[I, k] c[atom, I, lm]`` is returned instead
@@ -133,8 +136,11 @@ def expand_density(
     """
     dtype, device = vectors.dtype, vectors.device
     n_max = radial.n_max
+    if pair_chunk is None:
+        pair_chunk = 4096 if device.type == "cpu" else 65536
     if weights is not None and weights.shape[0] != n_species * n_max:
-        raise ValueError(f"weights must have {n_species * n_max} rows (S*N), got {tuple(weights.shape)}")
+        raise ValueError(f"weights must have {n_species * n_max} rows (S*N), "
+                         f"got {tuple(weights.shape)}")
     neighbor_species = species_index[pairs.j]  # [pair]
     i, s_j = pairs.i, neighbor_species
     if not bool((neighbor_species >= 0).all()):
@@ -146,30 +152,37 @@ def expand_density(
     if weights is None and n_species == 1:
         weights_or_identity = None  # per-pair path with R itself (K = N)
         per_pair = True
+    elif weights is None and n_species * n_max <= _UNMIXED_PER_PAIR:
+        # few unmixed channels: per pair with W = 1 beats the outer products and index_add
+        weights_or_identity = torch.eye(n_species * n_max, dtype=dtype, device=device)
+        per_pair = True
     else:
         weights_or_identity = weights
         per_pair = weights is not None and weights.shape[1] < n_species * n_max
     if per_pair:
-        mixed = _expand_per_pair(batch.n_atoms, i, s_j, vectors, weights_or_identity, n_species=n_species,
-                                 radial=radial, l_max=l_max, cutoff=cutoff, cutoff_width=cutoff_width,
+        mixed = _expand_per_pair(batch.n_atoms, i, s_j, vectors, weights_or_identity,
+                                 n_species=n_species, radial=radial, l_max=l_max, cutoff=cutoff,
+                                 cutoff_width=cutoff_width,
                                  pair_chunk=pair_chunk)  # [atom, K, lm]
     else:
         mixed = _expand_unmixed(batch.n_atoms, i, s_j, vectors, n_species=n_species, radial=radial,
                                 l_max=l_max, cutoff=cutoff, cutoff_width=cutoff_width,
                                 pair_chunk=pair_chunk)  # [atom, S*N, lm]
     if center_weight != 0.0:
-        center = radial.center_values(dtype, device) * (center_weight / math.sqrt(4.0 * math.pi))  # [n]
+        center = radial.center_values(dtype, device)  # [n]
+        center = center * (center_weight / math.sqrt(4.0 * math.pi))
         present = (species_index >= 0).to(dtype)  # [atom]
         if center_all_species:
             owner = present[:, None].expand(-1, n_species)  # [atom, S]
         else:
             owner = torch.zeros(batch.n_atoms, n_species, dtype=dtype, device=device)
             atoms = (species_index >= 0).nonzero().squeeze(1)
-            owner = owner.index_put((atoms, species_index[atoms]), torch.ones_like(atoms, dtype=dtype))
+            owner = owner.index_put((atoms, species_index[atoms]),
+                                    torch.ones_like(atoms, dtype=dtype))
         term = (owner[:, :, None] * center[None, None, :]).reshape(batch.n_atoms, n_species * n_max)
         if per_pair and weights_or_identity is not None:
             term = term @ weights_or_identity  # [atom, K]
-        mixed = torch.cat([mixed[:, :, :1] + term[:, :, None], mixed[:, :, 1:]], dim=2)
+        mixed[:, :, 0] += term  # mixed is a fresh tensor of this function: in place is safe
     if weights is not None and not per_pair:
         mixed = torch.einsum("aIm,Ik->akm", mixed, weights)  # [atom, K, lm]
     return mixed
@@ -204,8 +217,8 @@ def _atom_chunks(n_atoms: int, i: torch.Tensor, pair_chunk: int):
         atom = stop
 
 
-def _expand_unmixed(n_atoms: int, i, s_j, vectors, *, n_species: int, radial, l_max: int, cutoff: float,
-                    cutoff_width: float, pair_chunk: int) -> torch.Tensor:
+def _expand_unmixed(n_atoms: int, i, s_j, vectors, *, n_species: int, radial, l_max: int,
+                    cutoff: float, cutoff_width: float, pair_chunk: int) -> torch.Tensor:
     """``c [atom, S*N, lm]`` by per-pair outer products and ``index_add``."""
     dtype, device = vectors.dtype, vectors.device
     n_max, n_lm = radial.n_max, (l_max + 1) ** 2
@@ -215,8 +228,10 @@ def _expand_unmixed(n_atoms: int, i, s_j, vectors, *, n_species: int, radial, l_
         sel = slice(start, start + pair_chunk)
         radial_values, harmonics = _pair_terms(vectors[sel], radial, l_max, cutoff, cutoff_width)
         contribution = radial_values[:, :, lm_to_l] * harmonics[:, None, :]  # [p, n, lm]
-        coefficients = coefficients.index_add(0, i[sel] * n_species + s_j[sel],
-                                              contribution.reshape(-1, n_max * n_lm))
+        # in place: coefficients is a fresh tensor of this function (and index_add's backward needs
+        # neither its input nor its output)
+        coefficients.index_add_(0, i[sel] * n_species + s_j[sel],
+                                contribution.reshape(-1, n_max * n_lm))
     return coefficients.reshape(n_atoms, n_species * n_max, n_lm)
 
 
@@ -224,51 +239,110 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
                      cutoff: float, cutoff_width: float, pair_chunk: int) -> torch.Tensor:
     """Mixed density ``A [atom, K, lm]`` without the unmixed ``c``.
 
-    Per pair ``Q[p, l, k] = sum_n W[s_p N + n, k] R[p, n, l]`` (one matrix
-    product per neighbour species, pairs grouped by species), then per atom and
-    degree ``A_l[i] = Q_l[i]^T Y_l[i]`` as a batched product over the atoms'
-    neighbour lists padded to a common length. ``weights=None`` means
-    ``W = 1`` (one species, unmixed).
+    Per pair ``Q[p, l, k] = sum_n W[s_p N + n, k] R[p, n, l]``: the pairs are
+    grouped by neighbour species (padded to a common count, one batched
+    product over species; or one product per species when the counts are very
+    uneven), and with a radial basis that has ``primitive`` the radial
+    transform is folded into ``W``. Then per atom and degree
+    ``A_l[i] = Q_l[i]^T Y_l[i]``, a batched product over the atoms' neighbour
+    lists padded to a common length. ``weights=None`` means ``W = 1`` (one
+    species, unmixed).
     """
     dtype, device = vectors.dtype, vectors.device
     n_max, n_l, n_lm = radial.n_max, l_max + 1, (l_max + 1) ** 2
     n_channels = n_max if weights is None else weights.shape[1]
-    blocks = []
+    mixed = torch.zeros(n_atoms, n_channels, n_lm, dtype=dtype, device=device)  # [atom, K, lm]
     for atom_start, atom_stop, pair_start, pair_stop in _atom_chunks(n_atoms, i, pair_chunk):
         n_chunk = atom_stop - atom_start
-        if pair_stop == pair_start:
-            blocks.append(torch.zeros(n_chunk, n_channels, n_lm, dtype=dtype, device=device))
+        n_pairs = pair_stop - pair_start
+        if n_pairs == 0:
             continue
         ci = i[pair_start:pair_stop] - atom_start  # [p]
-        cs = s_j[pair_start:pair_stop]  # [p]
         vec = vectors[pair_start:pair_stop]  # [p, 3]
         counts = torch.bincount(ci, minlength=n_chunk)  # [atom]
-        first = torch.cumsum(counts, 0) - counts  # [atom]
-        rank = torch.arange(ci.shape[0], device=device) - first[ci]  # [p] position in its atom's list
         width = int(counts.max())  # padded neighbour-list length J
-        slot = ci * width + rank  # [p]
-        if weights is not None and n_species > 1:
-            order = torch.argsort(cs, stable=True)  # group pairs by neighbour species
-            vec, cs, slot = vec[order], cs[order], slot[order]
-        radial_values, harmonics = _pair_terms(vec, radial, l_max, cutoff, cutoff_width)
-        by_degree = radial_values.transpose(1, 2)  # [p, l, n]
+        with torch.profiler.record_function("expansion/pair_terms"):
+            r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+            taper = cosine_cutoff(r, cutoff, cutoff_width)  # [p]
+            harmonics = spherical_harmonics(vec, l_max)  # [p, lm]
+            if hasattr(radial, "primitive"):
+                basis, transform = radial.primitive(r, taper)  # [l, p, a] (tapered), [a, n]
+            else:
+                basis = radial(r).permute(2, 0, 1) * taper[None, :, None]  # [l, p, n]
+                transform = None
         with torch.profiler.record_function("expansion/mix_pairs"):
             if weights is None:
-                q = by_degree  # [p, l, n]
-            elif n_species == 1:
-                q = torch.matmul(by_degree, weights)  # [p, l, K]
+                source = basis if transform is None else torch.matmul(basis, transform)  # [l, p, n]
+                row, zero_row = None, None  # pair p is row p of source
             else:
-                sizes = torch.bincount(cs, minlength=n_species).cpu().tolist()
                 w = weights.reshape(n_species, n_max, -1)  # [S, N, K]
-                parts = [torch.matmul(part, w[s]) for s, part in enumerate(torch.split(by_degree, sizes))
-                         if sizes[s] > 0]
-                q = torch.cat(parts) if len(parts) > 1 else parts[0]  # [p, l, K]
+                if transform is not None:
+                    w = torch.matmul(transform, w)  # [S, a, K]
+                if n_species == 1:
+                    source, row, zero_row = torch.matmul(basis, w[0]), None, None  # [l, p, K]
+                else:
+                    source, row, zero_row = _mix_by_species(basis, s_j[pair_start:pair_stop], w)
         with torch.profiler.record_function("expansion/accumulate"):
-            padded_q = q.new_zeros(n_chunk * width, n_l, n_channels).index_copy(0, slot, q)
-            padded_q = padded_q.reshape(n_chunk, width, n_l, n_channels)  # [atom, J, l, K]
-            padded_y = harmonics.new_zeros(n_chunk * width, n_lm).index_copy(0, slot, harmonics)
-            padded_y = padded_y.reshape(n_chunk, width, n_lm)  # [atom, J, lm]
-            degrees = [torch.bmm(padded_q[:, :, l, :].transpose(1, 2),
-                                 padded_y[:, :, l * l:(l + 1) * (l + 1)]) for l in range(n_l)]  # [atom, K, 2l+1]
-            blocks.append(torch.cat(degrees, dim=2))  # [atom, K, lm]
-    return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+            # neighbour lists padded to J: Q as [l, atom*J, K], Y as [atom*J, lm]
+            full = n_pairs == n_chunk * width  # every atom has J pairs
+            if not full:
+                first = torch.cumsum(counts, 0) - counts  # [atom]
+                slot = ci * width + (torch.arange(n_pairs, device=device) - first[ci])  # [p]
+            if row is None and full:
+                padded_q = source  # [l, atom*J, K]
+            else:
+                if zero_row is None and not full:
+                    source = torch.cat([source, source.new_zeros(n_l, 1, source.shape[2])], dim=1)
+                    zero_row = source.shape[1] - 1
+                if full:
+                    take = row
+                else:
+                    take = torch.full((n_chunk * width,), zero_row, dtype=torch.long, device=device)
+                    take[slot] = torch.arange(n_pairs, device=device) if row is None else row
+                padded_q = source.index_select(1, take)  # [l, atom*J, K]
+            padded_q = padded_q.reshape(n_l, n_chunk, width, n_channels)
+            if full:
+                padded_y = harmonics.reshape(n_chunk, width, n_lm)
+            else:
+                padded_y = harmonics.new_zeros(n_chunk * width, n_lm).index_copy(0, slot, harmonics)
+                padded_y = padded_y.reshape(n_chunk, width, n_lm)  # [atom, J, lm]
+            for l in range(n_l):
+                block = slice(l * l, (l + 1) * (l + 1))
+                mixed[atom_start:atom_stop, :, block] = torch.bmm(
+                    padded_q[l].transpose(1, 2), padded_y[:, :, block])  # [atom, K, 2l+1]
+    return mixed
+
+
+def _mix_by_species(basis: torch.Tensor, species: torch.Tensor, w: torch.Tensor):
+    """``Q[l, p] = basis[l, p] @ w[species[p]]`` for ``basis [l, p, a]``, ``w [S, a, K]``.
+
+    Returns ``(source, row, zero_row)``: ``Q[:, p] = source[:, row[p]]`` and
+    ``source[:, zero_row]`` is zero (``None`` if there is no such row).
+    """
+    n_l, n_pairs, n_a = basis.shape
+    n_species = w.shape[0]
+    device = basis.device
+    sizes = torch.bincount(species, minlength=n_species)  # [S]
+    order = torch.argsort(species, stable=True)  # pairs grouped by species
+    capacity = int(sizes.max()) + 1  # at least one zero row per species block
+    if n_species * capacity <= 2 * n_pairs + 64:
+        # pad every species block to a common length: one batched product over (l, species)
+        start = torch.cumsum(sizes, 0) - sizes  # [S]
+        sorted_species = species[order]
+        row = torch.empty_like(order)
+        rank = torch.arange(n_pairs, device=device) - start[sorted_species]  # within its species
+        row[order] = sorted_species * capacity + rank
+        take = torch.full((n_species * capacity,), n_pairs, dtype=torch.long, device=device)
+        take[row] = torch.arange(n_pairs, device=device)
+        padded = torch.cat([basis, basis.new_zeros(n_l, 1, n_a)], dim=1).index_select(1, take)
+        matrices = w.expand(n_l, -1, -1, -1).reshape(n_l * n_species, n_a, -1)  # [l*S, a, K]
+        source = torch.bmm(padded.reshape(n_l * n_species, capacity, n_a), matrices)  # [l*S, C, K]
+        return source.reshape(n_l, n_species * capacity, -1), row, capacity - 1
+    # very uneven species counts: one product per species
+    counts = sizes.cpu().tolist()
+    groups = torch.split(basis[:, order], counts, dim=1)
+    parts = [torch.matmul(part, w[s]) for s, part in enumerate(groups) if counts[s] > 0]
+    source = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [l, p, K] in species order
+    row = torch.empty_like(order)
+    row[order] = torch.arange(n_pairs, device=device)
+    return source, row, None

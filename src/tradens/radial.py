@@ -69,7 +69,7 @@ def scaled_spherical_in(x: torch.Tensor, l_max: int) -> torch.Tensor:
     ``i_l`` is the modified spherical Bessel function of the first kind. Large
     arguments use the closed forms of ``i_0, i_1`` and the upward recurrence
     ``i_l = i_{l-2} - (2l-1)/x i_{l-1}``; small arguments use the power series
-    (the recurrence cancels catastrophically there). Differentiable.
+    (the recurrence cancels catastrophically there). Differentiable (twice).
 
     Parameters
     ----------
@@ -83,41 +83,84 @@ def scaled_spherical_in(x: torch.Tensor, l_max: int) -> torch.Tensor:
     torch.Tensor
         Shape ``[..., l_max+1]``.
     """
+    return _scaled_in(x, l_max, dim=-1)
+
+
+def _scaled_in(x: torch.Tensor, l_max: int, dim: int,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`scaled_spherical_in` with the degree at ``dim`` of the result.
+
+    With ``out`` (no autograd) the values are written into it, degree by
+    degree, instead of being stacked into a new tensor.
+    """
     threshold = _series_threshold(l_max)
     small = x < threshold
+    any_small = bool(small.any())
     # recurrence branch on safe arguments (small ones replaced by the threshold)
-    xr = torch.where(small, torch.full_like(x, threshold), x)
+    xr = torch.where(small, torch.full_like(x, threshold), x) if any_small else x
     e2 = torch.exp(-2.0 * xr)
-    values = [(1.0 - e2) / (2.0 * xr)]
-    if l_max >= 1:
-        values.append((1.0 + e2) / (2.0 * xr) - (1.0 - e2) / (2.0 * xr * xr))
-    for l in range(2, l_max + 1):
-        values.append(values[l - 2] - (2 * l - 1) / xr * values[l - 1])
-    result = torch.stack(values, dim=-1)  # [..., l_max+1]
-    if bool(small.any()):
-        idx = small.nonzero(as_tuple=True)
-        result = result.index_put(idx, _scaled_in_series(x[idx], l_max, threshold))
+    inverse = 0.5 / xr  # 1 / (2x)
+    if out is None:
+        i0 = (1.0 - e2) * inverse
+        values = [i0]
+        if l_max >= 1:
+            values.append((1.0 + e2) * inverse - i0 / xr)
+        if l_max >= 2:
+            two_inverse = 2.0 * inverse  # 1 / x
+            for l in range(2, l_max + 1):
+                # i_l = i_{l-2} - (2l-1)/x i_{l-1}
+                values.append(torch.addcmul(values[l - 2], two_inverse, values[l - 1],
+                                            value=-(2 * l - 1)))
+        result = torch.stack(values, dim=dim)  # degree at dim
+    else:
+        result = out
+        values = [out.select(dim, l) for l in range(l_max + 1)]
+        torch.mul(torch.rsub(e2, 1.0), inverse, out=values[0])
+        if l_max >= 1:
+            torch.sub(torch.mul(e2.add_(1.0), inverse), values[0] / xr, out=values[1])
+        two_inverse = inverse.mul_(2.0)  # 1 / x
+        for l in range(2, l_max + 1):
+            torch.addcmul(values[l - 2], two_inverse, values[l - 1], value=-(2 * l - 1),
+                          out=values[l])
+    if any_small:
+        where = small.nonzero(as_tuple=True)
+        series = _scaled_in_series(x[where], l_max, threshold).to(result.dtype)  # [q, l]
+        # result is a fresh stack or the caller's buffer: in place is safe
+        result.movedim(dim, -1).index_put_(where, series)
     return result
 
 
-def _scaled_in_series(x: torch.Tensor, l_max: int, x_max: float) -> torch.Tensor:
-    # exp(-x) x^l / (2l+1)!! * sum_k (x^2/2)^k / (k! prod_{j=1..k} (2l+2j+1)),  x: [q]
-    half_x2 = 0.5 * x * x
-    n_terms = int(12 + 1.5 * x_max + 0.05 * x_max * x_max)
-    out = []
-    x_pow = torch.ones_like(x)
-    double_factorial = 1.0
+@lru_cache(maxsize=16)
+def _series_table(l_max: int, n_terms: int, y_max: float) -> torch.Tensor:
+    """``C[k, l] = y_max^k / (k! (2l+2k+1)!!)`` in float64 (each entry a product of k factors)."""
+    table = torch.empty(n_terms, l_max + 1, dtype=torch.float64)
     for l in range(l_max + 1):
-        if l > 0:
-            x_pow = x_pow * x
-            double_factorial *= 2 * l + 1
-        term = torch.ones_like(x)
-        total = torch.ones_like(x)
-        for k in range(1, n_terms):
-            term = term * half_x2 / (k * (2 * l + 2 * k + 1))
-            total = total + term
-        out.append(torch.exp(-x) * x_pow / double_factorial * total)
-    return torch.stack(out, dim=-1)  # [q, l_max+1]
+        value = 1.0 / math.prod(range(1, 2 * l + 2, 2))  # 1 / (2l+1)!!
+        for k in range(n_terms):
+            if k > 0:
+                value *= y_max / (k * (2 * l + 2 * k + 1))
+            table[k, l] = value
+    return table
+
+
+def _scaled_in_series(x: torch.Tensor, l_max: int, x_max: float) -> torch.Tensor:
+    """Power series of ``exp(-x) i_l(x)`` for ``0 <= x < x_max``, ``x [q] -> [q, l_max+1]``.
+
+    ``i_l(x) = x^l sum_k (x^2/2)^k / (k! (2l+2k+1)!!)``, evaluated as one
+    matrix product of the powers of ``y = x^2 / x_max^2`` (in ``[0, 1)``, so
+    nothing overflows in single precision) with a table of coefficients.
+    """
+    n_terms = int(12 + 1.5 * x_max + 0.05 * x_max * x_max)
+    y_max = 0.5 * x_max * x_max
+    table = _series_table(l_max, n_terms, y_max).to(dtype=x.dtype, device=x.device)  # [k, l]
+    y = (x * x) * (0.5 / y_max)  # [q]
+    ones = torch.ones_like(x)[:, None]
+    powers = torch.cat([ones, y[:, None].expand(-1, n_terms - 1)], dim=1).cumprod(dim=1)  # [q, k]
+    sums = powers @ table  # [q, l]
+    if l_max >= 1:
+        x_powers = torch.cat([ones, x[:, None].expand(-1, l_max)], dim=1).cumprod(dim=1)  # [q, l]
+        sums = sums * x_powers
+    return torch.exp(-x)[:, None] * sums
 
 
 # -------------------------------------------------------------------------------------
@@ -174,14 +217,55 @@ class GaussianGridBasis:
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """Radial coefficients ``R[pair, n, l]`` for distances ``r [pair]`` (Å)."""
+        rho, transform = self.primitive(r)
+        return torch.matmul(rho, transform).permute(1, 2, 0).contiguous()  # [pair, n, l]
+
+    def primitive(self, r: torch.Tensor, weight: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rho [l, pair, a]`` and ``T [a, n]``: ``R[pair, n, l] = sum_a rho[l, pair, a] T[a, n]``.
+
+        ``rho[l, p, a] = w_p exp(-alpha (r_p - r_a)^2) exp(-x) i_l(x)``,
+        ``x = 2 alpha r_p r_a``, for the grid points ``r_a``: the overlap of a
+        Gaussian at distance ``r_p`` with the grid Gaussian ``a`` times ``Y_lm``,
+        times an optional per-pair ``weight`` ``w_p`` (e.g. a cutoff taper). A
+        linear map after ``rho`` (element mixing) can be folded into ``T``.
+        Degree-major, so that every degree is one contiguous matrix.
+        """
         grid = self._grid.to(dtype=r.dtype, device=r.device)  # [a]
         transform = self._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
-        alpha = self.alpha
-        x = 2.0 * alpha * r[:, None] * grid[None, :]  # [pair, a]
-        gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [pair, a]
-        bessel = scaled_spherical_in(x, self.l_max)  # [pair, a, l]
-        rho = gauss[:, :, None] * bessel  # [pair, a, l]
-        return torch.einsum("pal,an->pnl", rho, transform)  # [pair, n, l]
+        alpha, n_l = self.alpha, self.l_max + 1
+        gauss = torch.exp(-alpha * (r[:, None] - grid[None, :]) ** 2)  # [pair, a]
+        if weight is not None:
+            gauss = gauss * weight[:, None]
+        origin = bool(self._grid[0] == 0.0)  # x = 0 on the first grid point: i_l(0) = delta_l0
+        rest = grid[1:] if origin else grid
+        x = (2.0 * alpha * r)[:, None] * rest[None, :]  # [pair, a']
+        inputs = [r] if weight is None else [r, weight]
+        graph = (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+                 or any(_has_tangent(t) for t in inputs))
+        if graph:
+            bessel = _scaled_in(x, self.l_max, dim=0)  # [l, pair, a']
+            if origin:
+                first = torch.zeros(n_l, r.shape[0], 1, dtype=r.dtype, device=r.device)
+                first[0] = 1.0
+                bessel = torch.cat([first, bessel], dim=2)  # [l, pair, a]
+            return gauss[None, :, :] * bessel, transform
+        # no autograd: write into one buffer, scale in place
+        rho = r.new_empty(n_l, r.shape[0], grid.shape[0])  # [l, pair, a]
+        if origin:
+            rho[:, :, 0] = 0.0
+            rho[0, :, 0] = 1.0
+            _scaled_in(x, self.l_max, dim=0, out=rho[:, :, 1:])
+        else:
+            _scaled_in(x, self.l_max, dim=0, out=rho)
+        return rho.mul_(gauss[None, :, :]), transform
+
+
+def _has_tangent(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` carries a forward-mode tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    return fwAD.unpack_dual(tensor).tangent is not None
 
 
 def _overlap_inner(grid: np.ndarray, alpha: float) -> np.ndarray:
