@@ -57,8 +57,10 @@ class LearnedPotential(PotentialBase):
         Adam learning rate of the embedding (default: ``learning_rate``).
     weight_decay : float
         L2 penalty on all trained parameters.
-    ridge_alpha : float
-        Relative ridge of the initial linear readout.
+    ridge_alpha : float or None
+        Relative ridge of the initial linear readout (energy-only ridge on the
+        initial features); ``None`` starts the linear readout at zero (the
+        baseline model).
     max_epochs, patience : int
         Epoch budget and early-stopping patience (epochs without a better
         validation loss).
@@ -338,6 +340,10 @@ class LearnedPotential(PotentialBase):
 
         n_features = int(self.representation_.n_features)
         readout = Readout(n_features, tuple(self.hidden), self.activation)
+        if self.ridge_alpha is None:
+            with torch.no_grad():
+                readout.linear.weight.zero_()
+            return readout
         ridge = LinearPotential(
             self.representation_.to("cpu"),
             alphas=(self.ridge_alpha,),
