@@ -80,18 +80,19 @@ def soap_summed_jacobian(soap, batch):
                 n_atoms, 4, n_lm, 3, k
             )
             gs.append(summed[:, 3].permute(0, 2, 3, 1))  # [atom, 3, K, lm]
-            hs.append(
-                summed[:, :3].permute(0, 1, 3, 4, 2).reshape(n_atoms, 9, k, n_lm)
-            )  # [atom, 9, K, lm]
+            # the virial of an invariant is symmetric: only its 6 Voigt components are formed
+            hv = torch.stack(
+                [0.5 * (summed[:, a, :, b] + summed[:, b, :, a]) for a, b in _VOIGT]
+            )  # [6, atom, lm, K]
+            hs.append(hv.permute(1, 0, 3, 2))  # [atom, 6, K, lm]
         g1, g2, h1, h2 = gs[0], gs[-1], hs[0], hs[-1]
         centre = _ps_derivative(g1, ty1, g2, ty2, plan, h.l_max, sym)  # [atom, 3, F']
         gradient = ctx.x_values[:, None, :] * _dot(u1, u2, g1, g2)[:, :, None] - centre
-        virial_atom = _ps_derivative(h1, ty1, h2, ty2, plan, h.l_max, sym)  # [atom, 9, F']
+        virial_atom = _ps_derivative(h1, ty1, h2, ty2, plan, h.l_max, sym)  # [atom, 6, F']
         virial_atom = virial_atom - ctx.x_values[:, None, :] * _dot(u1, u2, h1, h2)[:, :, None]
-        virial = torch.zeros(
-            batch.n_structures, 9, virial_atom.shape[2], dtype=dtype, device=device
-        )
-        virial.index_add_(0, batch.structure, virial_atom)
+        voigt = torch.zeros(batch.n_structures, 6, virial_atom.shape[2], dtype=dtype, device=device)
+        voigt.index_add_(0, batch.structure, virial_atom)
+        virial = voigt[:, _FULL]  # [structure, 9, F']
         del gs, hs, g1, g2, h1, h2, centre, virial_atom
         # neighbour terms: sum_{p: j_p = a} B(dy_p, ty_{i_p}) - X_{i_p} <u_{i_p}, dy_p>
         gradient += _neighbour_bilinear(
@@ -115,6 +116,10 @@ def soap_summed_jacobian(soap, batch):
             gradient = torch.cat([gradient, torch.zeros_like(gradient[..., :1])], dim=-1)
             virial = torch.cat([virial, torch.zeros_like(virial[..., :1])], dim=-1)
     return ctx.features, gradient, virial.reshape(batch.n_structures, 3, 3, -1)
+
+
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+_FULL = [0, 5, 4, 5, 1, 3, 4, 3, 2]  # Voigt index of every (a, b), row-major
 
 
 def _pair_dot(u: torch.Tensor, dy: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
