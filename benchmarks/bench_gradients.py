@@ -28,8 +28,10 @@ Tasks (each case in its own subprocess; peak RSS = that process's ``VmHWM``)
 * ``featomic-grad``: ``SoapPowerSpectrum.compute(atoms, gradients=["positions",
   "strain"])``, full SOAP with a GTO basis (not the same numbers; same work).
 
-Protocol: one warm-up, then the median of ``--repeats`` (3); one torch thread
-and ``*_NUM_THREADS=1``. Targets: TR-SOAP Jacobians >= 5x faster than quippy's
+Protocol: one warm-up, then the median of ``--repeats`` (3) of wall and of CPU
+time (single-threaded work: CPU time is less sensitive to other jobs on a shared
+machine); one torch thread and ``*_NUM_THREADS=1``. Peak memory (MB = MiB) is
+the whole worker process (Python, torch, inputs, one output). Targets: TR-SOAP Jacobians >= 5x faster than quippy's
 gradients of the same descriptor; forces through the model path >= 3x cheaper
 than the full Jacobian.
 
@@ -187,17 +189,19 @@ def run_case(spec: dict) -> dict:
     run = _build(spec)
     setup = time.perf_counter() - start
     before = _memory_mb()
-    times, shape = [], None
+    times, cpu_times, shape = [], [], None
     for index in range(spec["warmup"] + spec["repeats"]):
         gc.collect()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         shape = run()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if index >= spec["warmup"]:
             times.append(elapsed)
+            cpu_times.append(cpu)
     memory = _memory_mb()
-    return {"seconds": statistics.median(times), "times": times, "setup_s": setup, "rows": shape[0],
-            "features": shape[1], "rss_before_mb": before.get("VmRSS"), "peak_rss_mb": memory.get("VmHWM")}
+    return {"seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times), "times": times,
+            "cpu_times": cpu_times, "setup_s": setup, "rows": shape[0], "features": shape[1],
+            "rss_before_mb": before.get("VmRSS"), "peak_rss_mb": memory.get("VmHWM")}
 
 
 def _worker(spec_json: str) -> int:
@@ -282,12 +286,13 @@ def ratios(records: list[dict]) -> list[dict]:
         quippy = table.get(key + ("quippy-grad",))
         forces = table.get(key + ("tradens-forces",))
         quip = table.get(key + ("tradens-quip",))
-        if quippy:
-            entry["quippy_over_jacobian"] = quippy["seconds"] / r["seconds"]
-            if quip:
-                entry["quippy_over_tradens_quip"] = quippy["seconds"] / quip["seconds"]
-        if forces:
-            entry["jacobian_over_forces"] = r["seconds"] / forces["seconds"]
+        for clock, suffix in (("seconds", ""), ("cpu_seconds", "_cpu")):
+            if quippy:
+                entry["quippy_over_jacobian" + suffix] = quippy[clock] / r[clock]
+                if quip:
+                    entry["quippy_over_tradens_quip" + suffix] = quippy[clock] / quip[clock]
+            if forces:
+                entry["jacobian_over_forces" + suffix] = r[clock] / forces[clock]
         out.append(entry)
     return out
 
@@ -325,7 +330,7 @@ def main(argv=None) -> int:
         args.repeats, args.warmup = 1, 0
     cases = build_cases(args)
     records = []
-    print(f"{'system':8s} {'S':>3s} {'variant':8s} {'task':17s} {'seconds':>9s} {'peak MB':>8s} "
+    print(f"{'system':8s} {'S':>3s} {'variant':8s} {'task':17s} {'wall s':>9s} {'CPU s':>9s} {'peak MB':>8s} "
           f"{'rows':>8s} {'F':>6s}", flush=True)
     for spec in cases:
         result = run_in_subprocess(spec, args.timeout)
@@ -333,13 +338,13 @@ def main(argv=None) -> int:
         records.append(record)
         if result.get("ok"):
             print(f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} {spec['task']:17s} "
-                  f"{result['seconds']:9.3f} {result['peak_rss_mb']:8.0f} {result['rows']:8d} "
+                  f"{result['seconds']:9.3f} {result['cpu_seconds']:9.3f} {result['peak_rss_mb']:8.0f} {result['rows']:8d} "
                   f"{result['features']:6d}", flush=True)
         else:
             print(f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} {spec['task']:17s} "
                   f"FAILED: {result['error']}", flush=True)
     summary = ratios(records)
-    print("\nratios (higher is better for tradens):")
+    print("\nratios (higher is better for tradens; _cpu: from CPU time, less sensitive to other load):")
     for entry in summary:
         parts = [f"{k}={v:.2f}" for k, v in entry.items() if isinstance(v, float)]
         print(f"  {entry['system']} S={entry['elements']} {entry['variant']}: " + ", ".join(parts))

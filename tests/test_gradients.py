@@ -233,6 +233,19 @@ def test_isolated_atom_has_zero_gradient_and_inputs_unchanged(molecule):
     assert result.positions[rows].abs().max() == 0
 
 
+def test_structure_without_pairs():
+    """A single atom: no pair, zero gradients on both paths, zero forces (no autograd error)."""
+    lone = ase.Atoms("Ni", positions=[[0.3, 0.2, 0.1]], cell=np.eye(3) * 9.0, pbc=True)
+    for variant in ("full", "rz-sym-tensor"):
+        rep = soap_of(variant)
+        for method in ("pair", "jvp"):
+            result = descriptor_gradients(rep, lone, method=method)
+            assert result.index.tolist() == [[0, 0]]
+            assert result.positions.abs().max() == 0 and result.strain.abs().max() == 0
+        out = energy_forces_stress(rep, lambda x, z: x.sum(1), lone)
+        assert np.abs(out.forces).max() == 0 and np.abs(out.stress).max() == 0
+
+
 def test_bad_arguments():
     rep = soap_of("rz-sym-tensor")
     atoms = make_alloy(repeat=(1, 1, 1))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .gradients import DescriptorGradients, _averaged, atom_entries
+from .gradients import DescriptorGradients, _averaged, _atom_entries
 from .neighbors import neighbor_list
 from .systems import Batch
 
@@ -76,8 +76,10 @@ def jvp_gradients(representation, batch: Batch, *, strain: bool, cutoff: float |
         new_cells = batch.cells.detach() + torch.bmm(batch.cells.detach(), eps)
         values, rows = representation(batch, new_positions, new_cells)
         u = torch.zeros_like(values, requires_grad=True)  # [row, F]
-        vjp_positions, vjp_strain = torch.autograd.grad((values * u).sum(), [positions, eps],
-                                                        create_graph=True, allow_unused=True)
+        vjp_positions = vjp_strain = None
+        if values.requires_grad:  # else nothing depends on the geometry
+            vjp_positions, vjp_strain = torch.autograd.grad((values * u).sum(), [positions, eps],
+                                                            create_graph=True, allow_unused=True)
     n_rows = values.shape[0]
     averaged = _averaged(representation)
     row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=positions.device)
@@ -91,7 +93,7 @@ def jvp_gradients(representation, batch: Batch, *, strain: bool, cutoff: float |
     else:
         pairs = neighbor_list(batch, radius)
         pair_i, pair_j = pairs.i, pairs.j
-    index, _, _ = atom_entries(batch, pair_i, pair_j, row_of_atom, n_rows)
+    index, _, _ = _atom_entries(batch, pair_i, pair_j, row_of_atom, n_rows)
     colour = torch.as_tensor(_colour(index, batch.n_atoms), device=positions.device)
 
     def jvp(scalar: torch.Tensor) -> torch.Tensor | None:  # d/du of (J^T u . t)

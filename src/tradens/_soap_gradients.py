@@ -4,9 +4,8 @@ For centre ``i`` with unmixed density ``c_i = c0 + sum_p phi_p`` (pair ``p``
 with vector ``r_p``, neighbour species ``s_p``; :mod:`tradens.expansion`) the
 derivative with respect to one pair vector is
 
-* density: ``d phi_p / d r_p [3, N, lm]`` (forward-mode autograd on the
-  radial basis, with ``r``, and on the harmonics, with the three directions;
-  ``phi`` depends on nothing else),
+* density: ``phi_p = f_c(r) R_nl(r) Y_lm(r_hat)`` depends on ``r_p`` only;
+  ``R'`` and ``dY/dr`` in closed form (:mod:`tradens._density_derivatives`),
 * mixed densities: with ``phi = R_nl(r) Y_lm(r_hat)``, the tangent of channel
   ``k`` along axis ``a`` is rank-structured,
   ``dY_{k,lm} = A_kl rhat_a Y_lm + B_kl dY_lm/dr_a`` with ``A = W[s_p]^T R'``
@@ -17,9 +16,11 @@ derivative with respect to one pair vector is
   ``(k, b)`` (no ``K x K`` Gram matrix per pair and axis),
 * normalisation: ``dx = (dv - x (x . dv)) / |v|``.
 
-Pairs are processed in chunks sized by a working-memory target, and the results
-are scattered into the requested layout (atom- or image-resolved) and the strain
-derivative ``sum_p r_p (x) dX/dr_p``. The autograd path of
+Pairs are processed in blocks of ``BLOCK`` pairs (radial and angular terms) and,
+inside, in chunks sized by a working-memory target (small chunks stay in cache);
+the results are written into the requested layout (atom- or image-resolved) and
+the strain derivative ``sum_p r_p (x) dX/dr_p``. Apart from the output, memory
+is bounded by the blocks (a few MB) and ``[row, F]`` arrays. The autograd path of
 :func:`tradens.gradients.descriptor_gradients` (``method="jvp"``) is the test
 reference for this one.
 """
@@ -31,12 +32,16 @@ import math
 import torch
 
 from ._density_derivatives import radial_and_angular
-from .gradients import DescriptorGradients, atom_entries
+from .angular import spherical_harmonics
+from .gradients import DescriptorGradients, _atom_entries
 from .neighbors import neighbor_list, pair_vectors
+from .radial import cosine_cutoff
 from .soap import SOAP, power_spectrum
 from .systems import Batch
 
 __all__ = ["soap_pair_gradients"]
+
+BLOCK = 2048  # pairs per block of radial and angular terms
 
 
 def _mix(weights: torch.Tensor | None, radial: torch.Tensor, species: torch.Tensor, n_species: int) -> torch.Tensor:
@@ -63,7 +68,7 @@ def _mix(weights: torch.Tensor | None, radial: torch.Tensor, species: torch.Tens
             start += count
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n_pairs, device=order.device)
-    return product.reshape(n_pairs, n_c, -1)[inverse].transpose(1, 2).contiguous()  # [p, K, c]
+    return product.reshape(n_pairs, n_c, blocks.shape[2])[inverse].transpose(1, 2).contiguous()  # [p, K, c]
 
 
 class _TangentPlan:
@@ -138,34 +143,38 @@ def _segment_matrix(local_rows: torch.Tensor, n_rows: int, weights: torch.Tensor
     return out.reshape(n_rows * columns, n_pairs)
 
 
-def _density(soap: SOAP, batch: Batch, pair_i, pair_species, species_index, radial, angular,
+def _density(soap: SOAP, batch: Batch, pairs, vectors, known, pair_species, species_index,
              weights) -> torch.Tensor:
     """Mixed densities ``Y [atom, K, lm] = W^T c`` (``c`` of :func:`tradens.expansion.expand_density`;
-    ``W = 1`` when ``weights`` is None) from the radial terms (``radial[:, :, :L]``, already
-    mixed unless ``weights`` is None) and harmonics ``angular[:, 0]`` of the pairs with
-    centres ``pair_i`` and neighbour species ``pair_species``."""
+    ``W = 1`` when ``weights`` is None) from the pairs ``known`` (neighbours of a
+    listed element), mixed per pair (no ``[atom, S*N, lm]`` array when mixed)."""
     h = soap.hypers
     n_species, n_max, n_l = h.n_species, h.radial.n_max, h.l_max + 1
-    lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=pair_i.device)
-    dtype = batch.positions.dtype
-    if weights is None:  # unmixed: accumulate [p, N, lm] into row i*S + s of [atom*S, N*lm]
-        out = torch.zeros(batch.n_atoms * n_species, n_max * n_l * n_l, dtype=dtype, device=pair_i.device)
-        rows, n_channels = pair_i * n_species + pair_species, n_species * n_max
-    else:
-        out = torch.zeros(batch.n_atoms, radial.shape[1] * n_l * n_l, dtype=dtype, device=pair_i.device)
-        rows, n_channels = pair_i, radial.shape[1]
+    device, dtype = vectors.device, vectors.dtype
+    lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=device)
     blocks_t = torch.nn.functional.one_hot(lm_to_l, n_l).to(dtype).T  # [l, lm]
-    for start in range(0, pair_i.shape[0], 1024):  # small chunks: temporaries reuse freed memory
-        part = slice(start, start + 1024)
-        radial_part = radial[part, :, :n_l].reshape(-1, n_l)  # [p*K, l]
-        terms = torch.mm(radial_part, blocks_t).reshape(-1, radial.shape[1], blocks_t.shape[1])
-        # terms[p, k, lm] = R[p, k, l(lm)]
-        terms.mul_(angular[part, 0][:, None, :])
-        out.index_add_(0, rows[part], terms.reshape(terms.shape[0], -1))
+    if weights is None:  # unmixed: [p, N, lm] into row i*S + s of [atom*S, N*lm]
+        out = torch.zeros(batch.n_atoms * n_species, n_max * n_l * n_l, dtype=dtype, device=device)
+        n_channels = n_species * n_max
+    else:
+        out = torch.zeros(batch.n_atoms, weights.shape[1] * n_l * n_l, dtype=dtype, device=device)
+        n_channels = weights.shape[1]
+    for start in range(0, known.shape[0], 1024):  # small chunks: temporaries reuse freed memory
+        sel = known[start:start + 1024]
+        vec, species = vectors[sel], pair_species[sel]
+        r = torch.linalg.vector_norm(vec, dim=1)
+        radial = soap.radial_basis(r) * cosine_cutoff(r, h.cutoff.radius, h.cutoff.width)[:, None, None]
+        if weights is not None:
+            radial, rows = _mix(weights, radial, species, n_species), pairs.i[sel]  # [p, K, l]
+        else:
+            rows = pairs.i[sel] * n_species + species
+        terms = torch.mm(radial.reshape(-1, n_l), blocks_t).reshape(radial.shape[0], radial.shape[1], -1)
+        terms.mul_(spherical_harmonics(vec, h.l_max)[:, None, :])  # R[p, k, l(lm)] Y[p, lm]
+        out.index_add_(0, rows, terms.reshape(terms.shape[0], -1))
     out = out.reshape(batch.n_atoms, n_channels, n_l * n_l)
     if h.density.center_weight != 0.0:  # the centre's own Gaussian, l = 0 only
-        center = soap.radial_basis.center_values(dtype, pair_i.device) * (h.density.center_weight
-                                                                           / math.sqrt(4.0 * math.pi))  # [n]
+        center = soap.radial_basis.center_values(dtype, device) * (h.density.center_weight
+                                                                   / math.sqrt(4.0 * math.pi))  # [n]
         term = out.new_zeros(batch.n_atoms, n_species, n_max)
         if soap.center_all_species:
             term[:] = center * (species_index >= 0).to(dtype)[:, None, None]
@@ -177,45 +186,65 @@ def _density(soap: SOAP, batch: Batch, pair_i, pair_species, species_index, radi
     return out
 
 
+def _image_layout(pairs, pair_rows, rows, image_rank):
+    """Entries of the image-resolved layout: per row the centre, then its image pairs.
+
+    Returns ``index [entry, 2]``, ``shifts [entry, 3]``, the entry of every pair
+    (``-1`` for pairs of non-centres) and the centre entry of every row.
+    """
+    device = pair_rows.device
+    image_pairs = (pair_rows >= 0).nonzero().squeeze(1)  # one entry per image, even zero ones
+    image_rows = pair_rows[image_pairs]
+    counts = torch.bincount(image_rows, minlength=rows.shape[0])  # [row]
+    starts = torch.cumsum(counts + 1, 0) - (counts + 1)  # centre entry of each row
+    if image_rank is None:  # pairs are sorted by centre: the rank within the row is contiguous
+        rank = torch.arange(image_pairs.shape[0], device=device) - (torch.cumsum(counts, 0) - counts)[image_rows]
+    else:
+        rank = image_rank[image_pairs]
+    entry_of_pair = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
+    entry_of_pair[image_pairs] = starts[image_rows] + 1 + rank
+    n_entries = int((counts + 1).sum())
+    index = torch.empty(n_entries, 2, dtype=torch.long, device=device)
+    shifts = torch.zeros(n_entries, 3, dtype=torch.long, device=device)
+    index[starts, 0] = torch.arange(rows.shape[0], device=device)
+    index[starts, 1] = rows
+    index[entry_of_pair[image_pairs], 0] = image_rows
+    index[entry_of_pair[image_pairs], 1] = pairs.j[image_pairs]
+    shifts[entry_of_pair[image_pairs]] = pairs.shifts[image_pairs]
+    return index, shifts, entry_of_pair, starts
+
+
 def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images: bool = False,
-                        chunk_bytes: int = 16 * 2**20) -> DescriptorGradients:
-    """Jacobians of SOAP features (see :func:`tradens.gradients.descriptor_gradients`)."""
+                        chunk_bytes: int = 16 * 2**20, image_rank: torch.Tensor | None = None
+                        ) -> DescriptorGradients:
+    """Jacobians of SOAP features (see :func:`tradens.gradients.descriptor_gradients`).
+
+    ``image_rank [pair]`` (images layout only) sets the position of each pair of
+    :func:`tradens.neighbors.neighbor_list` within its row (0-based, after the
+    centre entry); by default the neighbour-list order.
+    """
     h = soap.hypers
+    if h.average and images:
+        raise ValueError("images=True is per centre; it cannot be combined with average=True")
     device = batch.positions.device
-    positions = batch.positions.detach()
-    cells = batch.cells.detach()
-    dtype = positions.dtype
-    pairs = neighbor_list(batch, h.cutoff.radius)
-    vectors = pair_vectors(batch, pairs, positions, cells)  # [pair, 3]
-    species_index = soap.species_map(batch.numbers)  # [atom]
+    dtype = batch.positions.dtype
+    n_l = h.l_max + 1
     with torch.no_grad():
+        pairs = neighbor_list(batch, h.cutoff.radius)
+        vectors = pair_vectors(batch, pairs, batch.positions.detach(), batch.cells.detach())  # [pair, 3]
+        species_index = soap.species_map(batch.numbers)  # [atom]
         pair_species = species_index[pairs.j]  # [pair]
-        known = (pair_species >= 0).nonzero().squeeze(1)
-        # radial and angular parts (with derivatives) of every pair with a known neighbour
-        n_known, n_l, n_lm = known.shape[0], h.l_max + 1, (h.l_max + 1) ** 2
-        radial2 = vectors.new_empty(n_known, h.radial.n_max, 2 * n_l)  # R then R'
-        angular = vectors.new_empty(n_known, 4, n_lm)  # Y then dY/dr
-        for start in range(0, n_known, 2048):
-            part = slice(start, start + 2048)
-            radial2[part, :, :n_l], radial2[part, :, n_l:], angular[part, 0], angular[part, 1:] = \
-                radial_and_angular(soap, vectors[known[part]])
+        known = (pair_species >= 0).nonzero().squeeze(1)  # neighbours of a listed element
         w1, w2 = soap.mixing_matrices(dtype, device)
         w1 = None if w1 is None else w1.detach()
         symmetric = w1 is None or w2 is w1  # the same density on both sides
-        w2 = w1 if symmetric else w2.detach()
-        w_both = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2], dim=1))  # [S*N, K1 (+K2)]
-        # W^T R and W^T R' of every pair (unmixed: per chunk, below)
-        mixed = None if w_both is None else _mix(w_both, radial2, pair_species[known], h.n_species)
-        if mixed is not None:
-            del radial2
-        # mixed densities of every atom, both sides stacked: [atom, K1 (+K2), lm]
-        density = _density(soap, batch, pairs.i[known], pair_species[known], species_index,
-                           radial2 if mixed is None else mixed, angular, w_both)
+        w_both = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))
+
+        # ---- values: mixed densities of the rows, power spectrum, normalisation
+        density = _density(soap, batch, pairs, vectors, known, pair_species, species_index, w_both)
         centres = soap.center_rows(batch)
         row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=device)
         if h.average:
-            if images:
-                raise ValueError("images=True is per centre; it cannot be combined with average=True")
             rows = torch.arange(batch.n_structures, device=device)
             row_of_atom[centres] = batch.structure[centres]
             y_both = density.new_zeros((batch.n_structures,) + density.shape[1:])
@@ -223,56 +252,34 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         else:
             rows = centres
             row_of_atom[centres] = torch.arange(centres.shape[0], device=device)
-            all_atoms = centres.shape[0] == batch.n_atoms  # centres are sorted
-            y_both = density if all_atoms else density[centres]  # [row, K1 (+K2), lm]
+            y_both = density if centres.shape[0] == batch.n_atoms else density[centres]  # [row, Kt, lm]
         del density
+        n_rows = rows.shape[0]
         k1 = y_both.shape[1] if symmetric else w1.shape[1]
         y1, y2 = (y_both, y_both) if symmetric else (y_both[:, :k1], y_both[:, k1:])
         raw = power_spectrum(y1, y2, soap.plan, h.l_max)  # [row, F']
-        if h.normalize:
-            norm = torch.linalg.vector_norm(raw, dim=1)
-            norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # [row]
-        else:
-            norm = torch.ones(raw.shape[0], dtype=dtype, device=device)
+        norm = torch.linalg.vector_norm(raw, dim=1) if h.normalize else torch.ones_like(raw[:, 0])
+        norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # [row]
         unit = raw / norm[:, None]  # [row, F']
+        del raw
         n_core = unit.shape[1]
         values = unit
         if h.covariance_sigma0 is not None:
             values = torch.cat([unit, torch.full_like(unit[:, :1], h.covariance_sigma0)], dim=1)
         n_features = values.shape[1]
 
+        # ---- output layout: plus[pair] gets +dX/dr_p, the row's centre entry -sum_p dX/dr_p
         pair_rows = row_of_atom[pairs.i]  # [pair]
         active = known[pair_rows[known] >= 0]  # pairs with a derivative
-        # output layout
         if images:
-            image_pairs = (pair_rows >= 0).nonzero().squeeze(1)  # one entry per image, even zero ones
-            counts = torch.bincount(pair_rows[image_pairs], minlength=rows.shape[0])  # [row]
-            starts = torch.cumsum(counts + 1, 0) - (counts + 1)  # centre entry of each row
-            n_entries = int((counts + 1).sum())
-            entry_of_pair = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
-            # image pairs are sorted by centre, so their rank within the row is contiguous
-            rank = torch.arange(image_pairs.shape[0], device=device) - \
-                (torch.cumsum(counts, 0) - counts)[pair_rows[image_pairs]]
-            entry_of_pair[image_pairs] = starts[pair_rows[image_pairs]] + 1 + rank
-            index = torch.empty(n_entries, 2, dtype=torch.long, device=device)
-            shifts = torch.zeros(n_entries, 3, dtype=torch.long, device=device)
-            index[starts, 0] = torch.arange(rows.shape[0], device=device)
-            index[starts, 1] = rows
-            index[entry_of_pair[image_pairs], 0] = pair_rows[image_pairs]
-            index[entry_of_pair[image_pairs], 1] = pairs.j[image_pairs]
-            shifts[entry_of_pair[image_pairs]] = pairs.shifts[image_pairs]
-            plus, minus = entry_of_pair, starts[pair_rows.clamp(min=0)]
+            index, shifts, plus, centre_entry = _image_layout(pairs, pair_rows, rows, image_rank)
+            minus = None
         else:
             shifts = None
-            index, plus, minus = atom_entries(batch, pairs.i[active], pairs.j[active], row_of_atom, rows.shape[0])
-            entry_j = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
-            entry_i = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
-            entry_j[active], entry_i[active] = plus, minus
-            plus, minus = entry_j, entry_i
-        n_rows = rows.shape[0]
-        if images:
-            centre_entry = starts
-        else:
+            index, entry_j, entry_i = _atom_entries(batch, pairs.i[active], pairs.j[active], row_of_atom, n_rows)
+            plus = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
+            minus = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
+            plus[active], minus[active] = entry_j, entry_i
             keys = (index[:, 0] * batch.n_atoms + index[:, 1]).contiguous()
             centre_entry = torch.searchsorted(keys, torch.arange(n_rows, device=device) * batch.n_atoms + rows)
         # write each entry once when no two pairs share it (cells larger than twice the cutoff)
@@ -289,64 +296,46 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         else:
             jacobian = torch.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
         core = jacobian[:, :, :n_core]
-        centre_sum = torch.zeros(n_rows, 3, n_core, dtype=dtype, device=device) if not h.average else None
+        centre_sum = None if h.average else torch.zeros(n_rows, 3, n_core, dtype=dtype, device=device)
         strain_jacobian = None
         if strain:
             strain_jacobian = torch.zeros(n_rows, 3, 3, n_features, dtype=dtype, device=device)
         core_strain = strain_jacobian[..., :n_core] if strain else None
 
-        on_centre = pair_rows[known] >= 0
-        if not bool(on_centre.all()):  # keep the pairs of centres only
-            angular = angular[on_centre]
-            if mixed is None:
-                radial2 = radial2[on_centre]
-            else:
-                mixed = mixed[on_centre]
+        # ---- derivatives, block by block of pairs, chunk by chunk inside
         tangent_plan = _TangentPlan(soap.plan, h.l_max, dtype, device)
         inverse_norm = 1.0 / norm  # [row]
-        # chunks of pairs sized by the [pair, 3, F] temporaries (small chunks stay in cache)
-        n_plan, n_l = len(soap.plan), h.l_max + 1
-        per_pair = 8 * (4 * 3 * n_core + 6 * 3 * n_plan * n_l + 4 * (y1.shape[1] + y2.shape[1]) * y1.shape[2])
-        chunk = max(1, int(chunk_bytes // per_pair))
-        for start in range(0, active.shape[0], chunk):
-            sel = active[start:start + chunk]
-            local = slice(start, start + sel.shape[0])
-            n_pairs = sel.shape[0]
-            vec = vectors[sel]  # [p, 3]
-            species = pair_species[sel]
-            r = pair_rows[sel]
-            unit_vectors = vec / torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 3]
-            # dv / |v|
-            chunk_mixed = _mix(None, radial2[local], species, h.n_species) if mixed is None else mixed[local]
-            dv = _power_spectrum_tangent(chunk_mixed, angular[local], y_both[r], k1, unit_vectors, tangent_plan,
-                                         symmetric, inverse_norm[r])  # [p, 3, F']
-            del chunk_mixed
-            if h.normalize:  # dx = dv/|v| - x (x . dv/|v|)
-                x = unit[r]  # [p, F']
-                dv.baddbmm_(torch.bmm(dv, x[:, :, None]), x[:, None, :], alpha=-1.0)
-            if direct:
-                core.index_copy_(0, plus[sel], dv)
-            else:
-                core.index_add_(0, plus[sel], dv)
-            flat = dv.reshape(n_pairs, -1)  # [p, 3F']
-            first_row = int(r[0])
-            n_local = int(r[-1]) - first_row + 1  # rows are non-decreasing along the pairs
-            if n_local <= max(64, n_pairs // 4):
-                # per-row sums of dv and of r (x) dv as one matmul: [rows * 4, p] @ [p, 3F']
-                weights = torch.cat([torch.ones_like(vec[:, :1]), vec], dim=1) if strain else torch.ones_like(vec[:, :1])
-                sums = torch.mm(_segment_matrix(r - first_row, n_local, weights), flat)
-                sums = sums.reshape(n_local, weights.shape[1], 3, -1)  # [rows, 1 (+3), 3, F']
-                if centre_sum is not None:
-                    centre_sum[first_row:first_row + n_local] += sums[:, 0]
-                if strain:  # d X / d eps_ab = sum_p r_pa dX/dr_pb
-                    core_strain[first_row:first_row + n_local] += sums[:, 1:]
-            else:
-                if centre_sum is not None:
-                    centre_sum.index_add_(0, r, dv)
-                if strain:
-                    core_strain.index_add_(0, r, vec[:, :, None, None] * dv[:, None, :, :])
-            if centre_sum is None:  # averaged: the centre atoms differ within a row
-                core.index_add_(0, minus[sel], dv, alpha=-1.0)
+        per_pair = 8 * (4 * 3 * n_core + 6 * 3 * len(soap.plan) * n_l + 4 * y_both.shape[1] * y_both.shape[2])
+        chunk = max(1, min(BLOCK, int(chunk_bytes // per_pair)))
+        for block_start in range(0, active.shape[0], BLOCK):
+            block = active[block_start:block_start + BLOCK]
+            radial, d_radial, harmonics, d_harmonics = radial_and_angular(soap, vectors[block])
+            radial2 = torch.cat([radial, d_radial], dim=2)  # [b, N, 2L]: R then R'
+            angular = torch.cat([harmonics[:, None], d_harmonics], dim=1)  # [b, 4, lm]: Y then dY/dr
+            del radial, d_radial, harmonics, d_harmonics
+            mixed = None if w_both is None else _mix(w_both, radial2, pair_species[block], h.n_species)
+            for start in range(0, block.shape[0], chunk):
+                local = slice(start, start + chunk)
+                sel = block[local]
+                vec = vectors[sel]  # [p, 3]
+                r = pair_rows[sel]
+                unit_vectors = vec / torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 3]
+                chunk_mixed = mixed[local] if mixed is not None else \
+                    _mix(None, radial2[local], pair_species[sel], h.n_species)
+                # dv / |v|
+                dv = _power_spectrum_tangent(chunk_mixed, angular[local], y_both[r], k1, unit_vectors,
+                                             tangent_plan, symmetric, inverse_norm[r])  # [p, 3, F']
+                del chunk_mixed
+                if h.normalize:  # dx = dv/|v| - x (x . dv/|v|)
+                    x = unit[r]  # [p, F']
+                    dv.baddbmm_(torch.bmm(dv, x[:, :, None]), x[:, None, :], alpha=-1.0)
+                if direct:
+                    core.index_copy_(0, plus[sel], dv)
+                else:
+                    core.index_add_(0, plus[sel], dv)
+                if centre_sum is None:  # averaged: the centre atoms differ within a row
+                    core.index_add_(0, minus[sel], dv, alpha=-1.0)
+                _accumulate_rows(dv, r, vec, centre_sum, core_strain)
         if centre_sum is not None:
             if direct:
                 core.index_copy_(0, centre_entry, centre_sum.neg_())
@@ -354,3 +343,30 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
                 core.index_add_(0, centre_entry, centre_sum, alpha=-1.0)
     return DescriptorGradients(values=values, rows=rows, positions=jacobian, index=index, shifts=shifts,
                                strain=strain_jacobian)
+
+
+def _accumulate_rows(dv: torch.Tensor, r: torch.Tensor, vec: torch.Tensor, centre_sum, core_strain) -> None:
+    """Add ``sum_p dv_p`` (centre entries) and ``sum_p r_p (x) dv_p`` (strain) per row, in place."""
+    n_pairs = dv.shape[0]
+    first_row = int(r[0])
+    n_local = int(r[-1]) - first_row + 1  # rows are non-decreasing along the pairs
+    if n_local <= max(64, n_pairs // 4):  # both sums as one matmul: [rows * 4, p] @ [p, 3F']
+        columns = [torch.ones_like(vec[:, :1])] if centre_sum is not None else []
+        if core_strain is not None:
+            columns.append(vec)
+        if not columns:
+            return
+        weights = torch.cat(columns, dim=1)  # [p, 1 (+3)]
+        sums = torch.mm(_segment_matrix(r - first_row, n_local, weights), dv.reshape(n_pairs, -1))
+        sums = sums.reshape(n_local, weights.shape[1], 3, -1)  # [rows, 1 (+3), 3, F']
+        offset = 0
+        if centre_sum is not None:
+            centre_sum[first_row:first_row + n_local] += sums[:, 0]
+            offset = 1
+        if core_strain is not None:  # d X / d eps_ab = sum_p r_pa dX/dr_pb
+            core_strain[first_row:first_row + n_local] += sums[:, offset:]
+    else:
+        if centre_sum is not None:
+            centre_sum.index_add_(0, r, dv)
+        if core_strain is not None:
+            core_strain.index_add_(0, r, vec[:, :, None, None] * dv[:, None, :, :])

@@ -231,8 +231,11 @@ def energy_forces_stress(representation, model_fn, systems, *, batch_size: int =
         structure_of_row = _row_structure(representation, batch, rows)
         energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=per_row.device)
         energy = energy.index_add(0, structure_of_row, per_row)  # [structure]
-        d_positions, d_strain = torch.autograd.grad(energy.sum(), [positions, strain],
-                                                    create_graph=create_graph, allow_unused=True)
+        if energy.requires_grad:
+            d_positions, d_strain = torch.autograd.grad(energy.sum(), [positions, strain],
+                                                        create_graph=create_graph, allow_unused=True)
+        else:  # nothing depends on the geometry (e.g. isolated atoms)
+            d_positions = d_strain = None
         if d_positions is None:
             d_positions = torch.zeros_like(positions)
         if d_strain is None:
@@ -316,7 +319,7 @@ def descriptor_gradients(representation, systems, *, strain: bool = True, images
     return jvp_gradients(representation, batch, strain=strain, cutoff=cutoff)
 
 
-def atom_entries(batch: Batch, pair_i: torch.Tensor, pair_j: torch.Tensor, row_of_atom: torch.Tensor,
+def _atom_entries(batch: Batch, pair_i: torch.Tensor, pair_j: torch.Tensor, row_of_atom: torch.Tensor,
                  n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``(row, atom)`` entries of an atom-resolved Jacobian.
 

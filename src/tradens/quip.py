@@ -251,29 +251,30 @@ class Descriptor:
         ``average=T`` is not supported.
         """
         from ._quip_order import quip_pair_order
-        from .gradients import descriptor_gradients
+        from ._soap_gradients import soap_pair_gradients
+        from .neighbors import neighbor_list
 
         if self.soap.hypers.average:
             raise NotImplementedError("grad=True with average=T is not supported by tradens.quip")
         batch = as_batch(atoms)
-        result = descriptor_gradients(self.soap, batch, strain=False, images=True)
+        positions, cell = atoms.get_positions(), np.asarray(atoms.get_cell()[:])
+        pairs = neighbor_list(batch, self.soap.hypers.cutoff.radius)  # the pairs the gradients use
+        i, j, shifts = pairs.i.numpy(), pairs.j.numpy(), pairs.shifts.numpy()
+        order = quip_pair_order(positions, cell, atoms.get_pbc(), i, j, shifts, self.soap.hypers.cutoff.radius)
+        first_of_centre = np.searchsorted(i[order], i[order], side="left")
+        image_rank = np.empty(len(i), dtype=np.int64)
+        image_rank[order] = np.arange(len(i)) - first_of_centre  # position within the centre's images
+        with torch.no_grad():
+            result = soap_pair_gradients(self.soap, batch, strain=False, images=True,
+                                         image_rank=torch.from_numpy(image_rank))
         rows = result.rows.numpy()  # centre atom of each row
         entry_row, entry_atom = result.index[:, 0].numpy(), result.index[:, 1].numpy()
-        shifts = result.shifts.numpy()
         centre = rows[entry_row]  # [entry]
         is_image = np.ones(entry_row.shape[0], dtype=bool)
-        starts = np.searchsorted(entry_row, np.arange(rows.shape[0]))
-        is_image[starts] = False  # the first entry of every row is its centre
-        images = np.nonzero(is_image)[0]
-        positions, cell = atoms.get_positions(), np.asarray(atoms.get_cell()[:])
-        order = quip_pair_order(positions, cell, atoms.get_pbc(), centre[images], entry_atom[images],
-                                shifts[images], self.soap.hypers.cutoff.radius)
-        rank = np.zeros(entry_row.shape[0], dtype=np.int64)
-        rank[images[order]] = np.arange(1, images.shape[0] + 1)
-        permutation = np.lexsort((rank, entry_row))  # per row: centre first, then quippy's order
+        is_image[np.searchsorted(entry_row, np.arange(rows.shape[0]))] = False  # first entry: the centre
         known = self.soap.species_map(batch.numbers).numpy()[entry_atom] >= 0
-        neighbour = np.where(known | ~is_image, entry_atom, -1)[permutation]
-        image_positions = positions[entry_atom] + shifts @ cell  # [entry, 3]
+        neighbour = np.where(known | ~is_image, entry_atom, -1)
+        image_positions = positions[entry_atom] + result.shifts.numpy() @ cell  # [entry, 3]
         image_positions[is_image & ~known] = 0.0
         data = result.values.numpy()
         counts = np.bincount(entry_row, minlength=rows.shape[0])
@@ -283,9 +284,9 @@ class Descriptor:
             "ci": (rows + 1).astype(np.int32),
             "has_data": np.ones(data.shape[0], dtype=np.int64),
             "covariance_cutoff": np.ones(data.shape[0]),
-            "grad_data": result.positions.numpy()[permutation],
-            "grad_index_0based": np.stack([centre[permutation], neighbour], axis=1).astype(np.int32),
-            "pos": image_positions[permutation],
+            "grad_data": result.positions.numpy(),
+            "grad_index_0based": np.stack([centre, neighbour], axis=1).astype(np.int32),
+            "pos": image_positions,
             "grad_covariance_cutoff": np.zeros((entry_row.shape[0], 3)),
             "ii": [(part + 1).astype(np.int32) for part in np.split(neighbour, split)],
             "has_grad_data": [np.ones(n, dtype=np.int32) for n in counts],
