@@ -27,15 +27,13 @@ reference for this one.
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from ._density_derivatives import radial_and_angular
-from .angular import spherical_harmonics
+from .expansion import expand_density
 from .gradients import DescriptorGradients, _atom_entries
 from .neighbors import neighbor_list, pair_vectors
-from .radial import cosine_cutoff
 from .soap import SOAP, power_spectrum
 from .systems import Batch
 
@@ -120,14 +118,18 @@ def _power_spectrum_tangent(mixed, angular, y, k1: int, unit, plan: _TangentPlan
     first, second = plan.first, plan.second
     scale = plan.scale * weight[:, None, None]  # [p, q, l]
     pick = torch.index_select
-    along = (pick(a1, 1, first) * pick(u2, 1, second) + pick(u1, 1, first) * pick(a2, 1, second)) * scale
-    if symmetric:  # one gather of v for both terms
+    n_q = first.shape[0]
+    if symmetric:  # one gather of (A, u, B) and one of v, at the second then the first channel
+        small = pick(torch.stack([a1, u1, b1], dim=1), 2, plan.second_first)  # [p, 3, 2q, l]
+        a_s, a_f, u_s, u_f = small[:, 0, :n_q], small[:, 0, n_q:], small[:, 1, :n_q], small[:, 1, n_q:]
+        b_s, b_f = small[:, 2, :n_q], small[:, 2, n_q:]
+        along = (a_f * u_s + u_f * a_s) * scale
         gathered = pick(v, 2, plan.second_first)  # [p, 3, 2q, l]
-        n_q = first.shape[0]
-        values = gathered[:, :, :n_q] * (pick(b1, 1, first) * scale)[:, None]  # [p, 3, q, l]
-        values.addcmul_(gathered[:, :, n_q:], (pick(b2, 1, second) * scale)[:, None])
+        values = gathered[:, :, :n_q] * (b_f * scale)[:, None]  # [p, 3, q, l]
+        values.addcmul_(gathered[:, :, n_q:], (b_s * scale)[:, None])
         del gathered
     else:
+        along = (pick(a1, 1, first) * pick(u2, 1, second) + pick(u1, 1, first) * pick(a2, 1, second)) * scale
         values = pick(v2, 2, second)  # [p, 3, q, l]
         values.mul_((pick(b1, 1, first) * scale)[:, None])
         values.addcmul_(pick(v1, 2, first), (pick(b2, 1, second) * scale)[:, None])
@@ -141,49 +143,6 @@ def _segment_matrix(local_rows: torch.Tensor, n_rows: int, weights: torch.Tensor
     out = weights.new_zeros(n_rows, columns, n_pairs)
     out[local_rows, :, torch.arange(n_pairs, device=weights.device)] = weights
     return out.reshape(n_rows * columns, n_pairs)
-
-
-def _density(soap: SOAP, batch: Batch, pairs, vectors, known, pair_species, species_index,
-             weights) -> torch.Tensor:
-    """Mixed densities ``Y [atom, K, lm] = W^T c`` (``c`` of :func:`tradens.expansion.expand_density`;
-    ``W = 1`` when ``weights`` is None) from the pairs ``known`` (neighbours of a
-    listed element), mixed per pair (no ``[atom, S*N, lm]`` array when mixed)."""
-    h = soap.hypers
-    n_species, n_max, n_l = h.n_species, h.radial.n_max, h.l_max + 1
-    device, dtype = vectors.device, vectors.dtype
-    lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=device)
-    blocks_t = torch.nn.functional.one_hot(lm_to_l, n_l).to(dtype).T  # [l, lm]
-    if weights is None:  # unmixed: [p, N, lm] into row i*S + s of [atom*S, N*lm]
-        out = torch.zeros(batch.n_atoms * n_species, n_max * n_l * n_l, dtype=dtype, device=device)
-        n_channels = n_species * n_max
-    else:
-        out = torch.zeros(batch.n_atoms, weights.shape[1] * n_l * n_l, dtype=dtype, device=device)
-        n_channels = weights.shape[1]
-    for start in range(0, known.shape[0], 1024):  # small chunks: temporaries reuse freed memory
-        sel = known[start:start + 1024]
-        vec, species = vectors[sel], pair_species[sel]
-        r = torch.linalg.vector_norm(vec, dim=1)
-        radial = soap.radial_basis(r) * cosine_cutoff(r, h.cutoff.radius, h.cutoff.width)[:, None, None]
-        if weights is not None:
-            radial, rows = _mix(weights, radial, species, n_species), pairs.i[sel]  # [p, K, l]
-        else:
-            rows = pairs.i[sel] * n_species + species
-        terms = torch.mm(radial.reshape(-1, n_l), blocks_t).reshape(radial.shape[0], radial.shape[1], -1)
-        terms.mul_(spherical_harmonics(vec, h.l_max)[:, None, :])  # R[p, k, l(lm)] Y[p, lm]
-        out.index_add_(0, rows, terms.reshape(terms.shape[0], -1))
-    out = out.reshape(batch.n_atoms, n_channels, n_l * n_l)
-    if h.density.center_weight != 0.0:  # the centre's own Gaussian, l = 0 only
-        center = soap.radial_basis.center_values(dtype, device) * (h.density.center_weight
-                                                                   / math.sqrt(4.0 * math.pi))  # [n]
-        term = out.new_zeros(batch.n_atoms, n_species, n_max)
-        if soap.center_all_species:
-            term[:] = center * (species_index >= 0).to(dtype)[:, None, None]
-        else:
-            own = (species_index >= 0).nonzero().squeeze(1)
-            term[own, species_index[own]] = center
-        term = term.reshape(batch.n_atoms, n_species * n_max)
-        out[:, :, 0] += term if weights is None else term @ weights
-    return out
 
 
 def _image_layout(pairs, pair_rows, rows, image_rank):
@@ -241,7 +200,10 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         w_both = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))
 
         # ---- values: mixed densities of the rows, power spectrum, normalisation
-        density = _density(soap, batch, pairs, vectors, known, pair_species, species_index, w_both)
+        density = expand_density(  # [atom, Kt, lm] (mixed) or [atom, S*N, lm]
+            batch, pairs, vectors, species_index, n_species=h.n_species, radial=soap.radial_basis,
+            l_max=h.l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
+            center_weight=h.density.center_weight, center_all_species=soap.center_all_species, weights=w_both)
         centres = soap.center_rows(batch)
         row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=device)
         if h.average:
