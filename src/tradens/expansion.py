@@ -136,8 +136,6 @@ def expand_density(
     """
     dtype, device = vectors.dtype, vectors.device
     n_max = radial.n_max
-    if pair_chunk is None:
-        pair_chunk = 4096 if device.type == "cpu" else 65536
     if weights is not None and weights.shape[0] != n_species * n_max:
         raise ValueError(f"weights must have {n_species * n_max} rows (S*N), "
                          f"got {tuple(weights.shape)}")
@@ -159,6 +157,9 @@ def expand_density(
     else:
         weights_or_identity = weights
         per_pair = weights is not None and weights.shape[1] < n_species * n_max
+    if pair_chunk is None:
+        pair_chunk = _default_pair_chunk(device, l_max, n_max, None if not per_pair else (
+            n_max if weights_or_identity is None else weights_or_identity.shape[1]))
     if per_pair:
         mixed = _expand_per_pair(batch.n_atoms, i, s_j, vectors, weights_or_identity,
                                  n_species=n_species, radial=radial, l_max=l_max, cutoff=cutoff,
@@ -186,6 +187,18 @@ def expand_density(
     if weights is not None and not per_pair:
         mixed = torch.einsum("aIm,Ik->akm", mixed, weights)  # [atom, K, lm]
     return mixed
+
+
+def _default_pair_chunk(device: torch.device, l_max: int, n_max: int, channels: int | None) -> int:
+    """Pairs per chunk: on the CPU about 10 MB of per-pair intermediates, so that they stay in
+    cache (elementwise kernels are several times faster there); elsewhere 65536."""
+    if device.type != "cpu":
+        return 65536
+    if channels is None:  # outer products [p, N, lm]
+        return 4096
+    n_l = l_max + 1
+    per_pair = n_l * (n_max + 2 * channels) + n_l * n_l  # radial basis, Q twice, harmonics
+    return max(512, min(16384, (10 * 2**20 // 8) // per_pair))
 
 
 def _pair_terms(vectors: torch.Tensor, radial, l_max: int, cutoff: float, cutoff_width: float):
@@ -249,9 +262,14 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
     species, unmixed).
     """
     dtype, device = vectors.dtype, vectors.device
-    n_max, n_l, n_lm = radial.n_max, l_max + 1, (l_max + 1) ** 2
+    n_max, n_l = radial.n_max, l_max + 1
     n_channels = n_max if weights is None else weights.shape[1]
-    mixed = torch.zeros(n_atoms, n_channels, n_lm, dtype=dtype, device=device)  # [atom, K, lm]
+    w = None
+    if weights is not None:
+        w = weights.reshape(n_species, n_max, -1)  # [S, N, K]
+    degrees = [torch.zeros(n_atoms, n_channels, 2 * l + 1, dtype=dtype, device=device)
+               for l in range(n_l)]  # A_l [atom, K, 2l+1]
+    graph = torch.is_grad_enabled() and (vectors.requires_grad or (w is not None and w.requires_grad))
     for atom_start, atom_stop, pair_start, pair_stop in _atom_chunks(n_atoms, i, pair_chunk):
         n_chunk = atom_stop - atom_start
         n_pairs = pair_stop - pair_start
@@ -261,88 +279,93 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
         vec = vectors[pair_start:pair_stop]  # [p, 3]
         counts = torch.bincount(ci, minlength=n_chunk)  # [atom]
         width = int(counts.max())  # padded neighbour-list length J
+        full = n_pairs == n_chunk * width  # every atom has J pairs: padding is a reshape
         with torch.profiler.record_function("expansion/pair_terms"):
             r = torch.linalg.vector_norm(vec, dim=1)  # [p]
             taper = cosine_cutoff(r, cutoff, cutoff_width)  # [p]
             harmonics = spherical_harmonics(vec, l_max)  # [p, lm]
+            # one extra pair (r = 1, weight 0) gives a zero row for padding
+            r = torch.cat([r, r.new_ones(1)])
+            taper = torch.cat([taper, taper.new_zeros(1)])
             if hasattr(radial, "primitive"):
-                basis, transform = radial.primitive(r, taper)  # [l, p, a] (tapered), [a, n]
+                basis, transform = radial.primitive(r, taper)  # [l, p+1, a] (tapered), [a, n]
             else:
-                basis = radial(r).permute(2, 0, 1) * taper[None, :, None]  # [l, p, n]
+                basis = radial(r).permute(2, 0, 1) * taper[None, :, None]  # [l, p+1, n]
                 transform = None
         with torch.profiler.record_function("expansion/mix_pairs"):
-            if weights is None:
-                source = basis if transform is None else torch.matmul(basis, transform)  # [l, p, n]
-                row, zero_row = None, None  # pair p is row p of source
+            if w is None:
+                source = basis if transform is None else torch.matmul(basis, transform)  # [l, p+1, n]
+                row = None  # pair p is row p of source, row n_pairs is zero
             else:
-                w = weights.reshape(n_species, n_max, -1)  # [S, N, K]
-                if transform is not None:
-                    w = torch.matmul(transform, w)  # [S, a, K]
+                mix = w if transform is None else torch.matmul(transform, w)  # [S, a, K]
                 if n_species == 1:
-                    source, row, zero_row = torch.matmul(basis, w[0]), None, None  # [l, p, K]
+                    source, row = torch.matmul(basis, mix[0]), None  # [l, p+1, K]
                 else:
-                    source, row, zero_row = _mix_by_species(basis, s_j[pair_start:pair_stop], w)
+                    source, row = _mix_by_species(basis, s_j[pair_start:pair_stop], mix)
         with torch.profiler.record_function("expansion/accumulate"):
-            # neighbour lists padded to J: Q as [l, atom*J, K], Y as [atom*J, lm]
-            full = n_pairs == n_chunk * width  # every atom has J pairs
+            # neighbour lists padded to J: Q as [l, atom, J, K], Y_l as [atom, J, 2l+1]
             if not full:
                 first = torch.cumsum(counts, 0) - counts  # [atom]
                 slot = ci * width + (torch.arange(n_pairs, device=device) - first[ci])  # [p]
             if row is None and full:
-                padded_q = source  # [l, atom*J, K]
+                padded_q = source[:, :n_pairs]  # [l, atom*J, K]
             else:
-                if zero_row is None and not full:
-                    source = torch.cat([source, source.new_zeros(n_l, 1, source.shape[2])], dim=1)
-                    zero_row = source.shape[1] - 1
+                zero_row = n_pairs if row is None else int(row[-1])
+                pair_row = torch.arange(n_pairs, device=device) if row is None else row[:-1]
                 if full:
-                    take = row
+                    take = pair_row
                 else:
                     take = torch.full((n_chunk * width,), zero_row, dtype=torch.long, device=device)
-                    take[slot] = torch.arange(n_pairs, device=device) if row is None else row
+                    take[slot] = pair_row
                 padded_q = source.index_select(1, take)  # [l, atom*J, K]
             padded_q = padded_q.reshape(n_l, n_chunk, width, n_channels)
-            if full:
-                padded_y = harmonics.reshape(n_chunk, width, n_lm)
-            else:
-                padded_y = harmonics.new_zeros(n_chunk * width, n_lm).index_copy(0, slot, harmonics)
-                padded_y = padded_y.reshape(n_chunk, width, n_lm)  # [atom, J, lm]
             for l in range(n_l):
-                block = slice(l * l, (l + 1) * (l + 1))
-                mixed[atom_start:atom_stop, :, block] = torch.bmm(
-                    padded_q[l].transpose(1, 2), padded_y[:, :, block])  # [atom, K, 2l+1]
-    return mixed
+                y_l = harmonics[:, l * l:(l + 1) * (l + 1)]  # [p, 2l+1]
+                if full:
+                    y_l = y_l.reshape(n_chunk, width, 2 * l + 1)
+                else:
+                    y_l = y_l.new_zeros(n_chunk * width, 2 * l + 1).index_copy(0, slot, y_l)
+                    y_l = y_l.reshape(n_chunk, width, 2 * l + 1)  # [atom, J, 2l+1]
+                if graph:
+                    degrees[l][atom_start:atom_stop] = torch.bmm(padded_q[l].transpose(1, 2), y_l)
+                else:
+                    torch.bmm(padded_q[l].transpose(1, 2), y_l.contiguous(),
+                              out=degrees[l][atom_start:atom_stop])  # [atom, K, 2l+1]
+    return torch.cat(degrees, dim=2)  # [atom, K, lm]
 
 
 def _mix_by_species(basis: torch.Tensor, species: torch.Tensor, w: torch.Tensor):
-    """``Q[l, p] = basis[l, p] @ w[species[p]]`` for ``basis [l, p, a]``, ``w [S, a, K]``.
+    """``Q[l, p] = basis[l, p] @ w[species[p]]`` for ``basis [l, p+1, a]``, ``w [S, a, K]``.
 
-    Returns ``(source, row, zero_row)``: ``Q[:, p] = source[:, row[p]]`` and
-    ``source[:, zero_row]`` is zero (``None`` if there is no such row).
+    The last row of ``basis`` is zero (padding). Returns ``(source, row)`` with
+    ``Q[:, p] = source[:, row[p]]`` for ``p < len(species)`` and
+    ``source[:, row[-1]]`` zero.
     """
-    n_l, n_pairs, n_a = basis.shape
-    n_species = w.shape[0]
+    n_l, _, n_a = basis.shape
+    n_pairs, n_species = species.shape[0], w.shape[0]
     device = basis.device
     sizes = torch.bincount(species, minlength=n_species)  # [S]
     order = torch.argsort(species, stable=True)  # pairs grouped by species
     capacity = int(sizes.max()) + 1  # at least one zero row per species block
+    row = torch.empty(n_pairs + 1, dtype=torch.long, device=device)
     if n_species * capacity <= 2 * n_pairs + 64:
         # pad every species block to a common length: one batched product over (l, species)
         start = torch.cumsum(sizes, 0) - sizes  # [S]
         sorted_species = species[order]
-        row = torch.empty_like(order)
         rank = torch.arange(n_pairs, device=device) - start[sorted_species]  # within its species
         row[order] = sorted_species * capacity + rank
+        row[-1] = capacity - 1  # the last slot of species 0 is padding
         take = torch.full((n_species * capacity,), n_pairs, dtype=torch.long, device=device)
-        take[row] = torch.arange(n_pairs, device=device)
-        padded = torch.cat([basis, basis.new_zeros(n_l, 1, n_a)], dim=1).index_select(1, take)
+        take[row[:-1]] = torch.arange(n_pairs, device=device)
+        padded = basis.index_select(1, take)  # [l, S*C, a]
         matrices = w.expand(n_l, -1, -1, -1).reshape(n_l * n_species, n_a, -1)  # [l*S, a, K]
         source = torch.bmm(padded.reshape(n_l * n_species, capacity, n_a), matrices)  # [l*S, C, K]
-        return source.reshape(n_l, n_species * capacity, -1), row, capacity - 1
-    # very uneven species counts: one product per species
+        return source.reshape(n_l, n_species * capacity, -1), row
+    # very uneven species counts: one product per species, then a zero row
     counts = sizes.cpu().tolist()
     groups = torch.split(basis[:, order], counts, dim=1)
     parts = [torch.matmul(part, w[s]) for s, part in enumerate(groups) if counts[s] > 0]
-    source = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [l, p, K] in species order
-    row = torch.empty_like(order)
+    parts.append(torch.matmul(basis[:, -1:], w[0]))  # the zero row
     row[order] = torch.arange(n_pairs, device=device)
-    return source, row, None
+    row[-1] = n_pairs
+    return torch.cat(parts, dim=1), row  # [l, p+1, K] in species order

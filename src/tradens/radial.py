@@ -251,12 +251,12 @@ class GaussianGridBasis:
                 bessel = torch.cat([first, bessel], dim=2)  # [l, pair, a]
             return gauss[None, :, :] * bessel, transform
         # no autograd: write into one buffer, scale in place
-        rho = r.new_empty(n_l, r.shape[0], grid.shape[0])  # [l, pair, a]
         if origin:
-            rho[:, :, 0] = 0.0
+            rho = r.new_zeros(n_l, r.shape[0], grid.shape[0])  # [l, pair, a]
             rho[0, :, 0] = 1.0
             _scaled_in(x, self.l_max, dim=0, out=rho[:, :, 1:])
         else:
+            rho = r.new_empty(n_l, r.shape[0], grid.shape[0])
             _scaled_in(x, self.l_max, dim=0, out=rho)
         return rho.mul_(gauss[None, :, :]), transform
 

@@ -133,7 +133,7 @@ def power_spectrum(y1: torch.Tensor, y2: torch.Tensor, plan: PairPlan, l_max: in
     n_l = l_max + 1
     if plan.structure == "diagonal":
         return _diagonal_products(y1, y2, l_max).reshape(y1.shape[0], -1)
-    if plan.structure == "triangle" and y1 is y2 and not _needs_graph(y1) and y1.shape[0] > 0:
+    if _use_triangle(plan, y1, y2):
         out = torch.empty(y1.shape[0], len(plan) * n_l, dtype=y1.dtype, device=y1.device)
         _triangle_products(y1, out, l_max, normalize=False, sigma0=None)
         return out
@@ -152,6 +152,11 @@ def power_spectrum(y1: torch.Tensor, y2: torch.Tensor, plan: PairPlan, l_max: in
             values = (a[:, first, :] * b[:, second, :]).sum(-1)  # [row, pair]
         columns.append(values * (factor * scale))
     return torch.stack(columns, dim=-1).reshape(y1.shape[0], -1)  # [row, pair*(l_max+1)]
+
+
+def _use_triangle(plan: PairPlan, y1: torch.Tensor, y2: torch.Tensor) -> bool:
+    """Whether the blocked-Gram kernel (no autograd) applies."""
+    return plan.structure == "triangle" and y1 is y2 and y1.shape[0] > 0 and not _needs_graph(y1)
 
 
 def _needs_graph(*tensors: torch.Tensor) -> bool:
@@ -202,10 +207,12 @@ def _triangle_products(y: torch.Tensor, out: torch.Tensor, l_max: int, *, normal
     chunk = max(1, min(n_rows, workspace_bytes // per_row))
     workspace = torch.empty(n_l * chunk * block * n_channels, dtype=dtype, device=device)
     offsets = [a * (a + 1) // 2 * n_l for a in range(n_channels + 1)]
+    # few channels: the [2l+1, 2l+1] Gram matrices for the norm cost as much as the products
+    few = n_channels <= 2 * (l_max + 1) ** 2
     for start in range(0, n_rows, chunk):
         yc = y[start:start + chunk]  # [m, K, lm]
         m = yc.shape[0]
-        if normalize:
+        if normalize and not few:
             norm2 = torch.zeros(m, dtype=dtype, device=device)
             for l in range(n_l):
                 part = yc[:, :, l * l:(l + 1) * (l + 1)]  # [m, K, 2l+1]
@@ -225,6 +232,10 @@ def _triangle_products(y: torch.Tensor, out: torch.Tensor, l_max: int, *, normal
             by_row = gram.permute(1, 2, 3, 0)  # [m, a, b, l]
             for a in range(a0, a1):
                 dest[:, offsets[a]:offsets[a + 1]].view(m, a + 1, n_l).copy_(by_row[:, a - a0, :a + 1, :])
+        if normalize and few:  # few channels: the row norm straight from the values
+            values = dest[:, :offsets[-1]]
+            norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
+            values.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
         if sigma0 is not None:
             dest[:, -1] = sigma0
 
@@ -421,8 +432,7 @@ class SOAP(torch.nn.Module):
         graph = _needs_graph(y1, y2)
         if out is None and not graph:
             out = torch.empty(n_rows, self.n_features, dtype=dtype, device=device)
-        if (self.plan.structure == "triangle" and y1 is y2 and not graph and out.stride(-1) == 1
-                and n_rows > 0):
+        if _use_triangle(self.plan, y1, y2) and out.stride(-1) == 1:
             with torch.profiler.record_function("soap/power_spectrum"):
                 _triangle_products(y1, out, h.l_max, normalize=h.normalize, sigma0=h.covariance_sigma0)
             return out
