@@ -187,11 +187,17 @@ def design_batches(
         if not (forces or stress):
             with torch.no_grad():
                 x, rows = representation.forward(batch)
-                phi = basis.values(x, batch.numbers[rows])
-                energy = torch.zeros(
-                    batch.n_structures, phi.shape[1], dtype=phi.dtype, device=phi.device
-                )
-                energy.index_add_(0, batch.structure[rows], phi)
+                if basis.summable:  # sum the features first, then map: P sum_i X_i
+                    summed = torch.zeros(
+                        batch.n_structures, x.shape[1], dtype=x.dtype, device=x.device
+                    )
+                    energy = basis.map_sum(summed.index_add_(0, batch.structure[rows], x))
+                else:
+                    phi = basis.values(x, batch.numbers[rows])
+                    energy = torch.zeros(
+                        batch.n_structures, phi.shape[1], dtype=phi.dtype, device=phi.device
+                    )
+                    energy.index_add_(0, batch.structure[rows], phi)
             yield start, batch, Design(energy, None, None)
         elif kind == "soap" and basis.summable:
             x, gradient, virial = soap_summed_jacobian(representation, batch)
