@@ -7,6 +7,7 @@ regression and analysis. See ``docs/theory.md`` for the equations.
 from ._version import __version__
 from .ace_features import ACE, AceHypers
 from .features import Features
+from .gradients import descriptor_gradients, energy_forces_stress
 from .hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers, from_dict, to_dict
 from .soap import SOAP
 from .systems import Batch, System, as_batch
@@ -25,6 +26,8 @@ __all__ = [
     "SoapHypers",
     "System",
     "as_batch",
+    "descriptor_gradients",
+    "energy_forces_stress",
     "from_dict",
     "to_dict",
 ]
