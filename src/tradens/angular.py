@@ -74,6 +74,19 @@ def spherical_harmonics(vectors: torch.Tensor, l_max: int) -> torch.Tensor:
         Shape ``[..., (l_max+1)**2]``, same dtype and device as ``vectors``,
         in the ``m = -l..l`` layout described in the module docstring.
     """
+    return _harmonics(vectors, l_max, by_degree=False)
+
+
+def _spherical_harmonics_by_degree(vectors: torch.Tensor, l_max: int) -> list[torch.Tensor]:
+    """:func:`spherical_harmonics` split by degree: ``[Y_0, ..., Y_lmax]``, ``Y_l [..., 2l+1]``.
+
+    Each block is contiguous (cheaper than slicing the concatenated layout
+    when the blocks are used one degree at a time).
+    """
+    return _harmonics(vectors, l_max, by_degree=True)
+
+
+def _harmonics(vectors: torch.Tensor, l_max: int, *, by_degree: bool):
     if l_max < 0:
         raise ValueError(f"l_max must be >= 0, got {l_max}")
     if vectors.shape[-1] != 3:
@@ -112,16 +125,26 @@ def spherical_harmonics(vectors: torch.Tensor, l_max: int) -> torch.Tensor:
 
     n_lm = (l_max + 1) ** 2
     if torch.is_grad_enabled() and vectors.requires_grad or _has_tangent(vectors):
-        columns = []
+        blocks = []
         for l in range(l_max + 1):
+            columns = []
             for m in range(-l, l + 1):
                 value = column(l, m)
                 columns.append(torch.full_like(x, value) if isinstance(value, float) else value)
-        return torch.stack(columns, dim=-1)  # [..., (l_max+1)^2]
-    out = torch.empty(vectors.shape[:-1] + (n_lm,), dtype=vectors.dtype, device=vectors.device)
+            blocks.append(columns)
+        if by_degree:
+            return [torch.stack(columns, dim=-1) for columns in blocks]  # [..., 2l+1] each
+        return torch.stack([c for columns in blocks for c in columns], dim=-1)  # [..., (l_max+1)^2]
+    # no autograd: write every column straight into its place
+    shape, options = vectors.shape[:-1], {"dtype": vectors.dtype, "device": vectors.device}
+    if by_degree:
+        blocks = [torch.empty(shape + (2 * l + 1,), **options) for l in range(l_max + 1)]
+    else:
+        out = torch.empty(shape + (n_lm,), **options)
+        blocks = [out[..., l * l:(l + 1) * (l + 1)] for l in range(l_max + 1)]
     for l in range(l_max + 1):
         for m in range(-l, l + 1):
-            legendre, target = q[l][abs(m)], out[..., l * l + l + m]
+            legendre, target = q[l][abs(m)], blocks[l][..., l + m]
             if m == 0:
                 if isinstance(legendre, float):
                     target.fill_(legendre)
@@ -129,7 +152,7 @@ def spherical_harmonics(vectors: torch.Tensor, l_max: int) -> torch.Tensor:
                     target.copy_(legendre)
             else:
                 torch.mul((sin_m if m < 0 else cos_m)[abs(m)], legendre, out=target)
-    return out  # [..., (l_max+1)^2]
+    return blocks if by_degree else out  # [..., (l_max+1)^2]
 
 
 def _has_tangent(tensor: torch.Tensor) -> bool:

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from .angular import l_of_lm, spherical_harmonics
+from .angular import _spherical_harmonics_by_degree, l_of_lm, spherical_harmonics
 from .neighbors import Pairs
 from .radial import cosine_cutoff
 from .systems import Batch
@@ -264,9 +264,8 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
     dtype, device = vectors.dtype, vectors.device
     n_max, n_l = radial.n_max, l_max + 1
     n_channels = n_max if weights is None else weights.shape[1]
-    w = None
-    if weights is not None:
-        w = weights.reshape(n_species, n_max, -1)  # [S, N, K]
+    w = None if weights is None else weights.reshape(n_species, n_max, -1)  # [S, N, K]
+    mixes: dict = {}  # per radial transform: the mixing folded in, [S, a, K] (and [l*S, a, K])
     degrees = [torch.zeros(n_atoms, n_channels, 2 * l + 1, dtype=dtype, device=device)
                for l in range(n_l)]  # A_l [atom, K, 2l+1]
     graph = torch.is_grad_enabled() and (vectors.requires_grad or (w is not None and w.requires_grad))
@@ -283,7 +282,7 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
         with torch.profiler.record_function("expansion/pair_terms"):
             r = torch.linalg.vector_norm(vec, dim=1)  # [p]
             taper = cosine_cutoff(r, cutoff, cutoff_width)  # [p]
-            harmonics = spherical_harmonics(vec, l_max)  # [p, lm]
+            harmonics = _spherical_harmonics_by_degree(vec, l_max)  # [p, 2l+1] per l
             # one extra pair (r = 1, weight 0) gives a zero row for padding
             r = torch.cat([r, r.new_ones(1)])
             taper = torch.cat([taper, taper.new_zeros(1)])
@@ -297,11 +296,14 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
                 source = basis if transform is None else torch.matmul(basis, transform)  # [l, p+1, n]
                 row = None  # pair p is row p of source, row n_pairs is zero
             else:
-                mix = w if transform is None else torch.matmul(transform, w)  # [S, a, K]
+                if "mix" not in mixes:
+                    mix = w if transform is None else torch.matmul(transform, w)  # [S, a, K]
+                    mixes["mix"] = mix
+                    mixes["by_degree"] = mix.expand(n_l, -1, -1, -1).reshape(n_l * n_species, mix.shape[1], -1)
                 if n_species == 1:
-                    source, row = torch.matmul(basis, mix[0]), None  # [l, p+1, K]
+                    source, row = torch.matmul(basis, mixes["mix"][0]), None  # [l, p+1, K]
                 else:
-                    source, row = _mix_by_species(basis, s_j[pair_start:pair_stop], mix)
+                    source, row = _mix_by_species(basis, s_j[pair_start:pair_stop], mixes["by_degree"])
         with torch.profiler.record_function("expansion/accumulate"):
             # neighbour lists padded to J: Q as [l, atom, J, K], Y_l as [atom, J, 2l+1]
             if not full:
@@ -319,8 +321,7 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
                     take[slot] = pair_row
                 padded_q = source.index_select(1, take)  # [l, atom*J, K]
             padded_q = padded_q.reshape(n_l, n_chunk, width, n_channels)
-            for l in range(n_l):
-                y_l = harmonics[:, l * l:(l + 1) * (l + 1)]  # [p, 2l+1]
+            for l, y_l in enumerate(harmonics):  # y_l [p, 2l+1]
                 if full:
                     y_l = y_l.reshape(n_chunk, width, 2 * l + 1)
                 else:
@@ -329,20 +330,20 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
                 if graph:
                     degrees[l][atom_start:atom_stop] = torch.bmm(padded_q[l].transpose(1, 2), y_l)
                 else:
-                    torch.bmm(padded_q[l].transpose(1, 2), y_l.contiguous(),
+                    torch.bmm(padded_q[l].transpose(1, 2), y_l,
                               out=degrees[l][atom_start:atom_stop])  # [atom, K, 2l+1]
     return torch.cat(degrees, dim=2)  # [atom, K, lm]
 
 
 def _mix_by_species(basis: torch.Tensor, species: torch.Tensor, w: torch.Tensor):
-    """``Q[l, p] = basis[l, p] @ w[species[p]]`` for ``basis [l, p+1, a]``, ``w [S, a, K]``.
+    """``Q[l, p] = basis[l, p] @ w[l, species[p]]`` for ``basis [l, p+1, a]``, ``w [l*S, a, K]``.
 
     The last row of ``basis`` is zero (padding). Returns ``(source, row)`` with
     ``Q[:, p] = source[:, row[p]]`` for ``p < len(species)`` and
     ``source[:, row[-1]]`` zero.
     """
     n_l, _, n_a = basis.shape
-    n_pairs, n_species = species.shape[0], w.shape[0]
+    n_pairs, n_species = species.shape[0], w.shape[0] // n_l
     device = basis.device
     sizes = torch.bincount(species, minlength=n_species)  # [S]
     order = torch.argsort(species, stable=True)  # pairs grouped by species
@@ -358,12 +359,12 @@ def _mix_by_species(basis: torch.Tensor, species: torch.Tensor, w: torch.Tensor)
         take = torch.full((n_species * capacity,), n_pairs, dtype=torch.long, device=device)
         take[row[:-1]] = torch.arange(n_pairs, device=device)
         padded = basis.index_select(1, take)  # [l, S*C, a]
-        matrices = w.expand(n_l, -1, -1, -1).reshape(n_l * n_species, n_a, -1)  # [l*S, a, K]
-        source = torch.bmm(padded.reshape(n_l * n_species, capacity, n_a), matrices)  # [l*S, C, K]
+        source = torch.bmm(padded.reshape(n_l * n_species, capacity, n_a), w)  # [l*S, C, K]
         return source.reshape(n_l, n_species * capacity, -1), row
     # very uneven species counts: one product per species, then a zero row
     counts = sizes.cpu().tolist()
     groups = torch.split(basis[:, order], counts, dim=1)
+    w = w[:n_species]  # [S, a, K] (the same for every degree)
     parts = [torch.matmul(part, w[s]) for s, part in enumerate(groups) if counts[s] > 0]
     parts.append(torch.matmul(basis[:, -1:], w[0]))  # the zero row
     row[order] = torch.arange(n_pairs, device=device)
