@@ -169,6 +169,8 @@ def learning_curves(frames, s, args) -> list[dict]:
         for name, (factory, family, projection) in reps.items():
             if args.only and not any(o in name for o in args.only):
                 continue
+            if projection is not None and n_train != max(s["sizes"]) and not args.all_sizes:
+                continue  # random projections: only at the largest training set (error vs features)
             t0 = time.perf_counter()
             model, n_features, cv = fit_linear(factory, projection, train, s, args)
             results.append(
@@ -342,8 +344,9 @@ def plot(results, path: Path) -> None:
         ax.set_ylabel("energy RMSE (meV/atom)")
     for ax in axes[:, 1]:
         ax.set_ylabel("force RMSE (meV/Å)")
-    axes[0, 0].legend(fontsize=7)
-    axes[1, 0].legend(fontsize=6, ncol=2)
+    for ax, size, columns in ((axes[0, 0], 7, 1), (axes[1, 0], 6, 2)):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=size, ncol=columns)
     fig.tight_layout()
     handle, temporary = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(handle)
@@ -382,6 +385,11 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--only", nargs="+", help="only models whose name contains one of these")
     parser.add_argument("--no-ace", action="store_true")
+    parser.add_argument(
+        "--all-sizes",
+        action="store_true",
+        help="random projections at every size, not just the largest",
+    )
     parser.add_argument("--no-learned", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
