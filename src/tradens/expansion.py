@@ -147,16 +147,16 @@ def expand_density(
     if i.shape[0] > 1 and not bool((i[1:] >= i[:-1]).all()):
         order = torch.argsort(i, stable=True)
         i, s_j, vectors = i[order], s_j[order], vectors[order]
-    if weights is None and n_species == 1:
-        weights_or_identity = None  # per-pair path with R itself (K = N)
-        per_pair = True
-    elif weights is None and n_species * n_max <= _UNMIXED_PER_PAIR:
-        # few unmixed channels: per pair with W = 1 beats the outer products and index_add
-        weights_or_identity = torch.eye(n_species * n_max, dtype=dtype, device=device)
-        per_pair = True
+    n_unmixed = n_species * n_max
+    if weights is not None and weights.shape[1] < n_unmixed:
+        weights_or_identity, per_pair = weights, True  # mix per pair: A directly
+    elif n_species == 1:
+        weights_or_identity, per_pair = None, True  # per pair with R itself: c (K = N)
+    elif n_unmixed <= _UNMIXED_PER_PAIR:
+        # few unmixed channels: c per pair with W = 1 beats the outer products and index_add
+        weights_or_identity, per_pair = torch.eye(n_unmixed, dtype=dtype, device=device), True
     else:
-        weights_or_identity = weights
-        per_pair = weights is not None and weights.shape[1] < n_species * n_max
+        weights_or_identity, per_pair = None, False  # c by outer products and index_add
     if pair_chunk is None:
         pair_chunk = _default_pair_chunk(device, l_max, n_max, None if not per_pair else (
             n_max if weights_or_identity is None else weights_or_identity.shape[1]))
@@ -181,11 +181,11 @@ def expand_density(
             owner = owner.index_put((atoms, species_index[atoms]),
                                     torch.ones_like(atoms, dtype=dtype))
         term = (owner[:, :, None] * center[None, None, :]).reshape(batch.n_atoms, n_species * n_max)
-        if per_pair and weights_or_identity is not None:
+        if weights_or_identity is not None:
             term = term @ weights_or_identity  # [atom, K]
         mixed[:, :, 0] += term  # mixed is a fresh tensor of this function: in place is safe
-    if weights is not None and not per_pair:
-        mixed = torch.einsum("aIm,Ik->akm", mixed, weights)  # [atom, K, lm]
+    if weights is not None and weights_or_identity is not weights:
+        mixed = torch.einsum("aIm,Ik->akm", mixed, weights)  # c -> A [atom, K, lm]
     return mixed
 
 
