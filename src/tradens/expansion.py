@@ -268,7 +268,11 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
     mixes: dict = {}  # per radial transform: the mixing folded in, [S, a, K] (and [l*S, a, K])
     degrees = [torch.zeros(n_atoms, n_channels, 2 * l + 1, dtype=dtype, device=device)
                for l in range(n_l)]  # A_l [atom, K, 2l+1]
-    graph = torch.is_grad_enabled() and (vectors.requires_grad or (w is not None and w.requires_grad))
+    tracked = vectors.requires_grad or (w is not None and w.requires_grad)
+    graph = torch.is_grad_enabled() and tracked
+    distances = torch.linalg.vector_norm(vectors, dim=1)  # [pair]
+    tapers = cosine_cutoff(distances, cutoff, cutoff_width)  # [pair]
+    all_counts = torch.bincount(i, minlength=n_atoms)  # neighbours of every atom
     for atom_start, atom_stop, pair_start, pair_stop in _atom_chunks(n_atoms, i, pair_chunk):
         n_chunk = atom_stop - atom_start
         n_pairs = pair_stop - pair_start
@@ -276,16 +280,14 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
             continue
         ci = i[pair_start:pair_stop] - atom_start  # [p]
         vec = vectors[pair_start:pair_stop]  # [p, 3]
-        counts = torch.bincount(ci, minlength=n_chunk)  # [atom]
+        counts = all_counts[atom_start:atom_stop]  # [atom]
         width = int(counts.max())  # padded neighbour-list length J
         full = n_pairs == n_chunk * width  # every atom has J pairs: padding is a reshape
         with torch.profiler.record_function("expansion/pair_terms"):
-            r = torch.linalg.vector_norm(vec, dim=1)  # [p]
-            taper = cosine_cutoff(r, cutoff, cutoff_width)  # [p]
             harmonics = _spherical_harmonics_by_degree(vec, l_max)  # [p, 2l+1] per l
             # one extra pair (r = 1, weight 0) gives a zero row for padding
-            r = torch.cat([r, r.new_ones(1)])
-            taper = torch.cat([taper, taper.new_zeros(1)])
+            r = torch.cat([distances[pair_start:pair_stop], distances.new_ones(1)])  # [p+1]
+            taper = torch.cat([tapers[pair_start:pair_stop], tapers.new_zeros(1)])  # [p+1]
             if hasattr(radial, "primitive"):
                 basis, transform = radial.primitive(r, taper)  # [l, p+1, a] (tapered), [a, n]
             else:
@@ -293,17 +295,20 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
                 transform = None
         with torch.profiler.record_function("expansion/mix_pairs"):
             if w is None:
-                source = basis if transform is None else torch.matmul(basis, transform)  # [l, p+1, n]
+                # [l, p+1, N]
+                source = basis if transform is None else torch.matmul(basis, transform)
                 row = None  # pair p is row p of source, row n_pairs is zero
             else:
                 if "mix" not in mixes:
                     mix = w if transform is None else torch.matmul(transform, w)  # [S, a, K]
                     mixes["mix"] = mix
-                    mixes["by_degree"] = mix.expand(n_l, -1, -1, -1).reshape(n_l * n_species, mix.shape[1], -1)
+                    mixes["by_degree"] = mix.expand(n_l, -1, -1, -1).reshape(
+                        n_l * n_species, mix.shape[1], -1)  # [l*S, a, K]
                 if n_species == 1:
                     source, row = torch.matmul(basis, mixes["mix"][0]), None  # [l, p+1, K]
                 else:
-                    source, row = _mix_by_species(basis, s_j[pair_start:pair_stop], mixes["by_degree"])
+                    species = s_j[pair_start:pair_stop]
+                    source, row = _mix_by_species(basis, species, mixes["by_degree"])
         with torch.profiler.record_function("expansion/accumulate"):
             # neighbour lists padded to J: Q as [l, atom, J, K], Y_l as [atom, J, 2l+1]
             if not full:
@@ -359,8 +364,8 @@ def _mix_by_species(basis: torch.Tensor, species: torch.Tensor, w: torch.Tensor)
         take = torch.full((n_species * capacity,), n_pairs, dtype=torch.long, device=device)
         take[row[:-1]] = torch.arange(n_pairs, device=device)
         padded = basis.index_select(1, take)  # [l, S*C, a]
-        source = torch.bmm(padded.reshape(n_l * n_species, capacity, n_a), w)  # [l*S, C, K]
-        return source.reshape(n_l, n_species * capacity, -1), row
+        source = torch.bmm(padded.view(n_l * n_species, capacity, n_a), w)  # [l*S, C, K]
+        return source.view(n_l, n_species * capacity, -1), row
     # very uneven species counts: one product per species, then a zero row
     counts = sizes.cpu().tolist()
     groups = torch.split(basis[:, order], counts, dim=1)
