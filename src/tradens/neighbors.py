@@ -79,7 +79,7 @@ def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
     i = np.concatenate(all_i)
     j = np.concatenate(all_j)
     shifts = np.concatenate(all_s)
-    order = np.lexsort((j, i))  # sorted by centre, then neighbour: deterministic
+    order = np.argsort(i * batch.n_atoms + j, kind="stable")  # by centre, then neighbour: deterministic
     return Pairs(
         i=torch.from_numpy(i[order]).to(device),
         j=torch.from_numpy(j[order]).to(device),
