@@ -364,6 +364,10 @@ class GtoBasis:
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """Radial coefficients ``R[pair, n, l]`` for distances ``r [pair]`` (Å)."""
+        return self.values_and_derivatives(r, derivatives=False)[0]
+
+    def values_and_derivatives(self, r: torch.Tensor, derivatives: bool = True):
+        """Spline values ``R[pair, n, l]`` and, if asked, ``dR/dr`` (same shape, 1/Å)."""
         values = self._values.to(dtype=r.dtype, device=r.device)
         derivs = self._derivs.to(dtype=r.dtype, device=r.device)
         h = self._spacing
@@ -379,7 +383,16 @@ class GtoBasis:
             + (-2 * t3 + 3 * t2) * y1
             + (t3 - t2) * d1
         )  # [pair, n*l]
-        return out.reshape(-1, self.n_max, self.l_max + 1)
+        shape = (-1, self.n_max, self.l_max + 1)
+        if not derivatives:
+            return out.reshape(shape), None
+        dout = (
+            (6 * t2 - 6 * t) * y0
+            + (3 * t2 - 4 * t + 1) * d0
+            + (-6 * t2 + 6 * t) * y1
+            + (3 * t2 - 2 * t) * d1
+        ) / h  # [pair, n*l]
+        return out.reshape(shape), dout.reshape(shape)
 
 
 def make_radial_basis(kind: str, *, n_max: int, l_max: int, cutoff: float, sigma: float,

@@ -82,29 +82,7 @@ def _radial_with_derivative(radial, r: torch.Tensor):
             torch.einsum("pal,an->pnl", deriv, transform),
         )
     if isinstance(radial, GtoBasis):
-        values = radial._values.to(dtype=r.dtype, device=r.device)
-        derivs = radial._derivs.to(dtype=r.dtype, device=r.device)
-        h = radial._spacing
-        position = (r / h).clamp(0.0, values.shape[0] - 1.000001)
-        index = position.floor().long().clamp(max=values.shape[0] - 2)  # [pair]
-        t = (position - index.to(r.dtype))[:, None]  # [pair, 1]
-        y0, y1 = values[index], values[index + 1]  # [pair, n*l]
-        d0, d1 = derivs[index] * h, derivs[index + 1] * h
-        t2, t3 = t * t, t * t * t
-        out = (
-            (2 * t3 - 3 * t2 + 1) * y0
-            + (t3 - 2 * t2 + t) * d0
-            + (-2 * t3 + 3 * t2) * y1
-            + (t3 - t2) * d1
-        )
-        dout = (
-            (6 * t2 - 6 * t) * y0
-            + (3 * t2 - 4 * t + 1) * d0
-            + (-6 * t2 + 6 * t) * y1
-            + (3 * t2 - 2 * t) * d1
-        ) / h
-        shape = (-1, radial.n_max, radial.l_max + 1)
-        return out.reshape(shape), dout.reshape(shape)
+        return radial.values_and_derivatives(r)
     # any other basis: forward-mode autograd (slower, always correct)
     import torch.autograd.forward_ad as fwad
 
