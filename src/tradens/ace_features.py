@@ -21,16 +21,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .ace import ace_product_basis_plan
 from .embeddings import random_weights
 from .expansion import SpeciesMap, expand_density
-from .features import Features
+from .features import Features, compute_in_batches
 from .hypers import Cutoff, Density, RadialBasis, _count, from_dict, register
 from .neighbors import neighbor_list, pair_vectors
 from .radial import make_radial_basis
-from .systems import Batch, _as_frames, as_batch
+from .systems import Batch
 
 __all__ = ["AceHypers", "ACE"]
 
@@ -252,20 +251,5 @@ class ACE(torch.nn.Module):
     def compute(self, systems, *, output: str = "numpy", dtype: torch.dtype | None = None,
                 device=None, batch_size: int = 64, progress: bool = False) -> Features:
         """Features of one or many structures (same contract as :meth:`tradens.SOAP.compute`)."""
-        if output not in ("numpy", "torch"):
-            raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
-        frames = _as_frames(systems)
-        parts, structure, center, numbers = [], [], [], []
-        starts = range(0, len(frames), batch_size)
-        with torch.no_grad():
-            for start in tqdm(starts, desc="ACE", unit="batch", disable=not progress):
-                batch = as_batch(frames[start:start + batch_size], dtype=dtype, device=device)
-                values, rows = self.forward(batch)
-                parts.append(values)
-                structure.append(batch.structure + start)
-                offsets = torch.as_tensor(batch.offsets[:-1], device=rows.device)
-                center.append(rows - offsets[batch.structure])
-                numbers.append(batch.numbers)
-        result = Features(torch.cat(parts), torch.cat(structure), torch.cat(center), torch.cat(numbers),
-                          labels=self.feature_labels(), names=self.feature_names())
-        return result.numpy() if output == "numpy" else result
+        return compute_in_batches(self, systems, output=output, dtype=dtype, device=device,
+                                  batch_size=batch_size, progress=progress, desc="ACE")

@@ -68,3 +68,39 @@ class Features:
             counts = torch.bincount(structure, minlength=n).clamp(min=1).to(values.dtype)
             out = out / counts[:, None]
         return out.numpy() if isinstance(self.values, np.ndarray) else out
+
+
+def compute_in_batches(representation, systems, *, output: str, dtype, device, batch_size: int,
+                       progress: bool, desc: str, averaged: bool = False) -> Features:
+    """Run ``representation.forward`` over batches of structures and collect :class:`Features`.
+
+    ``forward(batch)`` must return ``(values [row, feature], rows)`` where ``rows``
+    are atom indices into the batch, or structure indices when ``averaged``.
+    Shared by every representation's ``compute``.
+    """
+    from tqdm.auto import tqdm
+
+    from .systems import _as_frames, as_batch
+
+    if output not in ("numpy", "torch"):
+        raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+    frames = _as_frames(systems)
+    parts, structure, center, numbers = [], [], [], []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(frames), batch_size), desc=desc, unit="batch", disable=not progress):
+            batch = as_batch(frames[start:start + batch_size], dtype=dtype, device=device)
+            values, rows = representation.forward(batch)
+            parts.append(values)
+            if averaged:
+                structure.append(rows + start)
+                center.append(torch.full_like(rows, -1))
+                numbers.append(torch.zeros_like(rows))
+            else:
+                structure.append(batch.structure[rows] + start)
+                offsets = torch.as_tensor(batch.offsets[:-1], device=rows.device)
+                center.append(rows - offsets[batch.structure[rows]])
+                numbers.append(batch.numbers[rows])
+    values = parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy of a large single batch
+    result = Features(values, torch.cat(structure), torch.cat(center), torch.cat(numbers),
+                      labels=representation.feature_labels(), names=representation.feature_names())
+    return result.numpy() if output == "numpy" else result

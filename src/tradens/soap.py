@@ -22,16 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
-from tqdm.auto import tqdm
 
 from .angular import l_of_lm
 from .embeddings import expand_weights, gap_weights, random_weights
 from .expansion import SpeciesMap, expand_density
-from .features import Features
+from .features import Features, compute_in_batches
 from .hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers
 from .neighbors import neighbor_list, pair_vectors
 from .radial import make_radial_basis
-from .systems import Batch, as_batch
+from .systems import Batch
 
 __all__ = ["SOAP", "PairPlan", "pair_plan", "power_spectrum"]
 
@@ -490,36 +489,9 @@ class SOAP(torch.nn.Module):
             ``values [row, feature]`` with ``structure``, ``center`` and
             ``numbers`` of each row, ``labels`` and ``names`` of each column.
         """
-        if output not in ("numpy", "torch"):
-            raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
-        frames = _frames(systems)
-        parts, structure, center, numbers = [], [], [], []
-        iterator = range(0, len(frames), batch_size)
-        if progress:
-            iterator = tqdm(iterator, desc="SOAP", unit="batch")
-        with torch.no_grad():
-            for start in iterator:
-                batch = as_batch(frames[start:start + batch_size], dtype=dtype, device=device)
-                values, rows = self.forward(batch)
-                parts.append(values)
-                if self.hypers.average:
-                    structure.append(rows + start)
-                    center.append(torch.full_like(rows, -1))
-                    numbers.append(torch.zeros_like(rows))
-                else:
-                    structure.append(batch.structure[rows] + start)
-                    offsets = torch.as_tensor(batch.offsets[:-1], device=rows.device)
-                    center.append(rows - offsets[batch.structure[rows]])
-                    numbers.append(batch.numbers[rows])
-        values = parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy of a large single batch
-        result = Features(values, torch.cat(structure), torch.cat(center), torch.cat(numbers),
-                          labels=self.feature_labels(), names=self.feature_names())
-        return result.numpy() if output == "numpy" else result
-
-
-def _frames(systems) -> list:
-    from .systems import _as_frames
-    return _as_frames(systems)
+        return compute_in_batches(self, systems, output=output, dtype=dtype, device=device,
+                                  batch_size=batch_size, progress=progress, desc="SOAP",
+                                  averaged=self.hypers.average)
 
 
 def _coerce(kwargs: dict) -> dict:
