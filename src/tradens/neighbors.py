@@ -79,11 +79,14 @@ def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
     i = np.concatenate(all_i)
     j = np.concatenate(all_j)
     shifts = np.concatenate(all_s)
-    order = np.argsort(i * batch.n_atoms + j, kind="stable")  # by centre, then neighbour: deterministic
+    if i.shape[0] > 1 and not bool(np.all(i[1:] >= i[:-1])):
+        # grouped by centre (vesin already returns its pairs so): deterministic for given inputs
+        order = np.argsort(i, kind="stable")
+        i, j, shifts = i[order], j[order], shifts[order]
     return Pairs(
-        i=torch.from_numpy(i[order]).to(device),
-        j=torch.from_numpy(j[order]).to(device),
-        shifts=torch.from_numpy(shifts[order]).to(device),
+        i=torch.from_numpy(i).to(device),
+        j=torch.from_numpy(j).to(device),
+        shifts=torch.from_numpy(shifts).to(device),
     )
 
 
@@ -96,6 +99,10 @@ def pair_vectors(batch: Batch, pairs: Pairs, positions: torch.Tensor | None = No
     """
     positions = batch.positions if positions is None else positions
     cells = batch.cells if cells is None else cells
-    cell_of_pair = cells[batch.structure[pairs.i]]  # [pair, 3, 3]
-    offset = torch.einsum("pa,pab->pb", pairs.shifts.to(positions.dtype), cell_of_pair)  # [pair, 3]
-    return positions[pairs.j] - positions[pairs.i] + offset
+    shifts = pairs.shifts.to(positions.dtype)  # [pair, 3]
+    if cells.shape[0] == 1:
+        offset = shifts @ cells[0]  # [pair, 3]
+    else:
+        cell_of_pair = cells[batch.structure[pairs.i]]  # [pair, 3, 3]
+        offset = torch.einsum("pa,pab->pb", shifts, cell_of_pair)  # [pair, 3]
+    return positions.index_select(0, pairs.j) - positions.index_select(0, pairs.i) + offset
