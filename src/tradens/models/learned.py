@@ -2,21 +2,33 @@
 
 .. math::
 
-    E = \\sum_i \\big( f_\\vartheta(X_i(W)) + e_{Z_i} \\big)
+    E = \\sum_i \\big( f_\\vartheta(X_i(W), Z_i) + e_{Z_i} \\big)
 
 where ``X_i(W)`` are tensor-reduced features whose mixing (embedding) ``W``
 is a trainable parameter (:class:`tradens.SOAP` with ``mixing.learnable``, or
-:class:`tradens.ACE` with ``learnable``) and ``f`` is a linear readout or a
-small MLP (with a linear skip connection). The per-element reference
-energies ``e_Z`` are fitted first on the training split and kept fixed. The
-linear part starts from the ridge solution on the initial features, the MLP
-part from zero, so training starts at the ridge model.
+:class:`tradens.ACE` with ``learnable``), optionally followed by learned pair
+densities (``pair_channels``, an EAM-like radial term, see
+:mod:`tradens.models._pair_density`), and ``f`` is a linear readout or a
+small MLP (with a linear skip connection), optionally dependent on the
+centre element through a learned element embedding (``element_features``).
+The per-element reference energies ``e_Z`` are fitted first on the training
+split; they stay fixed or are trained with the rest (``train_reference``).
+With ``ridge_alpha`` the linear part starts from the energy-only ridge
+solution on the initial features, otherwise at zero; the MLP's last layer
+starts at zero, so training starts at the ridge (or the baseline) model.
 
-Training minimises ``w_E^2 MSE(E/N) + w_F^2 MSE(F) (+ w_S^2 MSE(sigma))``
-with Adam on mini-batches of structures (forces by double backpropagation),
-halves the learning rate when the validation loss stalls and stops early,
-restoring the best epoch. Deterministic for a seed (CPU); runs on CUDA when
-available (``device="auto"``) and ends on the CPU.
+Training minimises
+
+``w_E^2 MSE(E/N) + w_F^2 L(F) (+ w_S^2 MSE(sigma))``
+
+with Adam on mini-batches of structures (forces by double backpropagation);
+``L`` is the mean squared force error or a Huber loss (``forces_loss``,
+quadratic up to ``forces_delta`` eV/Å, linear beyond: strongly distorted
+structures with huge forces do not dominate). The learning rate is halved
+when the validation loss stalls; training stops early and restores the best
+epoch. With ``ema`` the validation and the final model use an exponential
+moving average of the parameters. Deterministic for a seed (CPU); runs on
+CUDA when available (``device="auto"``) and ends on the CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from ..gradients import energy_forces_stress
 from ..systems import _as_frames, as_batch
 from ._base import PotentialBase
 from ._data import read_targets, species_of, structure_weights
+from ._pair_density import Augmented, PairDensity, pair_from_state, pair_state
 from ._readout import Readout, concat_targets, learnable_copy
 from .baseline import ElementBaseline
 
@@ -48,13 +61,37 @@ class LearnedPotential(PotentialBase):
         MLP hidden layer widths; ``()`` gives a linear readout.
     activation : {"silu", "tanh", "relu"}
         MLP non-linearity.
+    element_features : int
+        Size of a learned embedding of the centre element that makes the
+        readout element dependent (linear part and MLP input); 0: none.
+    pair_channels : int
+        Channels ``P`` of learned pair densities appended to the features
+        (0: none); see :mod:`tradens.models._pair_density`.
+    pair_basis : int
+        Gaussians of the pair densities' radial grid.
+    pair_cutoff : float or None
+        Cutoff of the pair densities, Å (default: the representation's).
+    pair_r_min : float
+        First grid point of the pair densities, Å.
+    scale_features : bool
+        Divide every feature by its RMS over the training atoms (computed
+        once, on the initial embedding); advisable for unnormalised features.
+    train_reference : bool
+        Train the per-element reference energies with the rest (they start
+        at the composition fit).
     energy_weight, forces_weight, stress_weight : float
-        Loss weights of the mean squared errors of E/N (eV/atom), force
-        components (eV/Å) and stress components (eV/Å^3).
+        Loss weights of the errors of E/N (eV/atom), force components (eV/Å)
+        and stress components (eV/Å^3).
+    forces_loss : {"mse", "huber"}
+        Squared force errors, or a Huber loss that is quadratic up to
+        ``forces_delta`` and linear beyond (scaled to equal the squared
+        error below ``forces_delta``).
+    forces_delta : float
+        Huber threshold, eV/Å.
     learning_rate : float
         Adam learning rate of the readout.
     embedding_learning_rate : float or None
-        Adam learning rate of the embedding (default: ``learning_rate``).
+        Adam learning rate of the embedding(s) (default: ``learning_rate``).
     weight_decay : float
         L2 penalty on all trained parameters.
     ridge_alpha : float or None
@@ -69,6 +106,9 @@ class LearnedPotential(PotentialBase):
     validation_fraction : float
         Share of the training structures held out for early stopping (when
         ``fit`` gets no explicit validation set).
+    ema : float
+        Decay of an exponential moving average of the parameters per step
+        (e.g. 0.99); 0 disables it.
     config_weights, config_key, energy_key, forces_key, stress_key
         As :class:`~tradens.models.LinearPotential`.
     device : {"auto", "cpu", "cuda"}
@@ -81,11 +121,12 @@ class LearnedPotential(PotentialBase):
     Attributes
     ----------
     representation_ : torch.nn.Module
-        The representation with the learned embedding.
+        The representation with the learned embedding (with pair densities:
+        an ``Augmented`` wrapper whose ``inner`` is the SOAP/ACE).
     readout_ : Readout
         The trained readout.
     baseline_ : ElementBaseline
-        Reference energies (fitted first, fixed).
+        Reference energies (the composition fit, or the trained values).
     history_ : list of dict
         Per epoch: ``train_loss``, ``val_loss``, ``val_energy_rmse`` (eV/atom),
         ``val_forces_rmse`` (eV/Å), ``learning_rate``.
@@ -99,17 +140,27 @@ class LearnedPotential(PotentialBase):
         *,
         hidden=(),
         activation: str = "silu",
+        element_features: int = 0,
+        pair_channels: int = 0,
+        pair_basis: int = 12,
+        pair_cutoff=None,
+        pair_r_min: float = 1.5,
+        scale_features: bool = False,
+        train_reference: bool = False,
         energy_weight: float = 1.0,
         forces_weight: float = 0.1,
         stress_weight: float = 0.0,
+        forces_loss: str = "mse",
+        forces_delta: float = 2.0,
         learning_rate: float = 5e-3,
         embedding_learning_rate=None,
         weight_decay: float = 0.0,
-        ridge_alpha: float = 1e-4,
+        ridge_alpha: float | None = 1e-4,
         max_epochs: int = 200,
         patience: int = 30,
         batch_size: int = 8,
         validation_fraction: float = 0.1,
+        ema: float = 0.0,
         config_weights=None,
         config_key: str = "config_type",
         energy_key: str = "energy",
@@ -122,9 +173,18 @@ class LearnedPotential(PotentialBase):
         self.representation = representation
         self.hidden = hidden
         self.activation = activation
+        self.element_features = element_features
+        self.pair_channels = pair_channels
+        self.pair_basis = pair_basis
+        self.pair_cutoff = pair_cutoff
+        self.pair_r_min = pair_r_min
+        self.scale_features = scale_features
+        self.train_reference = train_reference
         self.energy_weight = energy_weight
         self.forces_weight = forces_weight
         self.stress_weight = stress_weight
+        self.forces_loss = forces_loss
+        self.forces_delta = forces_delta
         self.learning_rate = learning_rate
         self.embedding_learning_rate = embedding_learning_rate
         self.weight_decay = weight_decay
@@ -133,6 +193,7 @@ class LearnedPotential(PotentialBase):
         self.patience = patience
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction
+        self.ema = ema
         self.config_weights = config_weights
         self.config_key = config_key
         self.energy_key = energy_key
@@ -150,9 +211,20 @@ class LearnedPotential(PotentialBase):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         return torch.device(self.device)
 
+    def _species_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Row of every atomic number in ``species_`` (``len(species_)`` if unknown) ``[row]``."""
+        species = torch.as_tensor(self.species_, device=numbers.device)  # [S]
+        match = numbers[:, None] == species[None, :]  # [row, S]
+        found = match.any(1)
+        return torch.where(found, match.to(torch.long).argmax(1), len(self.species_))
+
     def _atom_energy(self, values: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        index = self._species_index(numbers)
+        energy = self.readout_(values, index)  # [row]
+        if self.readout_.reference is not None:
+            return energy
         reference = self.baseline_.atom_energies(numbers.cpu(), values.dtype).to(values.device)
-        return self.readout_(values) + reference
+        return energy + reference
 
     def _split(self, frames, validation):
         if validation is not None:
@@ -171,6 +243,14 @@ class LearnedPotential(PotentialBase):
             frames[i] for i in sorted(order[:n_val])
         ]
 
+    def _force_penalty(self, error: torch.Tensor) -> torch.Tensor:
+        """Per-component force loss ``[n]`` (eV^2/Å^2): squared error or scaled Huber."""
+        if self.forces_loss == "mse":
+            return error**2
+        return 2.0 * torch.nn.functional.huber_loss(
+            error, torch.zeros_like(error), reduction="none", delta=float(self.forces_delta)
+        )
+
     def _loss(self, frames, targets, weights, device, create_graph: bool):
         """Weighted loss of a list of structures and its parts (energy, forces, stress MSE)."""
         batch = as_batch(frames, device=device)
@@ -183,39 +263,40 @@ class LearnedPotential(PotentialBase):
                 output="torch",
                 create_graph=create_graph,
             )
-            energy = out.energy
+            energy = out.energy  # [structure]
         else:
             values, rows = self.representation_(batch)
             per_row = self._atom_energy(values, batch.numbers[rows])
             energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=device)
             energy = energy.index_add(0, batch.structure[rows], per_row)
-        w = torch.as_tensor(weights, device=device)
+        w = torch.as_tensor(weights, device=device)  # [structure]
         n_atoms = torch.as_tensor(targets.n_atoms, dtype=energy.dtype, device=device)
         label = torch.as_tensor(targets.energy, device=device)
         ok = torch.isfinite(label)
         parts = {}
         loss = torch.zeros((), dtype=energy.dtype, device=device)
         if bool(ok.any()):
-            error = ((energy - label.nan_to_num()) / n_atoms)[ok]
+            error = ((energy - label.nan_to_num()) / n_atoms)[ok]  # eV/atom
             parts["energy"] = (w[ok] * error**2).sum() / w[ok].sum()
             loss = loss + self.energy_weight**2 * parts["energy"]
         if self.forces_weight > 0:
-            label = torch.as_tensor(targets.forces, device=device)
+            label = torch.as_tensor(targets.forces, device=device)  # [atom, 3]
             atom_w = w[batch.structure][:, None].expand_as(label)
             ok = torch.isfinite(label)
             if bool(ok.any()):
-                error = (out.forces - label.nan_to_num())[ok]
-                parts["forces"] = (atom_w[ok] * error**2).sum() / atom_w[ok].sum()
-                loss = loss + self.forces_weight**2 * parts["forces"]
+                error = (out.forces - label.nan_to_num())[ok]  # eV/Å
+                norm = atom_w[ok].sum()
+                parts["forces"] = (atom_w[ok] * error**2).sum() / norm
+                penalty = (atom_w[ok] * self._force_penalty(error)).sum() / norm
+                loss = loss + self.forces_weight**2 * penalty
         if self.stress_weight > 0:
-            label = torch.as_tensor(targets.stress, device=device)
+            label = torch.as_tensor(targets.stress, device=device)  # [structure, 6]
             stress = out.stress[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
             ok = torch.isfinite(label) & torch.isfinite(stress)
             if bool(ok.any()):
                 error = (stress - label.nan_to_num())[ok]
-                parts["stress"] = (w[:, None].expand_as(label)[ok] * error**2).sum() / w[
-                    :, None
-                ].expand_as(label)[ok].sum()
+                weight = w[:, None].expand_as(label)[ok]
+                parts["stress"] = (weight * error**2).sum() / weight.sum()
                 loss = loss + self.stress_weight**2 * parts["stress"]
         return loss, parts
 
@@ -233,21 +314,70 @@ class LearnedPotential(PotentialBase):
         rmse = {key: math.sqrt(sums[key] / counts[key]) for key in sums}
         return total / n, rmse
 
-    # ------------------------------------------------------------------ fitting
-    def fit(self, frames, validation=None, sample_weight=None):
-        """Train on ``frames``, early stopping on ``validation`` (or a held-out share)."""
+    def _check_params(self) -> None:
         for name in (
             "energy_weight",
             "forces_weight",
             "stress_weight",
             "learning_rate",
             "weight_decay",
+            "forces_delta",
+            "ema",
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not isinstance(self.max_epochs, int) or self.max_epochs < 1:
             raise ValueError(f"max_epochs must be a positive integer, got {self.max_epochs!r}")
+        if self.forces_loss not in ("mse", "huber"):
+            raise ValueError(f"forces_loss must be 'mse' or 'huber', got {self.forces_loss!r}")
+        if self.forces_loss == "huber" and self.forces_delta <= 0:
+            raise ValueError(f"forces_delta must be > 0, got {self.forces_delta!r}")
+        if not self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema!r}")
+        for name in ("element_features", "pair_channels", "pair_basis"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+    def _build_representation(self, species):
+        """The trainable copy of the representation, with pair densities if asked for."""
+        representation = learnable_copy(self.representation)
+        if not self.pair_channels:
+            return representation
+        cutoff = self.pair_cutoff
+        if cutoff is None:
+            cutoff = float(representation.hypers.cutoff.radius)
+        pair = PairDensity(
+            species,
+            channels=self.pair_channels,
+            n_basis=max(self.pair_basis, 1),
+            cutoff=float(cutoff),
+            r_min=self.pair_r_min,
+            seed=self.seed + 1,
+        )
+        return Augmented(representation, pair)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, frames, validation=None, sample_weight=None):
+        """Train on ``frames``, early stopping on ``validation`` (or a held-out share).
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            Training structures with energies (eV) and forces (eV/Å).
+        validation : list of ase.Atoms, optional
+            Structures for early stopping and model selection (default: a
+            seeded ``validation_fraction`` of ``frames``).
+        sample_weight : array_like, optional
+            ``[structure]`` weights of ``frames``.
+
+        Returns
+        -------
+        LearnedPotential
+            ``self``.
+        """
+        self._check_params()
         learnable_copy(self.representation)  # fails early without an embedding
         frames = _as_frames(frames)
         weights_all = structure_weights(frames, sample_weight, self.config_weights, self.config_key)
@@ -263,7 +393,7 @@ class LearnedPotential(PotentialBase):
             train, train_w
         )
         device = self._torch_device()
-        self.representation_ = learnable_copy(self.representation).to(device)
+        self.representation_ = self._build_representation(species).to(device)
         self.readout_ = self._initial_readout(train, train_w).to(device)
         keys = dict(
             energy_key=self.energy_key, forces_key=self.forces_key, stress_key=self.stress_key
@@ -287,6 +417,8 @@ class LearnedPotential(PotentialBase):
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimiser, factor=0.5, patience=max(1, self.patience // 3)
         )
+        params = list(self.readout_.parameters()) + list(self.representation_.parameters())
+        average = [p.detach().clone() for p in params] if self.ema > 0 else None
         best = (math.inf, None, 0)
         self.history_ = []
         for epoch in range(self.max_epochs):
@@ -305,8 +437,18 @@ class LearnedPotential(PotentialBase):
                 )
                 loss.backward()
                 optimiser.step()
+                if average is not None:
+                    with torch.no_grad():
+                        for mean, p in zip(average, params, strict=True):
+                            mean.lerp_(p.detach(), 1.0 - self.ema)
                 running += float(loss.detach()) * len(chunk)
+            if average is not None:
+                current = _swap(params, average)  # evaluate (and keep) the averaged parameters
             val_loss, val_rmse = self._evaluate(val_chunks, val_targets, val_weights, device)
+            if val_loss < best[0]:
+                best = (val_loss, self._snapshot(), epoch)
+            if average is not None:
+                _swap(params, current)
             scheduler.step(val_loss)
             record = {
                 "epoch": epoch,
@@ -322,16 +464,19 @@ class LearnedPotential(PotentialBase):
                     " ".join(
                         f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in record.items()
-                    )
+                    ),
+                    flush=True,
                 )
-            if val_loss < best[0]:
-                best = (val_loss, self._snapshot(), epoch)
-            elif epoch - best[2] >= self.patience:
+            if epoch - best[2] >= self.patience:
                 break
         self._restore(best[1])
         self.best_epoch_ = best[2]
         self.representation_ = self.representation_.to("cpu")
         self.readout_ = self.readout_.to("cpu")
+        if self.readout_.reference is not None:
+            self.baseline_.set_reference(
+                species, self.readout_.reference.detach().cpu().numpy().copy()
+            )
         return self
 
     def _initial_readout(self, train, weights) -> Readout:
@@ -339,11 +484,26 @@ class LearnedPotential(PotentialBase):
         from .linear import LinearPotential
 
         n_features = int(self.representation_.n_features)
-        readout = Readout(n_features, tuple(self.hidden), self.activation)
+        readout = Readout(
+            n_features,
+            tuple(self.hidden),
+            self.activation,
+            n_species=len(self.species_),
+            element_features=self.element_features,
+            reference=self.baseline_.reference_energies_ if self.train_reference else None,
+            seed=self.seed,
+        )
+        if self.scale_features:
+            readout.set_feature_scale(self._training_features(train))
         if self.ridge_alpha is None:
             with torch.no_grad():
                 readout.linear.weight.zero_()
             return readout
+        if self.pair_channels or self.scale_features:
+            raise ValueError(
+                "ridge_alpha (ridge start) works without pair densities and feature scaling; "
+                "use ridge_alpha=None"
+            )
         ridge = LinearPotential(
             self.representation_.to("cpu"),
             alphas=(self.ridge_alpha,),
@@ -357,6 +517,16 @@ class LearnedPotential(PotentialBase):
             readout.linear.weight.copy_(torch.as_tensor(ridge.weights_)[None, :])
         # the ridge's baseline and the kept baseline both come from the same composition fit
         return readout
+
+    def _training_features(self, train) -> torch.Tensor:
+        """Initial features of all training atoms ``[row, F]`` (no graph)."""
+        device = next(iter(self.representation_.parameters())).device
+        out = []
+        with torch.no_grad():
+            for k in range(0, len(train), 16):
+                values, _ = self.representation_(as_batch(train[k : k + 16], device=device))
+                out.append(values)
+        return torch.cat(out)
 
     def _snapshot(self):
         return (
@@ -374,7 +544,11 @@ class LearnedPotential(PotentialBase):
     def _get_state(self):
         from .io import representation_state
 
-        rep_meta, arrays = representation_state(self.representation_)
+        inner = self.representation_
+        pair = None
+        if isinstance(inner, Augmented):
+            inner, pair = inner.inner, inner.pair
+        rep_meta, arrays = representation_state(inner)
         arrays.update(
             {
                 f"readout/{k}": v.detach().cpu().numpy()
@@ -388,6 +562,9 @@ class LearnedPotential(PotentialBase):
             "best_epoch": self.best_epoch_,
             "history": self.history_,
         }
+        if pair is not None:
+            fitted["pair"], pair_arrays = pair_state(pair)
+            arrays.update(pair_arrays)
         return {"representation": rep_meta, "params": params, "fitted": fitted}, arrays
 
     @classmethod
@@ -403,16 +580,35 @@ class LearnedPotential(PotentialBase):
         model.baseline_ = ElementBaseline(species=species).set_reference(
             species, arrays["reference_energies"]
         )
+        if meta["fitted"].get("pair") is not None:
+            representation = Augmented(representation, pair_from_state(meta["fitted"]["pair"], arrays))
         model.representation_ = representation
-        readout = Readout(int(representation.n_features), model.hidden, model.activation)
-        readout.load_state_dict(
-            {
-                k[len("readout/") :]: torch.as_tensor(v)
-                for k, v in arrays.items()
-                if k.startswith("readout/")
-            }
+        readout = Readout(
+            int(representation.n_features),
+            model.hidden,
+            model.activation,
+            n_species=len(species),
+            element_features=model.element_features,
+            reference=np.asarray(arrays["reference_energies"]) if model.train_reference else None,
         )
+        state = {
+            k[len("readout/") :]: torch.as_tensor(v)
+            for k, v in arrays.items()
+            if k.startswith("readout/")
+        }
+        missing, unexpected = readout.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"inv_scale", "scaled"}:  # files before feature scaling
+            raise ValueError(f"readout state does not match: missing {missing}, unexpected {unexpected}")
         model.readout_ = readout
         model.best_epoch_ = meta["fitted"]["best_epoch"]
         model.history_ = meta["fitted"]["history"]
         return model
+
+
+def _swap(params, values):
+    """Copy ``values`` into ``params`` in place and return the previous values."""
+    previous = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+    return previous

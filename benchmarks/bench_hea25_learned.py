@@ -1,0 +1,247 @@
+"""HEA25: k-fold cross-validation of the per-element baseline against LearnedPotential.
+
+Folds are over structures (seeded permutation, the same folds for both
+models). Inside every training fold the learned model holds out its own
+validation share for early stopping and model selection; the test fold is
+only used for the reported errors. Prints, per fold and as the RMS over all
+test structures / atoms, the energy RMSE (meV/atom), the force RMSE (meV/Å;
+all atoms, without class 4, per class) and the CPU time of each fit (one
+thread, ``time.process_time``).
+
+Examples
+--------
+Full 5-fold run (about 5 CPU minutes per fold)::
+
+    python benchmarks/bench_hea25_learned.py --folds 5
+
+Quick check on one fold with a short budget::
+
+    python benchmarks/bench_hea25_learned.py --only-folds 0 --max-epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import torch
+
+from tradens.models import ElementBaseline, LearnedPotential
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hea25" / "hea25_dev.xyz"
+
+
+def species(frames) -> list[int]:
+    return sorted({int(z) for f in frames for z in f.numbers})
+
+
+def make_representation(name: str, all_species, args):
+    """The representation of a named configuration (embedding learned by the model)."""
+    from tradens import ACE, SOAP
+
+    if name == "ace":
+        return ACE(
+            cutoff={"radius": args.cutoff, "width": 1.0},
+            species=all_species,
+            nu_max=3,
+            l_max=(0, args.l_max, min(args.l_max, 2)),
+            channels=args.channels,
+            radial={"kind": "gto", "n_max": args.n_max},
+            density={"sigma": 0.5, "center_weight": 0.0},
+            normalize=False,
+            seed=args.seed,
+        )
+    if name == "soap":
+        return SOAP(
+            cutoff={"radius": args.cutoff, "width": 1.0},
+            l_max=args.l_max,
+            radial={"kind": "gto", "n_max": args.n_max},
+            species=all_species,
+            mixing={"channels": args.channels, "seed": args.seed},
+            normalize=False,
+        )
+    raise ValueError(f"unknown representation {name!r}")
+
+
+def model_options(args) -> dict:
+    return dict(
+        hidden=tuple(args.hidden),
+        element_features=args.element_features,
+        pair_channels=args.pair_channels,
+        pair_basis=args.pair_basis,
+        pair_cutoff=args.pair_cutoff,
+        pair_r_min=args.pair_r_min,
+        scale_features=not args.no_scale_features,
+        train_reference=not args.fixed_reference,
+        energy_weight=args.energy_weight,
+        forces_weight=args.forces_weight,
+        stress_weight=args.stress_weight,
+        forces_loss=args.forces_loss,
+        forces_delta=args.forces_delta,
+        learning_rate=args.learning_rate,
+        embedding_learning_rate=args.embedding_learning_rate,
+        weight_decay=args.weight_decay,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        validation_fraction=args.validation_fraction,
+        ema=args.ema,
+        ridge_alpha=None,
+        device="cpu",
+        seed=args.seed,
+        verbose=args.verbose,
+    )
+
+
+def force_errors(predicted, frames) -> dict:
+    """Squared force errors summed per class (``"all"``, ``"no4"``, ``"c2"`` ...) and counts."""
+    out: dict[str, list[float]] = {}
+    offset = 0
+    for frame in frames:
+        n = len(frame)
+        error = predicted[offset : offset + n] - frame.get_forces()
+        offset += n
+        cls = frame.info.get("class", "none")
+        for key in ("all", f"c{cls}") + (() if cls == 4 else ("no4",)):
+            total = out.setdefault(key, [0.0, 0])
+            total[0] += float((error**2).sum())
+            total[1] += error.size
+    return out
+
+
+def merge(a: dict, b: dict) -> dict:
+    for key, (s, n) in b.items():
+        total = a.setdefault(key, [0.0, 0])
+        total[0] += s
+        total[1] += n
+    return a
+
+
+def rms(total) -> float:
+    return math.sqrt(total[0] / total[1]) if total[1] else math.nan
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--only-folds", type=int, nargs="*", default=None)
+    parser.add_argument("--fold-seed", type=int, default=0)
+    parser.add_argument("--representation", choices=("ace", "soap"), default="ace")
+    parser.add_argument("--cutoff", type=float, default=5.0)
+    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--n-max", type=int, default=6)
+    parser.add_argument("--l-max", type=int, default=3)
+    parser.add_argument("--hidden", type=int, nargs="*", default=[32])
+    parser.add_argument("--element-features", type=int, default=4)
+    parser.add_argument("--pair-channels", type=int, default=0)
+    parser.add_argument("--pair-basis", type=int, default=12)
+    parser.add_argument("--pair-cutoff", type=float, default=None)
+    parser.add_argument("--pair-r-min", type=float, default=1.5)
+    parser.add_argument("--no-scale-features", action="store_true")
+    parser.add_argument("--fixed-reference", action="store_true")
+    parser.add_argument("--validate-only", action="store_true",
+                        help="fit the learned model only and print its internal validation errors "
+                             "(for choosing options without looking at the test folds)")
+    parser.add_argument("--energy-weight", type=float, default=1.0)
+    parser.add_argument("--forces-weight", type=float, default=0.3)
+    parser.add_argument("--stress-weight", type=float, default=0.0)
+    parser.add_argument("--forces-loss", choices=("mse", "huber"), default="huber")
+    parser.add_argument("--forces-delta", type=float, default=2.0)
+    parser.add_argument("--learning-rate", type=float, default=5e-3)
+    parser.add_argument("--embedding-learning-rate", type=float, default=None)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--max-epochs", type=int, default=150)
+    parser.add_argument("--patience", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--validation-fraction", type=float, default=0.15)
+    parser.add_argument("--ema", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    frames = ase.io.read(args.data, index=":")
+    all_species = species(frames)
+    order = np.random.default_rng(args.fold_seed).permutation(len(frames))
+    fold_of = np.empty(len(frames), dtype=int)
+    fold_of[order] = np.arange(len(frames)) % args.folds
+    folds = range(args.folds) if args.only_folds is None else args.only_folds
+    print(f"HEA25: {len(frames)} structures, {sum(map(len, frames))} atoms, "
+          f"{len(all_species)} elements; {args.folds}-fold CV (seed {args.fold_seed})")
+    print("options:", json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}))
+    totals = {"baseline": {"energy": [0.0, 0], "forces": {}}, "learned": {"energy": [0.0, 0], "forces": {}}}
+    rows = []
+    header = (f"{'fold':>4} {'model':>8} {'E meV/at':>9} {'F meV/A':>8} {'F no c4':>8} "
+              f"{'F c2':>7} {'F c3':>7} {'F c4':>7} {'CPU s':>7} {'epoch':>5}")
+    print(header)
+    for fold in folds:
+        train = [f for f, k in zip(frames, fold_of, strict=True) if k != fold]
+        test = [f for f, k in zip(frames, fold_of, strict=True) if k == fold]
+        n_atoms = np.array([len(f) for f in test])
+        energy = np.array([f.get_potential_energy() for f in test])
+        fits = {}
+        if args.validate_only:
+            rep = make_representation(args.representation, all_species, args)
+            start = time.process_time()
+            model = LearnedPotential(rep, **model_options(args)).fit(train)
+            best = model.history_[model.best_epoch_]
+            print(f"fold {fold}: validation E {1e3 * best['val_energy_rmse']:.1f} meV/atom, "
+                  f"F {1e3 * best['val_forces_rmse']:.0f} meV/A at epoch {model.best_epoch_} "
+                  f"of {len(model.history_)}; CPU {time.process_time() - start:.1f} s", flush=True)
+            continue
+        start = time.process_time()
+        fits["baseline"] = ElementBaseline(species=all_species).fit(train)
+        cpu = {"baseline": time.process_time() - start}
+        rep = make_representation(args.representation, all_species, args)
+        start = time.process_time()
+        fits["learned"] = LearnedPotential(rep, **model_options(args)).fit(train)
+        cpu["learned"] = time.process_time() - start
+        for name, model in fits.items():
+            if name == "baseline":
+                predicted = {"energy": model.predict_energy(test),
+                             "forces": np.zeros((int(n_atoms.sum()), 3))}
+            else:
+                predicted = model.predict(test, stress=False)
+            e_err = (predicted["energy"] - energy) / n_atoms
+            f_err = force_errors(predicted["forces"], test)
+            totals[name]["energy"][0] += float((e_err**2).sum())
+            totals[name]["energy"][1] += e_err.size
+            merge(totals[name]["forces"], f_err)
+            row = {
+                "fold": fold, "model": name, "energy": 1e3 * math.sqrt(np.mean(e_err**2)),
+                **{f"forces_{k}": 1e3 * rms(v) for k, v in f_err.items()},
+                "cpu_s": cpu[name], "best_epoch": getattr(model, "best_epoch_", -1),
+            }
+            rows.append(row)
+            print(f"{fold:>4} {name:>8} {row['energy']:9.1f} {row['forces_all']:8.0f} "
+                  f"{row.get('forces_no4', math.nan):8.0f} {row.get('forces_c2', math.nan):7.0f} "
+                  f"{row.get('forces_c3', math.nan):7.0f} {row.get('forces_c4', math.nan):7.0f} "
+                  f"{row['cpu_s']:7.1f} {row['best_epoch']:5d}", flush=True)
+    if args.validate_only:
+        return
+    print("RMS over all test structures / atoms of the folds run:")
+    summary = {}
+    for name, total in totals.items():
+        f = total["forces"]
+        summary[name] = {"energy": 1e3 * rms(total["energy"]),
+                         **{f"forces_{k}": 1e3 * rms(v) for k, v in f.items()}}
+        mean_cpu = np.mean([r["cpu_s"] for r in rows if r["model"] == name])
+        print(f"{'all':>4} {name:>8} {summary[name]['energy']:9.1f} {summary[name]['forces_all']:8.0f} "
+              f"{summary[name].get('forces_no4', math.nan):8.0f} {summary[name].get('forces_c2', math.nan):7.0f} "
+              f"{summary[name].get('forces_c3', math.nan):7.0f} {summary[name].get('forces_c4', math.nan):7.0f} "
+              f"{mean_cpu:7.1f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"options": {k: str(v) for k, v in vars(args).items()},
+                                         "rows": rows, "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
