@@ -68,6 +68,17 @@ def test_unknown_element_is_an_error_or_skipped():
     np.testing.assert_allclose(skipped[0], alone[0], atol=1e-15)  # Fe is invisible to Ni
 
 
+def test_unknown_element_in_ace_names_it_and_offers_no_missing_option():
+    from tradens.expansion import UnknownSpeciesError
+
+    atoms = ase.Atoms("NiFe", positions=[[0, 0, 0], [1.5, 0, 0]])
+    ace = tradens.ACE(cutoff=4.0, species=[28, 29], nu_max=3, l_max=(0, 2, 1), channels=2,
+                      radial={"n_max": 2})
+    with pytest.raises(UnknownSpeciesError, match=r"\[26\] not in species \[28, 29\]") as info:
+        ace.compute(atoms)
+    assert info.value.missing == [26] and "unknown_species" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     "frame, message",
     [

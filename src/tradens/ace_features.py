@@ -164,7 +164,7 @@ class ACE(torch.nn.Module):
         S, N = len(h.species), h.radial.n_max
         self.radial_basis = make_radial_basis(h.radial.kind, n_max=N, l_max=max(h.l_max), cutoff=h.cutoff.radius,
                                               sigma=h.density.sigma, error_exponent=h.radial.error_exponent)
-        self.species_map = SpeciesMap(h.species, "error")
+        self.species_map = SpeciesMap(h.species, "error", remedy="add them to the species list")
         self.center_all_species = bool(h.density.center_all_species)
         # one embedding shared by all orders, or one per order
         if isinstance(h.channels, tuple):

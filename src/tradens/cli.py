@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._cli_common import CLIError
+from .expansion import UnknownSpeciesError
 
 __all__ = ["main", "register_subcommand", "subcommands", "CLIError", "EXTENSION_MODULES"]
 
@@ -221,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as error:
         print(f"tradens: error: {error}", file=sys.stderr)
         return 2
+    except UnknownSpeciesError as error:  # the library's advice, in command-line terms
+        if show_traceback:
+            raise
+        print(f"tradens: error: element(s) with atomic number {error.missing} not in the species "
+              f"list {error.species}; add them with --species or pass --unknown-species skip",
+              file=sys.stderr)
+        return 1
     except (CLIError, ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError) as error:
         if isinstance(error, BrokenPipeError):  # e.g. `tradens info | head`
             return 1

@@ -26,9 +26,26 @@ from .neighbors import Pairs
 from .radial import cosine_cutoff
 from .systems import Batch
 
-__all__ = ["SpeciesMap", "expand_density"]
+__all__ = ["SpeciesMap", "UnknownSpeciesError", "expand_density"]
 
 _UNMIXED_PER_PAIR = 32  # largest S*N computed per pair without mixing
+
+
+class UnknownSpeciesError(ValueError):
+    """An atom's element is not in the species list.
+
+    Attributes
+    ----------
+    missing : list of int
+        The atomic numbers not in the list.
+    species : list of int
+        The species list.
+    """
+
+    def __init__(self, missing, species, remedy: str):
+        self.missing, self.species = list(missing), list(species)
+        super().__init__(f"element(s) with atomic number {self.missing} not in species "
+                         f"{self.species}; {remedy}")
 
 
 class SpeciesMap:
@@ -40,16 +57,20 @@ class SpeciesMap:
         Atomic numbers in channel order. ``None`` is the wildcard: every atom is
         the single species 0 (GAP ``species_Z=0``).
     unknown : {"error", "skip"}
-        What to do with atoms whose element is not in ``species``: raise a
-        ``ValueError`` naming it, or ignore them as neighbours (GAP's behaviour;
-        they are still centres, without a centre term).
+        What to do with atoms whose element is not in ``species``: raise an
+        :class:`UnknownSpeciesError` (a ``ValueError``) naming it, or ignore
+        them as neighbours (GAP's behaviour; they are still centres, without a
+        centre term).
+    remedy : str
+        The advice that ends the error message.
     """
 
-    def __init__(self, species, unknown: str = "error"):
+    def __init__(self, species, unknown: str = "error",
+                 remedy: str = "add them to the species list or pass unknown_species='skip'"):
         if unknown not in ("error", "skip"):
             raise ValueError(f"unknown_species must be 'error' or 'skip', got {unknown!r}")
         self.species = None if species is None else tuple(int(z) for z in species)
-        self.unknown = unknown
+        self.unknown, self.remedy = unknown, remedy
         if self.species is not None:
             if len(set(self.species)) != len(self.species):
                 raise ValueError(f"species contains duplicates: {list(self.species)}")
@@ -72,10 +93,7 @@ class SpeciesMap:
         index = torch.where(numbers < table.shape[0], table[clipped], torch.full_like(numbers, -1))
         if self.unknown == "error" and bool((index < 0).any()):
             missing = sorted({int(z) for z in numbers[index < 0].cpu().tolist()})
-            raise ValueError(
-                f"element(s) with atomic number {missing} not in species {list(self.species)}; "
-                "add them to the species list or pass unknown_species='skip'"
-            )
+            raise UnknownSpeciesError(missing, self.species, self.remedy)
         return index
 
 
