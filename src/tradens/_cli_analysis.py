@@ -10,8 +10,10 @@ import numpy as np
 from ._cli_common import (
     CLIError,
     add_compute_arguments,
+    add_feature_file_argument,
     add_hyper_arguments,
     add_input_arguments,
+    add_level_arguments,
     build_calculator,
     compute,
     describe,
@@ -48,13 +50,7 @@ def add_imbalance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--a", required=True, metavar="SPEC", help="first representation")
     parser.add_argument("--b", required=True, metavar="SPEC", help="second representation")
     parser.add_argument("--k", type=int, default=1, help="nearest neighbours (default 1)")
-    parser.add_argument(
-        "--level",
-        choices=["atom", "structure"],
-        default="atom",
-        help="one point per atom (default) or per pooled structure",
-    )
-    parser.add_argument("--pool", choices=["mean", "sum"], default="mean", help="pooling of atoms")
+    add_level_arguments(parser, default="atom", points="one point")
     parser.add_argument(
         "--max-points",
         type=int,
@@ -184,20 +180,12 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-o", "--output", required=True, help="extxyz file of the selection")
     parser.add_argument("--method", choices=["fps", "cur"], default="fps", help="selection method")
-    parser.add_argument(
-        "--level",
-        choices=["structure", "atom"],
-        default="structure",
-        help="select structures (pooled features, default) or atoms",
-    )
-    parser.add_argument("--pool", choices=["mean", "sum"], default="mean", help="pooling of atoms")
+    add_level_arguments(parser, default="structure", points="what is selected")
     parser.add_argument(
         "--initial", default="0", help="FPS start: an index, 'random' or 'farthest'"
     )
     parser.add_argument("--indices", help="also write the selected indices to this JSON file")
-    parser.add_argument(
-        "--features", help="precomputed feature file (.npz/.h5) instead of computing"
-    )
+    add_feature_file_argument(parser)
     add_hyper_arguments(parser)
     add_compute_arguments(parser)
 

@@ -14,8 +14,10 @@ import tradens
 from ._cli_common import (
     CLIError,
     add_compute_arguments,
+    add_feature_file_argument,
     add_hyper_arguments,
     add_input_arguments,
+    add_level_arguments,
     build_calculator,
     compute,
     describe,
@@ -201,13 +203,7 @@ def add_map_arguments(parser: argparse.ArgumentParser) -> None:
         "--chemiscope", help="chemiscope file (.json or .json.gz; default: PNG name with .json.gz)"
     )
     parser.add_argument("--no-chemiscope", action="store_true", help="write only the PNG")
-    parser.add_argument(
-        "--level",
-        choices=["structure", "atom"],
-        default="structure",
-        help="one point per structure (pooled, default) or per atom",
-    )
-    parser.add_argument("--pool", choices=["mean", "sum"], default="mean", help="pooling of atoms")
+    add_level_arguments(parser, default="structure", points="one point")
     parser.add_argument("--method", choices=["pca", "kpca"], default="pca", help="projection")
     parser.add_argument(
         "--kernel",
@@ -217,9 +213,7 @@ def add_map_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--degree", type=int, default=2, help="polynomial kernel exponent (zeta)")
     parser.add_argument("--color", help="property colouring the map (see below)")
-    parser.add_argument(
-        "--features", help="precomputed feature file (.npz/.h5) instead of computing"
-    )
+    add_feature_file_argument(parser)
     add_hyper_arguments(parser)
     add_compute_arguments(parser)
 

@@ -306,6 +306,26 @@ def describe(hypers) -> str:
 
 
 # --------------------------------------------------------------------------- features
+def add_level_arguments(parser: argparse.ArgumentParser, *, default: str, points: str) -> None:
+    """``--level {atom,structure}`` (``points``: what one point is) and ``--pool {mean,sum}``."""
+    other = "structure" if default == "atom" else "atom"
+    names = {"atom": "atom", "structure": "structure (pooled atoms)"}
+    parser.add_argument(
+        "--level",
+        choices=[default, other],
+        default=default,
+        help=f"{points}: per {names[default]} (default) or per {names[other]}",
+    )
+    parser.add_argument("--pool", choices=["mean", "sum"], default="mean", help="pooling of atoms")
+
+
+def add_feature_file_argument(parser: argparse.ArgumentParser) -> None:
+    """``--features FILE``: precomputed features instead of computing them."""
+    parser.add_argument(
+        "--features", help="precomputed feature file (.npz/.h5) instead of computing"
+    )
+
+
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     """dtype, batch size and progress options."""
     parser.add_argument(
