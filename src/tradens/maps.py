@@ -72,6 +72,14 @@ def _matrix(x, name: str = "X") -> np.ndarray:
     return x
 
 
+def _fitted_input(X, n_features: int, model: str) -> np.ndarray:
+    """:func:`_matrix` of ``X`` with the feature count of the fitted ``model`` checked."""
+    x = _matrix(X)
+    if x.shape[1] != n_features:
+        raise ValueError(f"X has {x.shape[1]} features, the {model} was fitted on {n_features}")
+    return x
+
+
 def _fix_signs(vectors: np.ndarray) -> np.ndarray:
     """Flip columns so that each one's largest-magnitude entry is positive."""
     index = np.argmax(np.abs(vectors), axis=0)
@@ -145,11 +153,7 @@ class PCA:
 
     def transform(self, X) -> np.ndarray:
         """Coordinates ``[point, component]`` of ``X [point, feature]``."""
-        x = _matrix(X)
-        if x.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {x.shape[1]} features, the PCA was fitted on {self.n_features_in_}"
-            )
+        x = _fitted_input(X, self.n_features_in_, "PCA")
         return (x - self.mean_) @ self.components_.T
 
     def fit_transform(self, X, y=None) -> np.ndarray:
@@ -274,11 +278,7 @@ class KernelPCA:
 
     def transform(self, X) -> np.ndarray:
         """Coordinates ``[point, component]`` of ``X [point, feature]``."""
-        x = _matrix(X)
-        if x.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {x.shape[1]} features, the kernel PCA was fitted on {self.n_features_in_}"
-            )
+        x = _fitted_input(X, self.n_features_in_, "kernel PCA")
         kernel = self._kernel(x, self.X_fit_)  # [point, landmark]
         centered = (
             kernel
