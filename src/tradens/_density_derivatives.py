@@ -11,12 +11,14 @@ These are the inputs of the analytic SOAP Jacobians in
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
 from .radial import GaussianGridBasis, cosine_cutoff, scaled_spherical_in
 
-__all__ = ["harmonics_with_gradient", "radial_and_angular", "radial_with_derivative", "rowwise_jacobian"]
+__all__ = ["harmonics_and_gradient", "harmonics_with_gradient", "radial_and_angular", "radial_primitive_with_derivative",
+           "radial_with_derivative", "rowwise_jacobian"]
 
 
 def rowwise_jacobian(function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,3 +142,119 @@ def radial_and_angular(soap, vectors: torch.Tensor):
     radial, d_radial = radial_with_derivative(soap, r)
     harmonics, d_harmonics = harmonics_with_gradient(vectors, soap.hypers.l_max)
     return radial, d_radial, harmonics, d_harmonics
+
+
+# ----------------------------------------------------------------------------- fast kernels
+
+
+@lru_cache(maxsize=8)
+def _solid_gradient_matrices(l_max: int) -> tuple[torch.Tensor, ...]:
+    """``C_l [2l-1, 3, 2l+1]`` (float64, CPU) with ``d S_lm / d r_a = sum_m' C_l[m', a, m] S_{l-1,m'}``.
+
+    ``S_lm(r) = |r|^l Y_lm(r_hat)`` is a homogeneous harmonic polynomial of
+    degree ``l``; its gradient is one of degree ``l - 1``, hence a linear
+    combination of the ``S_{l-1,m'}``. The coefficients are fitted (least
+    squares, exact up to rounding) on random unit vectors from
+    :func:`harmonics_with_gradient`, using ``grad S = grad Y + l Y r_hat`` on
+    the unit sphere.
+    """
+    generator = torch.Generator().manual_seed(12345)
+    points = torch.randn(8 * (2 * l_max + 1) + 64, 3, dtype=torch.float64, generator=generator)
+    points = points / torch.linalg.vector_norm(points, dim=1, keepdim=True)  # [q, 3]
+    values, gradients = harmonics_with_gradient(points, l_max)  # [q, lm], [q, 3, lm]
+    out = [torch.zeros(0, 3, 1, dtype=torch.float64)]
+    for l in range(1, l_max + 1):
+        block = slice(l * l, (l + 1) * (l + 1))
+        solid = gradients[:, :, block] + l * points[:, :, None] * values[:, None, block]  # [q, 3, 2l+1]
+        lower = values[:, (l - 1) * (l - 1):l * l]  # [q, 2l-1]
+        target = solid.reshape(points.shape[0], -1)  # [q, 3 (2l+1)]
+        fit = torch.linalg.lstsq(lower, target).solution  # [2l-1, 3 (2l+1)]
+        fit[fit.abs() < 1e-12] = 0.0
+        out.append(fit.reshape(2 * l - 1, 3, 2 * l + 1))
+    return tuple(out)
+
+
+def harmonics_and_gradient(vectors: torch.Tensor, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same as :func:`harmonics_with_gradient` (``Y [pair, lm]``, ``dY/dr [pair, 3, lm]``), faster.
+
+    Uses ``dY_lm/dr_a = (sum_m' C_l[m', a, m] Y_{l-1,m'} - l rhat_a Y_lm) / |r|``
+    (:func:`_solid_gradient_matrices`): one matrix product on top of the values
+    of :func:`tradens.angular.spherical_harmonics`.
+    """
+    from .angular import spherical_harmonics
+
+    n_pairs, n_lm = vectors.shape[0], (l_max + 1) ** 2
+    norm = torch.linalg.vector_norm(vectors, dim=1, keepdim=True)  # [p, 1]
+    unit = vectors / norm  # [p, 3]
+    harmonics = spherical_harmonics(vectors, l_max)  # [p, lm]
+    if l_max == 0:
+        return harmonics, vectors.new_zeros(n_pairs, 3, 1)
+    matrix, degree = _gradient_operator(l_max, vectors.dtype, vectors.device)  # [l_max^2, 3 lm], [lm]
+    gradient = torch.mm(harmonics[:, :l_max * l_max], matrix).view(n_pairs, 3, n_lm)  # [p, 3, lm]
+    gradient.addcmul_(unit[:, :, None], (harmonics * degree)[:, None, :], value=-1.0)
+    return harmonics, gradient.div_(norm[:, :, None])
+
+
+_OPERATORS: dict = {}
+
+
+def _gradient_operator(l_max: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[l_max^2, 3 (l_max+1)^2]`` block matrix of the ``C_l`` and the degree of every ``lm`` (cached)."""
+    key = (l_max, dtype, str(device))
+    if key not in _OPERATORS:
+        n_lm = (l_max + 1) ** 2
+        matrix = torch.zeros(l_max * l_max, 3, n_lm, dtype=torch.float64)
+        for l, c in enumerate(_solid_gradient_matrices(l_max)):
+            if l > 0:
+                matrix[(l - 1) * (l - 1):l * l, :, l * l:(l + 1) * (l + 1)] = c
+        degree = torch.tensor([l for l in range(l_max + 1) for _ in range(2 * l + 1)], dtype=torch.float64)
+        _OPERATORS[key] = (matrix.reshape(l_max * l_max, 3 * n_lm).to(dtype=dtype, device=device),
+                           degree.to(dtype=dtype, device=device))
+    return _OPERATORS[key]
+
+
+def radial_primitive_with_derivative(soap, r: torch.Tensor):
+    """Tapered radial primitive of GAP's Gaussian grid and its ``r``-derivative, pair-major.
+
+    Returns ``rho [pair, 2L, a]`` (``L = l_max + 1``; the values, then the
+    ``r``-derivatives) and ``T [a, n]`` with ``f_c R_nl = sum_a rho[p, l, a]
+    T[a, n]`` and ``d(f_c R_nl)/dr = sum_a rho[p, L + l, a] T[a, n]`` (see
+    :func:`radial_with_derivative`), or ``None`` when the radial basis is not a
+    :class:`~tradens.radial.GaussianGridBasis`. A linear map after ``T``
+    (mixing) can be folded into it.
+    """
+    basis = soap.radial_basis
+    if not (isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and hasattr(basis, "_transform")):
+        return None
+    h = soap.hypers
+    taper = cosine_cutoff(r, h.cutoff.radius, h.cutoff.width)  # [p]
+    width = h.cutoff.width
+    if width > 0:
+        t = ((r - h.cutoff.radius + width) / width).clamp(0.0, 1.0)
+        d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+    else:
+        d_taper = torch.zeros_like(r)
+    grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
+    transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
+    alpha, l_max = basis.alpha, basis.l_max
+    n_l = l_max + 1
+    gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [p, a]
+    origin = bool(basis._grid[0] == 0.0)  # x = 0 at the first grid point: s_l(0) = delta_l0
+    rest = grid[1:] if origin else grid
+    x = (2.0 * alpha * r)[:, None] * rest[None, :]  # [p, a']
+    bessel = scaled_spherical_in(x, n_l).transpose(1, 2)  # [p, l+2, a']
+    if origin:
+        first = r.new_zeros(r.shape[0], n_l + 1, 1)
+        first[:, 0] = 1.0
+        bessel = torch.cat([first, bessel], dim=2)  # [p, l+2, a]
+    degrees = torch.arange(n_l, dtype=r.dtype, device=r.device)
+    slope = degrees[None, :] / r[:, None] - (2.0 * alpha) * r[:, None]  # [p, l]
+    out = r.new_empty(r.shape[0], 2 * n_l, grid.shape[0])  # [p, 2L, a]
+    rho, d_rho = out[:, :n_l], out[:, n_l:]
+    torch.mul(bessel[:, 1:], (2.0 * alpha) * grid, out=d_rho)
+    d_rho.addcmul_(bessel[:, :-1], slope[:, :, None])
+    d_rho.mul_((gauss * taper[:, None])[:, None, :])
+    torch.mul(bessel[:, :-1], gauss[:, None, :], out=rho)
+    d_rho.addcmul_(rho, d_taper[:, None, None])
+    rho.mul_(taper[:, None, None])
+    return out, transform

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from ._density_derivatives import radial_and_angular
+from ._soap_jacobian import fast_structure, write_jacobian
 from .expansion import expand_density
 from .gradients import DescriptorGradients, _atom_entries
 from .neighbors import neighbor_list, pair_vectors
@@ -174,13 +175,15 @@ def _image_layout(pairs, pair_rows, rows, image_rank):
 
 
 def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images: bool = False,
-                        chunk_bytes: int = 16 * 2**20, image_rank: torch.Tensor | None = None
-                        ) -> DescriptorGradients:
+                        chunk_bytes: int = 16 * 2**20, image_rank: torch.Tensor | None = None,
+                        fast: bool = True) -> DescriptorGradients:
     """Jacobians of SOAP features (see :func:`tradens.gradients.descriptor_gradients`).
 
     ``image_rank [pair]`` (images layout only) sets the position of each pair of
     :func:`tradens.neighbors.neighbor_list` within its row (0-based, after the
-    centre entry); by default the neighbour-list order.
+    centre entry); by default the neighbour-list order. ``fast=False`` forces
+    the general per-pair path (tests) instead of :mod:`tradens._soap_jacobian`
+    for symmetric mixed SOAP.
     """
     h = soap.hypers
     if h.average and images:
@@ -195,8 +198,8 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         pair_species = species_index[pairs.j]  # [pair]
         known = (pair_species >= 0).nonzero().squeeze(1)  # neighbours of a listed element
         w1, w2 = soap.mixing_matrices(dtype, device)
-        w1 = None if w1 is None else w1.detach()
         symmetric = w1 is None or w2 is w1  # the same density on both sides
+        w1 = None if w1 is None else w1.detach()
         w_both = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))
 
         # ---- values: mixed densities of the rows, power spectrum, normalisation
@@ -229,6 +232,9 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         if h.covariance_sigma0 is not None:
             values = torch.cat([unit, torch.full_like(unit[:, :1], h.covariance_sigma0)], dim=1)
         n_features = values.shape[1]
+        strain_jacobian = None
+        if strain:
+            strain_jacobian = torch.zeros(n_rows, 3, 3, n_features, dtype=dtype, device=device)
 
         # ---- output layout: plus[pair] gets +dX/dr_p, the row's centre entry -sum_p dX/dr_p
         pair_rows = row_of_atom[pairs.i]  # [pair]
@@ -248,6 +254,13 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         targets = plus[active]
         direct = not h.average and targets.unique().numel() == targets.numel() \
             and not bool(torch.isin(targets, centre_entry).any())
+        structure = fast_structure(soap, symmetric, w_both) if fast else None
+        if structure is not None:
+            jacobian = _fast_jacobian(soap, structure, batch, pairs, vectors, pair_species, pair_rows, active,
+                                      y_both, unit, norm, w_both, index, plus, centre_entry, direct, n_rows,
+                                      n_features, n_core, strain_jacobian, chunk_bytes)
+            return DescriptorGradients(values=values, rows=rows, positions=jacobian, index=index, shifts=shifts,
+                                       strain=strain_jacobian)
         if direct:
             jacobian = torch.empty(index.shape[0], 3, n_features, dtype=dtype, device=device)
             covered = torch.zeros(index.shape[0], dtype=torch.bool, device=device)
@@ -259,9 +272,6 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
             jacobian = torch.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
         core = jacobian[:, :, :n_core]
         centre_sum = None if h.average else torch.zeros(n_rows, 3, n_core, dtype=dtype, device=device)
-        strain_jacobian = None
-        if strain:
-            strain_jacobian = torch.zeros(n_rows, 3, 3, n_features, dtype=dtype, device=device)
         core_strain = strain_jacobian[..., :n_core] if strain else None
 
         # ---- derivatives, block by block of pairs, chunk by chunk inside
@@ -332,3 +342,43 @@ def _accumulate_rows(dv: torch.Tensor, r: torch.Tensor, vec: torch.Tensor, centr
             centre_sum.index_add_(0, r, dv)
         if core_strain is not None:
             core_strain.index_add_(0, r, vec[:, :, None, None] * dv[:, None, :, :])
+
+
+def _fast_jacobian(soap, structure, batch, pairs, vectors, pair_species, pair_rows, active, y, unit, norm, weights,
+                   index, plus, centre_entry, direct, n_rows, n_features, n_core, strain_jacobian, chunk_bytes):
+    """The Jacobian of :func:`soap_pair_gradients` by :func:`tradens._soap_jacobian.write_jacobian`.
+
+    Slots are the output entries when every entry receives at most one pair
+    (``direct``); otherwise one slot per row (the centre) and per active pair,
+    added into the entries.
+    """
+    device, dtype = vectors.device, vectors.dtype
+    n_entries = index.shape[0]
+    if direct:
+        slot_pair = torch.full((n_entries,), -1, dtype=torch.long, device=device)
+        slot_pair[plus[active]] = active
+        per_row = torch.bincount(index[:, 0], minlength=n_rows)
+        row_start = torch.cat([per_row.new_zeros(1), torch.cumsum(per_row, 0)])
+        centre_slot, target = centre_entry, None
+        jacobian = torch.empty(n_entries, 3, n_features, dtype=dtype, device=device)
+        jacobian[:, :, n_core:] = 0.0  # covariance_sigma0
+    else:
+        active_rows = pair_rows[active]  # non-decreasing: pairs are sorted by centre
+        per_row = torch.bincount(active_rows, minlength=n_rows) + 1
+        row_start = torch.cat([per_row.new_zeros(1), torch.cumsum(per_row, 0)])
+        centre_slot = row_start[:-1]
+        first_active = torch.cumsum(per_row - 1, 0) - (per_row - 1)  # index into active of each row's first
+        slot_of_active = row_start[active_rows] + 1 + torch.arange(active.shape[0], device=device) \
+            - first_active[active_rows]
+        n_slots = int(row_start[-1])
+        slot_pair = torch.full((n_slots,), -1, dtype=torch.long, device=device)
+        slot_pair[slot_of_active] = active
+        target = torch.empty(n_slots, dtype=torch.long, device=device)
+        target[centre_slot] = centre_entry
+        target[slot_of_active] = plus[active]
+        jacobian = torch.zeros(n_entries, 3, n_features, dtype=dtype, device=device)
+    write_jacobian(soap, structure, vectors=vectors, pair_species=pair_species, y=y, unit=unit, norm=norm,
+                   weights=weights, slot_pair=slot_pair, row_start=row_start, centre_slot=centre_slot,
+                   out=jacobian, strain_out=strain_jacobian, n_core=n_core, normalize=soap.hypers.normalize,
+                   chunk_bytes=chunk_bytes, target=target)
+    return jacobian
