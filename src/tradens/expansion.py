@@ -284,17 +284,24 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
     n_channels = n_max if weights is None else weights.shape[1]
     w = None if weights is None else weights.reshape(n_species, n_max, -1)  # [S, N, K]
     mixes: dict = {}  # per radial transform: the mixing folded in, [S, a, K] (and [l*S, a, K])
-    degrees = [torch.zeros(n_atoms, n_channels, 2 * l + 1, dtype=dtype, device=device)
-               for l in range(n_l)]  # A_l [atom, K, 2l+1]
     tracked = vectors.requires_grad or (w is not None and w.requires_grad)
     graph = torch.is_grad_enabled() and tracked
+    # A [atom, K, lm]: without autograd one buffer that every chunk writes its atoms into;
+    # with autograd the chunks' blocks, concatenated at the end
+    mixed = None if graph else torch.empty(n_atoms, n_channels, n_l * n_l, dtype=dtype,
+                                           device=device)
+    pieces = []
     distances = torch.linalg.vector_norm(vectors, dim=1)  # [pair]
     tapers = cosine_cutoff(distances, cutoff, cutoff_width)  # [pair]
     all_counts = torch.bincount(i, minlength=n_atoms)  # neighbours of every atom
     for atom_start, atom_stop, pair_start, pair_stop in _atom_chunks(n_atoms, i, pair_chunk):
         n_chunk = atom_stop - atom_start
         n_pairs = pair_stop - pair_start
-        if n_pairs == 0:
+        if n_pairs == 0:  # isolated atoms: no density
+            if graph:
+                pieces.append(vectors.new_zeros(n_chunk, n_channels, n_l * n_l))
+            else:
+                mixed[atom_start:atom_stop] = 0.0
             continue
         ci = i[pair_start:pair_stop] - atom_start  # [p]
         vec = vectors[pair_start:pair_stop]  # [p, 3]
@@ -344,18 +351,21 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
                     take[slot] = pair_row
                 padded_q = source.index_select(1, take)  # [l, atom*J, K]
             padded_q = padded_q.reshape(n_l, n_chunk, width, n_channels)
+            blocks = []  # A_l [atom, K, 2l+1] of this chunk's atoms
             for l, y_l in enumerate(harmonics):  # y_l [p, 2l+1]
                 if full:
                     y_l = y_l.reshape(n_chunk, width, 2 * l + 1)
                 else:
                     y_l = y_l.new_zeros(n_chunk * width, 2 * l + 1).index_copy(0, slot, y_l)
                     y_l = y_l.reshape(n_chunk, width, 2 * l + 1)  # [atom, J, 2l+1]
-                if graph:
-                    degrees[l][atom_start:atom_stop] = torch.bmm(padded_q[l].transpose(1, 2), y_l)
-                else:
-                    torch.bmm(padded_q[l].transpose(1, 2), y_l,
-                              out=degrees[l][atom_start:atom_stop])  # [atom, K, 2l+1]
-    return torch.cat(degrees, dim=2)  # [atom, K, lm]
+                blocks.append(torch.bmm(padded_q[l].transpose(1, 2), y_l))  # [atom, K, 2l+1]
+            if graph:
+                pieces.append(torch.cat(blocks, dim=2))  # [atom, K, lm]
+            else:
+                torch.cat(blocks, dim=2, out=mixed[atom_start:atom_stop])  # while in cache
+    if graph:
+        return torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]  # [atom, K, lm]
+    return mixed  # [atom, K, lm]
 
 
 def _mix_by_species(basis: torch.Tensor, species: torch.Tensor, w: torch.Tensor):
