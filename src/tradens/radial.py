@@ -252,8 +252,9 @@ class GaussianGridBasis:
             return gauss[None, :, :] * bessel, transform
         # no autograd: write into one buffer, scale in place
         if origin:
-            rho = r.new_zeros(n_l, r.shape[0], grid.shape[0])  # [l, pair, a]
+            rho = r.new_empty(n_l, r.shape[0], grid.shape[0])  # [l, pair, a]
             rho[0, :, 0] = 1.0
+            rho[1:, :, 0] = 0.0
             _scaled_in(x, self.l_max, dim=0, out=rho[:, :, 1:])
         else:
             rho = r.new_empty(n_l, r.shape[0], grid.shape[0])
