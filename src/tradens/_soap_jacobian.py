@@ -107,6 +107,19 @@ def _symmetric_weights(x: torch.Tensor, first: torch.Tensor, second: torch.Tenso
     return m
 
 
+def _chunks(row_start: torch.Tensor, size: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of whole rows with about ``size`` slots each."""
+    n_rows = row_start.shape[0] - 1
+    starts = row_start.tolist()
+    bounds = [0]
+    while bounds[-1] < n_rows:
+        r0 = bounds[-1]
+        r1 = int(torch.searchsorted(row_start, torch.tensor(starts[r0] + size, device=row_start.device),
+                                    right=True)) - 1
+        bounds.append(min(n_rows, max(r0 + 1, r1)))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm, weights, slot_pair,
                    row_start, centre_slot, out, strain_out, n_core: int, normalize: bool,
                    chunk_bytes: int, target=None) -> None:
@@ -126,6 +139,7 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
         place; with ``target [slot]`` the slots are computed in a workspace and
         added to ``out[target]``.
     strain_out : ``[row, 3, 3, F]`` or None, written (not added).
+    chunk_bytes : working memory of the per-pair terms of one chunk of rows.
     """
     device, dtype = y.device, y.dtype
     n_rows, n_k, n_lm = y.shape
@@ -136,26 +150,18 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
     second = torch.as_tensor(plan.second, device=device)
     radial = _Radial(soap, weights)
     degree_scale = 1.0 / torch.sqrt(2.0 * torch.arange(n_l, dtype=dtype, device=device) + 1.0)  # [L]
-    offsets = [k * (k + 1) // 2 * n_l for k in range(n_k + 1)]
-    diagonal_index = torch.tensor([offsets[k] + k * n_l + l for k in range(n_k) for l in range(n_l)],
-                                  device=device)
+    # feature (k, b, l) of the triangle <- full[l, k, b]
+    gather = (torch.arange(n_l, device=device)[None, :] * (n_k * n_k) + (first * n_k + second)[:, None]).reshape(-1)
     counts = row_start[1:] - row_start[:-1]  # [row]
-    per_slot = 8 * 3 * n_features
-    target_slots = max(1, int(chunk_bytes // per_slot))
-    # chunks of whole rows with about target_slots slots each
-    bounds = [0]
-    starts = row_start.tolist()
-    while bounds[-1] < n_rows:
-        r0 = bounds[-1]
-        goal = starts[r0] + target_slots
-        r1 = int(torch.searchsorted(row_start, torch.tensor(goal, device=device), right=True)) - 1
-        bounds.append(min(n_rows, max(r0 + 1, r1)))
     counts_list = counts.tolist()
-    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+    starts = row_start.tolist()
+    per_slot = 8 * (20 * n_k * n_l + 8 * n_lm)
+    # output sub-chunks: the [slot, 3, L, K, K] products stay in cache
+    sub = max(1, int(2 * 2**20 // (8 * 3 * n_l * n_k * n_k))) if structure == "triangle" else 1 << 30
+    contiguous = n_core == n_features
+    for r0, r1 in _chunks(row_start, max(1, int(chunk_bytes // per_slot))):
         s0, s1 = starts[r0], starts[r1]
         n_slots, n_local = s1 - s0, r1 - r0
-        if n_slots == 0:
-            continue
         chunk_counts = counts[r0:r1]
         width = max(counts_list[r0:r1])
         uniform = all(c == width for c in counts_list[r0:r1])
@@ -167,12 +173,12 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
         vec = vectors[sel]  # [q, 3]
         r = torch.linalg.vector_norm(vec, dim=1)
         harmonics, d_harmonics = harmonics_and_gradient(vec, n_l - 1)  # [q, lm], [q, 3, lm]
-        mixed = radial(r, pair_species[sel])  # [q, 2L, K]
         angular = vec.new_zeros(n_slots, 4, n_lm)  # [E, 4, lm]: Y, dY/dr_a
         angular[valid, 0] = harmonics
         angular[valid, 1:] = d_harmonics
-        ab = vec.new_zeros(n_slots, 2, n_k, n_l)  # [E, 2, K, L]: B, A
-        ab[valid] = mixed.view(-1, 2, n_l, n_k).transpose(2, 3)
+        del harmonics, d_harmonics
+        ab = vec.new_zeros(n_slots, 2, n_l, n_k)  # [E, 2, L, K]: B, A
+        ab[valid] = radial(r, pair_species[sel]).view(-1, 2, n_l, n_k)
         rhat = vec.new_zeros(n_slots, 3)
         rhat[valid] = vec / r[:, None]
         slot_vec = vec.new_zeros(n_slots, 3)
@@ -186,59 +192,64 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
             padded = angular.new_zeros(n_local * width, 4, n_lm)
             padded[slot_index] = angular
             padded = padded.view(n_local, width, 4, n_lm)
+        del angular
         yc = y[r0:r1]  # [R, K, lm]
-        uv = angular.new_empty(n_local, width * 4, n_k, n_l)  # [R, P*4, K, L]
+        uv = yc.new_empty(n_local, width * 4, n_l, n_k)  # [R, P*4, L, K]
         for l in range(n_l):
             block = slice(l * l, (l + 1) * (l + 1))
-            uv[..., l] = torch.bmm(padded[..., block].reshape(n_local, width * 4, 2 * l + 1),
-                                   yc[:, :, block].transpose(1, 2))
+            torch.bmm(padded[..., block].reshape(n_local, width * 4, 2 * l + 1), yc[:, :, block].transpose(1, 2),
+                      out=uv[:, :, l])
+        del padded
         x_rows = unit[r0:r1]  # [R, F']
-        scale = degree_scale[None, :] / norm[r0:r1, None]  # [R, L]
-        s = None
-        if normalize:  # M beta, M delta: [R, L, P*4, K] @ [R, L, K, K]
-            m = _symmetric_weights(x_rows, first, second, n_k, n_l) if structure == "triangle" else None
-            if m is not None:
-                m_uv = torch.matmul(uv.permute(0, 3, 1, 2), m).permute(0, 2, 3, 1)  # [R, P*4, K, L]
+        if normalize:  # M beta, M delta
+            if structure == "triangle":
+                m = _symmetric_weights(x_rows, first, second, n_k, n_l)  # [R, L, K, K]
+                m_uv = torch.matmul(uv.transpose(1, 2), m).transpose(1, 2)  # [R, P*4, L, K]
             else:  # diagonal: M = 2 x_kl
-                m_uv = uv * (2.0 * x_rows.view(n_local, 1, n_k, n_l))
-            m_uv = m_uv.reshape(n_local * width, 4, n_k, n_l)
+                m_uv = uv * (2.0 * x_rows.view(n_local, 1, n_k, n_l).transpose(2, 3))
+            m_uv = m_uv.reshape(n_local * width, 4, n_l, n_k)
             if not uniform:
                 m_uv = m_uv[slot_index]
-        uv = uv.view(n_local * width, 4, n_k, n_l)
+        uv = uv.view(n_local * width, 4, n_l, n_k)
         if not uniform:
-            uv = uv[slot_index]  # [E, 4, K, L]
-        slot_scale = scale[slot_row]  # [E, L]
-        beta = uv[:, 0]  # [E, K, L]
-        delta = uv[:, 1:]  # [E, 3, K, L]
-        gamma = ab[:, 0] * slot_scale[:, None, :]  # [E, K, L]
-        alpha = (ab[:, 1] * slot_scale[:, None, :])[:, None] * rhat[:, :, None, None]  # [E, 3, K, L]
-        if normalize:
-            s = (torch.einsum("eakl,ekl->ea", alpha, m_uv[:, 0])
-                 + torch.einsum("ekl,eakl->ea", gamma, m_uv[:, 1:]))  # [E, 3]
+            uv = uv[slot_index]  # [E, 4, L, K]
+        slot_scale = (degree_scale[None, :] / norm[r0:r1, None])[slot_row]  # [E, L]
+        beta = uv[:, 0]  # [E, L, K]
+        delta = uv[:, 1:]  # [E, 3, L, K]
+        gamma = ab[:, 0] * slot_scale[:, :, None]  # [E, L, K]
+        alpha = (ab[:, 1] * slot_scale[:, :, None])[:, None] * rhat[:, :, None, None]  # [E, 3, L, K]
+        del ab
+        s = None
+        if normalize:  # x . dv
+            s = (torch.einsum("ealk,elk->ea", alpha, m_uv[:, 0])
+                 + torch.einsum("elk,ealk->ea", gamma, m_uv[:, 1:]))  # [E, 3]
+            del m_uv
         # ---- the slab
         slab = out[s0:s1] if target is None else out.new_zeros(n_slots, 3, n_features)
-        core = slab[:, :, :n_core]  # [E, 3, F']
-        x_slots = x_rows[slot_row] if normalize else None  # [E, F']
         if structure == "diagonal":
-            view = core.view(n_slots, 3, n_k, n_l)
-            torch.mul(alpha, beta[:, None], out=view)
-            view.addcmul_(delta, gamma[:, None])
-            view.mul_(2.0)
+            dv = alpha * beta[:, None]  # [E, 3, L, K]
+            dv.addcmul_(delta, gamma[:, None]).mul_(2.0)
+            view = slab[:, :, :n_core].view(n_slots, 3, n_k, n_l)
+            view.copy_(dv.transpose(2, 3))
             if normalize:
-                view.addcmul_(s[:, :, None, None], x_slots.view(n_slots, 1, n_k, n_l), value=-1.0)
+                view.addcmul_(s[:, :, None, None], x_rows[slot_row].view(n_slots, 1, n_k, n_l), value=-1.0)
         else:
-            beta2, gamma2 = beta * SQRT2, gamma * SQRT2
-            alpha2, delta2 = alpha * SQRT2, delta * SQRT2
-            for k in range(n_k):
-                view = core[:, :, offsets[k]:offsets[k + 1]].view(n_slots, 3, k + 1, n_l)
-                torch.mul(alpha[:, :, k:k + 1], beta2[:, None, :k + 1], out=view)
-                view.addcmul_(beta[:, None, k:k + 1], alpha2[:, :, :k + 1])
-                view.addcmul_(gamma[:, None, k:k + 1], delta2[:, :, :k + 1])
-                view.addcmul_(delta[:, :, k:k + 1], gamma2[:, None, :k + 1])
-            diagonal = core.index_select(2, diagonal_index).mul_(1.0 / SQRT2)  # f_kk = 1
-            core.index_copy_(2, diagonal_index, diagonal)
-            if normalize:
-                core.addcmul_(s[:, :, None], x_slots[:, None, :], value=-1.0)
+            for e0 in range(0, n_slots, sub):
+                e1 = min(n_slots, e0 + sub)
+                n_e = e1 - e0
+                a, b, g, d = alpha[e0:e1], beta[e0:e1, None], gamma[e0:e1, None], delta[e0:e1]
+                shape = (n_e, 3, n_l, n_k)
+                left = torch.stack([a, b.expand(shape), g.expand(shape), d], dim=-1)  # [e, 3, L, K, 4]
+                right = torch.stack([b.expand(shape), a, d, g.expand(shape)], dim=-2).mul_(SQRT2)  # [e, 3, L, 4, K]
+                full = torch.bmm(left.view(-1, n_k, 4), right.view(-1, 4, n_k))  # [e 3 L, K, K]
+                full.diagonal(dim1=1, dim2=2).mul_(1.0 / SQRT2)  # f_kk = 1
+                core = slab[e0:e1, :, :n_core]
+                if contiguous:
+                    torch.index_select(full.view(n_e * 3, -1), 1, gather, out=core.view(n_e * 3, n_core))
+                else:
+                    core.copy_(torch.index_select(full.view(n_e, 3, -1), 2, gather))
+                if normalize:
+                    core.addcmul_(s[e0:e1, :, None], x_rows[slot_row[e0:e1]][:, None, :], value=-1.0)
         # ---- centre slots (-sum of the row) and strain (sum_p r_p (x) dX/dr_p)
         columns = 4 if strain_out is not None else 1
         slot_weights = torch.cat([torch.ones_like(slot_vec[:, :1]), slot_vec], dim=1)[:, :columns]  # [E, c]
@@ -250,8 +261,8 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
             sums = flat.new_empty(n_local, columns, 3 * n_features)
             local_starts = (row_start[r0:r1 + 1] - s0).tolist()
             for row in range(n_local):
-                a, b = local_starts[row], local_starts[row + 1]
-                torch.mm(slot_weights[a:b].T, flat[a:b], out=sums[row])
+                lo, hi = local_starts[row], local_starts[row + 1]
+                torch.mm(slot_weights[lo:hi].T, flat[lo:hi], out=sums[row])
         slab[centre_slot[r0:r1] - s0] = -sums[:, 0].view(n_local, 3, n_features)
         if strain_out is not None:
             strain_out[r0:r1] = sums[:, 1:].view(n_local, 3, 3, n_features)
