@@ -196,6 +196,10 @@ def main(argv=None):
             print(f"fold {fold}: validation E {1e3 * best['val_energy_rmse']:.1f} meV/atom, "
                   f"F {1e3 * best['val_forces_rmse']:.0f} meV/A at epoch {model.best_epoch_} "
                   f"of {len(model.history_)}; CPU {time.process_time() - start:.1f} s", flush=True)
+            _, val = model._split(train, None)
+            f_err = force_errors(model.predict(val, stress=False)["forces"], val)
+            print("  validation forces by class (meV/A):",
+                  {k: round(1e3 * rms(v)) for k, v in sorted(f_err.items())}, flush=True)
             continue
         start = time.process_time()
         fits["baseline"] = ElementBaseline(species=all_species).fit(train)

@@ -128,8 +128,9 @@ class LearnedPotential(PotentialBase):
     baseline_ : ElementBaseline
         Reference energies (the composition fit, or the trained values).
     history_ : list of dict
-        Per epoch: ``train_loss``, ``val_loss``, ``val_energy_rmse`` (eV/atom),
-        ``val_forces_rmse`` (eV/Å), ``learning_rate``.
+        Per epoch: ``train_loss``, ``train_energy_rmse``, ``train_forces_rmse``
+        (running over the epoch's steps), ``val_loss``, ``val_energy_rmse``
+        (eV/atom), ``val_forces_rmse`` (eV/Å), ``learning_rate``.
     best_epoch_ : int
         Epoch whose parameters were kept.
     """
@@ -423,12 +424,12 @@ class LearnedPotential(PotentialBase):
         self.history_ = []
         for epoch in range(self.max_epochs):
             order = generator.permutation(len(train))
-            running = 0.0
+            running, train_sums = 0.0, {}
             for k in range(0, len(train), self.batch_size):
                 chunk = [train[i] for i in order[k : k + self.batch_size]]
                 targets = concat_targets([train_targets[id(f)] for f in chunk])
                 optimiser.zero_grad()
-                loss, _ = self._loss(
+                loss, parts = self._loss(
                     chunk,
                     targets,
                     train_w[order[k : k + self.batch_size]],
@@ -442,6 +443,8 @@ class LearnedPotential(PotentialBase):
                         for mean, p in zip(average, params, strict=True):
                             mean.lerp_(p.detach(), 1.0 - self.ema)
                 running += float(loss.detach()) * len(chunk)
+                for key, value in parts.items():
+                    train_sums[key] = train_sums.get(key, 0.0) + float(value.detach()) * len(chunk)
             if average is not None:
                 current = _swap(params, average)  # evaluate (and keep) the averaged parameters
             val_loss, val_rmse = self._evaluate(val_chunks, val_targets, val_weights, device)
@@ -453,6 +456,8 @@ class LearnedPotential(PotentialBase):
             record = {
                 "epoch": epoch,
                 "train_loss": running / len(train),
+                "train_energy_rmse": math.sqrt(train_sums.get("energy", math.nan) / len(train)),
+                "train_forces_rmse": math.sqrt(train_sums.get("forces", math.nan) / len(train)),
                 "val_loss": val_loss,
                 "val_energy_rmse": val_rmse.get("energy", math.nan),
                 "val_forces_rmse": val_rmse.get("forces", math.nan),
