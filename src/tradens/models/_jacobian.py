@@ -22,6 +22,7 @@ from ._pair_derivatives import (
     check_soap_for_potentials,
     soap_local_features,
 )
+from ._structure_jacobian import fast_path_applies, structure_summed_jacobian
 
 __all__ = ["soap_summed_jacobian", "soap_local_features", "check_soap_for_potentials"]
 
@@ -58,6 +59,13 @@ def soap_summed_jacobian(soap, batch):
     blocks = [ctx.blocks1] if sym else [ctx.blocks1, ctx.blocks2]
     with torch.no_grad():
         u1, u2 = _projection_vectors(ctx, plan, h.l_max)  # [atom, K, lm], / |P|
+        if fast_path_applies(ctx):
+            gradient, voigt = structure_summed_jacobian(ctx, plan, batch, u1 + u2)
+            virial = voigt[:, _FULL]  # [structure, 9, F']
+            if ctx.extra:
+                gradient = torch.cat([gradient, torch.zeros_like(gradient[..., :1])], dim=-1)
+                virial = torch.cat([virial, torch.zeros_like(virial[..., :1])], dim=-1)
+            return ctx.features, gradient, virial.reshape(batch.n_structures, 3, 3, -1)
         keep = ctx.keep[
             torch.argsort(ctx.pairs.j[ctx.keep], stable=True)
         ]  # pairs sorted by neighbour

@@ -251,8 +251,14 @@ class _Context:
 
     def pair_dphi(self, sel: torch.Tensor) -> torch.Tensor:
         """``d phi_p / d r_p [p, lm, 3, N]`` of the pair basis (neighbour species not applied)."""
+        return self.pair_dphi_of(self.vectors[sel])
+
+    def pair_dphi_of(self, vec: torch.Tensor, direction_major: bool = False) -> torch.Tensor:
+        """``d phi(r) / d r`` at pair vectors ``vec [p, 3]`` (Å), 1/Å.
+
+        Layout ``[p, lm, 3, N]``, or ``[p, 3, lm, N]`` with ``direction_major``.
+        """
         h = self.hypers
-        vec = self.vectors[sel]
         r = torch.linalg.vector_norm(vec, dim=1)  # [p]
         radial, d_radial = _radial_with_derivative(self.soap.radial_basis, r)  # [p, n, l]
         taper, d_taper = _cutoff_with_derivative(r, h.cutoff.radius, h.cutoff.width)  # [p]
@@ -263,9 +269,12 @@ class _Context:
         d_rt = d_rt.transpose(1, 2)  # [p, lm, n]
         harmonics, d_harmonics = _harmonics_with_gradient(vec, h.l_max)  # [p, lm], [p, 3, lm]
         unit = vec / r[:, None]  # [p, 3]
-        out = torch.empty(
-            vec.shape[0], harmonics.shape[1], 3, rt.shape[2], dtype=vec.dtype, device=vec.device
-        )
+        n_p, n_lm, n = vec.shape[0], harmonics.shape[1], rt.shape[2]
+        if direction_major:
+            out = torch.empty(n_p, 3, n_lm, n, dtype=vec.dtype, device=vec.device)
+            torch.mul((d_rt * harmonics[:, :, None])[:, None], unit[:, :, None, None], out=out)
+            return out.addcmul_(rt[:, None], d_harmonics[:, :, :, None])  # [p, 3, lm, n]
+        out = torch.empty(n_p, n_lm, 3, n, dtype=vec.dtype, device=vec.device)
         torch.mul((d_rt * harmonics[:, :, None])[:, :, None, :], unit[:, None, :, None], out=out)
         return out.addcmul_(
             rt[:, :, None, :], d_harmonics.transpose(1, 2)[:, :, :, None]
