@@ -22,9 +22,16 @@ def test_scaled_bessel_against_scipy(l_max):
 
 
 def test_scaled_bessel_gradient_is_finite_at_threshold():
-    x = torch.tensor([0.0, 1e-3, 7.999, 8.0, 8.001, 30.0], dtype=torch.float64, requires_grad=True)
-    scaled_spherical_in(x, 4).sum().backward()
+    from tradens.radial import _series_threshold
+
+    t = _series_threshold(4)
+    x = torch.tensor([0.0, 1e-3, t - 1e-3, t, t + 1e-3, 30.0], dtype=torch.float64,
+                     requires_grad=True)
+    values = scaled_spherical_in(x, 4)
+    values.sum().backward()
     assert torch.isfinite(x.grad).all()
+    # the series and the recurrence meet continuously at the threshold
+    assert torch.allclose(values[2], values[3], rtol=1e-3) and torch.allclose(values[3], values[4], rtol=1e-3)
 
 
 def test_spherical_harmonics_orthonormal_and_against_scipy():

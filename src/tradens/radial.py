@@ -58,9 +58,12 @@ def cosine_cutoff(r: torch.Tensor, cutoff: float, width: float) -> torch.Tensor:
 
 
 def _series_threshold(l_max: int) -> float:
-    # Below this argument the upward recurrence loses more than ~1e-13 relative
-    # accuracy at the highest degrees, so the power series is used instead.
-    return max(1.0, 2.0 * l_max)
+    # Below this argument the upward recurrence loses accuracy at the highest
+    # degrees, so the power series is used instead. At 1.5 l_max the recurrence's
+    # error (against 40-digit mpmath) stays below 2e-14 of i_0 and 4e-12 relative
+    # for every l <= l_max <= 16 (7.7e-15 relative at l_max = 6), and typical
+    # neighbour distances never reach the series.
+    return max(1.0, 1.5 * l_max)
 
 
 def scaled_spherical_in(x: torch.Tensor, l_max: int) -> torch.Tensor:
@@ -87,11 +90,13 @@ def scaled_spherical_in(x: torch.Tensor, l_max: int) -> torch.Tensor:
 
 
 def _scaled_in(x: torch.Tensor, l_max: int, dim: int,
-               out: torch.Tensor | None = None) -> torch.Tensor:
+               out: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`scaled_spherical_in` with the degree at ``dim`` of the result.
 
     With ``out`` (no autograd) the values are written into it, degree by
-    degree, instead of being stacked into a new tensor.
+    degree, instead of being stacked into a new tensor; ``scale`` (shaped like
+    ``x``, only with ``out``) then multiplies every degree (the recurrence is
+    linear, so it is applied once, to ``i_0`` and ``i_1``).
     """
     threshold = _series_threshold(l_max)
     small = x < threshold
@@ -115,9 +120,15 @@ def _scaled_in(x: torch.Tensor, l_max: int, dim: int,
     else:
         result = out
         values = [out.select(dim, l) for l in range(l_max + 1)]
-        torch.mul(torch.rsub(e2, 1.0), inverse, out=values[0])
-        if l_max >= 1:
-            torch.sub(torch.mul(e2.add_(1.0), inverse), values[0] / xr, out=values[1])
+        if scale is None:
+            torch.mul(torch.rsub(e2, 1.0), inverse, out=values[0])
+            if l_max >= 1:
+                torch.sub(torch.mul(e2.add_(1.0), inverse), values[0] / xr, out=values[1])
+        else:
+            e2.mul_(scale)  # scale exp(-2x)
+            torch.mul(torch.sub(scale, e2), inverse, out=values[0])
+            if l_max >= 1:
+                torch.sub(torch.mul(e2.add_(scale), inverse), values[0] / xr, out=values[1])
         two_inverse = inverse.mul_(2.0)  # 1 / x
         for l in range(2, l_max + 1):
             torch.addcmul(values[l - 2], two_inverse, values[l - 1], value=-(2 * l - 1),
@@ -125,6 +136,8 @@ def _scaled_in(x: torch.Tensor, l_max: int, dim: int,
     if any_small:
         where = small.nonzero(as_tuple=True)
         series = _scaled_in_series(x[where], l_max, threshold).to(result.dtype)  # [q, l]
+        if scale is not None and out is not None:
+            series = series * scale[where][:, None]
         # result is a fresh stack or the caller's buffer: in place is safe
         result.movedim(dim, -1).index_put_(where, series)
     return result
@@ -250,16 +263,15 @@ class GaussianGridBasis:
                 first[0] = 1.0
                 bessel = torch.cat([first, bessel], dim=2)  # [l, pair, a]
             return gauss[None, :, :] * bessel, transform
-        # no autograd: write into one buffer, scale in place
+        # no autograd: write into one buffer, the Gaussian factor folded into the recurrence
+        rho = r.new_empty(n_l, r.shape[0], grid.shape[0])  # [l, pair, a]
         if origin:
-            rho = r.new_empty(n_l, r.shape[0], grid.shape[0])  # [l, pair, a]
-            rho[0, :, 0] = 1.0
+            rho[0, :, 0] = gauss[:, 0]
             rho[1:, :, 0] = 0.0
-            _scaled_in(x, self.l_max, dim=0, out=rho[:, :, 1:])
+            _scaled_in(x, self.l_max, dim=0, out=rho[:, :, 1:], scale=gauss[:, 1:])
         else:
-            rho = r.new_empty(n_l, r.shape[0], grid.shape[0])
-            _scaled_in(x, self.l_max, dim=0, out=rho)
-        return rho.mul_(gauss[None, :, :]), transform
+            _scaled_in(x, self.l_max, dim=0, out=rho, scale=gauss)
+        return rho, transform
 
 
 def _has_tangent(tensor: torch.Tensor) -> bool:
