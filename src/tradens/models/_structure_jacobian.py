@@ -36,8 +36,6 @@ import math
 
 import torch
 
-from ._pair_derivatives import _ps_derivative
-
 __all__ = ["structure_summed_jacobian", "fast_path_applies"]
 
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -164,36 +162,41 @@ def _block(
     mixed = mixed.permute(0, 2, 3, 1)  # [row, 9, K, lm]
     g_mix, h_mix = mixed[:, :3], mixed[:, 3:]  # [row, 3, K, lm], [row, 6, K, lm]
     ty_rows, u_rows, x_rows = ty[a0:a1], u[a0:a1], x_values[a0:a1]
-    centre = _ps_derivative(g_mix, ty_rows, g_mix, ty_rows, plan, l_max, True)  # [row, 3, F']
-    virial = _ps_derivative(h_mix, ty_rows, h_mix, ty_rows, plan, l_max, True)  # [row, 6, F']
-    dot_g = torch.einsum("qkm,qdkm->qd", u_rows, g_mix)  # [row, 3]
-    dot_h = torch.einsum("qkm,qdkm->qd", u_rows, h_mix)  # [row, 6]
     out = gradient[a0:a1]
-    out += x_rows[:, None, :] * dot_g[:, :, None]
-    out -= centre
-    voigt_s += (virial - x_rows[:, None, :] * dot_h[:, :, None]).sum(0)
-    # ---- neighbour terms: sum_q B(W_{s_a}^T dphi_q, ty_{i_q}), padded batched GEMMs per l
-    padded = torch.zeros(n_rows * nb, n_flat, dtype=dtype, device=device)
+    out += x_rows[:, None, :] * torch.einsum("qkm,qdkm->qd", u_rows, g_mix)[:, :, None]
+    voigt_s -= torch.einsum("qf,qkm,qdkm->df", x_rows, u_rows, h_mix)
+    # ---- per degree: neighbour term sum_q B(W_{s_a}^T dphi_q, ty_{i_q}) (padded batched GEMM,
+    # mixed once per atom) minus the centre term B(G_a, ty_a); virial sum_a B(H_a, ty_a)
+    padded = torch.empty(n_rows * nb, n_flat, dtype=dtype, device=device)
     padded.index_copy_(0, slot, flat_phi)
+    filled = torch.zeros(n_rows * nb, dtype=torch.bool, device=device)
+    filled[slot] = True
+    padded.index_fill_(0, (~filled).nonzero().squeeze(1), 0.0)
     padded5 = padded.reshape(n_rows, nb, 3, n_lm, n_max)
     centres = torch.full((n_rows * nb,), a0, dtype=torch.long, device=device)
     centres.index_copy_(0, slot, i_q)
-    dens = ty_t[centres].reshape(n_rows, nb, n_lm, k)  # [row, nb, lm, K]
+    dens = ty_t.index_select(0, centres).reshape(n_rows, nb, n_lm, k)  # [row, nb, lm, K]
     w_rows = blocks[species[a0:a1]]  # [row, N, K]
-    columns = []
+    columns, virial_columns = [], []
     for l in range(l_max + 1):
         block, width = slice(l * l, (l + 1) * (l + 1)), 2 * l + 1
         a = padded5[:, :, :, block].transpose(2, 3).reshape(n_rows, nb * width, 3 * n_max)
         c = dens[:, :, block].reshape(n_rows, nb * width, k)
         t = torch.bmm(a.transpose(1, 2), c).reshape(n_rows, 3, n_max, k)  # [row, 3, N, K]
-        t = torch.einsum("rna,rdnb->rdab", w_rows, t).reshape(n_rows, 3, k * k)
-        values = t.index_select(2, flat) + t.index_select(2, flat_t)
-        columns.append(values * (factor / math.sqrt(width)))
+        t = torch.einsum("rna,rdnb->rdab", w_rows, t)  # [row, 3, K, K]
+        ty_l = ty_rows[:, :, block]  # [row, K, 2l+1]
+        centre = torch.bmm(g_mix[..., block].reshape(n_rows, 3 * k, width), ty_l.transpose(1, 2))
+        t = (t - centre.reshape(n_rows, 3, k, k)).reshape(n_rows, 3, k * k)
+        scale = factor / math.sqrt(width)
+        columns.append((t.index_select(2, flat) + t.index_select(2, flat_t)) * scale)
+        v = torch.einsum("rdkm,rbm->dkb", h_mix[..., block], ty_l).reshape(6, k * k)
+        virial_columns.append((v.index_select(1, flat) + v.index_select(1, flat_t)) * scale)
     out += torch.stack(columns, dim=-1).reshape(n_rows, 3, -1)
+    voigt_s += torch.stack(virial_columns, dim=-1).reshape(6, -1)
     # ---- normalisation: -sum_q <u_{i_q}, W_{s_a}^T dphi_q> X_{i_q}
     if ctx.hypers.normalize:
         wu = torch.bmm(
-            u_t[centres].reshape(n_rows, nb * n_lm, k), w_rows.transpose(1, 2)
+            u_t.index_select(0, centres).reshape(n_rows, nb * n_lm, k), w_rows.transpose(1, 2)
         )  # [row, nb*lm, N]: (W_{s_a} u_{i_q})^T
         s_q = torch.bmm(
             padded.reshape(n_rows * nb, 3, n_lm * n_max), wu.reshape(n_rows * nb, n_lm * n_max, 1)

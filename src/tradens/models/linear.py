@@ -328,15 +328,26 @@ class LinearPotential(PotentialBase):
 
     @staticmethod
     def _add_forces(stats, k, chosen, start, batch, design, targets, weights):
+        """Force rows of the structures ``chosen`` (one fold) as one Gram update."""
+        atoms, labels, row_weights = [], [], []
         for s in chosen:
             if not targets.has_forces(s):
                 continue
             lo, hi = batch.offsets[s - start], batch.offsets[s - start + 1]
-            rows = design.forces[lo:hi].reshape(-1, design.forces.shape[2])  # [3n, D]
-            labels = torch.as_tensor(
-                targets.forces[targets.offsets[s] : targets.offsets[s + 1]].reshape(-1)
-            )
-            stats.add("forces", k, rows, labels, torch.full_like(labels, weights[s]))
+            atoms.append(torch.arange(lo, hi))
+            labels.append(targets.forces[targets.offsets[s] : targets.offsets[s + 1]].reshape(-1))
+            row_weights.append(np.full(3 * (hi - lo), weights[s]))
+        if not atoms:
+            return
+        index = torch.cat(atoms)
+        rows = design.forces.index_select(0, index).reshape(-1, design.forces.shape[2])  # [3n, D]
+        stats.add(
+            "forces",
+            k,
+            rows,
+            torch.as_tensor(np.concatenate(labels)),
+            torch.as_tensor(np.concatenate(row_weights)),
+        )
 
     @staticmethod
     def _add_stress(stats, k, chosen, start, batch, design, targets, weights):
