@@ -310,8 +310,10 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
         full = n_pairs == n_chunk * width  # every atom has J pairs: padding is a reshape
         with torch.profiler.record_function("expansion/pair_terms"):
             harmonics = _spherical_harmonics_by_degree(vec, l_max)  # [p, 2l+1] per l
-            # one extra pair (r = 1, weight 0) gives a zero row for padding
-            r = torch.cat([distances[pair_start:pair_stop], distances.new_ones(1)])  # [p+1]
+            # one extra pair (r = cutoff, weight 0) gives a zero row for padding (at the cutoff,
+            # not at a short distance that would send the Bessel functions to their series)
+            r = torch.cat([distances[pair_start:pair_stop],
+                           distances.new_full((1,), cutoff)])  # [p+1]
             taper = torch.cat([tapers[pair_start:pair_stop], tapers.new_zeros(1)])  # [p+1]
             if hasattr(radial, "primitive"):
                 basis, transform = radial.primitive(r, taper)  # [l, p+1, a] (tapered), [a, n]

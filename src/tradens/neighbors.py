@@ -80,8 +80,10 @@ def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
     j = np.concatenate(all_j)
     shifts = np.concatenate(all_s)
     if i.shape[0] > 1 and not bool(np.all(i[1:] >= i[:-1])):
-        # grouped by centre (vesin already returns its pairs so): deterministic for given inputs
-        order = np.argsort(i, kind="stable")
+        # grouped by centre, in vesin's (deterministic) order within a centre; a stable sort of
+        # 16-bit keys is a radix sort in numpy (4x faster than on int64)
+        keys = i.astype(np.uint16) if batch.n_atoms <= np.iinfo(np.uint16).max else i
+        order = np.argsort(keys, kind="stable")
         i, j, shifts = i[order], j[order], shifts[order]
     return Pairs(
         i=torch.from_numpy(i).to(device),
