@@ -61,17 +61,36 @@ def _baseline(fractions, energy, weights) -> np.ndarray:
     return fill_unseen(np.linalg.pinv(cc, rcond=1e-10, hermitian=True) @ ce, np.diagonal(cc) > 0)
 
 
-def _solutions(rows, energy, fractions, weights, alphas, standardize: bool = False):
-    """``theta [D, alpha]`` and the baseline of one training set."""
-    e0 = _baseline(fractions, energy, weights)
-    y = torch.as_tensor((energy - fractions @ e0) * np.sqrt(weights))  # [s]
-    scaled = rows * torch.as_tensor(np.sqrt(weights))[:, None]  # C^{1/2} R
+def _solutions(
+    rows, energy, fractions, weights, alphas, standardize: bool = False, joint: bool = False
+):
+    """``theta [D, alpha]``, the baseline ``[element]`` (``[element, alpha]`` when ``joint``)
+    and the condition numbers of one training set.
+
+    ``joint``: the reference energies are fitted with the weights, unregularised; with
+    ``Q`` the projector off the weighted composition columns ``C^{1/2} f``,
+    ``theta = R^T C^{1/2} Q (Q K Q + alpha tau n)^{-1} Q C^{1/2} y`` (the row-space form of
+    the primal Schur complement) and ``e0 = (C^{1/2} f)^+ C^{1/2} (y - R theta)``.
+    """
+    root = torch.as_tensor(np.sqrt(weights))
+    scaled = rows * root[:, None]  # C^{1/2} R
     column = torch.ones(rows.shape[1], dtype=rows.dtype)
-    if standardize:  # ridge on columns of unit weighted second moment
-        second = (scaled * scaled).sum(0)
+    if joint:
+        f_scaled = torch.as_tensor(fractions * np.sqrt(weights)[:, None])  # [s, element]
+        pinv = torch.linalg.pinv(f_scaled, rtol=1e-10)  # [element, s]
+        projector = torch.eye(rows.shape[0], dtype=rows.dtype) - f_scaled @ pinv  # Q [s, s]
+    if standardize:  # ridge on columns of unit weighted second moment (off the composition)
+        centred = projector @ scaled if joint else scaled
+        second = (centred * centred).sum(0)
         column = 1.0 / torch.sqrt(second + 1e-10 * float(second.mean()))
         scaled = scaled * column
     gram = scaled @ scaled.T  # [s, s]
+    if joint:
+        gram = projector @ gram @ projector
+        y = projector @ torch.as_tensor(energy * np.sqrt(weights))
+    else:
+        e0 = _baseline(fractions, energy, weights)
+        y = torch.as_tensor((energy - fractions @ e0) * np.sqrt(weights))  # [s]
     n, d = float(weights.sum()), rows.shape[1]
     tau = float(torch.diagonal(gram).sum()) / (n * d)  # tr(A)/D with w^2 cancelled below
     eigenvalues, vectors = torch.linalg.eigh(0.5 * (gram + gram.T))
@@ -79,12 +98,30 @@ def _solutions(rows, energy, fractions, weights, alphas, standardize: bool = Fal
     alphas_t = torch.as_tensor(np.asarray(alphas, dtype=np.float64))
     shifted = eigenvalues.clamp(min=0.0)[:, None] + alphas_t[None, :] * tau * n  # [s, alpha]
     dual = vectors @ (projected[:, None] / shifted)  # [s, alpha]
+    if joint:
+        dual = projector @ dual
     condition = (shifted.max(0).values / shifted.min(0).values).numpy()
-    return (scaled.T @ dual) * column[:, None], e0, condition
+    theta = (scaled.T @ dual) * column[:, None]  # [D, alpha]
+    if joint:
+        residual = torch.as_tensor(energy)[:, None] - rows @ theta  # [s, alpha]
+        e0 = (pinv @ (root[:, None] * residual)).numpy()  # [element, alpha]
+        e0 = fill_unseen(e0, np.abs(fractions * weights[:, None]).sum(0) > 0)
+    return theta, e0, condition
+
+
+def _baseline_energy(fractions, e0) -> np.ndarray:
+    """``[s, alpha]`` or ``[s, 1]`` per-atom baseline energies."""
+    out = fractions @ e0
+    return out if out.ndim == 2 else out[:, None]
 
 
 def dual_cross_validate(
-    store: EnergyRows, folds: np.ndarray, n_folds: int, alphas, standardize: bool = False
+    store: EnergyRows,
+    folds: np.ndarray,
+    n_folds: int,
+    alphas,
+    standardize: bool = False,
+    joint: bool = False,
 ) -> dict:
     """K-fold energy RMSE (eV/atom, weighted, pooled) of every ``alpha``."""
     sse, count = np.zeros(len(alphas)), 0.0
@@ -92,9 +129,11 @@ def dual_cross_validate(
         val = store.subset(np.nonzero(folds == k)[0])
         if val[0].shape[0] == 0:
             continue
-        theta, e0, _ = _solutions(*store.subset(np.nonzero(folds != k)[0]), alphas, standardize)
+        theta, e0, _ = _solutions(
+            *store.subset(np.nonzero(folds != k)[0]), alphas, standardize, joint
+        )
         rows, energy, fractions, weights = val
-        errors = (rows @ theta).numpy() + (fractions @ e0)[:, None] - energy[:, None]  # [s, alpha]
+        errors = (rows @ theta).numpy() + _baseline_energy(fractions, e0) - energy[:, None]
         sse += (weights[:, None] * errors**2).sum(0)
         count += weights.sum()
     rmse = np.sqrt(sse / count)
@@ -108,10 +147,15 @@ def dual_cross_validate(
     }
 
 
-def dual_final_fit(store: EnergyRows, alpha: float, standardize: bool = False):
+def dual_final_fit(
+    store: EnergyRows, alpha: float, standardize: bool = False, joint: bool = False
+):
     """Baseline, ``theta [D]``, training RMSEs and condition number on all structures."""
     rows, energy, fractions, weights = store.subset(np.arange(len(store.rows)))
-    theta, e0, condition = _solutions(rows, energy, fractions, weights, [alpha], standardize)
+    theta, e0, condition = _solutions(
+        rows, energy, fractions, weights, [alpha], standardize, joint
+    )
+    e0 = e0[:, 0] if e0.ndim == 2 else e0
     errors = (rows @ theta[:, 0]).numpy() + fractions @ e0 - energy
     training = {
         "energy": float(np.sqrt((weights * errors**2).sum() / weights.sum())),
@@ -127,8 +171,9 @@ def fit_dual(model, frames, targets, basis, species, weights, folds, n_folds, al
         raise ValueError(
             "solver='dual' fits energies only; set forces_weight=0 and stress_weight=0"
         )
-    if model.baseline != "first" or not isinstance(model._regularizer(basis), (str, type(None))):
-        raise ValueError("solver='dual' supports baseline='first' ridge models only")
+    if not isinstance(model._regularizer(basis), (str, type(None))):
+        raise ValueError("solver='dual' supports ridge models only")
+    joint = model.baseline == "joint"
     standardize = model._regularizer(basis) == "diagonal"
     store = EnergyRows(len(frames))
     fractions = composition(frames, species) / targets.n_atoms[:, None]
@@ -150,11 +195,13 @@ def fit_dual(model, frames, targets, basis, species, weights, folds, n_folds, al
                 weights[s],
             )
     if n_folds > 1:
-        model.cv_results_ = dual_cross_validate(store, folds, n_folds, alphas, standardize)
+        model.cv_results_ = dual_cross_validate(
+            store, folds, n_folds, alphas, standardize, joint
+        )
         model.alpha_ = float(alphas[int(np.nanargmin(model.cv_results_["energy_rmse"]))])
     else:
         model.cv_results_ = None
         model.alpha_ = float(alphas[0])
-    e0, theta, training, condition = dual_final_fit(store, model.alpha_, standardize)
+    e0, theta, training, condition = dual_final_fit(store, model.alpha_, standardize, joint)
     model._finish(species, e0, theta, training, condition, basis)
     return model
