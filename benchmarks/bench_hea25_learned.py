@@ -10,7 +10,7 @@ thread, ``time.process_time``).
 
 Examples
 --------
-Full 5-fold run (about 5 CPU minutes per fold)::
+Full 5-fold run with the chosen options as defaults (a few CPU minutes per fold)::
 
     python benchmarks/bench_hea25_learned.py --folds 5
 
@@ -137,9 +137,9 @@ def main(argv=None):
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--n-max", type=int, default=6)
     parser.add_argument("--l-max", type=int, default=3)
-    parser.add_argument("--hidden", type=int, nargs="*", default=[32])
-    parser.add_argument("--element-features", type=int, default=4)
-    parser.add_argument("--pair-channels", type=int, default=0)
+    parser.add_argument("--hidden", type=int, nargs="*", default=[])
+    parser.add_argument("--element-features", type=int, default=0)
+    parser.add_argument("--pair-channels", type=int, default=4)
     parser.add_argument("--pair-basis", type=int, default=12)
     parser.add_argument("--pair-cutoff", type=float, default=None)
     parser.add_argument("--pair-r-min", type=float, default=1.5)
@@ -149,18 +149,18 @@ def main(argv=None):
                         help="fit the learned model only and print its internal validation errors "
                              "(for choosing options without looking at the test folds)")
     parser.add_argument("--energy-weight", type=float, default=1.0)
-    parser.add_argument("--forces-weight", type=float, default=0.3)
-    parser.add_argument("--stress-weight", type=float, default=0.0)
+    parser.add_argument("--forces-weight", type=float, default=3.0)
+    parser.add_argument("--stress-weight", type=float, default=10.0)
     parser.add_argument("--forces-loss", choices=("mse", "huber"), default="huber")
     parser.add_argument("--forces-delta", type=float, default=2.0)
-    parser.add_argument("--learning-rate", type=float, default=5e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--embedding-learning-rate", type=float, default=None)
     parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--max-epochs", type=int, default=150)
-    parser.add_argument("--patience", type=int, default=40)
+    parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--patience", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--validation-fraction", type=float, default=0.15)
-    parser.add_argument("--ema", type=float, default=0.0)
+    parser.add_argument("--ema", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
