@@ -159,6 +159,9 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
     # output sub-chunks: the [slot, 3, L, K, K] products stay in cache
     sub = max(1, int(2 * 2**20 // (8 * 3 * n_l * n_k * n_k))) if structure == "triangle" else 1 << 30
     contiguous = n_core == n_features
+    n_rank = 4 if n_k >= 16 else 8
+    if not contiguous:  # the extra features (covariance_sigma0) read any product, then are zeroed
+        gather = torch.cat([gather, gather.new_zeros(n_features - n_core)])
     for r0, r1 in _chunks(row_start, max(1, int(chunk_bytes // per_slot))):
         s0, s1 = starts[r0], starts[r1]
         n_slots, n_local = s1 - s0, r1 - r0
@@ -194,23 +197,24 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
             padded = padded.view(n_local, width, 4, n_lm)
         del angular
         yc = y[r0:r1]  # [R, K, lm]
-        uv = yc.new_empty(n_local, width * 4, n_l, n_k)  # [R, P*4, L, K]
+        uv = yc.new_empty(n_l, n_local, width * 4, n_k)  # [L, R, P*4, K]
         for l in range(n_l):
             block = slice(l * l, (l + 1) * (l + 1))
             torch.bmm(padded[..., block].reshape(n_local, width * 4, 2 * l + 1), yc[:, :, block].transpose(1, 2),
-                      out=uv[:, :, l])
+                      out=uv[l])
         del padded
         x_rows = unit[r0:r1]  # [R, F']
+        x_full = x_rows if contiguous else torch.cat([x_rows, x_rows.new_zeros(n_local, n_features - n_core)], 1)
         if normalize:  # M beta, M delta
             if structure == "triangle":
                 m = _symmetric_weights(x_rows, first, second, n_k, n_l)  # [R, L, K, K]
-                m_uv = torch.matmul(uv.transpose(1, 2), m).transpose(1, 2)  # [R, P*4, L, K]
+                m_uv = torch.matmul(uv, m.transpose(0, 1))  # [L, R, P*4, K]
             else:  # diagonal: M = 2 x_kl
-                m_uv = uv * (2.0 * x_rows.view(n_local, 1, n_k, n_l).transpose(2, 3))
-            m_uv = m_uv.reshape(n_local * width, 4, n_l, n_k)
+                m_uv = uv * (2.0 * x_rows.view(n_local, n_k, n_l).permute(2, 0, 1)[:, :, None, :])
+            m_uv = m_uv.permute(1, 2, 0, 3).reshape(n_local * width, 4, n_l, n_k)
             if not uniform:
                 m_uv = m_uv[slot_index]
-        uv = uv.view(n_local * width, 4, n_l, n_k)
+        uv = uv.permute(1, 2, 0, 3).reshape(n_local * width, 4, n_l, n_k)
         if not uniform:
             uv = uv[slot_index]  # [E, 4, L, K]
         slot_scale = (degree_scale[None, :] / norm[r0:r1, None])[slot_row]  # [E, L]
@@ -234,22 +238,30 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
             if normalize:
                 view.addcmul_(s[:, :, None, None], x_rows[slot_row].view(n_slots, 1, n_k, n_l), value=-1.0)
         else:
+            # rank-4 factors: (alpha, beta, gamma, delta) [E, 3, L, K, r] against sqrt2 (beta, alpha, delta,
+            # gamma) [E, 3, L, r, K]; rank padded to 8 for K < 16 (MKL's tiny batched products are much faster)
+            make = alpha.new_zeros if n_rank > 4 else alpha.new_empty
+            left = make(n_slots, 3, n_l, n_k, n_rank)  # [E, 3, L, K, r]
+            right = make(n_slots, 3, n_l, n_rank, n_k)  # [E, 3, L, r, K]
+            for column, (a_term, b_term) in enumerate(((alpha, beta[:, None]), (beta[:, None], alpha),
+                                                       (gamma[:, None], delta), (delta, gamma[:, None]))):
+                left[..., column] = a_term
+                right[:, :, :, column] = b_term
+            right.mul_(SQRT2)
+            del alpha, beta, gamma, delta, uv
+            left = left.view(-1, n_k, n_rank)
+            right = right.view(-1, n_rank, n_k)
             for e0 in range(0, n_slots, sub):
                 e1 = min(n_slots, e0 + sub)
                 n_e = e1 - e0
-                a, b, g, d = alpha[e0:e1], beta[e0:e1, None], gamma[e0:e1, None], delta[e0:e1]
-                shape = (n_e, 3, n_l, n_k)
-                left = torch.stack([a, b.expand(shape), g.expand(shape), d], dim=-1)  # [e, 3, L, K, 4]
-                right = torch.stack([b.expand(shape), a, d, g.expand(shape)], dim=-2).mul_(SQRT2)  # [e, 3, L, 4, K]
-                full = torch.bmm(left.view(-1, n_k, 4), right.view(-1, 4, n_k))  # [e 3 L, K, K]
+                full = torch.bmm(left[e0 * 3 * n_l:e1 * 3 * n_l], right[e0 * 3 * n_l:e1 * 3 * n_l])  # [e 3 L, K, K]
                 full.diagonal(dim1=1, dim2=2).mul_(1.0 / SQRT2)  # f_kk = 1
-                core = slab[e0:e1, :, :n_core]
-                if contiguous:
-                    torch.index_select(full.view(n_e * 3, -1), 1, gather, out=core.view(n_e * 3, n_core))
-                else:
-                    core.copy_(torch.index_select(full.view(n_e, 3, -1), 2, gather))
+                part = slab[e0:e1]  # [e, 3, F]
+                torch.index_select(full.view(n_e * 3, -1), 1, gather, out=part.view(n_e * 3, n_features))
+                if not contiguous:
+                    part[:, :, n_core:] = 0.0
                 if normalize:
-                    core.addcmul_(s[e0:e1, :, None], x_rows[slot_row[e0:e1]][:, None, :], value=-1.0)
+                    part.addcmul_(s[e0:e1, :, None], x_full[slot_row[e0:e1]][:, None, :], value=-1.0)
         # ---- centre slots (-sum of the row) and strain (sum_p r_p (x) dX/dr_p)
         columns = 4 if strain_out is not None else 1
         slot_weights = torch.cat([torch.ones_like(slot_vec[:, :1]), slot_vec], dim=1)[:, :columns]  # [E, c]
