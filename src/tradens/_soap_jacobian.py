@@ -90,8 +90,9 @@ class _Radial:
                 rows = slice(start * 2 * n_l, (start + count) * 2 * n_l)
                 torch.mm(by_species[rows], self.blocks[s], out=product[rows])
                 start += count
-        out = torch.empty_like(product).view(n_pairs, 2 * n_l, -1)
-        out[order] = product.view(n_pairs, 2 * n_l, -1)
+        n_k = self.blocks.shape[2]
+        out = torch.empty_like(product).view(n_pairs, 2 * n_l, n_k)
+        out[order] = product.view(n_pairs, 2 * n_l, n_k)
         return out  # [p, 2L, K]
 
 
