@@ -158,7 +158,7 @@ def test_all_options_train_deterministically_and_round_trip(full_model, teacher_
 def test_training_lowers_the_loss_with_pair_densities_and_element_readout(teacher_data):
     model = LearnedPotential(
         small_soap(mixing={"channels": 3, "seed": 5}),
-        **_full_options(max_epochs=10, patience=10, learning_rate=1e-2, ema=0.0, stress_weight=0.0),
+        **_full_options(max_epochs=5, patience=5, learning_rate=1e-2, ema=0.0, stress_weight=0.0),
     ).fit(teacher_data)
     losses = [h["val_loss"] for h in model.history_]
     assert min(losses) < 0.75 * losses[0]
