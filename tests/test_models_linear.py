@@ -63,7 +63,13 @@ def test_baseline_first_then_forces_recover_the_weights(planted_data):
     """With the baseline fitted first, force and stress rows still carry the whole model."""
     soap, frames, theta, _ = planted_data
     model = LinearPotential(
-        soap, alphas=(1e-14,), cv=None, energy_weight=0.0, forces_weight=1.0, stress_weight=1.0
+        soap,
+        alphas=(1e-14,),
+        cv=None,
+        energy_weight=0.0,
+        forces_weight=1.0,
+        stress_weight=1.0,
+        baseline="first",
     ).fit(frames)
     np.testing.assert_allclose(model.weights_, theta, atol=1e-6 * np.abs(theta).max())
     # the kept baseline is the least-squares fit of E/N on the composition fractions
@@ -101,16 +107,16 @@ def test_cross_validation_errors_equal_explicit_refits():
         atoms.info["energy"] = -4.0 * len(atoms) + rng.normal()
     groups = [0, 1, 0, 1, 0, 1]
     alphas = (1e-4, 1e-2)
-    model = LinearPotential(soap, alphas=alphas, forces_weight=0, stress_weight=0).fit(
-        frames, groups=groups
-    )
-    for a, alpha in enumerate(alphas):
+    for baseline, (a, alpha) in itertools.product(("first", "joint"), enumerate(alphas)):
+        model = LinearPotential(
+            soap, alphas=alphas, forces_weight=0, stress_weight=0, baseline=baseline
+        ).fit(frames, groups=groups)
         sse, count = 0.0, 0
         for fold in (0, 1):
             train = [f for f, g in zip(frames, groups, strict=True) if g != fold]
             test = [f for f, g in zip(frames, groups, strict=True) if g == fold]
             refit = LinearPotential(
-                soap, alphas=(alpha,), cv=None, forces_weight=0, stress_weight=0
+                soap, alphas=(alpha,), cv=None, forces_weight=0, stress_weight=0, baseline=baseline
             ).fit(train)
             errors = (
                 refit.predict(test, forces=False, stress=False)["energy"]

@@ -79,20 +79,20 @@ def _solutions(
         f_scaled = torch.as_tensor(fractions * np.sqrt(weights)[:, None])  # [s, element]
         pinv = torch.linalg.pinv(f_scaled, rtol=1e-10)  # [element, s]
         projector = torch.eye(rows.shape[0], dtype=rows.dtype) - f_scaled @ pinv  # Q [s, s]
-    if standardize:  # ridge on columns of unit weighted second moment (off the composition)
-        centred = projector @ scaled if joint else scaled
-        second = (centred * centred).sum(0)
+    if standardize:  # ridge on columns of unit weighted second moment
+        second = (scaled * scaled).sum(0)
         column = 1.0 / torch.sqrt(second + 1e-10 * float(second.mean()))
         scaled = scaled * column
     gram = scaled @ scaled.T  # [s, s]
+    n, d = float(weights.sum()), rows.shape[1]
+    # tr(A)/D with w^2 cancelled below; before eliminating a joint baseline (as the primal)
+    tau = float(torch.diagonal(gram).sum()) / (n * d)
     if joint:
         gram = projector @ gram @ projector
         y = projector @ torch.as_tensor(energy * np.sqrt(weights))
     else:
         e0 = _baseline(fractions, energy, weights)
         y = torch.as_tensor((energy - fractions @ e0) * np.sqrt(weights))  # [s]
-    n, d = float(weights.sum()), rows.shape[1]
-    tau = float(torch.diagonal(gram).sum()) / (n * d)  # tr(A)/D with w^2 cancelled below
     eigenvalues, vectors = torch.linalg.eigh(0.5 * (gram + gram.T))
     projected = vectors.T @ y
     alphas_t = torch.as_tensor(np.asarray(alphas, dtype=np.float64))

@@ -234,9 +234,14 @@ def solve_path(
         standardised columns).
     """
     a, b = _objective(stats, e0, weights)
+    # the regularisation scale (tau, and the diagonal of "diagonal") comes from the normal matrix
+    # before the joint baseline is eliminated, so alpha means the same for both baselines and
+    # stays meaningful when the composition explains almost everything (round-off Schur
+    # complement)
+    full = a if e0 is not None else _objective(stats, np.zeros(stats["cc"].shape[0]), weights)[0]
     whiten = None
     if isinstance(regularizer, str):
-        regularizer = torch.diag(torch.diagonal(a).clamp(min=0.0))
+        regularizer = torch.diag(torch.diagonal(full).clamp(min=0.0))
     if regularizer is not None:
         gamma = regularizer.to(torch.float64)
         scale = float(torch.diagonal(gamma).mean())
@@ -244,14 +249,24 @@ def solve_path(
             gamma + jitter * scale * torch.eye(gamma.shape[0], dtype=torch.float64)
         )
         whiten = chol  # theta = L^{-T} u
-        a = torch.linalg.solve_triangular(
-            chol, torch.linalg.solve_triangular(chol, a, upper=False).T, upper=False
-        ).T
+
+        def whitened(matrix):
+            return torch.linalg.solve_triangular(
+                chol, torch.linalg.solve_triangular(chol, matrix, upper=False).T, upper=False
+            ).T
+
+        a = whitened(a)
+        full = a if e0 is not None else whitened(full)
         b = torch.linalg.solve_triangular(chol, b[:, None], upper=False)[:, 0]
     a = 0.5 * (a + a.T)
     n = a.shape[0]
-    tau = float(torch.diagonal(a).sum()) / max(n, 1)
+    tau = float(torch.diagonal(full).sum()) / max(n, 1)
     if tau <= 0:
+        if e0 is None and any(stats["count"][p] > 0 for p in PROPERTIES):
+            # joint baseline that explains every label (e.g. energies only, fewer structures
+            # than elements): nothing is left for the weights
+            n_alpha = len(np.atleast_1d(alphas))
+            return torch.zeros(n, n_alpha, dtype=torch.float64), np.ones(n_alpha)
         raise ValueError("the design is all zeros: no labels, or features that do not vary")
     eigenvalues, vectors = torch.linalg.eigh(a)
     eigenvalues = eigenvalues.clamp(min=0.0)
