@@ -5,7 +5,8 @@ Usage::
     python benchmarks/bench_fit.py               # all 1500 structures, K=16, E+F+S, 1 thread
     python benchmarks/bench_fit.py --structures 200 --channels 32 --cv 5
 
-Prints the wall time of the design accumulation (features, force and virial
+Prints the wall and CPU time (one thread: about 103 CPU s for all 1500
+structures, docs/models.md) of the design accumulation (features, force and virial
 rows, Gram updates) and of the solve, and held-out errors when
 ``--test`` structures are kept out. Needs ``../shared/data/meam17``.
 """

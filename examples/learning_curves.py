@@ -74,7 +74,11 @@ def settings(args) -> dict:
 def representations(species, s: dict, args) -> dict:
     """Name -> (representation factory, family, projection size)."""
     hypers = dict(
-        cutoff=s["cutoff"], l_max=s["l_max"], radial={"n_max": s["n_max"]}, species=species
+        cutoff=s["cutoff"],
+        l_max=s["l_max"],
+        radial={"n_max": s["n_max"]},
+        species=species,
+        normalize=not args.unnormalized,
     )
     out = {"full SOAP": (lambda: SOAP(**hypers), "full SOAP", None)}
     for k in s["channels"]:
@@ -105,7 +109,7 @@ def representations(species, s: dict, args) -> dict:
                     l_max=(0, l_ace, l_ace - 1),
                     channels=k,
                     radial={"n_max": s["n_max"]},
-                    normalize=True,
+                    normalize=not args.unnormalized,
                 ),
                 "TR-ACE",
                 None,
@@ -122,6 +126,7 @@ def fit_linear(factory, projection, train, s, args):
         forces_weight=0.1 if args.forces else 0.0,
         stress_weight=1.0 if args.forces else 0.0,
         projection=None if projection is None else RandomProjection(projection, seed=args.seed),
+        baseline=args.baseline,
         batch_size=16,
         seed=args.seed,
     )
@@ -391,6 +396,17 @@ def main(argv=None) -> None:
         help="random projections at every size, not just the largest",
     )
     parser.add_argument("--no-learned", action="store_true")
+    parser.add_argument(
+        "--unnormalized",
+        action="store_true",
+        help="features not divided by their norm (keeps the density amplitude; better on MEAM17)",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=["joint", "first"],
+        default="joint",
+        help="per-element energies fitted with the weights (joint) or before them (first)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=".", help="output folder")
