@@ -26,21 +26,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_soap import (  # noqa: E402
-    _memory_status,
-    elements_for,
+from _common import (  # noqa: E402
     machine_info,
-    make_system,
+    memory_status,
+    run_worker,
+    worker_main,
     write_json_atomically,
 )
+from bench_soap import elements_for, make_system  # noqa: E402
 
 ORDERS = {3: (0, 6, 4), 4: (0, 6, 4, 2)}
 
@@ -64,7 +63,7 @@ def run_case(spec: dict) -> dict:
     elements = elements_for(spec["n_species"])
     atoms = make_system(elements, spec["repeat"])
     species = [atomic_numbers[e] for e in elements]
-    before = _memory_status()
+    before = memory_status()
     if spec["lib"] == "tradens":
         from tradens import ACE
 
@@ -108,20 +107,17 @@ def run_case(spec: dict) -> dict:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    after = _memory_status()
+    after = memory_status()
     return {**spec, "time_s": statistics.median(times), "features_per_atom": n_features,
             "peak_rss_mb": after.get("VmHWM"), "rss_before_mb": before.get("VmRSS")}
 
 
 def run_in_subprocess(spec: dict, timeout: float) -> dict:
-    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timed out after {timeout} s"}
-    if result.returncode != 0:
-        return {**spec, "error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """One case in a fresh one-thread interpreter; the spec with the result or an ``error``."""
+    result = run_worker(__file__, spec, timeout)
+    if not result.pop("ok", False):
+        return {**spec, "error": result.get("error", "failed")}
+    return result
 
 
 def size_table(max_species: int = 8) -> list[dict]:
@@ -147,8 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "bench_ace.json"))
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(run_case(json.loads(args.worker))))
-        return 0
+        return worker_main(run_case, args.worker)
     repeat = 3 if args.quick else 10
     channels = [8] if args.quick else [int(k) for k in args.channels.split(",")]
     specs = [{"lib": "tradens", "nu_max": nu, "channels": K, "n_species": args.elements, "repeat": repeat,

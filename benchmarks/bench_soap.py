@@ -47,24 +47,29 @@ information to ``--output`` (default ``benchmarks/results/bench_soap.json``).
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    available,
+    cuda_visible,
+    machine_info,
+    memory_status,
+    run_worker,
+    worker_main,
+    write_json_atomically,
+)
 
 ELEMENTS_25 = ("Sc Ti V Cr Mn Fe Co Ni Cu Zn Y Zr Nb Mo Tc Ru Rh Pd Ag Cd "
                "Hf Ta W Re Os").split()
 ELEMENTS_3 = ("Cr", "Fe", "Ni")
 CUTOFF, N_MAX, L_MAX, SIGMA = 5.0, 8, 6, 0.5
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "RAYON_NUM_THREADS", "NUMBA_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_soap.json"
 PEERS = ("quippy", "featomic", "dscribe")
 
@@ -113,24 +118,6 @@ def variant_label(variant: str, channels: int) -> str:
 
 
 # ----------------------------------------------------------------------------- worker
-
-
-def _memory_status() -> dict:
-    """Current and peak resident set of this process, MB."""
-    out = {}
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key, value = line.split(":")
-                    out[key] = int(value.split()[0]) / 1024.0
-    except OSError:  # not Linux: fall back on getrusage (peak only)
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
-        out = {"VmRSS": float("nan"), "VmHWM": peak}
-    return out
 
 
 def _build_case(spec: dict):
@@ -205,7 +192,7 @@ def run_case(spec: dict) -> dict:
     setup_start = time.perf_counter()
     run, n_features, sync = _build_case(spec)
     setup = time.perf_counter() - setup_start
-    base = _memory_status()
+    base = memory_status()
     times, cpu_times = [], []
     features = None
     for index in range(spec["warmup"] + spec["repeats"]):
@@ -221,7 +208,7 @@ def run_case(spec: dict) -> dict:
         if index >= spec["warmup"]:
             times.append(elapsed)
             cpu_times.append(cpu)
-    memory = _memory_status()
+    memory = memory_status()
     out = {
         "times_s": times,
         "median_s": statistics.median(times),
@@ -241,32 +228,7 @@ def run_case(spec: dict) -> dict:
     return out
 
 
-def _worker_main(spec_json: str) -> int:
-    spec = json.loads(spec_json)
-    try:
-        result = {"ok": True, **run_case(spec)}
-    except Exception as error:  # reported to the parent, which keeps going
-        result = {"ok": False, "error": f"{type(error).__name__}: {error}"}
-    print("BENCH_RESULT " + json.dumps(result), flush=True)
-    return 0
-
-
 # ----------------------------------------------------------------------------- parent
-
-
-def _available(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def _cuda_visible() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # pragma: no cover
-        return False
 
 
 def build_cases(args) -> list[dict]:
@@ -275,9 +237,9 @@ def build_cases(args) -> list[dict]:
     unknown = set(libs) - {"tradens", *PEERS}
     if unknown:
         raise SystemExit(f"unknown --libs entries: {sorted(unknown)}")
-    have = {"tradens": True, "quippy": _available("quippy"), "featomic": _available("featomic"),
-            "dscribe": _available("dscribe")}
-    cuda = (not args.no_cuda) and _cuda_visible()
+    have = {"tradens": True, "quippy": available("quippy"), "featomic": available("featomic"),
+            "dscribe": available("dscribe")}
+    cuda = (not args.no_cuda) and cuda_visible()
     common = {"repeat": args.repeat, "warmup": args.warmup, "repeats": args.repeats}
     channels = [int(k) for k in args.channels.split(",")]
     cases = []
@@ -319,24 +281,6 @@ def build_cases(args) -> list[dict]:
         spec.setdefault("K", 0)
         spec.setdefault("scan", False)
     return cases
-
-
-def run_in_subprocess(spec: dict, timeout: float) -> dict:
-    """Run one case in a fresh interpreter with one thread everywhere."""
-    env = dict(os.environ)
-    for name in THREAD_VARIABLES:
-        env[name] = "1"
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    try:
-        completed = subprocess.run(command, env=env, capture_output=True, text=True,
-                                   timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
-    for line in reversed(completed.stdout.splitlines()):
-        if line.startswith("BENCH_RESULT "):
-            return json.loads(line[len("BENCH_RESULT "):])
-    tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
-    return {"ok": False, "error": f"worker exited with {completed.returncode}: {' | '.join(tail)}"}
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -416,63 +360,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine_info() -> dict:
-    """Where and with what the benchmark ran."""
-    from importlib import metadata
-
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["cpus_available"] = len(os.sched_getaffinity(0))
-    try:
-        with open("/proc/cpuinfo") as handle:
-            models = [line.split(":", 1)[1].strip() for line in handle
-                      if line.startswith("model name")]
-        info["cpu_model"] = models[0] if models else None
-        with open("/proc/meminfo") as handle:
-            total = handle.readline().split()[1]
-        info["memory_total_gb"] = int(total) / 2**20
-    except OSError:
-        pass
-    versions = {}
-    for package in ("tradens", "torch", "numpy", "ase", "vesin", "quippy-ase", "featomic",
-                    "metatensor-core", "dscribe"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    info["versions"] = versions
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-            text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        info["git_commit"] = None
-    info["threads"] = {name: "1" for name in THREAD_VARIABLES}
-    info["torch_threads"] = 1
-    info["cuda"] = _cuda_visible()
-    return info
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=1)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench_soap", description=__doc__.split("\n\n")[0],
@@ -511,7 +398,7 @@ def main(argv=None) -> int:
     """Run the benchmark; returns a process exit code (0 when every case ran)."""
     args = parse_args(argv)
     if args.worker is not None:
-        return _worker_main(args.worker)
+        return worker_main(run_case, args.worker)
     cases = build_cases(args)
     if args.quick:  # keep the smoke run short: full SOAP and one TR case per library
         cases = [c for c in cases if c["basis"] != "gto" or c["lib"] != "tradens"]
@@ -522,7 +409,7 @@ def main(argv=None) -> int:
     rows = []
     for spec in cases:
         start = time.perf_counter()
-        result = run_in_subprocess(spec, args.timeout)
+        result = run_worker(__file__, spec, args.timeout)
         row = {**spec, **result}
         rows.append(row)
         if result.get("ok"):
