@@ -29,7 +29,12 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
         "--alphas", type=float, nargs="+", help="relative regularisations to cross-validate"
     )
     group.add_argument("--per-element", action="store_true", help="per-element weights (linear)")
-    group.add_argument("--baseline", choices=["first", "joint"], default="first")
+    group.add_argument(
+        "--baseline",
+        choices=["first", "joint"],
+        help="reference energies fitted before the model (first) or with it (joint); "
+        "default: the model's own (linear: joint, kernel: first)",
+    )
     group.add_argument("--energy-key", default="energy")
     group.add_argument("--forces-key", default="forces")
     group.add_argument("--stress-key", default="stress")
@@ -55,7 +60,9 @@ def run_fit(args) -> int:
         stress_key=args.stress_key,
         seed=args.fit_seed,
     )
-    linear = dict(cv=None if args.cv <= 1 else args.cv, baseline=args.baseline)
+    linear = dict(cv=None if args.cv <= 1 else args.cv)
+    if args.baseline is not None:
+        linear["baseline"] = args.baseline
     if args.alphas:
         linear["alphas"] = tuple(args.alphas)
     if args.model == "linear":
