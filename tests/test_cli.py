@@ -184,6 +184,30 @@ def test_features_formats_and_hypers_round_trip(tmp_path, capsys, sample):
     assert h5.names == features.names and h5_hypers == hypers
 
 
+def test_metatensor_feature_file_round_trip(tmp_path, capsys, sample):
+    pytest.importorskip("metatensor")
+    for suffix in ("npz", "mts"):
+        code, _, err = call(capsys, "features", str(sample), "-o", str(tmp_path / f"f.{suffix}"),
+                            *SMALL)
+        assert code == 0, err
+    reference, hypers = read_features(tmp_path / "f.npz")
+    mts, mts_hypers = read_features(tmp_path / "f.mts")
+    np.testing.assert_array_equal(mts.values, reference.values)
+    for key in ("structure", "center", "numbers"):
+        np.testing.assert_array_equal(getattr(mts, key), getattr(reference, key))
+    assert mts.names == reference.names and mts_hypers == hypers and mts_hypers
+    assert set(mts.labels) == set(reference.labels)
+    for key, value in reference.labels.items():
+        np.testing.assert_array_equal(mts.labels[key], value)
+    # the analysis commands take it as precomputed features
+    code, out, err = call(capsys, "imbalance", "--a", str(tmp_path / "f.mts"),
+                          "--b", str(tmp_path / "f.npz"))
+    assert code == 0, err
+    (tmp_path / "f.mts").write_bytes(b"not a metatensor file")
+    with pytest.raises(ValueError, match="cannot read feature file"):
+        read_features(tmp_path / "f.mts")
+
+
 def test_features_from_a_gap_string_and_pooling(tmp_path, capsys, sample):
     gap = (
         "soap cutoff=4.5 n_max=3 l_max=2 atom_sigma=0.5 n_species=2 species_Z={28 29} "

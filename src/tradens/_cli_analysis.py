@@ -22,7 +22,7 @@ from ._cli_common import (
     load_frames,
     per_level,
 )
-from ._io import read_features, read_hypers, write_frames, write_json
+from ._io import is_feature_file, read_features, read_hypers, write_frames, write_json
 
 # --------------------------------------------------------------------------- imbalance
 IMBALANCE_DESCRIPTION = """\
@@ -35,7 +35,7 @@ A representation SPEC is one of:
   tr:K               tensor-reduced SOAP (radial+element mixing) with K channels
   rp:F               a Gaussian random projection of the full SOAP onto F features
   FILE.yaml|.json    a hypers file (SOAP or ACE; the options below do not apply)
-  FILE.npz|.h5       precomputed features (see 'tradens features')
+  FILE.npz|.h5|.mts  precomputed features (see 'tradens features')
   "soap ..."         a GAP descriptor string"""
 IMBALANCE_EPILOG = """\
 examples:
@@ -68,7 +68,7 @@ def _spec_features(spec: str, args, frames):
     from .analysis import random_projection
 
     lower = spec.lower()
-    if lower.endswith((".npz", ".h5", ".hdf5")):
+    if is_feature_file(lower):
         features, _ = read_features(spec)
         return features, f"{spec} ({features.values.shape[1]} features)"
     if frames is None:
@@ -120,7 +120,7 @@ def _int(spec: str) -> int:
 def run_imbalance(args) -> int:
     from .analysis import information_imbalance
 
-    needs_frames = not all(s.lower().endswith((".npz", ".h5", ".hdf5")) for s in (args.a, args.b))
+    needs_frames = not all(is_feature_file(s) for s in (args.a, args.b))
     frames, _ = load_frames(args, required=needs_frames)
     fa, label_a = _spec_features(args.a, args, frames)
     fb, label_b = _spec_features(args.b, args, frames)

@@ -322,7 +322,7 @@ def add_level_arguments(parser: argparse.ArgumentParser, *, default: str, points
 def add_feature_file_argument(parser: argparse.ArgumentParser) -> None:
     """``--features FILE``: precomputed features instead of computing them."""
     parser.add_argument(
-        "--features", help="precomputed feature file (.npz/.h5) instead of computing"
+        "--features", help="precomputed feature file (.npz/.h5/.mts) instead of computing"
     )
 
 

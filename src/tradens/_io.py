@@ -155,6 +155,14 @@ def write_frames(path: str | os.PathLike, frames: list) -> None:
 
 
 # --------------------------------------------------------------------------- features
+FEATURE_SUFFIXES = (".npz", ".h5", ".hdf5", ".mts")
+
+
+def is_feature_file(path: str | os.PathLike) -> bool:
+    """Whether the name of ``path`` is that of a feature file (any of :data:`FEATURE_SUFFIXES`)."""
+    return str(path).lower().endswith(FEATURE_SUFFIXES)
+
+
 def feature_format(path: str | os.PathLike) -> str:
     """``"npz"``, ``"hdf5"`` or ``"metatensor"`` from a file name."""
     name = str(path).lower()
@@ -176,8 +184,10 @@ def write_features(path: str | os.PathLike, features, hypers: dict | None = None
     ``numbers`` ``[row]``, ``names [feature]``, ``labels_<key> [feature]``
     and ``hypers`` (a JSON string). ``.h5``/``.hdf5`` (h5py) holds the same
     datasets with ``hypers`` as a file attribute. ``.mts`` is a metatensor
-    ``TensorMap`` with one block: samples ``(system, atom)``, properties
-    ``(feature,)``; its hypers go beside it to ``<name>.hypers.json``.
+    ``TensorMap`` with one block: samples ``(system, atom, center_type)``,
+    properties ``(feature,)``; the hypers, feature names and labels go beside
+    it to ``<name>.hypers.json`` (``{"hypers", "names", "labels",
+    "format_version"}``).
 
     Returns
     -------
@@ -221,7 +231,8 @@ def write_features(path: str | os.PathLike, features, hypers: dict | None = None
 def _write_tensormap(path, features, hypers_json: str) -> None:
     metatensor = _optional("metatensor", "metatensor output", "pip install metatensor")
     samples = metatensor.Labels(
-        ["system", "atom"], np.stack([features.structure, features.center], axis=1).astype(np.int32)
+        ["system", "atom", "center_type"],
+        np.stack([features.structure, features.center, features.numbers], axis=1).astype(np.int32),
     )
     properties = metatensor.Labels(
         ["feature"], np.arange(features.values.shape[1], dtype=np.int32)[:, None]
@@ -235,11 +246,46 @@ def _write_tensormap(path, features, hypers_json: str) -> None:
     tensor = metatensor.TensorMap(metatensor.Labels.single(), [block])
     with atomic_path(path) as tmp:
         metatensor.save(tmp, tensor)
-    write_json(str(path) + ".hypers.json", json.loads(hypers_json))
+    sidecar = {
+        "hypers": json.loads(hypers_json),
+        "names": list(features.names),
+        "labels": {key: np.asarray(value).tolist() for key, value in features.labels.items()},
+        "format_version": FEATURE_FORMAT_VERSION,
+    }
+    write_json(str(path) + ".hypers.json", sidecar)
+
+
+def _read_tensormap(path: Path) -> tuple[dict, dict]:
+    """Arrays and hypers of a ``.mts`` file written by :func:`_write_tensormap`."""
+    metatensor = _optional("metatensor", "metatensor input", "pip install metatensor")
+    try:
+        tensor = metatensor.load(str(path))
+    except metatensor.MetatensorError as error:  # not an OSError/ValueError: say it plainly
+        raise ValueError(str(error)) from None
+    if len(tensor.keys) != 1:
+        raise ValueError(f"expected a TensorMap with one block, found {len(tensor.keys)} blocks")
+    block = tensor.block(0)
+    names = list(block.samples.names)
+    if names[:2] != ["system", "atom"]:
+        raise ValueError(f"expected samples (system, atom, ...), found {tuple(names)}")
+    samples = np.asarray(block.samples.values)
+    arrays = {"values": np.asarray(block.values), "structure": samples[:, 0].astype(np.int64),
+              "center": samples[:, 1].astype(np.int64)}
+    if "center_type" in names:
+        arrays["numbers"] = samples[:, names.index("center_type")].astype(np.int64)
+    sidecar_path = Path(str(path) + ".hypers.json")
+    sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else {}
+    if "hypers" not in sidecar:  # no sidecar, or an older one that held the hypers only
+        sidecar = {"hypers": sidecar}
+    if sidecar.get("names"):
+        arrays["names"] = np.asarray(sidecar["names"], dtype=str)
+    for key, value in sidecar.get("labels", {}).items():
+        arrays[f"labels_{key}"] = np.asarray(value)
+    return arrays, sidecar["hypers"]
 
 
 def read_features(path: str | os.PathLike):
-    """Read a ``.npz`` or HDF5 feature file written by :func:`write_features`.
+    """Read a ``.npz``, HDF5 or metatensor feature file written by :func:`write_features`.
 
     Returns
     -------
@@ -254,12 +300,10 @@ def read_features(path: str | os.PathLike):
     if not path.is_file():
         raise FileNotFoundError(f"feature file {str(path)!r} does not exist")
     kind = feature_format(path)
-    if kind == "metatensor":
-        raise ValueError(
-            f"reading metatensor files is not supported here: {str(path)!r}; use .npz or .h5"
-        )
     try:
-        if kind == "npz":
+        if kind == "metatensor":
+            arrays, hypers = _read_tensormap(path)
+        elif kind == "npz":
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
             hypers = json.loads(str(arrays.pop("hypers", "{}")))
