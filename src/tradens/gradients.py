@@ -182,7 +182,7 @@ def _batches(systems, batch_size: int, dtype, device):
 
 def energy_forces_stress(representation, model_fn, systems, *, batch_size: int = 16,
                          dtype: torch.dtype | None = None, device=None, create_graph: bool = False,
-                         output: str = "numpy") -> ModelOutput:
+                         output: str = "numpy", method: str = "auto") -> ModelOutput:
     """Energies, forces and stress of ``E = sum_rows model_fn(X)`` by one backward pass.
 
     Parameters
@@ -205,6 +205,13 @@ def energy_forces_stress(representation, model_fn, systems, *, batch_size: int =
         ``output="torch"``.
     output : {"numpy", "torch"}
         Array type of the result.
+    method : {"auto", "analytic", "autograd"}
+        ``"analytic"``: autograd only from the mixed densities through the
+        power spectrum and the model, then an analytic pass over the pairs
+        (:mod:`tradens._soap_forces`; :class:`~tradens.soap.SOAP` without
+        ``create_graph``); ``"autograd"``: one reverse pass through the whole
+        representation (any module, any options); ``"auto"``: ``"analytic"``
+        where it applies.
 
     Returns
     -------
@@ -216,9 +223,22 @@ def energy_forces_stress(representation, model_fn, systems, *, batch_size: int =
         raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
     if create_graph and output != "torch":
         raise ValueError("create_graph=True needs output='torch' (numpy arrays carry no graph)")
+    if method not in ("auto", "analytic", "autograd"):
+        raise ValueError(f"method must be 'auto', 'analytic' or 'autograd', got {method!r}")
+    from ._soap_forces import soap_energy_and_gradients, soap_vjp_applies
+
+    analytic = method != "autograd" and soap_vjp_applies(representation, create_graph)
+    if method == "analytic" and not analytic:
+        raise ValueError("method='analytic' needs a SOAP representation and create_graph=False; "
+                         "use method='autograd'")
     parts: dict[str, list] = {"energy": [], "forces": [], "virial": [], "stress": [], "structure": []}
     offset = 0
     for batch in _batches(systems, batch_size, dtype, device):
+        if analytic:
+            energy, d_positions, d_strain = soap_energy_and_gradients(representation, model_fn, batch)
+            _append(parts, batch, energy, d_positions, d_strain, offset)
+            offset += batch.n_structures
+            continue
         positions = batch.positions.detach().clone().requires_grad_(True)  # [atom, 3]
         strain = torch.zeros_like(batch.cells, requires_grad=True)  # [structure, 3, 3]
         new_positions, new_cells = apply_strain(batch, strain, positions=positions, cells=batch.cells.detach())
@@ -240,21 +260,27 @@ def energy_forces_stress(representation, model_fn, systems, *, batch_size: int =
             d_positions = torch.zeros_like(positions)
         if d_strain is None:
             d_strain = torch.zeros_like(strain)
-        volume = torch.linalg.det(batch.cells.detach()).abs()  # [structure]
-        periodic = batch.pbc.all(dim=1)
-        safe = torch.where(periodic, volume, torch.ones_like(volume))
-        stress = torch.where(periodic[:, None, None], d_strain / safe[:, None, None],
-                             torch.full_like(d_strain, math.nan))
-        parts["energy"].append(energy if create_graph else energy.detach())
-        parts["forces"].append(-d_positions)
-        parts["virial"].append(-d_strain)
-        parts["stress"].append(stress)
-        parts["structure"].append(batch.structure + offset)
+        _append(parts, batch, energy if create_graph else energy.detach(), d_positions, d_strain, offset)
         offset += batch.n_structures
     result = {key: torch.cat(value) for key, value in parts.items()}
     if output == "numpy":
         result = {key: value.detach().cpu().numpy() for key, value in result.items()}
     return ModelOutput(**result)
+
+
+def _append(parts: dict, batch: Batch, energy: torch.Tensor, d_positions: torch.Tensor, d_strain: torch.Tensor,
+            offset: int) -> None:
+    """Add one batch's energies ``[structure]``, forces, virial and stress to ``parts``."""
+    volume = torch.linalg.det(batch.cells.detach()).abs()  # [structure]
+    periodic = batch.pbc.all(dim=1)
+    safe = torch.where(periodic, volume, torch.ones_like(volume))
+    stress = torch.where(periodic[:, None, None], d_strain / safe[:, None, None],
+                         torch.full_like(d_strain, math.nan))  # [structure, 3, 3]
+    parts["energy"].append(energy)
+    parts["forces"].append(-d_positions)
+    parts["virial"].append(-d_strain)
+    parts["stress"].append(stress)
+    parts["structure"].append(batch.structure + offset)
 
 
 # ----------------------------------------------------------------------------- Jacobians

@@ -1,0 +1,291 @@
+"""Analytic vector-Jacobian product of SOAP: forces and virial of ``E = sum_rows f(X_row)``.
+
+Used by :func:`tradens.gradients.energy_forces_stress` for
+:class:`~tradens.soap.SOAP` (every mixing mode and coupling, both radial
+bases) when no second derivative is asked for. Autograd runs only from the
+mixed densities ``y [atom, K, lm]`` (a detached leaf) through the power
+spectrum and the model, which gives ``G = dE/dy [atom, K, lm]`` (all ``K``
+channels of both densities when they differ). Then one pass over the pairs,
+chunk by chunk of whole centres, contracts ``G`` with the pair derivatives of
+the density. For pair ``p`` (centre ``i``, vector ``r``, neighbour species
+``s``) the density term is ``Q_kl(r) Y_lm(rhat)`` with ``Q = W[s]^T f_c R``
+(mixed) or the species block of ``f_c R`` (unmixed), so
+
+    dE/dr_a = sum_{k,lm} G_iklm (Q'_kl rhat_a Y_lm + Q_kl dY_lm/dr_a)
+            = rhat_a sum_lm (Z'_lm - l Z_lm / |r|) Y_lm + (1/|r|) sum_lm Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
+
+with ``Z_lm = sum_k G_iklm Q_kl`` and ``Z'`` from ``Q'``, using the solid
+harmonic gradients ``C_l`` of :mod:`tradens._density_derivatives`. ``Z`` is one
+batched matrix product per degree over the centres of a chunk (``G_i`` shared
+by the pairs of centre ``i``, neighbour lists padded to the longest of the
+chunk) in the mixed case, and a gather of ``G[i, s]`` with an elementwise
+contraction over the radial index in the unmixed case. Nothing feature-sized
+is formed per pair. Pair forces ``dE/dr_p`` are scattered to the atoms
+(``+`` on ``j``, ``-`` on ``i``) and ``sum_p r_p (x) dE/dr_p`` gives the strain
+derivative. The autograd path of :func:`~tradens.gradients.energy_forces_stress`
+(``method="autograd"``) is the test reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._density_derivatives import _gradient_operator, radial_primitive_with_derivative, radial_with_derivative
+from ._soap_jacobian import _Radial
+from .angular import spherical_harmonics
+from .expansion import expand_density
+from .neighbors import neighbor_list, pair_vectors
+
+__all__ = ["soap_energy_and_gradients", "soap_vjp_applies"]
+
+PAIR_CHUNK = 4096  # pairs per chunk on the CPU (per-pair terms stay in cache)
+
+
+def soap_vjp_applies(representation, create_graph: bool) -> bool:
+    """Whether the analytic path serves ``representation`` (SOAP, first derivatives only)."""
+    from .soap import SOAP
+
+    return (not create_graph and isinstance(representation, SOAP)
+            and type(representation).forward is SOAP.forward)
+
+
+def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None = None):
+    """Energies and ``dE/dx``, ``dE/d eps`` of ``E = sum_rows model_fn(X)`` for SOAP.
+
+    Parameters
+    ----------
+    soap : SOAP
+        The representation.
+    model_fn : callable
+        ``model_fn(values [row, F], numbers [row]) -> energies [row]``.
+    batch : Batch
+        The structures.
+    pair_chunk : int, optional
+        Pairs per chunk (whole centres per chunk); default 4096 on the CPU,
+        65536 elsewhere.
+
+    Returns
+    -------
+    energy : Tensor ``[structure]``
+        Detached model energies.
+    d_positions : Tensor ``[atom, 3]``
+        ``dE/dx`` (energy unit / Å).
+    d_strain : Tensor ``[structure, 3, 3]``
+        ``dE/d eps`` for the symmetrised strain (energy unit).
+    """
+    h = soap.hypers
+    dtype, device = batch.positions.dtype, batch.positions.device
+    with torch.no_grad():
+        pairs = neighbor_list(batch, h.cutoff.radius)
+        vectors = pair_vectors(batch, pairs, batch.positions.detach(), batch.cells.detach())  # [pair, 3]
+        species_index = soap.species_map(batch.numbers)  # [atom]
+        w1, w2 = soap.mixing_matrices(dtype, device)
+        symmetric = w1 is None or w2 is w1
+        w1 = None if w1 is None else w1.detach()
+        weights = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))  # [S*N, Kt]
+        density = expand_density(  # [atom, Kt, lm]
+            batch, pairs, vectors, species_index, n_species=h.n_species, radial=soap.radial_basis,
+            l_max=h.l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
+            center_weight=h.density.center_weight, center_all_species=soap.center_all_species, weights=weights)
+        rows = soap.center_rows(batch)  # [row] atoms
+        if h.average:
+            structure_of_row = batch.structure[rows]
+            y = density.new_zeros((batch.n_structures,) + density.shape[1:])
+            y.index_add_(0, structure_of_row, density[rows])  # [structure, Kt, lm]
+            row_ids = torch.arange(batch.n_structures, device=device)
+            numbers = torch.zeros_like(row_ids)
+        else:
+            y = density if rows.shape[0] == batch.n_atoms else density[rows]  # [row, Kt, lm]
+            structure_of_row = batch.structure[rows]
+            row_ids = rows
+            numbers = batch.numbers[rows]
+    # ---- dE/dy by autograd through the power spectrum and the model only
+    with torch.enable_grad():
+        leaf = y.detach().requires_grad_(True)
+        if symmetric:
+            y1 = y2 = leaf
+        else:
+            k1 = w1.shape[1]
+            y1, y2 = leaf[:, :k1], leaf[:, k1:]
+        values = soap._products(y1, y2, row_chunk=256, out=None)  # [row, F]
+        per_row = model_fn(values, numbers).reshape(-1)  # [row]
+        if per_row.shape[0] != values.shape[0]:
+            raise ValueError(f"model_fn must return one energy per row ({values.shape[0]}), "
+                             f"got {per_row.shape[0]}")
+        energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=device)
+        energy = energy.index_add(0, row_ids if h.average else structure_of_row, per_row)
+        if energy.requires_grad:
+            (grad_y,) = torch.autograd.grad(energy.sum(), leaf, allow_unused=True)
+        else:
+            grad_y = None
+    energy = energy.detach()
+    d_positions = torch.zeros(batch.n_atoms, 3, dtype=dtype, device=device)
+    d_strain = torch.zeros(batch.n_structures, 3, 3, dtype=dtype, device=device)
+    if grad_y is None or pairs.i.shape[0] == 0:
+        return energy, d_positions, d_strain
+    with torch.no_grad():
+        # G per atom: rows of centres, the structure's row for averaged features
+        if h.average:
+            g_atom = grad_y.new_zeros((batch.n_atoms,) + grad_y.shape[1:])
+            g_atom[rows] = grad_y[structure_of_row]
+        elif rows.shape[0] == batch.n_atoms:
+            g_atom = grad_y
+        else:
+            g_atom = grad_y.new_zeros((batch.n_atoms,) + grad_y.shape[1:])
+            g_atom[rows] = grad_y  # [atom, Kt, lm]
+        is_centre = torch.zeros(batch.n_atoms, dtype=torch.bool, device=device)
+        is_centre[rows] = True
+        pair_species = species_index[pairs.j]  # [pair]
+        active = ((pair_species >= 0) & is_centre[pairs.i]).nonzero().squeeze(1)
+        i = pairs.i[active]
+        if i.shape[0] > 1 and not bool((i[1:] >= i[:-1]).all()):
+            active = active[torch.argsort(i, stable=True)]
+        if pair_chunk is None:
+            pair_chunk = PAIR_CHUNK if device.type == "cpu" else 65536
+        d_pairs = pair_energy_gradients(soap, weights, g_atom, pairs.i[active], vectors[active],
+                                        pair_species[active], pair_chunk)  # [p, 3]
+        d_positions.index_add_(0, pairs.j[active], d_pairs)
+        d_positions.index_add_(0, pairs.i[active], d_pairs, alpha=-1.0)
+        virial = vectors[active][:, :, None] * d_pairs[:, None, :]  # [p, 3, 3]: r_a dE/dr_b
+        d_strain.index_add_(0, batch.structure[pairs.i[active]], virial)
+        d_strain = 0.5 * (d_strain + d_strain.transpose(1, 2))
+    return energy, d_positions, d_strain
+
+
+class _Harmonics:
+    """``sum_lm Z_lm dY_lm/dr`` and ``sum_lm Z'_lm Y_lm`` terms from ``Y`` (solid harmonic gradients)."""
+
+    def __init__(self, l_max: int, dtype: torch.dtype, device):
+        self.l_max = l_max
+        n_lm = (l_max + 1) ** 2
+        if l_max > 0:
+            matrix, degree = _gradient_operator(l_max, dtype, device)  # [l2, 3 lm], [lm]
+            # [lm, 3 l2]: (Z @ this)[p, a, m'] = sum_lm C[m', a, lm] Z_lm
+            self.matrix = matrix.view(l_max * l_max, 3, n_lm).permute(2, 1, 0).reshape(n_lm, -1).contiguous()
+            self.degree = degree
+        else:
+            self.matrix = None
+            self.degree = torch.zeros(1, dtype=dtype, device=device)
+
+    def __call__(self, vec: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``dE/dr [p, 3]`` from pair vectors ``[p, 3]`` and ``z [p, 2, lm]`` (``Z`` then ``Z'``)."""
+        n_pairs = vec.shape[0]
+        r = torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 1]
+        inverse = 1.0 / r
+        harmonics = spherical_harmonics(vec, self.l_max)  # [p, lm]
+        zz, dz = z[:, 0], z[:, 1]  # [p, lm]
+        # radial part: sum_lm (Z' - l Z / r) Y
+        along = ((dz - zz * self.degree * inverse) * harmonics).sum(1, keepdim=True)  # [p, 1]
+        out = vec * (along * inverse)  # rhat * along
+        if self.matrix is not None:
+            l2 = self.l_max * self.l_max
+            lowered = torch.mm(zz, self.matrix).view(n_pairs, 3, l2)  # [p, 3, l2]
+            tangential = torch.bmm(lowered, harmonics[:, :l2, None]).squeeze(2)  # [p, 3]
+            out.addcmul_(tangential, inverse)
+        return out
+
+
+def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Tensor, vectors: torch.Tensor,
+                          species: torch.Tensor, pair_chunk: int) -> torch.Tensor:
+    """``dE/dr_p [pair, 3]`` for pairs sorted by centre.
+
+    Parameters
+    ----------
+    weights : Tensor ``[S*N, Kt]`` or None
+        Mixing matrix (both densities side by side when they differ); None for
+        the unmixed SOAP (``Kt = S*N``).
+    g_atom : Tensor ``[atom, Kt, lm]``
+        ``dE/dy`` of every atom's density.
+    centre, vectors, species : Tensor ``[pair]``, ``[pair, 3]`` (Å), ``[pair]``
+        Centre atom (non-decreasing), pair vector and neighbour species.
+    """
+    h = soap.hypers
+    n_pairs = centre.shape[0]
+    dtype, device = vectors.dtype, vectors.device
+    out = vectors.new_empty(n_pairs, 3)
+    if n_pairs == 0:
+        return out
+    n_l = h.l_max + 1
+    harmonic_terms = _Harmonics(h.l_max, dtype, device)
+    if weights is not None:
+        radial = _Radial(soap, weights)
+        counts = torch.bincount(centre - centre[0])  # pairs of each centre from the first
+        first_centre = int(centre[0])
+        bounds = _centre_chunks(counts, pair_chunk)
+        for c0, c1, p0, p1 in bounds:
+            sel = slice(p0, p1)
+            vec = vectors[sel]
+            r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+            q = radial(r, species[sel])  # [p, 2L, K]: B = W^T f_c R, then A = W^T (f_c R)'
+            z = _contract_mixed(q, g_atom[first_centre + c0:first_centre + c1], counts[c0:c1], n_l)  # [p, 2, lm]
+            out[sel] = harmonic_terms(vec, z)
+        return out
+    # unmixed: G[i, s] [N, lm] per pair against f_c R and (f_c R)'
+    n_species = h.n_species
+    n_lm = n_l * n_l
+    lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=device)
+    grid = radial_primitive_with_derivative(soap, vectors.new_ones(1))
+    transform = None if grid is None else grid[1]  # [a, N]
+    n_max = g_atom.shape[1] // n_species
+    g_blocks = g_atom.reshape(-1, n_max, n_lm)  # [atom*S, N, lm]
+    if transform is not None:  # fold the grid transform: [atom*S, a, lm]
+        g_blocks = torch.matmul(transform, g_blocks)
+    for p0 in range(0, n_pairs, pair_chunk):
+        sel = slice(p0, p0 + pair_chunk)
+        vec = vectors[sel]
+        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+        if transform is not None:
+            basis = radial_primitive_with_derivative(soap, r)[0]  # [p, 2L, a]
+        else:
+            radial_values, d_radial = radial_with_derivative(soap, r)  # [p, N, L]
+            basis = torch.cat([radial_values, d_radial], dim=2).transpose(1, 2)  # [p, 2L, N]
+        n_c = basis.shape[2]
+        basis = basis.reshape(-1, 2, n_l, n_c)[:, :, lm_to_l]  # [p, 2, lm, c]
+        g_pair = g_blocks.index_select(0, centre[sel] * n_species + species[sel])  # [p, c, lm]
+        z = torch.einsum("ptmc,pcm->ptm", basis, g_pair)  # [p, 2, lm]
+        out[sel] = harmonic_terms(vec, z)
+    return out
+
+
+def _centre_chunks(counts: torch.Tensor, size: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive centre ranges with about ``size`` pairs: ``(c0, c1, p0, p1)``."""
+    counts_list = counts.tolist()
+    out = []
+    c0 = p0 = 0
+    total = 0
+    for c, count in enumerate(counts_list):
+        if total and total + count > size:
+            out.append((c0, c, p0, p0 + total))
+            c0, p0, total = c, p0 + total, 0
+        total += count
+    out.append((c0, len(counts_list), p0, p0 + total))
+    return out
+
+
+def _contract_mixed(q: torch.Tensor, g: torch.Tensor, counts: torch.Tensor, n_l: int) -> torch.Tensor:
+    """``Z [p, 2, lm]``: ``Z_tlm = sum_k q[p, tL + l, k] G[i_p, k, lm]``.
+
+    ``q [p, 2L, K]`` for the pairs of consecutive centres (``counts [centre]``,
+    zero counts allowed), ``g [centre, K, lm]``. One batched product per degree
+    over the centres, the neighbour lists padded to the longest.
+    """
+    n_pairs, _, n_k = q.shape
+    n_centres = counts.shape[0]
+    width = int(counts.max())
+    uniform = n_pairs == n_centres * width
+    q = q.view(n_pairs, 2, n_l, n_k).permute(2, 0, 1, 3)  # [L, p, 2, K]
+    if uniform:
+        padded = q.reshape(n_l, n_centres, width * 2, n_k)  # [L, c, 2J, K]
+    else:
+        owner = torch.repeat_interleave(torch.arange(n_centres, device=q.device), counts)  # [p]
+        first = torch.cumsum(counts, 0) - counts
+        slot = owner * width + torch.arange(n_pairs, device=q.device) - first[owner]  # [p]
+        padded = q.new_zeros(n_l, n_centres * width, 2, n_k)
+        padded[:, slot] = q
+        padded = padded.view(n_l, n_centres, width * 2, n_k)
+    blocks = []
+    for l in range(n_l):
+        block = slice(l * l, (l + 1) * (l + 1))
+        blocks.append(torch.bmm(padded[l], g[:, :, block]))  # [c, 2J, 2l+1]
+    z = torch.cat(blocks, dim=2).view(n_centres * width, 2, n_l * n_l)  # [c J, 2, lm]
+    return z if uniform else z[slot]
