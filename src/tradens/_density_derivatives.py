@@ -18,7 +18,7 @@ import torch
 from .radial import GaussianGridBasis, cosine_cutoff, scaled_spherical_in
 
 __all__ = ["harmonics_and_gradient", "harmonics_with_gradient", "radial_and_angular", "radial_primitive_with_derivative",
-           "radial_with_derivative", "rowwise_jacobian"]
+           "radial_terms", "radial_with_derivative", "rowwise_jacobian"]
 
 
 def rowwise_jacobian(function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,3 +258,90 @@ def radial_primitive_with_derivative(soap, r: torch.Tensor):
     d_rho.addcmul_(rho, d_taper[:, None, None])
     rho.mul_(taper[:, None, None])
     return out, transform
+
+
+def _scaled_bessel_degree_major(x: torch.Tensor, n: int, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * exp(-x) i_l(x)`` for ``l = 0..n``, degree first: ``[n+1, *x.shape]``.
+
+    The upward recurrence of :func:`tradens.radial.scaled_spherical_in` written
+    into one buffer, with ``scale`` folded into ``i_0`` and ``i_1`` (the
+    recurrence is linear); arguments below its series threshold are
+    overwritten by :func:`~tradens.radial.scaled_spherical_in` itself.
+    """
+    threshold = max(1.0, 1.5 * n)  # the series threshold of tradens.radial
+    small = x < threshold
+    any_small = bool(small.any())
+    xr = torch.where(small, torch.full_like(x, threshold), x) if any_small else x
+    out = x.new_empty((n + 1,) + tuple(x.shape))
+    e2 = torch.exp(-2.0 * xr).mul_(scale)
+    inverse = 0.5 / xr  # 1 / (2x)
+    torch.mul(scale - e2, inverse, out=out[0])
+    if n >= 1:
+        torch.sub((scale + e2).mul_(inverse), out[0] / xr, out=out[1])
+    two_inverse = inverse.mul_(2.0)  # 1 / x
+    for l in range(2, n + 1):
+        torch.addcmul(out[l - 2], two_inverse, out[l - 1], value=-(2 * l - 1), out=out[l])
+    if any_small:
+        where = small.nonzero(as_tuple=True)
+        series = scaled_spherical_in(x[where], n) * scale[where][:, None]  # [q, n+1]
+        out.movedim(0, -1).index_put_(where, series)
+    return out
+
+
+def radial_terms(soap, r: torch.Tensor, *, pair_major: bool = False):
+    """Tapered radial terms and their ``r``-derivatives: ``[L, pair, 2, c]`` (``[pair, L, 2, c]``).
+
+    ``[l, p, 0, :]`` holds the values and ``[l, p, 1, :]`` the derivatives in
+    ``r`` (1/Å) of ``rho`` (GAP's Gaussian grid: ``c`` grid points, ``f_c R =
+    rho T`` with the returned ``T [a, n]``) or of ``f_c R`` itself (``c = N``,
+    ``T`` None; closed form for the GTO splines, autograd otherwise). Same
+    numbers as :func:`radial_primitive_with_derivative`. Degree-major by
+    default; ``pair_major=True`` returns the contiguous ``[pair, L, 2, c]``
+    (one matrix product per neighbour species).
+    """
+    h = soap.hypers
+    n_l = h.l_max + 1
+    taper = cosine_cutoff(r, h.cutoff.radius, h.cutoff.width)  # [p]
+    width = h.cutoff.width
+    if width > 0:
+        t = ((r - h.cutoff.radius + width) / width).clamp(0.0, 1.0)
+        d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+    else:
+        d_taper = torch.zeros_like(r)
+    basis = soap.radial_basis
+    if isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and hasattr(basis, "_transform"):
+        grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
+        transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
+        alpha = basis.alpha
+        gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [p, a]
+        origin = bool(basis._grid[0] == 0.0)  # x = 0 at the first grid point: s_l(0) = delta_l0
+        rest = slice(1, None) if origin else slice(None)
+        x = (2.0 * alpha * r)[:, None] * grid[None, rest]  # [p, a']
+        bessel = r.new_empty(n_l + 1, r.shape[0], grid.shape[0])  # [l+1, p, a]: gauss s_l
+        bessel[:, :, rest] = _scaled_bessel_degree_major(x, n_l, gauss[:, rest])
+        if origin:
+            bessel[:, :, 0] = 0.0
+            bessel[0, :, 0] = gauss[:, 0]
+        if pair_major:
+            buffer = r.new_empty(r.shape[0], n_l, 2, grid.shape[0])  # [p, L, 2, a]
+            out = buffer.permute(1, 0, 2, 3)  # [L, p, 2, a] view
+        else:
+            buffer = out = r.new_empty(n_l, r.shape[0], 2, grid.shape[0])  # [L, p, 2, a]
+        degrees = torch.arange(n_l, dtype=r.dtype, device=r.device)
+        slope = degrees[:, None] / r[None, :] - (2.0 * alpha) * r[None, :]  # [L, p]
+        d_rho = out[:, :, 1]
+        torch.mul(bessel[1:], (2.0 * alpha) * grid, out=d_rho)
+        d_rho.addcmul_(bessel[:-1], slope[:, :, None])
+        d_rho.mul_(taper[None, :, None]).addcmul_(bessel[:-1], d_taper[None, :, None])
+        torch.mul(bessel[:-1], taper[None, :, None], out=out[:, :, 0])
+        return buffer, transform
+    if hasattr(basis, "values_and_derivatives"):  # GTO splines: closed-form derivative
+        radial, d_radial = basis.values_and_derivatives(r)  # [p, N, L]
+        d_radial = d_radial * taper[:, None, None] + radial * d_taper[:, None, None]
+        radial = radial * taper[:, None, None]
+    else:
+        radial, d_radial = radial_with_derivative(soap, r)  # [p, N, L]
+    both = torch.stack([radial, d_radial], dim=0)  # [2, p, N, L]
+    if pair_major:
+        return both.permute(1, 3, 0, 2).contiguous(), None  # [p, L, 2, N]
+    return both.permute(3, 1, 0, 2).contiguous(), None  # [L, p, 2, N]

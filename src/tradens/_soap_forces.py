@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ._density_derivatives import _gradient_operator, radial_primitive_with_derivative, radial_with_derivative
-from ._soap_jacobian import _Radial
+from ._density_derivatives import _gradient_operator, radial_terms
 from .angular import spherical_harmonics
 from .expansion import expand_density
 from .neighbors import neighbor_list, pair_vectors
@@ -198,6 +197,8 @@ def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Ten
         ``dE/dy`` of every atom's density.
     centre, vectors, species : Tensor ``[pair]``, ``[pair, 3]`` (Å), ``[pair]``
         Centre atom (non-decreasing), pair vector and neighbour species.
+    pair_chunk : int
+        Pairs per chunk (whole centres).
     """
     h = soap.hypers
     n_pairs = centre.shape[0]
@@ -205,46 +206,41 @@ def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Ten
     out = vectors.new_empty(n_pairs, 3)
     if n_pairs == 0:
         return out
-    n_l = h.l_max + 1
+    n_l, n_species = h.l_max + 1, h.n_species
     harmonic_terms = _Harmonics(h.l_max, dtype, device)
-    if weights is not None:
-        radial = _Radial(soap, weights)
-        counts = torch.bincount(centre - centre[0])  # pairs of each centre from the first
-        first_centre = int(centre[0])
-        bounds = _centre_chunks(counts, pair_chunk)
-        for c0, c1, p0, p1 in bounds:
-            sel = slice(p0, p1)
-            vec = vectors[sel]
-            r = torch.linalg.vector_norm(vec, dim=1)  # [p]
-            q = radial(r, species[sel])  # [p, 2L, K]: B = W^T f_c R, then A = W^T (f_c R)'
-            z = _contract_mixed(q, g_atom[first_centre + c0:first_centre + c1], counts[c0:c1], n_l)  # [p, 2, lm]
-            out[sel] = harmonic_terms(vec, z)
-        return out
-    # unmixed: G[i, s] [N, lm] per pair against f_c R and (f_c R)'
-    n_species = h.n_species
-    n_lm = n_l * n_l
-    lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=device)
-    grid = radial_primitive_with_derivative(soap, vectors.new_ones(1))
-    transform = None if grid is None else grid[1]  # [a, N]
-    n_max = g_atom.shape[1] // n_species
-    g_blocks = g_atom.reshape(-1, n_max, n_lm)  # [atom*S, N, lm]
-    if transform is not None:  # fold the grid transform: [atom*S, a, lm]
-        g_blocks = torch.matmul(transform, g_blocks)
-    for p0 in range(0, n_pairs, pair_chunk):
-        sel = slice(p0, p0 + pair_chunk)
-        vec = vectors[sel]
-        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+    transform = radial_terms(soap, vectors.new_ones(1))[1]  # [a, N] or None
+    n_max = h.radial.n_max
+    if weights is None:  # unmixed: the species block of G, [atom, S, N, lm]
+        mix = None
+        g_blocks = g_atom.reshape(-1, n_species, n_max, n_l * n_l)
+        if transform is not None:  # fold the grid transform: [atom, S, a, lm]
+            g_blocks = torch.matmul(transform, g_blocks)
+        g_blocks = g_blocks.reshape(-1, g_blocks.shape[2], n_l * n_l)  # [atom*S, c, lm]
+    else:  # mixing (and the grid transform) per species: [S, c, Kt]
+        mix = weights.reshape(n_species, n_max, -1)
         if transform is not None:
-            basis = radial_primitive_with_derivative(soap, r)[0]  # [p, 2L, a]
+            mix = torch.matmul(transform, mix)
+        g_degrees = [g_atom[:, :, l * l:(l + 1) * (l + 1)].contiguous() for l in range(n_l)]  # [atom, Kt, 2l+1]
+    first_centre = int(centre[0])
+    counts = torch.bincount(centre - first_centre)  # pairs of each centre from the first
+    for c0, c1, p0, p1 in _centre_chunks(counts, pair_chunk):
+        sel = slice(p0, p1)
+        vec = vectors[sel]  # [p, 3]
+        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+        if mix is None:
+            terms = radial_terms(soap, r, pair_major=True)[0]  # [p, L, 2, c]
+            lm_terms = terms.transpose(1, 2)[:, :, _lm_to_l(n_l, device)]  # [p, 2, lm, c]
+            g_pair = g_blocks.index_select(0, centre[sel] * n_species + species[sel])  # [p, c, lm]
+            z = torch.einsum("ptmc,pcm->ptm", lm_terms, g_pair)  # [p, 2, lm]
         else:
-            radial_values, d_radial = radial_with_derivative(soap, r)  # [p, N, L]
-            basis = torch.cat([radial_values, d_radial], dim=2).transpose(1, 2)  # [p, 2L, N]
-        n_c = basis.shape[2]
-        basis = basis.reshape(-1, 2, n_l, n_c)[:, :, lm_to_l]  # [p, 2, lm, c]
-        g_pair = g_blocks.index_select(0, centre[sel] * n_species + species[sel])  # [p, c, lm]
-        z = torch.einsum("ptmc,pcm->ptm", basis, g_pair)  # [p, 2, lm]
+            z = _contract_mixed(soap, r, species[sel], mix, [g[first_centre + c0:first_centre + c1] for g in g_degrees],
+                                counts[c0:c1])  # [p, 2, lm]
         out[sel] = harmonic_terms(vec, z)
     return out
+
+
+def _lm_to_l(n_l: int, device) -> torch.Tensor:
+    return torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=device)
 
 
 def _centre_chunks(counts: torch.Tensor, size: int) -> list[tuple[int, int, int, int]]:
@@ -262,30 +258,47 @@ def _centre_chunks(counts: torch.Tensor, size: int) -> list[tuple[int, int, int,
     return out
 
 
-def _contract_mixed(q: torch.Tensor, g: torch.Tensor, counts: torch.Tensor, n_l: int) -> torch.Tensor:
-    """``Z [p, 2, lm]``: ``Z_tlm = sum_k q[p, tL + l, k] G[i_p, k, lm]``.
+def _contract_mixed(soap, r: torch.Tensor, species: torch.Tensor, mix: torch.Tensor, g_degrees: list,
+                    counts: torch.Tensor) -> torch.Tensor:
+    """``Z [p, 2, lm]``: ``Z_tlm = sum_k Q[p, l, t, k] G[i_p, k, lm]`` for the pairs of consecutive centres.
 
-    ``q [p, 2L, K]`` for the pairs of consecutive centres (``counts [centre]``,
-    zero counts allowed), ``g [centre, K, lm]``. One batched product per degree
-    over the centres, the neighbour lists padded to the longest.
+    ``Q = rho^(t) M[s_p]`` (``t = 0``: values, ``1``: ``r``-derivatives) is one
+    matrix product per neighbour species (pairs sorted by species), written
+    pair-major with a zero row; one gather pads the centres' neighbour lists
+    to the longest (``counts [centre]``, zeros allowed), then one batched
+    product per degree and ``t`` over the centres, ``g_degrees[l] [centre, Kt,
+    2l+1]``.
     """
-    n_pairs, _, n_k = q.shape
+    device = r.device
+    n_pairs = r.shape[0]
+    n_species, n_c, n_k = mix.shape
     n_centres = counts.shape[0]
     width = int(counts.max())
-    uniform = n_pairs == n_centres * width
-    q = q.view(n_pairs, 2, n_l, n_k).permute(2, 0, 1, 3)  # [L, p, 2, K]
-    if uniform:
-        padded = q.reshape(n_l, n_centres, width * 2, n_k)  # [L, c, 2J, K]
-    else:
-        owner = torch.repeat_interleave(torch.arange(n_centres, device=q.device), counts)  # [p]
-        first = torch.cumsum(counts, 0) - counts
-        slot = owner * width + torch.arange(n_pairs, device=q.device) - first[owner]  # [p]
-        padded = q.new_zeros(n_l, n_centres * width, 2, n_k)
-        padded[:, slot] = q
-        padded = padded.view(n_l, n_centres, width * 2, n_k)
+    order = torch.argsort(species, stable=True)  # pairs grouped by species
+    sizes = torch.bincount(species, minlength=n_species).tolist()
+    terms = radial_terms(soap, r.index_select(0, order), pair_major=True)[0]  # [p, L, 2, c] species order
+    n_l = terms.shape[1]
+    q = terms.new_empty(n_pairs + 1, n_l * 2, n_k)  # [p+1, L*2, Kt], last row zero
+    q[n_pairs] = 0.0
+    flat_terms = terms.view(n_pairs * n_l * 2, n_c)
+    flat_q = q.view(-1, n_k)
+    start = 0
+    for s, size in enumerate(sizes):
+        if size:
+            rows = slice(start * n_l * 2, (start + size) * n_l * 2)
+            torch.mm(flat_terms[rows], mix[s], out=flat_q[rows])
+            start += size
+    # padded slot of every pair (centre order) and the sorted row of every slot
+    arange = torch.arange(n_pairs, device=device)
+    owner = torch.repeat_interleave(torch.arange(n_centres, device=device), counts)  # [p]
+    slot = owner * width + arange - (torch.cumsum(counts, 0) - counts)[owner]  # [p]
+    position = torch.empty_like(order).scatter_(0, order, arange)  # sorted row of each pair
+    take = torch.full((n_centres * width,), n_pairs, dtype=torch.long, device=device)
+    take.scatter_(0, slot, position)
+    padded = q.index_select(0, take).view(n_centres, width, n_l, 2, n_k)  # [c, J, L, 2, Kt]
     blocks = []
     for l in range(n_l):
-        block = slice(l * l, (l + 1) * (l + 1))
-        blocks.append(torch.bmm(padded[l], g[:, :, block]))  # [c, 2J, 2l+1]
-    z = torch.cat(blocks, dim=2).view(n_centres * width, 2, n_l * n_l)  # [c J, 2, lm]
-    return z if uniform else z[slot]
+        pair_block = [torch.bmm(padded[:, :, l, t], g_degrees[l]) for t in range(2)]  # [c, J, 2l+1] each
+        blocks.append(torch.stack(pair_block, dim=2))  # [c, J, 2, 2l+1]
+    z = torch.cat(blocks, dim=3).view(n_centres * width, 2, -1)  # [c J, 2, lm]
+    return z.index_select(0, slot)  # [p, 2, lm]

@@ -82,7 +82,7 @@ class _Radial:
         n_pairs, n_c = basis.shape[0], basis.shape[2]
         order = torch.argsort(species, stable=True)
         counts = torch.bincount(species, minlength=self.n_species).tolist()
-        by_species = basis[order].reshape(n_pairs * 2 * n_l, n_c)  # pairs sorted by species
+        by_species = basis.index_select(0, order).reshape(n_pairs * 2 * n_l, n_c)  # pairs sorted by species
         product = basis.new_empty(n_pairs * 2 * n_l, self.blocks.shape[2])  # [p 2L, K]
         start = 0
         for s, count in enumerate(counts):
@@ -92,7 +92,7 @@ class _Radial:
                 start += count
         n_k = self.blocks.shape[2]
         out = torch.empty_like(product).view(n_pairs, 2 * n_l, n_k)
-        out[order] = product.view(n_pairs, 2 * n_l, n_k)
+        out.index_copy_(0, order, product.view(n_pairs, 2 * n_l, n_k))  # (index_put is ~5x slower)
         return out  # [p, 2L, K]
 
 
