@@ -40,6 +40,8 @@ Usage::
     python benchmarks/bench_gradients.py                 # default matrix (several minutes)
     python benchmarks/bench_gradients.py --systems fcc256 --elements 5
     python benchmarks/bench_gradients.py --smoke         # seconds, for the test suite
+    python benchmarks/bench_gradients.py --systems fcc256 --elements 5 --variants tr16-el \
+        --tasks tradens-jacobian,tradens-forces         # one Jacobian/forces ratio
 
 Results are printed with the ratios and written as JSON to ``--output``
 (default ``benchmarks/results/bench_gradients.json``).
@@ -228,8 +230,15 @@ def build_cases(args) -> list[dict]:
     have_quippy, have_featomic = _available("quippy"), _available("featomic")
     cases = []
 
+    variants = None if args.variants is None else set(args.variants.split(","))
+    selected = None if args.tasks is None else set(args.tasks.split(","))
+
     def add(system, elements, variant, *tasks):
+        if variants is not None and variant not in variants:
+            return
         for task in tasks:
+            if selected is not None and task not in selected:
+                continue
             if task == "quippy-grad" and (not have_quippy or args.no_quippy):
                 continue
             if task == "featomic-grad" and (not have_featomic or args.no_featomic):
@@ -317,6 +326,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    parser.add_argument("--variants", help="comma list of variants to run (tr8, tr16, tr16-el, full; default all)")
+    parser.add_argument("--tasks", help="comma list of tasks to run (tradens-values, tradens-jacobian, tradens-quip, "
+                                        "tradens-forces, quippy-grad, featomic-grad; default all)")
     parser.add_argument("--large", action="store_true", help="also full SOAP forces on bcc2000 (25 el)")
     parser.add_argument("--no-quippy", action="store_true")
     parser.add_argument("--no-featomic", action="store_true")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ._density_derivatives import _gradient_operator, radial_terms
+from ._density_derivatives import _solid_gradient_matrices, radial_terms
 from .angular import spherical_harmonics
 from .expansion import expand_density
 from .neighbors import neighbor_list, pair_vectors
@@ -152,36 +152,30 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
 
 
 class _Harmonics:
-    """``sum_lm Z_lm dY_lm/dr`` and ``sum_lm Z'_lm Y_lm`` terms from ``Y`` (solid harmonic gradients)."""
+    """``dE/dr`` of a pair from ``Z``, ``Z'`` and the harmonics (solid harmonic gradients per degree)."""
 
     def __init__(self, l_max: int, dtype: torch.dtype, device):
         self.l_max = l_max
-        n_lm = (l_max + 1) ** 2
-        if l_max > 0:
-            matrix, degree = _gradient_operator(l_max, dtype, device)  # [l2, 3 lm], [lm]
-            # [lm, 3 l2]: (Z @ this)[p, a, m'] = sum_lm C[m', a, lm] Z_lm
-            self.matrix = matrix.view(l_max * l_max, 3, n_lm).permute(2, 1, 0).reshape(n_lm, -1).contiguous()
-            self.degree = degree
-        else:
-            self.matrix = None
-            self.degree = torch.zeros(1, dtype=dtype, device=device)
+        # C_l as [2l+1, 3 (2l-1)]: (Z_l @ C_l)[p, a, m'] = sum_m C_l[m', a, m] Z_lm
+        self.matrices = [c.permute(2, 1, 0).reshape(2 * l + 1, -1).to(dtype=dtype, device=device)
+                         for l, c in enumerate(_solid_gradient_matrices(l_max)) if l > 0]
+        self.degree = torch.tensor([l for l in range(l_max + 1) for _ in range(2 * l + 1)], dtype=dtype,
+                                   device=device)  # [lm]
 
     def __call__(self, vec: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``dE/dr [p, 3]`` from pair vectors ``[p, 3]`` and ``z [p, 2, lm]`` (``Z`` then ``Z'``)."""
+        """``dE/dr [p, 3]`` from pair vectors ``[p, 3]`` (Å) and ``z [p, 2, lm]`` (``Z`` then ``Z'``)."""
         n_pairs = vec.shape[0]
         r = torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 1]
         inverse = 1.0 / r
         harmonics = spherical_harmonics(vec, self.l_max)  # [p, lm]
         zz, dz = z[:, 0], z[:, 1]  # [p, lm]
-        # radial part: sum_lm (Z' - l Z / r) Y
-        along = ((dz - zz * self.degree * inverse) * harmonics).sum(1, keepdim=True)  # [p, 1]
-        out = vec * (along * inverse)  # rhat * along
-        if self.matrix is not None:
-            l2 = self.l_max * self.l_max
-            lowered = torch.mm(zz, self.matrix).view(n_pairs, 3, l2)  # [p, 3, l2]
-            tangential = torch.bmm(lowered, harmonics[:, :l2, None]).squeeze(2)  # [p, 3]
-            out.addcmul_(tangential, inverse)
-        return out
+        # along rhat: sum_lm (Z' - l Z / r) Y_lm
+        along = torch.addcmul(dz, zz, self.degree * inverse, value=-1.0).mul_(harmonics).sum(1, keepdim=True)
+        tangential = vec.new_zeros(n_pairs, 3)
+        for l in range(1, self.l_max + 1):  # sum_m Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
+            lowered = torch.mm(zz[:, l * l:(l + 1) * (l + 1)], self.matrices[l - 1]).view(n_pairs, 3, 2 * l - 1)
+            tangential.add_((lowered * harmonics[:, None, (l - 1) * (l - 1):l * l]).sum(2))
+        return (vec * along + tangential).mul_(inverse)  # rhat along + tangential / r
 
 
 def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Tensor, vectors: torch.Tensor,
@@ -276,17 +270,16 @@ def _contract_mixed(soap, r: torch.Tensor, species: torch.Tensor, mix: torch.Ten
     width = int(counts.max())
     order = torch.argsort(species, stable=True)  # pairs grouped by species
     sizes = torch.bincount(species, minlength=n_species).tolist()
-    terms = radial_terms(soap, r.index_select(0, order), pair_major=True)[0]  # [p, L, 2, c] species order
-    n_l = terms.shape[1]
-    q = terms.new_empty(n_pairs + 1, n_l * 2, n_k)  # [p+1, L*2, Kt], last row zero
-    q[n_pairs] = 0.0
-    flat_terms = terms.view(n_pairs * n_l * 2, n_c)
-    flat_q = q.view(-1, n_k)
+    terms = radial_terms(soap, r.index_select(0, order))[0]  # [L, p, 2, c], species order
+    n_l = terms.shape[0]
+    q = terms.new_empty(n_l, n_pairs + 1, 2, n_k)  # [L, p+1, 2, Kt], pair p zero
+    q[:, n_pairs] = 0.0
     start = 0
     for s, size in enumerate(sizes):
         if size:
-            rows = slice(start * n_l * 2, (start + size) * n_l * 2)
-            torch.mm(flat_terms[rows], mix[s], out=flat_q[rows])
+            block = slice(start, start + size)
+            mixed = torch.bmm(terms[:, block].reshape(n_l, size * 2, n_c), mix[s].expand(n_l, n_c, n_k))
+            q[:, block] = mixed.view(n_l, size, 2, n_k)
             start += size
     # padded slot of every pair (centre order) and the sorted row of every slot
     arange = torch.arange(n_pairs, device=device)
@@ -295,10 +288,8 @@ def _contract_mixed(soap, r: torch.Tensor, species: torch.Tensor, mix: torch.Ten
     position = torch.empty_like(order).scatter_(0, order, arange)  # sorted row of each pair
     take = torch.full((n_centres * width,), n_pairs, dtype=torch.long, device=device)
     take.scatter_(0, slot, position)
-    padded = q.index_select(0, take).view(n_centres, width, n_l, 2, n_k)  # [c, J, L, 2, Kt]
-    blocks = []
-    for l in range(n_l):
-        pair_block = [torch.bmm(padded[:, :, l, t], g_degrees[l]) for t in range(2)]  # [c, J, 2l+1] each
-        blocks.append(torch.stack(pair_block, dim=2))  # [c, J, 2, 2l+1]
+    padded = q.index_select(1, take).view(n_l, n_centres, width * 2, n_k)  # [L, c, 2J, Kt]
+    blocks = [torch.bmm(padded[l], g_degrees[l]).view(n_centres, width, 2, 2 * l + 1)
+              for l in range(n_l)]  # [c, J, 2, 2l+1]
     z = torch.cat(blocks, dim=3).view(n_centres * width, 2, -1)  # [c J, 2, lm]
     return z.index_select(0, slot)  # [p, 2, lm]
