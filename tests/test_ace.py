@@ -160,3 +160,29 @@ def test_convergence_to_full_basis_on_hea25():
         assert all(b < a for a, b in zip(values, values[1:])), residuals
     assert residuals["full"][-1] < 1e-8  # K = S * n_max = 25 channels: exact
     assert residuals["full"][0] > 0.05
+
+
+def test_per_order_mode_concatenates_the_pure_modes(alloy):
+    """``mode`` per order: each order's columns are those of the same order in the pure mode."""
+    kw = dict(nu_max=3, l_max=(0, 3, 2), channels=(3, 4, 3))
+    mixed = make(mode=("full", "full", "diagonal"), **kw)
+    parts = {m: make(mode=m, **kw) for m in ("full", "diagonal")}
+    values = mixed.compute(alloy).values
+    nu = mixed.feature_labels()["nu"]
+    for order, mode in ((1, "full"), (2, "full"), (3, "diagonal")):
+        reference = parts[mode]
+        expected = reference.compute(alloy).values[:, reference.feature_labels()["nu"] == order]
+        np.testing.assert_allclose(values[:, nu == order], expected, rtol=1e-12, atol=1e-14)
+    assert mixed.n_features == sum(
+        int((parts[m].feature_labels()["nu"] == o).sum()) for o, m in ((1, "full"), (2, "full"), (3, "diagonal")))
+    # an int K with a per-order mode gives every order its own embedding of K channels
+    shared = make(mode=("diagonal", "full", "diagonal"), nu_max=3, l_max=(0, 3, 2), channels=3)
+    assert shared.n_features == make(mode=("diagonal", "full", "diagonal"), nu_max=3, l_max=(0, 3, 2),
+                                     channels=(3, 3, 3)).n_features
+    assert_rotation_invariant(mixed, alloy, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", [("full", "diagonal"), ("full", "full", "bad")])
+def test_per_order_mode_validation(mode):
+    with pytest.raises(ValueError, match="mode"):
+        make(nu_max=3, l_max=(0, 3, 2), mode=mode)

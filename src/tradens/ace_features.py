@@ -61,9 +61,12 @@ class AceHypers:
         embeddings are per order).
     matrix : tuple or None
         Given embedding ``[S*N, K]`` (``weights="given"``, shared ``K``).
-    mode : {"diagonal", "full"}
+    mode : {"diagonal", "full"} or tuple of them
         Tensor-reduced products (same channel in every factor) or all channel
-        tuples (the uncompressed reference).
+        tuples (the uncompressed reference); a tuple gives one mode per order
+        ``nu = 1..nu_max`` (e.g. ``("full", "full", "diagonal")``: all channel
+        pairs at ``nu = 2``, as in TR-SOAP, tensor-reduced triples), and then
+        every order has its own embedding as with per-order ``channels``.
     parity : {"all", "even"}
         ``"all"`` keeps proper-rotation invariants including pseudoscalars
         (odd ``sum l``, sign flips under inversion); ``"even"`` keeps O(3)
@@ -88,7 +91,7 @@ class AceHypers:
     weights: str = "random"
     seed: int = 0
     matrix: object = None
-    mode: str = "diagonal"
+    mode: str | tuple[str, ...] = "diagonal"
     parity: str = "all"
     max_degree: float | None = None
     w_L: float = 1.0
@@ -126,12 +129,24 @@ class AceHypers:
             raise ValueError("an embedding matrix must be given exactly when weights='given'")
         if self.weights in ("given", "onehot") and isinstance(self.channels, tuple):
             raise ValueError(f"weights={self.weights!r} needs one shared channels value")
-        if self.mode not in ("diagonal", "full"):
+        if isinstance(self.mode, (list, tuple)):
+            modes = tuple(self.mode)
+            if len(modes) != self.nu_max or any(m not in ("diagonal", "full") for m in modes):
+                raise ValueError(
+                    f"mode must be 'diagonal', 'full' or one of them per order 1..{self.nu_max}, got {self.mode!r}")
+            if self.weights in ("given", "onehot"):
+                raise ValueError(f"a per-order mode needs per-order embeddings, not weights={self.weights!r}")
+            object.__setattr__(self, "mode", modes)
+        elif self.mode not in ("diagonal", "full"):
             raise ValueError(f"mode must be 'diagonal' or 'full', got {self.mode!r}")
         if self.parity not in ("all", "even"):
             raise ValueError(f"parity must be 'all' or 'even', got {self.parity!r}")
-        if self.max_degree is not None and self.mode != "full":
+        if self.max_degree is not None and "full" not in self.modes():
             raise ValueError("max_degree (total-degree truncation) applies to mode='full' only")
+
+    def modes(self) -> tuple[str, ...]:
+        """Product mode of every order ``nu = 1..nu_max``."""
+        return self.mode if isinstance(self.mode, tuple) else (self.mode,) * self.nu_max
 
 
 class ACE(torch.nn.Module):
@@ -167,8 +182,10 @@ class ACE(torch.nn.Module):
         self.species_map = SpeciesMap(h.species, "error", remedy="add them to the species list")
         self.center_all_species = bool(h.density.center_all_species)
         # one embedding shared by all orders, or one per order
-        if isinstance(h.channels, tuple):
-            groups = [((nu,), h.channels[nu - 1], h.seed + nu) for nu in range(1, h.nu_max + 1)]
+        modes = h.modes()
+        if isinstance(h.channels, tuple) or isinstance(h.mode, tuple):
+            per_order = h.channels if isinstance(h.channels, tuple) else (h.channels,) * h.nu_max
+            groups = [((nu,), per_order[nu - 1], h.seed + nu) for nu in range(1, h.nu_max + 1)]
         else:
             groups = [(tuple(range(1, h.nu_max + 1)), h.channels, h.seed)]
         self.groups = []
@@ -189,7 +206,7 @@ class ACE(torch.nn.Module):
                 self.register_buffer(f"embedding{index}", value)
             degree = np.tile(np.arange(N), S) if h.weights == "onehot" else None
             plan = ace_product_basis_plan(
-                K, max(orders), h.l_max[: max(orders)], mode=h.mode, parity=h.parity,
+                K, max(orders), h.l_max[: max(orders)], mode=modes[max(orders) - 1], parity=h.parity,
                 channel_degree=degree if h.max_degree is not None else None,
                 max_degree=h.max_degree, w_L=h.w_L)
             keep = np.array([label.nu in orders for label in plan.labels])
