@@ -1,0 +1,199 @@
+"""The analytic SOAP vector-Jacobian product of ``energy_forces_stress`` (:mod:`tradens._soap_forces`).
+
+Forces, virial and stress of the analytic path are compared with the autograd
+path (``method="autograd"``, one reverse pass through the whole SOAP) for every
+mixing mode and coupling, both radial bases, averaging and centre selection, on
+periodic, triclinic, small (cell below the cutoff) and non-periodic systems
+with an isolated atom, in float64 and float32, and with central finite
+differences of the energy.
+"""
+
+from __future__ import annotations
+
+import ase
+import numpy as np
+import pytest
+import torch
+from conftest import SPECIES, make_alloy
+
+from tradens import SOAP
+from tradens._density_derivatives import radial_terms, rowwise_jacobian
+from tradens._soap_forces import soap_vjp_applies
+from tradens.gradients import energy_forces_stress
+from tradens.radial import cosine_cutoff
+
+HYPERS = dict(cutoff=4.0, l_max=3, radial={"n_max": 4}, species=list(SPECIES))
+VARIANTS = {
+    "full": {},
+    "full-gto": dict(radial={"n_max": 4, "kind": "gto"}),
+    "rz-sym-tensor": dict(mixing={"channels": 4}),
+    "rz-sym-tensor-gto": dict(mixing={"channels": 3}, radial={"n_max": 4, "kind": "gto"}),
+    "rz-asym-tensor": dict(mixing={"channels": 3, "symmetric": False}),
+    "rz-sym-elementwise": dict(mixing={"channels": 5}, coupling="elementwise"),
+    "element-sym-elementwise": dict(mixing={"mode": "element", "channels": 2}, coupling="elementwise"),
+    "element-asym-tensor": dict(mixing={"mode": "element", "channels": 2, "symmetric": False}),
+    "radial-sym-tensor-raw": dict(mixing={"mode": "radial", "channels": 2}, normalize=False),
+    "radial-asym-elementwise": dict(mixing={"mode": "radial", "channels": 2, "symmetric": False},
+                                    coupling="elementwise"),
+    "gap-weights-sigma0": dict(mixing={"channels": 3, "weights": "gap"}, covariance_sigma0=0.3),
+    "average": dict(mixing={"channels": 4}, average=True),
+    "centres": dict(mixing={"channels": 3, "symmetric": False}, center_species=(29,)),
+}
+SYSTEMS = ("alloy", "triclinic", "small_cell", "molecule")
+
+
+def soap_of(variant: str, **extra) -> SOAP:
+    return SOAP(**{**HYPERS, **VARIANTS[variant], **extra})
+
+
+def model_of(n_features: int, seed: int = 0, dtype=torch.float64):
+    """A non-linear model with per-element offsets: ``E_i = w.x + 0.3 (w.x)^2 + e_Z``."""
+    w = torch.randn(n_features, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+    def model_fn(values, numbers):
+        linear = values @ w
+        return linear + 0.3 * linear ** 2 - 0.1 * numbers.to(values.dtype)
+
+    return model_fn
+
+
+def both(rep, model_fn, atoms, **kwargs):
+    analytic = energy_forces_stress(rep, model_fn, atoms, method="analytic", **kwargs)
+    reference = energy_forces_stress(rep, model_fn, atoms, method="autograd", **kwargs)
+    return analytic, reference
+
+
+def assert_same(analytic, reference, atol):
+    np.testing.assert_allclose(analytic.energy, reference.energy, rtol=atol, atol=atol)
+    np.testing.assert_allclose(analytic.forces, reference.forces, rtol=0, atol=atol)
+    np.testing.assert_allclose(analytic.virial, reference.virial, rtol=0, atol=atol)
+    np.testing.assert_allclose(analytic.stress, reference.stress, rtol=0, atol=atol, equal_nan=True)
+    assert np.array_equal(np.isnan(analytic.stress), np.isnan(reference.stress))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_analytic_equals_autograd(variant, system, request):
+    atoms = request.getfixturevalue(system)
+    rep = soap_of(variant)
+    analytic, reference = both(rep, model_of(rep.n_features), atoms)
+    if system == "alloy":
+        assert np.abs(reference.forces).max() > 1e-3 * (1e-2 if variant == "average" else 1.0)
+    assert_same(analytic, reference, atol=1e-12)
+
+
+def test_batches_of_mixed_systems(alloy, molecule, small_cell, triclinic):
+    rep = soap_of("rz-sym-tensor")
+    frames = [molecule, alloy, small_cell, triclinic]
+    analytic, reference = both(rep, model_of(rep.n_features, seed=2), frames, batch_size=3)
+    assert_same(analytic, reference, atol=1e-12)
+    assert np.isnan(analytic.stress[0]).all() and np.isfinite(analytic.stress[1:]).all()
+
+
+def test_isolated_atom_and_no_pairs():
+    rep = soap_of("rz-sym-elementwise")
+    lone = ase.Atoms(numbers=[28], positions=[[0.0, 0.0, 0.0]])
+    apart = ase.Atoms(numbers=[28, 46], positions=[[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    for atoms in (lone, apart):
+        analytic, reference = both(rep, model_of(rep.n_features), atoms)
+        assert_same(analytic, reference, atol=1e-12)
+        assert np.all(analytic.forces == 0.0) and np.all(analytic.virial == 0.0)
+
+
+def test_float32(alloy, small_cell):
+    for variant in ("rz-sym-tensor", "rz-sym-elementwise", "full"):
+        rep = soap_of(variant)
+        for atoms in (alloy, small_cell):
+            model = model_of(rep.n_features, dtype=torch.float32)
+            analytic, reference = both(rep, model, atoms, dtype=torch.float32)
+            assert analytic.forces.dtype == np.float32
+            scale = np.abs(reference.forces).max()
+            np.testing.assert_allclose(analytic.forces, reference.forces, rtol=0, atol=2e-5 * scale)
+            np.testing.assert_allclose(analytic.virial, reference.virial, rtol=0,
+                                       atol=2e-5 * np.abs(reference.virial).max())
+
+
+def test_small_chunks_split_centres(alloy):
+    from tradens import as_batch
+    from tradens._soap_forces import soap_energy_and_gradients
+
+    rep = soap_of("rz-asym-tensor")
+    model = model_of(rep.n_features)
+    batch = as_batch(alloy)
+    whole = soap_energy_and_gradients(rep, model, batch)
+    for chunk in (1, 7, 100):
+        parts = soap_energy_and_gradients(rep, model, batch, pair_chunk=chunk)
+        for a, b in zip(whole, parts):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("variant", ["rz-sym-elementwise", "full-gto", "rz-asym-tensor"])
+def test_finite_differences_of_the_energy(variant):
+    atoms = make_alloy(seed=4, repeat=(1, 1, 2))
+    atoms.set_cell(np.asarray(atoms.get_cell()) + [[0.0, 0.1, 0.0], [0.05, 0.0, -0.1], [0.1, 0.0, 0.0]],
+                   scale_atoms=True)
+    rep = soap_of(variant)
+    model = model_of(rep.n_features, seed=1)
+    out = energy_forces_stress(rep, model, atoms, method="analytic")
+    h = 1e-5
+
+    def energy(a):
+        return energy_forces_stress(rep, model, a, method="analytic").energy[0]
+
+    numeric = np.zeros((3, 3))
+    for row, k in enumerate((0, 5, 7)):
+        for a in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[k, a] += h
+            minus.positions[k, a] -= h
+            numeric[row, a] = -(energy(plus) - energy(minus)) / (2 * h)
+    scale = np.abs(out.forces).max()
+    assert scale > 1e-2
+    assert np.abs(out.forces[[0, 5, 7]] - numeric).max() <= 1e-6 * scale
+    strain = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            eps = np.zeros((3, 3))
+            eps[a, b] = h
+            plus, minus = atoms.copy(), atoms.copy()
+            for sign, copy in ((1, plus), (-1, minus)):
+                deformation = np.eye(3) + sign * eps
+                copy.set_cell(np.asarray(atoms.get_cell()) @ deformation, scale_atoms=False)
+                copy.set_positions(atoms.get_positions() @ deformation)
+            strain[a, b] = (energy(plus) - energy(minus)) / (2 * h)
+    reference = 0.5 * (strain + strain.T) / atoms.get_volume()
+    assert np.abs(out.stress[0] - reference).max() <= 1e-6 * np.abs(reference).max()
+
+
+def test_dispatch_and_fallbacks(alloy):
+    rep = soap_of("rz-sym-tensor")
+    assert soap_vjp_applies(rep, create_graph=False)
+    assert not soap_vjp_applies(rep, create_graph=True)
+    with pytest.raises(ValueError, match="method"):
+        energy_forces_stress(rep, model_of(rep.n_features), alloy, method="bogus")
+    with pytest.raises(ValueError, match="analytic"):
+        energy_forces_stress(rep, model_of(rep.n_features), alloy, method="analytic", create_graph=True,
+                             output="torch")
+    # create_graph takes the autograd path, with the same numbers
+    graph = energy_forces_stress(rep, model_of(rep.n_features), alloy, create_graph=True, output="torch")
+    plain = energy_forces_stress(rep, model_of(rep.n_features), alloy)
+    np.testing.assert_allclose(graph.forces.detach().numpy(), plain.forces, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["gaussian_grid", "gto"])
+def test_radial_terms_equal_autograd(kind):
+    rep = SOAP(cutoff=4.0, l_max=5, radial={"n_max": 6, "kind": kind}, species=[28, 29])
+    h = rep.hypers
+    r = torch.linspace(0.05, 4.2, 200, dtype=torch.float64)
+    values, derivatives = rowwise_jacobian(
+        lambda q: rep.radial_basis(q[:, 0]) * cosine_cutoff(q[:, 0], h.cutoff.radius, h.cutoff.width)[:, None, None],
+        r[:, None])  # [p, N, L], [p, 1, N, L]
+    for pair_major in (False, True):
+        terms, transform = radial_terms(rep, r, pair_major=pair_major)
+        if pair_major:
+            terms = terms.transpose(0, 1)
+        if transform is not None:
+            terms = torch.matmul(terms, transform)  # [L, p, 2, N]
+        torch.testing.assert_close(terms[:, :, 0].permute(1, 2, 0), values, rtol=0, atol=1e-14)
+        torch.testing.assert_close(terms[:, :, 1].permute(1, 2, 0), derivatives[:, 0], rtol=0,
+                                   atol=1e-12 * derivatives.abs().max().item())
