@@ -41,6 +41,8 @@ SHARED = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "meam17" / "meam17_dev.xyz"
 )
 ALPHAS = tuple(float(a) for a in np.logspace(-8, 0, 9))
+# TR-ACE l_max per order for --full (nu_max = 3): see docs/models.md, "Recommended settings"
+ACE_L_FULL = (0, 8, 6)
 
 
 def settings(args) -> dict:
@@ -56,6 +58,7 @@ def settings(args) -> dict:
             cv=5,
             epochs=args.epochs or 60,
             force_test=args.force_test or 100,
+            ace_l=ACE_L_FULL,
         )
     return dict(
         data=args.data or str(SAMPLE),
@@ -68,6 +71,7 @@ def settings(args) -> dict:
         cv=3,
         epochs=args.epochs or 4,
         force_test=args.force_test or 10,
+        ace_l=(0, 4, 2),
     )
 
 
@@ -99,14 +103,14 @@ def representations(species, s: dict, args) -> dict:
         None,
     )
     if not args.no_ace:
-        l_ace = max(1, s["l_max"] - 2)
-        for k in s["channels"]:
-            out[f"TR-ACE K={k}"] = (
+        ace_l = tuple(args.ace_l or s["ace_l"])
+        for k in args.ace_channels or s["channels"]:
+            out[f"TR-ACE K={k} l={'/'.join(map(str, ace_l))}"] = (
                 lambda k=k: tradens.ACE(
                     cutoff=s["cutoff"],
                     species=species,
-                    nu_max=3,
-                    l_max=(0, l_ace, l_ace - 1),
+                    nu_max=len(ace_l),
+                    l_max=ace_l,
                     channels=k,
                     radial={"n_max": s["n_max"]},
                     normalize=not args.unnormalized,
@@ -114,6 +118,14 @@ def representations(species, s: dict, args) -> dict:
                 "TR-ACE",
                 None,
             )
+        if args.ace_projection:
+            # random projection of the full SOAP to the size of the (largest) TR-ACE
+            k = max(args.ace_channels or s["channels"])
+            size = tradens.ACE(
+                cutoff=s["cutoff"], species=species, nu_max=len(ace_l), l_max=ace_l,
+                channels=k, radial={"n_max": s["n_max"]},
+            ).n_features
+            out[f"RP(full SOAP) D={size}"] = (lambda: SOAP(**hypers), "random projection", size)
     return out
 
 
@@ -390,6 +402,21 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--only", nargs="+", help="only models whose name contains one of these")
     parser.add_argument("--no-ace", action="store_true")
+    parser.add_argument(
+        "--ace-l",
+        type=int,
+        nargs="+",
+        help="TR-ACE l_max per order nu = 1..nu_max (the count sets nu_max); "
+        "default with --full: the recommended MEAM17 setting of docs/models.md",
+    )
+    parser.add_argument(
+        "--ace-channels", type=int, nargs="+", help="K of the TR-ACE models (default: --channels)"
+    )
+    parser.add_argument(
+        "--ace-projection",
+        action="store_true",
+        help="also a random projection of the full SOAP to the TR-ACE size",
+    )
     parser.add_argument(
         "--all-sizes",
         action="store_true",
