@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _memory
 from ._density_derivatives import radial_and_angular
 from ._soap_jacobian import fast_structure, write_jacobian
 from .expansion import expand_density
@@ -234,7 +235,7 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         n_features = values.shape[1]
         strain_jacobian = None
         if strain:
-            strain_jacobian = torch.zeros(n_rows, 3, 3, n_features, dtype=dtype, device=device)
+            strain_jacobian = _memory.zeros(n_rows, 3, 3, n_features, dtype=dtype, device=device)
 
         # ---- output layout: plus[pair] gets +dX/dr_p, the row's centre entry -sum_p dX/dr_p
         pair_rows = row_of_atom[pairs.i]  # [pair]
@@ -262,14 +263,14 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
             return DescriptorGradients(values=values, rows=rows, positions=jacobian, index=index, shifts=shifts,
                                        strain=strain_jacobian)
         if direct:
-            jacobian = torch.empty(index.shape[0], 3, n_features, dtype=dtype, device=device)
+            jacobian = _memory.empty(index.shape[0], 3, n_features, dtype=dtype, device=device)
             covered = torch.zeros(index.shape[0], dtype=torch.bool, device=device)
             covered[targets] = True
             covered[centre_entry] = True
             jacobian[~covered] = 0.0  # images of elements outside the species list
             jacobian[:, :, n_core:] = 0.0  # the covariance_sigma0 column
         else:
-            jacobian = torch.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
+            jacobian = _memory.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
         core = jacobian[:, :, :n_core]
         centre_sum = None if h.average else torch.zeros(n_rows, 3, n_core, dtype=dtype, device=device)
         core_strain = strain_jacobian[..., :n_core] if strain else None
@@ -360,7 +361,7 @@ def _fast_jacobian(soap, structure, batch, pairs, vectors, pair_species, pair_ro
         per_row = torch.bincount(index[:, 0], minlength=n_rows)
         row_start = torch.cat([per_row.new_zeros(1), torch.cumsum(per_row, 0)])
         centre_slot, target = centre_entry, None
-        jacobian = torch.empty(n_entries, 3, n_features, dtype=dtype, device=device)
+        jacobian = _memory.empty(n_entries, 3, n_features, dtype=dtype, device=device)
         jacobian[:, :, n_core:] = 0.0  # covariance_sigma0
     else:
         active_rows = pair_rows[active]  # non-decreasing: pairs are sorted by centre
@@ -376,7 +377,7 @@ def _fast_jacobian(soap, structure, batch, pairs, vectors, pair_species, pair_ro
         target = torch.empty(n_slots, dtype=torch.long, device=device)
         target[centre_slot] = centre_entry
         target[slot_of_active] = plus[active]
-        jacobian = torch.zeros(n_entries, 3, n_features, dtype=dtype, device=device)
+        jacobian = _memory.zeros(n_entries, 3, n_features, dtype=dtype, device=device)
     write_jacobian(soap, structure, vectors=vectors, pair_species=pair_species, y=y, unit=unit, norm=norm,
                    weights=weights, slot_pair=slot_pair, row_start=row_start, centre_slot=centre_slot,
                    out=jacobian, strain_out=strain_jacobian, n_core=n_core, normalize=soap.hypers.normalize,

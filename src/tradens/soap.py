@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from . import _memory
 from .angular import l_of_lm
 from .embeddings import expand_weights, gap_weights, random_weights
 from .expansion import SpeciesMap, expand_density
@@ -133,7 +134,7 @@ def power_spectrum(y1: torch.Tensor, y2: torch.Tensor, plan: PairPlan, l_max: in
     if plan.structure == "diagonal":
         return _diagonal_products(y1, y2, l_max).reshape(y1.shape[0], -1)
     if _use_triangle(plan, y1, y2):
-        out = torch.empty(y1.shape[0], len(plan) * n_l, dtype=y1.dtype, device=y1.device)
+        out = _memory.empty(y1.shape[0], len(plan) * n_l, dtype=y1.dtype, device=y1.device)
         _triangle_products(y1, out, l_max, normalize=False, sigma0=None)
         return out
     first = torch.as_tensor(plan.first, device=y1.device)
@@ -430,7 +431,7 @@ class SOAP(torch.nn.Module):
         n_rows, dtype, device = y1.shape[0], y1.dtype, y1.device
         graph = _needs_graph(y1, y2)
         if out is None and not graph:
-            out = torch.empty(n_rows, self.n_features, dtype=dtype, device=device)
+            out = _memory.empty(n_rows, self.n_features, dtype=dtype, device=device)
         if _use_triangle(self.plan, y1, y2) and out.stride(-1) == 1:
             with torch.profiler.record_function("soap/power_spectrum"):
                 _triangle_products(y1, out, h.l_max, normalize=h.normalize, sigma0=h.covariance_sigma0)
