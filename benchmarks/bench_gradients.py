@@ -11,7 +11,7 @@ Systems
 
 Descriptors: GAP strings ``soap cutoff=5 l_max=6 n_max=8 atom_sigma=0.5``, full
 (``full``) or tensor-reduced R+Z, ``sym_mix=T``, ``coupling=T`` with K = 8 or 16
-(``tr8``, ``tr16``), or ``coupling=F`` K = 16 (``tr16-el``, the PRL's p_kl).
+(``tr8``, ``tr16``), or ``coupling=F`` K = 8 or 16 (``tr8-el``, ``tr16-el``, the PRL's p_kl).
 tradens uses the identical descriptor (``tradens.quip.soap_from_gap``).
 
 Tasks (each case in its own subprocess; peak RSS = that process's ``VmHWM``)
@@ -66,7 +66,7 @@ ELEMENTS_25_FCC = tuple(range(21, 31)) + (39, 40, 41, 42) + (44, 45, 46, 47, 48)
 ELEMENTS_25_BCC = ("Sc Ti V Cr Mn Fe Co Ni Cu Zn Y Zr Nb Mo Tc Ru Rh Pd Ag Cd Hf Ta W Re Os").split()
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_gradients.json"
-VARIANTS = {"tr8": ("T", 8), "tr16": ("T", 16), "tr16-el": ("F", 16), "full": (None, 0)}
+VARIANTS = {"tr8": ("T", 8), "tr16": ("T", 16), "tr8-el": ("F", 8), "tr16-el": ("F", 16), "full": (None, 0)}
 
 
 # ----------------------------------------------------------------------------- systems
@@ -252,7 +252,7 @@ def build_cases(args) -> list[dict]:
     systems = args.systems.split(",")
     for n_elements in (int(e) for e in args.elements.split(",")):
         if "fcc256" in systems:
-            for variant in ("tr8", "tr16", "tr16-el"):
+            for variant in ("tr8", "tr16", "tr8-el", "tr16-el"):
                 add("fcc256", n_elements, variant, *everything)
             if n_elements <= 5:
                 add("fcc256", n_elements, "full", *everything, "featomic-grad")
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
-    parser.add_argument("--variants", help="comma list of variants to run (tr8, tr16, tr16-el, full; default all)")
+    parser.add_argument("--variants", help="comma list of variants to run (tr8, tr16, tr8-el, tr16-el, full; default all)")
     parser.add_argument("--tasks", help="comma list of tasks to run (tradens-values, tradens-jacobian, tradens-quip, "
                                         "tradens-forces, quippy-grad, featomic-grad; default all)")
     parser.add_argument("--large", action="store_true", help="also full SOAP forces on bcc2000 (25 el)")
