@@ -218,17 +218,31 @@ def main(argv=None):
             f_err = force_errors(predicted["forces"], test)
             totals[name]["energy"][0] += float((e_err**2).sum())
             totals[name]["energy"][1] += e_err.size
+            e_class = {}
+            for error, frame in zip(e_err, test, strict=True):
+                total = e_class.setdefault(f"c{frame.info.get('class', 'none')}", [0.0, 0])
+                total[0] += float(error**2)
+                total[1] += 1
+            merge(totals[name].setdefault("energy_by_class", {}), e_class)
             merge(totals[name]["forces"], f_err)
             row = {
                 "fold": fold, "model": name, "energy": 1e3 * math.sqrt(np.mean(e_err**2)),
                 **{f"forces_{k}": 1e3 * rms(v) for k, v in f_err.items()},
                 "cpu_s": cpu[name], "best_epoch": getattr(model, "best_epoch_", -1),
             }
+            if name == "learned":  # the inner validation split (the only one used for choices)
+                best = model.history_[model.best_epoch_]
+                row["val_energy"] = 1e3 * best["val_energy_rmse"]
+                row["val_forces"] = 1e3 * best["val_forces_rmse"]
             rows.append(row)
             print(f"{fold:>4} {name:>8} {row['energy']:9.1f} {row['forces_all']:8.0f} "
                   f"{row.get('forces_no4', math.nan):8.0f} {row.get('forces_c2', math.nan):7.0f} "
                   f"{row.get('forces_c3', math.nan):7.0f} {row.get('forces_c4', math.nan):7.0f} "
-                  f"{row['cpu_s']:7.1f} {row['best_epoch']:5d}", flush=True)
+                  f"{row['cpu_s']:7.1f} {row['best_epoch']:5d}"
+                  + (f"  (validation: {row['val_energy']:.1f} meV/atom, {row['val_forces']:.0f} meV/A)"
+                     if "val_energy" in row else ""), flush=True)
+            print(f"{'':>4} {'':>8} energy by class (meV/atom):",
+                  {k: round(1e3 * rms(v)) for k, v in sorted(e_class.items())}, flush=True)
     if args.validate_only:
         return
     print("RMS over all test structures / atoms of the folds run:")
@@ -236,12 +250,17 @@ def main(argv=None):
     for name, total in totals.items():
         f = total["forces"]
         summary[name] = {"energy": 1e3 * rms(total["energy"]),
-                         **{f"forces_{k}": 1e3 * rms(v) for k, v in f.items()}}
+                         **{f"forces_{k}": 1e3 * rms(v) for k, v in f.items()},
+                         **{f"energy_{k}": 1e3 * rms(v)
+                            for k, v in total.get("energy_by_class", {}).items()}}
         mean_cpu = np.mean([r["cpu_s"] for r in rows if r["model"] == name])
         print(f"{'all':>4} {name:>8} {summary[name]['energy']:9.1f} {summary[name]['forces_all']:8.0f} "
               f"{summary[name].get('forces_no4', math.nan):8.0f} {summary[name].get('forces_c2', math.nan):7.0f} "
               f"{summary[name].get('forces_c3', math.nan):7.0f} {summary[name].get('forces_c4', math.nan):7.0f} "
               f"{mean_cpu:7.1f}")
+        print(f"{'':>4} {'':>8} energy by class (meV/atom):",
+              {k[7:]: round(v) for k, v in sorted(summary[name].items()) if k.startswith("energy_")})
+    print(f"total CPU of the learned fits: {sum(r['cpu_s'] for r in rows if r['model'] == 'learned'):.0f} s")
     if args.json is not None:
         args.json.write_text(json.dumps({"options": {k: str(v) for k, v in vars(args).items()},
                                          "rows": rows, "summary": summary}, indent=1))
