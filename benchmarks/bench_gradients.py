@@ -61,6 +61,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import memory_status  # noqa: E402
+
 ELEMENTS_5 = (24, 25, 26, 27, 28)
 ELEMENTS_25_FCC = tuple(range(21, 31)) + (39, 40, 41, 42) + (44, 45, 46, 47, 48) + tuple(range(72, 78))
 ELEMENTS_25_BCC = ("Sc Ti V Cr Mn Fe Co Ni Cu Zn Y Zr Nb Mo Tc Ru Rh Pd Ag Cd Hf Ta W Re Os").split()
@@ -108,21 +111,6 @@ def gap_string(species, variant: str, smoke: bool = False) -> str:
 
 
 # ----------------------------------------------------------------------------- worker
-
-
-def _memory_mb() -> dict:
-    out = {}
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key, value = line.split(":")
-                    out[key] = int(value.split()[0]) / 1024.0
-    except OSError:  # not Linux
-        import resource
-
-        out = {"VmRSS": float("nan"), "VmHWM": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-    return out
 
 
 def _build(spec: dict):
@@ -190,7 +178,7 @@ def run_case(spec: dict) -> dict:
     start = time.perf_counter()
     run = _build(spec)
     setup = time.perf_counter() - start
-    before = _memory_mb()
+    before = memory_status()
     times, cpu_times, shape = [], [], None
     for index in range(spec["warmup"] + spec["repeats"]):
         gc.collect()
@@ -200,7 +188,7 @@ def run_case(spec: dict) -> dict:
         if index >= spec["warmup"]:
             times.append(elapsed)
             cpu_times.append(cpu)
-    memory = _memory_mb()
+    memory = memory_status()
     return {"seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times), "times": times,
             "cpu_times": cpu_times, "setup_s": setup, "rows": shape[0], "features": shape[1],
             "rss_before_mb": before.get("VmRSS"), "peak_rss_mb": memory.get("VmHWM")}

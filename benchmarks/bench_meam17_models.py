@@ -140,7 +140,7 @@ def ridge(sums, comp, energy, train, test, alphas=None, cv=5):
     pred = (sums[test] / n_atoms[test, None]) @ theta.numpy() + (comp[test] / n_atoms[test, None]) @ e0
     test_rmse = float(np.sqrt(np.mean((pred - energy[test] / n_atoms[test]) ** 2)))
     return dict(cv=float(res["energy_rmse"][best]), alpha=float(alphas[best]), test=test_rmse,
-                edge=best in (0, len(alphas) - 1), fit_cpu_s=seconds)
+                edge=best in (0, len(alphas) - 1), fit_cpu_s=seconds), theta
 
 
 def baseline_rmse(comp, energy, train, test):
@@ -151,8 +151,9 @@ def baseline_rmse(comp, energy, train, test):
 
 
 def report(row):
+    forces = f"  F test {1000 * row['forces_test']:6.0f} meV/Å" if "forces_test" in row else ""
     print(f"{row['model']:34s} F={row['features']:6d}  CV {1000 * row['cv']:6.1f}  test {1000 * row['test']:6.1f}"
-          f"  alpha {row['alpha']:.0e}{' (grid edge)' if row['edge'] else ''}  fit {row['fit_cpu_s']:.1f} CPU s",
+          f"  alpha {row['alpha']:.0e}{' (grid edge)' if row['edge'] else ''}  fit {row['fit_cpu_s']:.1f} CPU s{forces}",
           flush=True)
     with open(Path(row.pop("cache")) / "fits.jsonl", "a") as stream:
         stream.write(json.dumps(row) + "\n")
@@ -165,8 +166,45 @@ def cmd_fit(args):
     for name in args.names:
         for variant in args.variants:
             sums = np.load(Path(args.cache) / f"f_{name}_{variant}.npy")
-            row = ridge(sums, comp, energy, train, test)
+            row, theta = ridge(sums, comp, energy, train, test)
+            if args.forces:
+                row["forces_test"] = test_force_rmse(args, name, variant, theta, test[: args.forces])
             report(dict(model=f"{name} {variant}", features=sums.shape[1], cache=args.cache, **row))
+
+
+def test_force_rmse(args, name: str, variant: str, theta, structures) -> float:
+    """Force RMSE (eV/Å) of the energy-only fit on ``structures`` (forces by one VJP per structure).
+
+    The per-element reference energies carry no force, so the forces are those of
+    ``E = sum_i theta . x_i`` with ``x_i`` the raw or normalised per-atom features.
+    """
+    from tradens.gradients import energy_forces_stress
+
+    spec = None
+    with open(Path(args.cache) / "feats.jsonl") as stream:
+        for line in stream:
+            info = json.loads(line)
+            if info.get("name") == name:
+                spec = info
+    if spec is None:
+        raise SystemExit(f"no features named {name!r} in {args.cache}/feats.jsonl")
+    frames = load_frames(args.data)
+    species = sorted({int(z) for a in frames for z in a.numbers})
+    rep = build(spec["kind"], spec["spec"], species)
+    weights = torch.as_tensor(np.asarray(theta), dtype=torch.float64)
+
+    def model(values, numbers):
+        if variant == "norm":
+            values = values / torch.linalg.vector_norm(values, dim=1, keepdim=True).clamp_min(1e-300)
+        return values @ weights
+
+    squared, count = 0.0, 0
+    for s in structures:
+        out = energy_forces_stress(rep, model, frames[int(s)])
+        error = out.forces.detach().numpy() - frames[int(s)].get_forces()
+        squared += float((error**2).sum())
+        count += error.size
+    return float(np.sqrt(squared / count))
 
 
 def cmd_rp(args):
@@ -179,7 +217,7 @@ def cmd_rp(args):
         for d in args.sizes:
             for seed in range(args.seeds):
                 p = RandomProjection(d, seed=seed).fit(full.shape[1]).components_
-                row = ridge(full @ p.T, comp, energy, train, test)
+                row, _ = ridge(full @ p.T, comp, energy, train, test)
                 report(dict(model=f"RP(full) D={d} seed {seed} {variant}", features=d, cache=args.cache, **row))
 
 
@@ -220,6 +258,8 @@ def main(argv=None):
     p = sub.add_parser("fit")
     p.add_argument("names", nargs="+")
     p.add_argument("--variants", nargs="+", default=["raw", "norm"])
+    p.add_argument("--forces", type=int, default=0,
+                   help="also the force RMSE of each energy-only fit on this many test structures")
     p = sub.add_parser("rp")
     p.add_argument("sizes", type=int, nargs="+")
     p.add_argument("--variants", nargs="+", default=["raw"])

@@ -47,21 +47,20 @@ def _mapped(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
     return flat[offset:offset + n_bytes].view(dtype).view(shape)
 
 
-def empty(*shape: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
-    """Uninitialised tensor ``shape``; large CPU buffers on huge pages (then zero-filled)."""
+def _allocate(shape: tuple[int, ...], dtype: torch.dtype, device, fallback) -> torch.Tensor:
     device = torch.device("cpu") if device is None else torch.device(device)
     if device.type == "cpu":
         out = _mapped(tuple(int(s) for s in shape), dtype)
         if out is not None:
             return out
-    return torch.empty(shape, dtype=dtype, device=device)
+    return fallback(shape, dtype=dtype, device=device)
+
+
+def empty(*shape: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+    """Uninitialised tensor ``shape``; large CPU buffers on huge pages (then zero-filled)."""
+    return _allocate(shape, dtype, device, torch.empty)
 
 
 def zeros(*shape: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
     """Zero tensor ``shape``; large CPU buffers on huge pages (zeroed by the kernel, no fill pass)."""
-    device = torch.device("cpu") if device is None else torch.device(device)
-    if device.type == "cpu":
-        out = _mapped(tuple(int(s) for s in shape), dtype)
-        if out is not None:
-            return out
-    return torch.zeros(shape, dtype=dtype, device=device)
+    return _allocate(shape, dtype, device, torch.zeros)
