@@ -140,9 +140,9 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, nargs="*", default=[])
     parser.add_argument("--element-features", type=int, default=0)
     parser.add_argument("--pair-channels", type=int, default=4)
-    parser.add_argument("--pair-basis", type=int, default=12)
+    parser.add_argument("--pair-basis", type=int, default=16)
     parser.add_argument("--pair-cutoff", type=float, default=None)
-    parser.add_argument("--pair-r-min", type=float, default=1.5)
+    parser.add_argument("--pair-r-min", type=float, default=1.0)
     parser.add_argument("--no-scale-features", action="store_true")
     parser.add_argument("--fixed-reference", action="store_true")
     parser.add_argument("--validate-only", action="store_true",
