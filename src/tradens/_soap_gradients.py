@@ -263,12 +263,8 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
             return DescriptorGradients(values=values, rows=rows, positions=jacobian, index=index, shifts=shifts,
                                        strain=strain_jacobian)
         if direct:
-            jacobian = _memory.empty(index.shape[0], 3, n_features, dtype=dtype, device=device)
-            covered = torch.zeros(index.shape[0], dtype=torch.bool, device=device)
-            covered[targets] = True
-            covered[centre_entry] = True
-            jacobian[~covered] = 0.0  # images of elements outside the species list
-            jacobian[:, :, n_core:] = 0.0  # the covariance_sigma0 column
+            # zero: images of elements outside the species list, the covariance_sigma0 column
+            jacobian = _memory.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
         else:
             jacobian = _memory.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
         core = jacobian[:, :, :n_core]
@@ -361,8 +357,7 @@ def _fast_jacobian(soap, structure, batch, pairs, vectors, pair_species, pair_ro
         per_row = torch.bincount(index[:, 0], minlength=n_rows)
         row_start = torch.cat([per_row.new_zeros(1), torch.cumsum(per_row, 0)])
         centre_slot, target = centre_entry, None
-        jacobian = _memory.empty(n_entries, 3, n_features, dtype=dtype, device=device)
-        jacobian[:, :, n_core:] = 0.0  # covariance_sigma0
+        jacobian = _memory.zeros(n_entries, 3, n_features, dtype=dtype, device=device)  # covariance_sigma0: 0
     else:
         active_rows = pair_rows[active]  # non-decreasing: pairs are sorted by centre
         per_row = torch.bincount(active_rows, minlength=n_rows) + 1

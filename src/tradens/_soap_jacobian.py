@@ -27,8 +27,11 @@ Work is done per chunk of whole rows (pairs are sorted by centre): the radial
 and angular terms of the chunk's pairs, ``beta`` and ``delta`` as one batched
 matrix product per degree over the rows (``y`` shared by all pairs of a row,
 padded to the longest row of the chunk), then the output slab of the chunk is
-written channel by channel (``k``), each write a broadcast product of small
-``[entry, 3, K, L]`` factors, so no ``[pair, 3, feature]`` temporary is formed.
+written channel by channel: in GAP's layout the products of channel ``a`` with
+``b <= a`` are the contiguous columns ``[a(a+1)/2 L, (a+1)(a+2)/2 L)`` with ``l``
+fastest, so each channel is four broadcast products of small ``[entry, 3, K, L]``
+factors written in place (sub-chunks of ~4 MB of output stay in cache), and no
+``[pair, 3, feature]`` or ``[pair, 3, L, K, K]`` temporary is formed.
 The centre entry (``-sum`` of the row) and the strain derivative ``sum_p r_p (x)
 dX/dr_p`` are one matrix product per row over the finished slab.
 """
@@ -151,18 +154,16 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
     second = torch.as_tensor(plan.second, device=device)
     radial = _Radial(soap, weights)
     degree_scale = 1.0 / torch.sqrt(2.0 * torch.arange(n_l, dtype=dtype, device=device) + 1.0)  # [L]
-    # feature (k, b, l) of the triangle <- full[l, k, b]
-    gather = (torch.arange(n_l, device=device)[None, :] * (n_k * n_k) + (first * n_k + second)[:, None]).reshape(-1)
     counts = row_start[1:] - row_start[:-1]  # [row]
     counts_list = counts.tolist()
     starts = row_start.tolist()
     per_slot = 8 * (20 * n_k * n_l + 8 * n_lm)
-    # output sub-chunks: the [slot, 3, L, K, K] products stay in cache
-    sub = max(1, int(2 * 2**20 // (8 * 3 * n_l * n_k * n_k))) if structure == "triangle" else 1 << 30
     contiguous = n_core == n_features
-    n_rank = 4 if n_k >= 16 else 8
-    if not contiguous:  # the extra features (covariance_sigma0) read any product, then are zeroed
-        gather = torch.cat([gather, gather.new_zeros(n_features - n_core)])
+    # triangle: the plan's pairs are (a, b <= a) in order (PairPlan), so channel a owns the columns
+    # offsets[a] : offsets[a + 1] with l fastest; output sub-chunks of ~4 MB stay in cache across the
+    # four passes of a channel
+    offsets = [a * (a + 1) // 2 * n_l for a in range(n_k + 1)]
+    sub = max(1, int(4 * 2**20 // (8 * 3 * n_features))) if structure == "triangle" else 1 << 30
     for r0, r1 in _chunks(row_start, max(1, int(chunk_bytes // per_slot))):
         s0, s1 = starts[r0], starts[r1]
         n_slots, n_local = s1 - s0, r1 - r0
@@ -238,27 +239,27 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
             view.copy_(dv.transpose(2, 3))
             if normalize:
                 view.addcmul_(s[:, :, None, None], x_rows[slot_row].view(n_slots, 1, n_k, n_l), value=-1.0)
-        else:
-            # rank-4 factors: (alpha, beta, gamma, delta) [E, 3, L, K, r] against sqrt2 (beta, alpha, delta,
-            # gamma) [E, 3, L, r, K]; rank padded to 8 for K < 16 (MKL's tiny batched products are much faster)
-            make = alpha.new_zeros if n_rank > 4 else alpha.new_empty
-            left = make(n_slots, 3, n_l, n_k, n_rank)  # [E, 3, L, K, r]
-            right = make(n_slots, 3, n_l, n_rank, n_k)  # [E, 3, L, r, K]
-            for column, (a_term, b_term) in enumerate(((alpha, beta[:, None]), (beta[:, None], alpha),
-                                                       (gamma[:, None], delta), (delta, gamma[:, None]))):
-                left[..., column] = a_term
-                right[:, :, :, column] = b_term
-            right.mul_(SQRT2)
+        else:  # triangle
+            # straight into GAP's (a, b <= a, l) layout, one channel a at a time, with every factor scaled
+            # by 2^(1/4): dv[a, b, l] = sqrt2 (alpha_a beta_b + beta_a alpha_b + gamma_a delta_b
+            # + delta_a gamma_b), then f_aa = 1 on the diagonal
+            quarter = 2.0**0.25
+            fa = (alpha * quarter).transpose(2, 3).contiguous()  # [E, 3, K, L]
+            fd = (delta * quarter).transpose(2, 3).contiguous()  # [E, 3, K, L]
+            fb = (beta * quarter).transpose(1, 2).unsqueeze(1).contiguous()  # [E, 1, K, L]
+            fg = (gamma * quarter).transpose(1, 2).unsqueeze(1).contiguous()  # [E, 1, K, L]
             del alpha, beta, gamma, delta, uv
-            left = left.view(-1, n_k, n_rank)
-            right = right.view(-1, n_rank, n_k)
             for e0 in range(0, n_slots, sub):
                 e1 = min(n_slots, e0 + sub)
-                n_e = e1 - e0
-                full = torch.bmm(left[e0 * 3 * n_l:e1 * 3 * n_l], right[e0 * 3 * n_l:e1 * 3 * n_l])  # [e 3 L, K, K]
-                full.diagonal(dim1=1, dim2=2).mul_(1.0 / SQRT2)  # f_kk = 1
                 part = slab[e0:e1]  # [e, 3, F]
-                torch.index_select(full.view(n_e * 3, -1), 1, gather, out=part.view(n_e * 3, n_features))
+                a_, b_, g_, d_ = fa[e0:e1], fb[e0:e1], fg[e0:e1], fd[e0:e1]
+                for a in range(n_k):
+                    block = part[:, :, offsets[a]:offsets[a + 1]].view(e1 - e0, 3, a + 1, n_l)  # [e, 3, b, L]
+                    torch.mul(a_[:, :, a, None], b_[:, :, :a + 1], out=block)
+                    block.addcmul_(b_[:, :, a, None], a_[:, :, :a + 1])
+                    block.addcmul_(g_[:, :, a, None], d_[:, :, :a + 1])
+                    block.addcmul_(d_[:, :, a, None], g_[:, :, :a + 1])
+                    block[:, :, a].mul_(1.0 / SQRT2)  # f_aa = 1
                 if not contiguous:
                     part[:, :, n_core:] = 0.0
                 if normalize:
