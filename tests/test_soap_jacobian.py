@@ -5,7 +5,7 @@ autograd path (``method="jvp"``), in both layouts, on systems that exercise its
 branches: entries written in place (large cells), slots added into shared
 entries (a cell smaller than the cutoff), rows of different lengths and an
 isolated atom (a molecule), ``covariance_sigma0``, few and many channels
-(rank padding), centre selection and float32.
+(K below and above 16), centre selection and float32.
 """
 
 from __future__ import annotations
