@@ -25,7 +25,7 @@ import torch
 
 __all__ = ["empty", "zeros", "HUGE_PAGE_THRESHOLD"]
 
-HUGE_PAGE_THRESHOLD = 16 * 2**20  # bytes; smaller buffers use the ordinary allocator
+HUGE_PAGE_THRESHOLD = 4 * 2**20  # bytes; smaller buffers use the ordinary allocator
 _HUGE_PAGE = 2 * 2**20
 _CAN_ADVISE = hasattr(mmap, "MADV_HUGEPAGE") and hasattr(mmap.mmap, "madvise")
 

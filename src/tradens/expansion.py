@@ -21,6 +21,7 @@ import math
 import numpy as np
 import torch
 
+from . import _memory
 from .angular import _spherical_harmonics_by_degree, l_of_lm, spherical_harmonics
 from .neighbors import Pairs
 from .radial import cosine_cutoff
@@ -254,7 +255,7 @@ def _expand_unmixed(n_atoms: int, i, s_j, vectors, *, n_species: int, radial, l_
     dtype, device = vectors.dtype, vectors.device
     n_max, n_lm = radial.n_max, (l_max + 1) ** 2
     lm_to_l = l_of_lm(l_max, device)  # [lm]
-    coefficients = torch.zeros(n_atoms * n_species, n_max * n_lm, dtype=dtype, device=device)
+    coefficients = _memory.zeros(n_atoms * n_species, n_max * n_lm, dtype=dtype, device=device)
     for start in range(0, i.shape[0], pair_chunk):
         sel = slice(start, start + pair_chunk)
         radial_values, harmonics = _pair_terms(vectors[sel], radial, l_max, cutoff, cutoff_width)
@@ -288,8 +289,8 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
     graph = torch.is_grad_enabled() and tracked
     # A [atom, K, lm]: without autograd one buffer that every chunk writes its atoms into;
     # with autograd the chunks' blocks, concatenated at the end
-    mixed = None if graph else torch.empty(n_atoms, n_channels, n_l * n_l, dtype=dtype,
-                                           device=device)
+    mixed = None if graph else _memory.empty(n_atoms, n_channels, n_l * n_l, dtype=dtype,
+                                             device=device)
     pieces = []
     distances = torch.linalg.vector_norm(vectors, dim=1)  # [pair]
     tapers = cosine_cutoff(distances, cutoff, cutoff_width)  # [pair]

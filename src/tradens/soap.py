@@ -205,7 +205,7 @@ def _triangle_products(y: torch.Tensor, out: torch.Tensor, l_max: int, *, normal
     blocks = [(a0, min(n_channels, a0 + block)) for a0 in range(0, n_channels, block)]
     per_row = n_l * block * n_channels * y.element_size()
     chunk = max(1, min(n_rows, workspace_bytes // per_row))
-    workspace = torch.empty(n_l * chunk * block * n_channels, dtype=dtype, device=device)
+    workspace = _memory.empty(n_l * chunk * block * n_channels, dtype=dtype, device=device)
     offsets = [a * (a + 1) // 2 * n_l for a in range(n_channels + 1)]
     # few channels: the [2l+1, 2l+1] Gram matrices for the norm cost as much as the products
     few = n_channels <= 2 * (l_max + 1) ** 2
