@@ -203,38 +203,45 @@ def learning_curves(frames, s, args) -> list[dict]:
             )
             report(results[-1])
         if not args.no_learned:
-            k = s["channels"][len(s["channels"]) // 2]
             t0 = time.perf_counter()
-            representation = SOAP(
-                cutoff=s["cutoff"],
-                l_max=s["l_max"],
-                radial={"n_max": s["n_max"]},
-                species=species,
-                mixing={"channels": k, "weights": "gap"},
-            )
-            model = LearnedPotential(
-                representation,
-                forces_weight=0.1,
-                max_epochs=s["epochs"],
-                batch_size=8,
-                learning_rate=5e-3,
-                embedding_learning_rate=2e-2,
-                patience=max(5, s["epochs"] // 4),
-                seed=args.seed,
-            ).fit(train)
             results.append(
                 {
-                    "model": f"learned TR-SOAP K={k}",
-                    "family": "learned embedding",
+                    **fit_learned(species, s, args, train, test),
                     "n_train": n_train,
-                    "features": representation.n_features,
                     "cv_energy": None,
-                    **score(model, test, s["force_test"]),
                     "seconds": time.perf_counter() - t0,
                 }
             )
             report(results[-1])
     return results
+
+
+def fit_learned(species, s, args, train, test) -> dict:
+    """A learned-embedding TR-SOAP (the middle K of ``s["channels"]``), fitted and scored."""
+    k = s["channels"][len(s["channels"]) // 2]
+    representation = SOAP(
+        cutoff=s["cutoff"],
+        l_max=s["l_max"],
+        radial={"n_max": s["n_max"]},
+        species=species,
+        mixing={"channels": k, "weights": "gap"},
+    )
+    model = LearnedPotential(
+        representation,
+        forces_weight=0.1,
+        max_epochs=s["epochs"],
+        batch_size=8,
+        learning_rate=5e-3,
+        embedding_learning_rate=2e-2,
+        patience=max(5, s["epochs"] // 4),
+        seed=args.seed,
+    ).fit(train)
+    return {
+        "model": f"learned TR-SOAP K={k}",
+        "family": "learned embedding",
+        "features": representation.n_features,
+        **score(model, test, s["force_test"]),
+    }
 
 
 def held_out_pairs(frames, s, args) -> list[dict]:
@@ -278,32 +285,7 @@ def held_out_pairs(frames, s, args) -> list[dict]:
         )
         report(results[-1])
     if not args.no_learned:
-        k = s["channels"][len(s["channels"]) // 2]
-        representation = SOAP(
-            cutoff=s["cutoff"],
-            l_max=s["l_max"],
-            radial={"n_max": s["n_max"]},
-            species=species,
-            mixing={"channels": k, "weights": "gap"},
-        )
-        model = LearnedPotential(
-            representation,
-            forces_weight=0.1,
-            max_epochs=s["epochs"],
-            batch_size=8,
-            learning_rate=5e-3,
-            embedding_learning_rate=2e-2,
-            seed=args.seed,
-        ).fit(train)
-        results.append(
-            {
-                "model": f"learned TR-SOAP K={k}",
-                "family": "learned embedding",
-                "n_train": len(train),
-                "features": representation.n_features,
-                **score(model, test, s["force_test"]),
-            }
-        )
+        results.append({**fit_learned(species, s, args, train, test), "n_train": len(train)})
         report(results[-1])
     for r in results:
         r["held_out_pairs"] = [list(p) for p in chosen]

@@ -49,3 +49,18 @@ def test_md_nve_example_conserves_energy():
     assert abs(result["drift_meV_per_atom_per_ps"]) < 5.0
     assert result["max_excursion_meV_per_atom"] < 5.0
     assert result["mean_temperature_K"] > 10.0
+
+
+def test_learning_curves_held_out_pairs_never_train_on_a_held_out_pair(tmp_path):
+    import ase.io
+
+    run("learning_curves.py", "--held-out-pairs", "1", "--channels", "4", "--epochs", "1", "--test", "5",
+        "--force-test", "2", "--no-ace", "--out", str(tmp_path))
+    results = json.loads((tmp_path / "held_out_pairs.json").read_text())["results"]
+    (a, b), = results[0]["held_out_pairs"]
+    frames = ase.io.read(SAMPLE, ":")
+    n_train = sum(1 for atoms in frames if not {a, b} <= set(atoms.numbers.tolist()))
+    assert 0 < n_train < len(frames)
+    assert {r["family"] for r in results} >= {"baseline", "TR-SOAP (tensor)", "learned embedding"}
+    for r in results:
+        assert r["n_train"] == n_train and np.isfinite(r["energy"]), r
