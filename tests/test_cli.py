@@ -116,6 +116,13 @@ def test_bad_input_ends_with_one_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.xyz"]  # no output, no temp files
 
 
+def test_features_threads_option(tmp_path):
+    result = run_tradens("features", "--example", "--channels", "4", "--threads", "1", "-q", cwd=tmp_path)
+    assert result.returncode == 0 and "468 rows x 70 features per atom" in result.stdout, result.stderr
+    result = run_tradens("features", "--example", "--threads", "-2", cwd=tmp_path)
+    assert result.returncode == 1 and "--threads must be >= 1" in one_line_error(result.stderr)
+
+
 def test_features_example_prints_a_summary_and_writes_nothing(tmp_path):
     result = run_tradens("features", "--example", "--channels", "8", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -335,6 +335,12 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=32, help="structures per batch (default 32)"
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: torch's own choice; 1 on a machine shared with other jobs)",
+    )
 
 
 def compute(calculator, frames, args):
@@ -343,6 +349,11 @@ def compute(calculator, frames, args):
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    threads = getattr(args, "threads", 0)
+    if threads < 0:
+        raise CLIError(f"--threads must be >= 1 (or 0 for torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
     return calculator.compute(
         frames, output="numpy", dtype=dtype, batch_size=args.batch_size, progress=not args.quiet
