@@ -155,7 +155,7 @@ def main(argv=None):
     parser.add_argument("--forces-delta", type=float, default=2.0)
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--embedding-learning-rate", type=float, default=None)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument("--max-epochs", type=int, default=250)
     parser.add_argument("--patience", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=4)
