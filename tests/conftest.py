@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import tradens._kernels
+
 SPECIES = (28, 29, 46)
 
 
@@ -58,3 +60,13 @@ def molecule() -> ase.Atoms:
     positions = rng.normal(scale=1.2, size=(7, 3))
     positions = np.vstack([positions, [[30.0, 30.0, 30.0]]])
     return ase.Atoms(numbers=[28, 29, 46, 28, 29, 46, 29, 28], positions=positions)
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def implementation(request):
+    """Run a test with the compiled kernels and again with the pure-torch code."""
+    if request.param == "compiled" and not tradens._kernels.compiled_available():
+        pytest.skip("numba is not installed")
+    previous = tradens._kernels.set_compiled(request.param == "compiled")
+    yield request.param
+    tradens._kernels.set_compiled(previous)

@@ -5,7 +5,8 @@ path (``method="autograd"``, one reverse pass through the whole SOAP) for every
 mixing mode and coupling, both radial bases, averaging and centre selection, on
 periodic, triclinic, small (cell below the cutoff) and non-periodic systems
 with an isolated atom, in float64 and float32, and with central finite
-differences of the energy.
+differences of the energy; with the compiled kernel of :mod:`tradens._kernels`
+(numba) and with the pure-torch code.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 import torch
 from conftest import SPECIES, make_alloy
 
+import tradens._kernels
 from tradens import SOAP
 from tradens._density_derivatives import radial_terms, rowwise_jacobian
 from tradens._soap_forces import soap_vjp_applies
@@ -73,7 +75,7 @@ def assert_same(analytic, reference, atol):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("system", SYSTEMS)
-def test_analytic_equals_autograd(variant, system, request):
+def test_analytic_equals_autograd(variant, system, request, implementation):
     atoms = request.getfixturevalue(system)
     rep = soap_of(variant)
     analytic, reference = both(rep, model_of(rep.n_features), atoms)
@@ -100,7 +102,7 @@ def test_isolated_atom_and_no_pairs():
         assert np.all(analytic.forces == 0.0) and np.all(analytic.virial == 0.0)
 
 
-def test_float32(alloy, small_cell):
+def test_float32(alloy, small_cell, implementation):
     for variant in ("rz-sym-tensor", "rz-sym-elementwise", "full"):
         rep = soap_of(variant)
         for atoms in (alloy, small_cell):
@@ -113,7 +115,7 @@ def test_float32(alloy, small_cell):
                                        atol=2e-5 * np.abs(reference.virial).max())
 
 
-def test_small_chunks_split_centres(alloy):
+def test_small_chunks_split_centres(alloy, implementation):
     from tradens import as_batch
     from tradens._soap_forces import soap_energy_and_gradients
 
@@ -197,3 +199,27 @@ def test_radial_terms_equal_autograd(kind):
         torch.testing.assert_close(terms[:, :, 0].permute(1, 2, 0), values, rtol=0, atol=1e-14)
         torch.testing.assert_close(terms[:, :, 1].permute(1, 2, 0), derivatives[:, 0], rtol=0,
                                    atol=1e-12 * derivatives.abs().max().item())
+
+
+@pytest.mark.skipif(not tradens._kernels.compiled_available(), reason="numba is not installed")
+def test_compiled_pair_kernel_is_used(alloy, monkeypatch):
+    """Mixed SOAP forces go through the compiled pair kernel and equal the torch path."""
+    import tradens._soap_forces as forces_module
+
+    rep = soap_of("rz-sym-tensor")
+    model = model_of(rep.n_features)
+    monkeypatch.setattr(tradens._kernels, "_ENABLED", False)
+    reference = energy_forces_stress(rep, model, alloy, method="analytic")
+    monkeypatch.setattr(tradens._kernels, "_ENABLED", True)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return tradens._kernels.pair_forces(*args, **kwargs)
+
+    monkeypatch.setattr(forces_module, "pair_forces", counting)
+    compiled = energy_forces_stress(rep, model, alloy, method="analytic")
+    assert calls, "the compiled kernel was not used"
+    assert np.abs(reference.forces).max() > 1e-3
+    np.testing.assert_allclose(compiled.forces, reference.forces, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(compiled.virial, reference.virial, rtol=0, atol=1e-12)

@@ -5,7 +5,9 @@ autograd path (``method="jvp"``), in both layouts, on systems that exercise its
 branches: entries written in place (large cells), slots added into shared
 entries (a cell smaller than the cutoff), rows of different lengths and an
 isolated atom (a molecule), ``covariance_sigma0``, few and many channels
-(K below and above 16), centre selection and float32.
+(K below and above 16), centre selection and float32. Each comparison runs with
+the compiled kernel of :mod:`tradens._kernels` (when numba is installed) and
+with the pure-torch code.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 import torch
 from conftest import SPECIES, make_alloy
 
-from tradens import SOAP, as_batch
+from tradens import SOAP, _kernels, as_batch
 from tradens._density_derivatives import (harmonics_and_gradient, harmonics_with_gradient,
                                           radial_primitive_with_derivative, radial_with_derivative)
 from tradens._soap_gradients import soap_pair_gradients
@@ -46,7 +48,7 @@ def test_variants_take_the_fast_path(variant):
 @pytest.mark.parametrize("images", [False, True])
 @pytest.mark.parametrize("system", ["alloy", "small_cell", "molecule", "triclinic"])
 @pytest.mark.parametrize("variant", sorted(FAST_VARIANTS))
-def test_fast_path_equals_general_path(variant, system, images, request):
+def test_fast_path_equals_general_path(variant, system, images, request, implementation):
     atoms = request.getfixturevalue(system)
     soap = soap_of(variant)
     batch = as_batch(atoms)
@@ -74,7 +76,7 @@ def test_fast_path_equals_autograd(variant, triclinic):
         assert pair.positions[:, :, -1].abs().max() == 0 and pair.strain[..., -1].abs().max() == 0
 
 
-def test_small_chunks_and_centre_selection():
+def test_small_chunks_and_centre_selection(implementation):
     """Many chunks of rows (one row each) and rows that are a subset of the atoms."""
     atoms = make_alloy(seed=4)
     soap = soap_of("tensor-K4", center_species=[28, 46])
@@ -87,13 +89,52 @@ def test_small_chunks_and_centre_selection():
     torch.testing.assert_close(fast.strain, slow.strain, atol=1e-12, rtol=0)
 
 
-def test_float32(alloy):
+def test_float32(alloy, implementation):
     soap = soap_of("tensor-K4")
     reference = descriptor_gradients(soap, alloy)
     single = descriptor_gradients(soap, alloy, dtype=torch.float32)
     assert single.positions.dtype == torch.float32
     torch.testing.assert_close(single.positions.double(), reference.positions, atol=2e-5, rtol=0)
     torch.testing.assert_close(single.strain.double(), reference.strain, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not _kernels.compiled_available(), reason="numba is not installed")
+@pytest.mark.parametrize("system", ["alloy", "small_cell"])
+def test_compiled_kernel_equals_torch_and_is_used(system, request, monkeypatch):
+    """The compiled tensor-coupling kernel gives the torch numbers, and really runs."""
+    import tradens._soap_jacobian as jacobian_module
+
+    atoms = request.getfixturevalue(system)
+    soap = soap_of("tensor-K16")
+    monkeypatch.setattr(_kernels, "_ENABLED", False)
+    reference = descriptor_gradients(soap, atoms)
+    monkeypatch.setattr(_kernels, "_ENABLED", True)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return _kernels.triangle_slab(*args, **kwargs)
+
+    monkeypatch.setattr(jacobian_module, "triangle_slab", counting)
+    compiled = descriptor_gradients(soap, atoms)
+    assert calls, "the compiled kernel was not used"
+    assert reference.positions.abs().max() > 1e-3
+    torch.testing.assert_close(compiled.positions, reference.positions, atol=1e-13, rtol=0)
+    torch.testing.assert_close(compiled.strain, reference.strain, atol=1e-12, rtol=0)
+
+
+def test_compiled_switch_and_tensor_rules():
+    """``use_compiled`` refuses autograd tensors and other dtypes; the switch round-trips."""
+    previous = _kernels.set_compiled(True)
+    try:
+        x = torch.zeros(3, dtype=torch.float64)
+        assert _kernels.use_compiled(x) == _kernels.compiled_available()
+        assert not _kernels.use_compiled(torch.zeros(3, dtype=torch.float64, requires_grad=True))
+        assert not _kernels.use_compiled(torch.zeros(3, dtype=torch.int64))
+        assert _kernels.set_compiled(False) is True
+        assert not _kernels.use_compiled(x)
+    finally:
+        _kernels.set_compiled(previous)
 
 
 @pytest.mark.parametrize("l_max", [0, 1, 4, 8])

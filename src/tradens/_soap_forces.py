@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from ._density_derivatives import _solid_gradient_matrices, radial_terms
+from ._kernels import pair_forces, use_compiled
 from .angular import spherical_harmonics
 from .expansion import expand_density
 from .neighbors import neighbor_list, pair_vectors
@@ -215,6 +216,8 @@ def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Ten
         if transform is not None:
             mix = torch.matmul(transform, mix)
         g_degrees = [g_atom[:, :, l * l:(l + 1) * (l + 1)].contiguous() for l in range(n_l)]  # [atom, Kt, 2l+1]
+    if mix is not None and use_compiled(vectors, g_atom, weights):
+        return _compiled_pair_gradients(soap, weights, g_atom, centre, vectors, species, pair_chunk)
     first_centre = int(centre[0])
     counts = torch.bincount(centre - first_centre)  # pairs of each centre from the first
     for c0, c1, p0, p1 in _centre_chunks(counts, pair_chunk):
@@ -230,6 +233,33 @@ def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Ten
             z = _contract_mixed(soap, r, species[sel], mix, [g[first_centre + c0:first_centre + c1] for g in g_degrees],
                                 counts[c0:c1])  # [p, 2, lm]
         out[sel] = harmonic_terms(vec, z)
+    return out
+
+
+def _compiled_pair_gradients(soap, weights, g_atom, centre, vectors, species, pair_chunk: int) -> torch.Tensor:
+    """``dE/dr_p [pair, 3]`` of mixed SOAP by the compiled kernel :func:`tradens._kernels.pair_forces`.
+
+    Pairs are taken in neighbour-species order (one sort), so the mixed radial
+    terms ``Q``, ``Q'`` of a chunk are one matrix product per species segment
+    (:class:`~tradens._soap_jacobian._Radial`); with ``Y`` and ``G`` the
+    compiled loop gives ``dE/dr`` of every pair.
+    """
+    from ._soap_jacobian import _Radial
+
+    radial = _Radial(soap, weights)
+    n_l, n_k = soap.hypers.l_max + 1, weights.shape[1]
+    g_lm = g_atom.transpose(1, 2).contiguous()  # [atom, lm, Kt]
+    order = torch.argsort(species, stable=True)  # [p]
+    vectors, centre, species = vectors[order], centre[order], species[order]
+    by_species = vectors.new_empty(vectors.shape[0], 3)
+    for p0 in range(0, vectors.shape[0], pair_chunk):
+        sel = slice(p0, p0 + pair_chunk)
+        vec = vectors[sel]  # [p, 3]
+        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+        ab = radial(r, species[sel], presorted=True).view(-1, 2, n_l, n_k)  # [p, 2, L, Kt]: Q, Q'
+        pair_forces(ab, centre[sel], g_lm, spherical_harmonics(vec, n_l - 1), vec, by_species[sel])
+    out = torch.empty_like(by_species)
+    out[order] = by_species
     return out
 
 

@@ -43,6 +43,7 @@ import math
 import torch
 
 from ._density_derivatives import harmonics_and_gradient, radial_primitive_with_derivative, radial_with_derivative
+from ._kernels import triangle_slab, use_compiled
 
 __all__ = ["fast_structure", "write_jacobian"]
 
@@ -75,7 +76,11 @@ class _Radial:
             blocks = torch.matmul(probe[1], blocks)
         self.blocks = blocks.contiguous()
 
-    def __call__(self, r: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    def __call__(self, r: torch.Tensor, species: torch.Tensor, presorted: bool = False) -> torch.Tensor:
+        """``[p, 2L, K]`` for pair distances ``r [p]`` (Å) of neighbour species ``species [p]``.
+
+        ``presorted=True`` promises non-decreasing ``species`` (no reordering).
+        """
         n_l = self.n_l
         if self.grid:
             basis, _ = radial_primitive_with_derivative(self.soap, r)  # [p, 2L, a]
@@ -83,9 +88,12 @@ class _Radial:
             radial, d_radial = radial_with_derivative(self.soap, r)  # [p, N, L]
             basis = torch.cat([radial, d_radial], dim=2).transpose(1, 2).contiguous()  # [p, 2L, N]
         n_pairs, n_c = basis.shape[0], basis.shape[2]
-        order = torch.argsort(species, stable=True)
         counts = torch.bincount(species, minlength=self.n_species).tolist()
-        by_species = basis.index_select(0, order).reshape(n_pairs * 2 * n_l, n_c)  # pairs sorted by species
+        if presorted:
+            by_species = basis.reshape(n_pairs * 2 * n_l, n_c)
+        else:
+            order = torch.argsort(species, stable=True)
+            by_species = basis.index_select(0, order).reshape(n_pairs * 2 * n_l, n_c)  # pairs sorted by species
         product = basis.new_empty(n_pairs * 2 * n_l, self.blocks.shape[2])  # [p 2L, K]
         start = 0
         for s, count in enumerate(counts):
@@ -94,6 +102,8 @@ class _Radial:
                 torch.mm(by_species[rows], self.blocks[s], out=product[rows])
                 start += count
         n_k = self.blocks.shape[2]
+        if presorted:
+            return product.view(n_pairs, 2 * n_l, n_k)
         out = torch.empty_like(product).view(n_pairs, 2 * n_l, n_k)
         out.index_copy_(0, order, product.view(n_pairs, 2 * n_l, n_k))  # (index_put is ~5x slower)
         return out  # [p, 2L, K]
@@ -164,6 +174,7 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
     # four passes of a channel
     offsets = [a * (a + 1) // 2 * n_l for a in range(n_k + 1)]
     sub = max(1, int(4 * 2**20 // (8 * 3 * n_features))) if structure == "triangle" else 1 << 30
+    compiled = structure == "triangle" and use_compiled(y, out) and (strain_out is None or strain_out.is_contiguous())
     for r0, r1 in _chunks(row_start, max(1, int(chunk_bytes // per_slot))):
         s0, s1 = starts[r0], starts[r1]
         n_slots, n_local = s1 - s0, r1 - r0
@@ -206,6 +217,18 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
                       out=uv[l])
         del padded
         x_rows = unit[r0:r1]  # [R, F']
+        slab = out[s0:s1] if target is None else out.new_zeros(n_slots, 3, n_features)
+        if compiled:  # one pass: products, normalisation, centre slots and strain
+            uv = uv.permute(1, 2, 0, 3).reshape(n_local * width, 4, n_l, n_k)
+            if not uniform:
+                uv = uv[slot_index]  # [E, 4, L, K]
+            slot_scale = (degree_scale[None, :] / norm[r0:r1, None])[slot_row]  # [E, L]
+            triangle_slab(uv, ab, rhat, slot_scale, x_rows, slot_vec, row_start[r0:r1 + 1] - s0,
+                          centre_slot[r0:r1] - s0, slab, None if strain_out is None else strain_out[r0:r1],
+                          normalize)
+            if target is not None:
+                out.index_add_(0, target[s0:s1], slab)
+            continue
         x_full = x_rows if contiguous else torch.cat([x_rows, x_rows.new_zeros(n_local, n_features - n_core)], 1)
         if normalize:  # M beta, M delta
             if structure == "triangle":
@@ -231,7 +254,6 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
                  + torch.einsum("elk,ealk->ea", gamma, m_uv[:, 1:]))  # [E, 3]
             del m_uv
         # ---- the slab
-        slab = out[s0:s1] if target is None else out.new_zeros(n_slots, 3, n_features)
         if structure == "diagonal":
             dv = alpha * beta[:, None]  # [E, 3, L, K]
             dv.addcmul_(delta, gamma[:, None]).mul_(2.0)

@@ -1,0 +1,318 @@
+"""Optional compiled CPU kernels (numba), with the pure-torch code as fallback and test reference.
+
+numba is an optional dependency (``pip install tradens[fast]``). When it is
+importable, CPU float32/float64 tensors take the compiled loops below; on any
+other device, without numba, or with ``TRADENS_COMPILED=0`` in the environment
+(or :func:`set_compiled(False) <set_compiled>`), the torch implementation runs.
+Both give the same numbers to rounding (tested).
+
+The kernels are compiled on first use (a few seconds) and cached on disk next
+to this file when that directory is writable.
+
+Kernels
+-------
+``triangle_slab``
+    The tensor-coupled (``coupling=T``) TR-SOAP Jacobian slab of
+    :func:`tradens._soap_jacobian.write_jacobian`: every output element written
+    once, with the normalisation, the centre entry (``-sum`` of the row) and
+    the strain sums accumulated in the same pass, so the output is read and
+    written exactly once (the torch version makes about ten passes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+__all__ = ["compiled_available", "set_compiled", "use_compiled", "triangle_slab"]
+
+_ENABLED = os.environ.get("TRADENS_COMPILED", "1").strip().lower() not in ("0", "false", "no", "off")
+_NUMBA = None  # module, False when unavailable, None before the first try
+
+
+def _numba():
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            import numba  # noqa: F401
+
+            _NUMBA = numba
+        except Exception:  # ImportError, or a numba that does not match numpy
+            _NUMBA = False
+    return _NUMBA
+
+
+def compiled_available() -> bool:
+    """Whether numba can be imported (the compiled CPU kernels can run)."""
+    return bool(_numba())
+
+
+def set_compiled(enabled: bool) -> bool:
+    """Switch the compiled kernels on or off globally; returns the previous setting."""
+    global _ENABLED
+    previous, _ENABLED = _ENABLED, bool(enabled)
+    return previous
+
+
+def use_compiled(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled kernels serve these tensors (CPU, float32/64, no autograd, numba present)."""
+    if not _ENABLED or not compiled_available():
+        return False
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
+               for t in tensors)
+
+
+_TRIANGLE = None
+
+
+def _triangle_kernel():
+    global _TRIANGLE
+    if _TRIANGLE is None:
+        numba = _numba()
+        sqrt2 = math.sqrt(2.0)
+
+        @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "nsz", "arcp"})
+        def kernel(uv, ab, rhat, scale, x, vec, row_start, centre_slot, out, strain, with_strain,
+                   normalize):  # pragma: no cover - compiled
+            # uv [E, 4, L, K] (beta, delta_xyz); ab [E, 2, L, K] (B, A); rhat [E, 3]; scale [E, L]
+            # x [R, Fc]; vec [E, 3]; row_start [R + 1], centre_slot [R] (local slots)
+            # out [E, 3, F]; strain [R, 3, 3, F]
+            n_rows = row_start.shape[0] - 1
+            n_l, n_k = uv.shape[2], uv.shape[3]
+            n_core = x.shape[1]
+            n_features = out.shape[2]
+            acc = np.empty((4, n_features), out.dtype)  # sum, r_x, r_y, r_z weighted sums of the row
+            t = np.empty(n_core, out.dtype)  # dv of one (slot, axis) in GAP's (a, b <= a, l) order
+            tmp = np.empty((n_l, n_k), out.dtype)  # one channel a: [l, b]
+            alpha = np.empty((n_l, n_k), out.dtype)
+            gamma = np.empty((n_l, n_k), out.dtype)
+            for row in range(n_rows):
+                xr = x[row]
+                c0 = centre_slot[row]
+                for ax in range(3):
+                    acc[:] = 0.0
+                    a0 = acc[0]
+                    a1 = acc[1]
+                    a2 = acc[2]
+                    a3 = acc[3]
+                    for e in range(row_start[row], row_start[row + 1]):
+                        if e == c0:
+                            continue
+                        beta = uv[e, 0]
+                        delta = uv[e, 1 + ax]
+                        ra = rhat[e, ax]
+                        for l in range(n_l):
+                            sl = scale[e, l]
+                            for k in range(n_k):
+                                gamma[l, k] = ab[e, 0, l, k] * sl
+                                alpha[l, k] = ab[e, 1, l, k] * sl * ra
+                        off = 0
+                        for a in range(n_k):
+                            for l in range(n_l):
+                                aa = alpha[l, a]
+                                bb = beta[l, a]
+                                gg = gamma[l, a]
+                                dd = delta[l, a]
+                                al = alpha[l]
+                                bl = beta[l]
+                                gl = gamma[l]
+                                dl = delta[l]
+                                tl = tmp[l]
+                                for b in range(a + 1):
+                                    tl[b] = sqrt2 * (aa * bl[b] + bb * al[b] + gg * dl[b] + dd * gl[b])
+                                tl[a] *= 1.0 / sqrt2
+                            for b in range(a + 1):
+                                for l in range(n_l):
+                                    t[off + b * n_l + l] = tmp[l, b]
+                            off += (a + 1) * n_l
+                        sa = 0.0
+                        if normalize:  # dx = dv - x (x . dv)
+                            for c in range(n_core):
+                                sa += t[c] * xr[c]
+                        o = out[e, ax]
+                        for c in range(n_core):
+                            o[c] = t[c] - sa * xr[c]
+                        for c in range(n_core, n_features):
+                            o[c] = 0.0
+                        v0 = vec[e, 0]
+                        v1 = vec[e, 1]
+                        v2 = vec[e, 2]
+                        for c in range(n_core):
+                            a0[c] += o[c]
+                        for c in range(n_core):
+                            a1[c] += v0 * o[c]
+                        for c in range(n_core):
+                            a2[c] += v1 * o[c]
+                        for c in range(n_core):
+                            a3[c] += v2 * o[c]
+                    oc = out[c0, ax]
+                    for c in range(n_features):
+                        oc[c] = -a0[c]
+                    if with_strain:
+                        for c in range(n_features):
+                            strain[row, 0, ax, c] = a1[c]
+                            strain[row, 1, ax, c] = a2[c]
+                            strain[row, 2, ax, c] = a3[c]
+
+        _TRIANGLE = kernel
+    return _TRIANGLE
+
+
+def triangle_slab(uv, ab, rhat, scale, x, vec, row_start, centre_slot, out, strain, normalize: bool) -> None:
+    """Tensor-coupled Jacobian slab, normalisation, centre entries and strain in one pass (compiled).
+
+    For slot ``e`` and axis ``a`` with ``alpha = A scale rhat_a`` and ``gamma = B
+    scale`` it writes ``dv[k, b, l] = f_kb (alpha_k beta_b + beta_k alpha_b +
+    gamma_k delta_b + delta_k gamma_b)`` (``f = sqrt 2`` off the diagonal, 1 on
+    it) in GAP's ``(k, b <= k, l)`` column order, then ``dx = dv - x (x . dv)``
+    when normalising. The centre slot of each row gets ``-sum`` of the row's
+    slots and ``strain[row, p, a] = sum_e r_ep dx_ea``.
+
+    Parameters
+    ----------
+    uv : Tensor ``[E, 4, L, K]``
+        ``beta = sum_m y Y`` then ``delta_a = sum_m y dY/dr_a`` per slot (1/Å for delta).
+    ab : Tensor ``[E, 2, L, K]``
+        Mixed radial values ``B`` and ``r``-derivatives ``A`` (1/Å) per slot, zero on centre slots.
+    rhat : Tensor ``[E, 3]``
+        Unit pair vectors.
+    scale : Tensor ``[E, L]``
+        ``(2l + 1)^{-1/2} / |v|`` of the slot's row.
+    x : Tensor ``[R, Fc]``
+        Feature vectors of the rows (unit vectors when normalising), ``Fc = K (K + 1) L / 2``.
+    vec : Tensor ``[E, 3]``
+        Pair vectors (Å), zero on centre slots.
+    row_start : Tensor ``[R + 1]`` int64
+        First slot of each row (local); ``centre_slot [R]`` the centre slot of each row.
+    out : Tensor ``[E, 3, F]``
+        Written (columns ``>= Fc`` set to zero); C-contiguous.
+    strain : Tensor ``[R, 3, 3, F]`` or None
+        Written (C-contiguous).
+    normalize : bool
+        Whether ``x`` are unit vectors of normalised features.
+    """
+    kernel = _triangle_kernel()
+    dtype = out.dtype
+    with_strain = strain is not None
+    if strain is None:
+        strain = out.new_empty(1, 3, 3, out.shape[2])
+    arrays = [t.detach().to(dtype).contiguous().numpy() for t in (uv, ab, rhat, scale, x, vec)]
+    kernel(*arrays, row_start.contiguous().numpy(), centre_slot.contiguous().numpy(), out.numpy(),
+           strain.numpy(), with_strain, bool(normalize))
+
+
+_PAIR_FORCES = None
+
+
+def _pair_forces_kernel():
+    global _PAIR_FORCES
+    if _PAIR_FORCES is None:
+        numba = _numba()
+
+        @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "nsz", "arcp"})
+        def kernel(ab, centre, g, harmonics, vec, c_lm, c_lower, c_axis, c_value, out):  # pragma: no cover
+            # ab [p, 2, L, K] (Q, Q'); centre [p] rows of g; g [row, lm, K]; harmonics [p, lm];
+            # vec [p, 3]; solid-harmonic gradient coefficients (c_lm, c_lower, c_axis, c_value) [nnz];
+            # out [p, 3]
+            n_pairs = ab.shape[0]
+            n_l, n_k = ab.shape[2], ab.shape[3]
+            n_lm = n_l * n_l
+            z = np.empty(n_lm, out.dtype)
+            for p in range(n_pairs):
+                gi = g[centre[p]]
+                q = ab[p, 0]
+                dq = ab[p, 1]
+                y = harmonics[p]
+                r = math.sqrt(vec[p, 0] ** 2 + vec[p, 1] ** 2 + vec[p, 2] ** 2)
+                inverse = 1.0 / r
+                along = 0.0
+                lm = 0
+                for l in range(n_l):
+                    ql = q[l]
+                    dql = dq[l]
+                    for _ in range(2 * l + 1):
+                        gl = gi[lm]
+                        zz = 0.0
+                        dz = 0.0
+                        for k in range(n_k):
+                            zz += ql[k] * gl[k]
+                            dz += dql[k] * gl[k]
+                        z[lm] = zz
+                        along += (dz - l * zz * inverse) * y[lm]
+                        lm += 1
+                t0 = 0.0
+                t1 = 0.0
+                t2 = 0.0
+                for n in range(c_lm.shape[0]):  # sum_lm Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
+                    term = c_value[n] * z[c_lm[n]] * y[c_lower[n]]
+                    a = c_axis[n]
+                    if a == 0:
+                        t0 += term
+                    elif a == 1:
+                        t1 += term
+                    else:
+                        t2 += term
+                out[p, 0] = (vec[p, 0] * along + t0) * inverse
+                out[p, 1] = (vec[p, 1] * along + t1) * inverse
+                out[p, 2] = (vec[p, 2] * along + t2) * inverse
+
+        _PAIR_FORCES = kernel
+    return _PAIR_FORCES
+
+
+_SOLID = {}
+
+
+def _solid_gradient_entries(l_max: int):
+    """Nonzeros of the solid-harmonic gradient matrices ``C_l [m', a, m]`` as flat arrays (cached)."""
+    if l_max not in _SOLID:
+        from ._density_derivatives import _solid_gradient_matrices
+
+        lm, lower, axis, value = [], [], [], []
+        for l, c in enumerate(_solid_gradient_matrices(l_max)):
+            if l == 0:
+                continue
+            for mp, a, m in torch.nonzero(c).tolist():
+                lm.append(l * l + m)
+                lower.append((l - 1) * (l - 1) + mp)
+                axis.append(a)
+                value.append(float(c[mp, a, m]))
+        _SOLID[l_max] = (np.array(lm, dtype=np.int64), np.array(lower, dtype=np.int64),
+                         np.array(axis, dtype=np.int64), np.array(value, dtype=np.float64))
+    return _SOLID[l_max]
+
+
+def pair_forces(ab, centre, g, harmonics, vectors, out) -> None:
+    """``dE/dr_p = sum_{k,lm} G_iklm (Q'_kl rhat Y_lm + Q_kl dY_lm/dr)`` per pair (compiled).
+
+    With ``Z_lm = sum_k G_iklm Q_kl`` (and ``Z'`` from ``Q'``) this is
+    ``rhat sum_lm (Z'_lm - l Z_lm / r) Y_lm + (1/r) sum_lm Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}``
+    (solid-harmonic gradients, :func:`tradens._density_derivatives._solid_gradient_matrices`),
+    so only the values ``Y`` are needed.
+
+    Parameters
+    ----------
+    ab : Tensor ``[p, 2, L, K]``
+        Mixed radial values ``Q`` and ``r``-derivatives ``Q'`` (1/Å) of each pair.
+    centre : Tensor ``[p]`` int64
+        Row of ``g`` of each pair's centre.
+    g : Tensor ``[row, lm, K]``
+        ``dE/dy`` of the centres' mixed densities (``lm`` before ``K``).
+    harmonics : Tensor ``[p, lm]``
+        ``Y_lm(rhat)``.
+    vectors : Tensor ``[p, 3]``
+        Pair vectors (Å).
+    out : Tensor ``[p, 3]``
+        Written, C-contiguous (energy unit / Å).
+    """
+    kernel = _pair_forces_kernel()
+    n_l = ab.shape[2]
+    c_lm, c_lower, c_axis, c_value = _solid_gradient_entries(n_l - 1)
+    dtype = out.dtype
+    kernel(ab.detach().to(dtype).contiguous().numpy(), centre.contiguous().numpy(),
+           g.detach().to(dtype).contiguous().numpy(), harmonics.to(dtype).contiguous().numpy(),
+           vectors.to(dtype).contiguous().numpy(), c_lm, c_lower, c_axis, c_value.astype(out.numpy().dtype),
+           out.numpy())
