@@ -31,7 +31,7 @@ import ase.io
 import numpy as np
 import torch
 
-from tradens.models import ElementBaseline, LearnedPotential
+from tradens.models import ElementBaseline, EnsemblePotential, LearnedPotential
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hea25" / "hea25_dev.xyz"
 
@@ -162,6 +162,8 @@ def main(argv=None):
     parser.add_argument("--validation-fraction", type=float, default=0.15)
     parser.add_argument("--ema", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="committee size: mean of this many models trained with seeds seed, seed+1, ...")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--verbose", action="store_true")
@@ -206,7 +208,10 @@ def main(argv=None):
         cpu = {"baseline": time.process_time() - start}
         rep = make_representation(args.representation, all_species, args)
         start = time.process_time()
-        fits["learned"] = LearnedPotential(rep, **model_options(args)).fit(train)
+        learned = LearnedPotential(rep, **model_options(args))
+        if args.ensemble > 1:  # committee of seeds seed .. seed + M - 1, mean prediction
+            learned = EnsemblePotential(learned, n_members=args.ensemble, seed=args.seed)
+        fits["learned"] = learned.fit(train)
         cpu["learned"] = time.process_time() - start
         for name, model in fits.items():
             if name == "baseline":
@@ -230,7 +235,7 @@ def main(argv=None):
                 **{f"forces_{k}": 1e3 * rms(v) for k, v in f_err.items()},
                 "cpu_s": cpu[name], "best_epoch": getattr(model, "best_epoch_", -1),
             }
-            if name == "learned":  # the inner validation split (the only one used for choices)
+            if name == "learned" and hasattr(model, "history_"):  # the inner validation split
                 best = model.history_[model.best_epoch_]
                 row["val_energy"] = 1e3 * best["val_energy_rmse"]
                 row["val_forces"] = 1e3 * best["val_forces_rmse"]

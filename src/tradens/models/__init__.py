@@ -8,6 +8,7 @@ per-element baseline first and keep it, and predict energies (eV), forces
 """
 
 from .baseline import ElementBaseline
+from .ensemble import EnsemblePotential
 from .io import load, save
 from .kernel import SparseKernelPotential
 from .learned import LearnedPotential
@@ -17,6 +18,7 @@ from .projection import CompressedLeastSquares, RandomProjection
 __all__ = [
     "CompressedLeastSquares",
     "ElementBaseline",
+    "EnsemblePotential",
     "LearnedPotential",
     "LinearPotential",
     "RandomProjection",

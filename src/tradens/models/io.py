@@ -43,7 +43,9 @@ def _model_classes() -> dict:
     from .linear import LinearPotential
     from .projection import CompressedLeastSquares
 
-    classes = [ElementBaseline, LinearPotential, SparseKernelPotential, CompressedLeastSquares]
+    from .ensemble import EnsemblePotential
+
+    classes = [ElementBaseline, LinearPotential, SparseKernelPotential, CompressedLeastSquares, EnsemblePotential]
     try:
         from .learned import LearnedPotential
 
