@@ -34,6 +34,12 @@ factors written in place (sub-chunks of ~4 MB of output stay in cache), and no
 ``[pair, 3, feature]`` or ``[pair, 3, L, K, K]`` temporary is formed.
 The centre entry (``-sum`` of the row) and the strain derivative ``sum_p r_p (x)
 dX/dr_p`` are one matrix product per row over the finished slab.
+
+With numba installed (CPU, float32/64), the ``"triangle"`` slab is instead
+written by :func:`tradens._kernels.triangle_slab`, which also forms ``x . dv``,
+the centre entries and the strain sums in the same pass (so ``M_l`` and the
+broadcast products are skipped); the torch code stays the fallback and the
+test reference.
 """
 
 from __future__ import annotations
