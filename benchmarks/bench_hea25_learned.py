@@ -232,6 +232,8 @@ def main(argv=None):
             merge(totals[name]["forces"], f_err)
             row = {
                 "fold": fold, "model": name, "energy": 1e3 * math.sqrt(np.mean(e_err**2)),
+                "totals": {"energy": [float((e_err**2).sum()), int(e_err.size)], "forces": f_err,
+                           "energy_by_class": e_class},  # sums of squares and counts, for --pool
                 **{f"forces_{k}": 1e3 * rms(v) for k, v in f_err.items()},
                 "cpu_s": cpu[name], "best_epoch": getattr(model, "best_epoch_", -1),
             }
@@ -250,6 +252,25 @@ def main(argv=None):
                   {k: round(1e3 * rms(v)) for k, v in sorted(e_class.items())}, flush=True)
     if args.validate_only:
         return
+    summarise(totals, rows, args.json, {k: str(v) for k, v in vars(args).items()})
+
+
+def pool(paths) -> None:
+    """Pooled summary of several ``--json`` files (e.g. folds run in parallel processes)."""
+    totals = {"baseline": {"energy": [0.0, 0], "forces": {}}, "learned": {"energy": [0.0, 0], "forces": {}}}
+    rows = []
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            rows.append(row)
+            total = totals[row["model"]]
+            merge(total, {"energy": row["totals"]["energy"]})
+            merge(total["forces"], row["totals"]["forces"])
+            merge(total.setdefault("energy_by_class", {}), row["totals"]["energy_by_class"])
+    print("folds:", sorted({r["fold"] for r in rows}))
+    summarise(totals, rows, None, {"pooled": [str(p) for p in paths]})
+
+
+def summarise(totals, rows, json_path, options) -> None:
     print("RMS over all test structures / atoms of the folds run:")
     summary = {}
     for name, total in totals.items():
@@ -266,10 +287,14 @@ def main(argv=None):
         print(f"{'':>4} {'':>8} energy by class (meV/atom):",
               {k[7:]: round(v) for k, v in sorted(summary[name].items()) if k.startswith("energy_")})
     print(f"total CPU of the learned fits: {sum(r['cpu_s'] for r in rows if r['model'] == 'learned'):.0f} s")
-    if args.json is not None:
-        args.json.write_text(json.dumps({"options": {k: str(v) for k, v in vars(args).items()},
-                                         "rows": rows, "summary": summary}, indent=1))
+    if json_path is not None:
+        json_path.write_text(json.dumps({"options": options, "rows": rows, "summary": summary}, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--pool":  # --pool a.json b.json ...
+        pool(sys.argv[2:])
+    else:
+        main()
