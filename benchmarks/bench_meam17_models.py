@@ -29,6 +29,7 @@ Run (one thread)::
     python benchmarks/bench_meam17_models.py fit full tr32 ace64          # CV and test, raw and normalised
     python benchmarks/bench_meam17_models.py rp 252 952 3696              # projections of the full SOAP
     python benchmarks/bench_meam17_models.py projtime 252 952 3696        # per-atom projection cost
+    python benchmarks/bench_meam17_models.py ef ace64 ace '{...}' --forces-weight 0.1   # E+F ridge, CV + test
 """
 
 from __future__ import annotations
@@ -246,6 +247,36 @@ def cmd_projtime(args):
             stream.write(json.dumps(info) + "\n")
 
 
+def cmd_ef(args):
+    """Energy + force ridge (``LinearPotential``, streamed normal equations) on the same split.
+
+    5-fold CV over ``alpha`` on the 1000 training structures (selected by the
+    weighted validation loss), then the test RMSEs on the 200 test structures
+    (energies meV/atom, force components meV/Å) and the CPU time.
+    """
+    from tradens.models import LinearPotential
+
+    frames = load_frames(args.data)
+    species = sorted({int(z) for a in frames for z in a.numbers})
+    rep = build(args.kind, json.loads(args.spec), species)
+    train, test = split(len(frames))
+    train = train[: args.train]
+    start = time.process_time()
+    model = LinearPotential(rep, forces_weight=args.forces_weight, stress_weight=0.0, cv=5,
+                            cv_metric=args.cv_metric, batch_size=8, progress=True)
+    model.fit([frames[int(s)] for s in train])
+    fit_cpu = time.process_time() - start
+    best = int(np.flatnonzero(np.isclose(model.cv_results_["alphas"], model.alpha_))[0])
+    scores = model.score([frames[int(s)] for s in test[: args.test]])
+    row = dict(name=args.name, features=rep.n_features, train=len(train), forces_weight=args.forces_weight,
+               alpha=model.alpha_, cv_energy=1e3 * model.cv_results_["energy_rmse"][best],
+               cv_forces=1e3 * model.cv_results_["forces_rmse"][best],
+               test_energy=1e3 * scores["energy"], test_forces=1e3 * scores["forces"], fit_cpu_s=fit_cpu)
+    print(json.dumps(row), flush=True)
+    with open(Path(args.cache) / "ef.jsonl", "a") as stream:
+        stream.write(json.dumps(row) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default="/tmp/m17")
@@ -260,6 +291,14 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", default=["raw", "norm"])
     p.add_argument("--forces", type=int, default=0,
                    help="also the force RMSE of each energy-only fit on this many test structures")
+    p = sub.add_parser("ef")
+    p.add_argument("name")
+    p.add_argument("kind", choices=["soap", "ace"])
+    p.add_argument("spec", help="JSON keywords of SOAP or ACE")
+    p.add_argument("--forces-weight", type=float, default=0.1)
+    p.add_argument("--cv-metric", default="loss", choices=["loss", "energy", "forces"])
+    p.add_argument("--train", type=int, default=1000)
+    p.add_argument("--test", type=int, default=200)
     p = sub.add_parser("rp")
     p.add_argument("sizes", type=int, nargs="+")
     p.add_argument("--variants", nargs="+", default=["raw"])
@@ -270,7 +309,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     Path(args.cache).mkdir(parents=True, exist_ok=True)
-    {"features": cmd_features, "fit": cmd_fit, "rp": cmd_rp, "projtime": cmd_projtime}[args.command](args)
+    {"features": cmd_features, "fit": cmd_fit, "ef": cmd_ef, "rp": cmd_rp, "projtime": cmd_projtime}[args.command](args)
 
 
 if __name__ == "__main__":
