@@ -17,6 +17,11 @@ Kernels
     once, with the normalisation, the centre entry (``-sum`` of the row) and
     the strain sums accumulated in the same pass, so the output is read and
     written exactly once (the torch version makes about ten passes).
+``pair_forces``
+    ``dE/dr`` of every pair for the forces of mixed SOAP
+    (:func:`tradens._soap_forces.pair_energy_gradients`): the contraction of
+    ``dE/dy`` with the pair's mixed radial terms, and the solid-harmonic
+    gradient coefficients instead of ``dY/dr``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["compiled_available", "set_compiled", "use_compiled", "triangle_slab"]
+__all__ = ["compiled_available", "pair_forces", "set_compiled", "triangle_slab", "use_compiled"]
 
 _ENABLED = os.environ.get("TRADENS_COMPILED", "1").strip().lower() not in ("0", "false", "no", "off")
 _NUMBA = None  # module, False when unavailable, None before the first try

@@ -215,9 +215,9 @@ def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Ten
         mix = weights.reshape(n_species, n_max, -1)
         if transform is not None:
             mix = torch.matmul(transform, mix)
+        if use_compiled(vectors, g_atom, weights):
+            return _compiled_pair_gradients(soap, weights, g_atom, centre, vectors, species, pair_chunk)
         g_degrees = [g_atom[:, :, l * l:(l + 1) * (l + 1)].contiguous() for l in range(n_l)]  # [atom, Kt, 2l+1]
-    if mix is not None and use_compiled(vectors, g_atom, weights):
-        return _compiled_pair_gradients(soap, weights, g_atom, centre, vectors, species, pair_chunk)
     first_centre = int(centre[0])
     counts = torch.bincount(centre - first_centre)  # pairs of each centre from the first
     for c0, c1, p0, p1 in _centre_chunks(counts, pair_chunk):
