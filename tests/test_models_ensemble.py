@@ -44,6 +44,14 @@ def test_members_differ_and_the_prediction_is_their_mean(committee, data):
     assert committee.estimator.seed == 0 and not hasattr(committee.estimator, "members_")
 
 
+def test_members_start_from_differently_seeded_embeddings(committee):
+    starts = [m.representation.hypers.mixing.seed for m in committee.members_]
+    assert starts == [5, 6, 7]  # the estimator's representation has seed 5
+    assert committee.estimator.representation.hypers.mixing.seed == 5  # not modified
+    same = EnsemblePotential(_member(), n_members=2, vary_embedding=False)
+    assert same.get_params()["vary_embedding"] is False
+
+
 def test_forces_are_minus_the_gradient_of_the_mean_energy(committee, data):
     atoms = data[0].copy()
     forces = committee.predict([atoms])["forces"]

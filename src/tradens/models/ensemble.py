@@ -28,6 +28,25 @@ def _clone(estimator, **overrides):
     return type(estimator)(**params)
 
 
+def _reseeded(representation, offset: int):
+    """A copy of ``representation`` whose random embedding is drawn with ``seed + offset``.
+
+    Only random embeddings (``weights="random"``, top level as in ACE or under
+    ``mixing`` as in SOAP) are reseeded; anything else is returned unchanged.
+    """
+    from ..hypers import from_dict, to_dict
+
+    if offset == 0 or not hasattr(representation, "hypers"):
+        return representation
+    data = to_dict(representation.hypers)
+    changed = False
+    for block in (data, data.get("mixing")):
+        if isinstance(block, dict) and block.get("weights") == "random" and "seed" in block:
+            block["seed"] = int(block["seed"]) + int(offset)
+            changed = True
+    return type(representation)(from_dict(data)) if changed else representation
+
+
 class EnsemblePotential(PotentialBase):
     """Mean of ``n_members`` copies of ``estimator`` trained with different seeds.
 
@@ -40,6 +59,10 @@ class EnsemblePotential(PotentialBase):
         Committee size ``M >= 1``.
     seed : int
         Member ``j`` is trained with ``seed + j``.
+    vary_embedding : bool
+        Also start member ``j`` from a random embedding drawn with the
+        representation's seed ``+ j`` (when its embedding is ``"random"``), so
+        that the members differ in their starting embedding too.
 
     Attributes
     ----------
@@ -49,10 +72,11 @@ class EnsemblePotential(PotentialBase):
         The first member's per-element reference energies (for information).
     """
 
-    def __init__(self, estimator=None, n_members: int = 4, seed: int = 0):
+    def __init__(self, estimator=None, n_members: int = 4, seed: int = 0, vary_embedding: bool = True):
         self.estimator = estimator
         self.n_members = n_members
         self.seed = seed
+        self.vary_embedding = vary_embedding
 
     def _check_params(self) -> None:
         if self.estimator is None or not isinstance(self.estimator, PotentialBase):
@@ -88,7 +112,11 @@ class EnsemblePotential(PotentialBase):
         frames = _as_frames(frames)
         members = []
         for j in range(int(self.n_members)):
-            member = _clone(self.estimator, seed=int(self.seed) + j)
+            overrides = {"seed": int(self.seed) + j}
+            params = self.estimator.get_params()
+            if self.vary_embedding and "representation" in params:
+                overrides["representation"] = _reseeded(params["representation"], j)
+            member = _clone(self.estimator, **overrides)
             kwargs = {}
             if validation is not None:
                 kwargs["validation"] = validation
@@ -145,7 +173,8 @@ class EnsemblePotential(PotentialBase):
             meta, member_arrays = member._get_state()
             members.append({"class": name, **meta})
             arrays.update({f"member{j}/{key}": value for key, value in member_arrays.items()})
-        params = {"n_members": int(self.n_members), "seed": int(self.seed)}
+        params = {"n_members": int(self.n_members), "seed": int(self.seed),
+                  "vary_embedding": bool(self.vary_embedding)}
         return {"params": params, "fitted": {"members": members}}, arrays
 
     @classmethod
