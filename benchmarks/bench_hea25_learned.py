@@ -10,9 +10,16 @@ thread, ``time.process_time``).
 
 Examples
 --------
-Full 5-fold run with the chosen options as defaults (a few CPU minutes per fold)::
+Full 5-fold run with the chosen options as defaults (a committee of three
+learned models per fold, about 5 CPU minutes per fold)::
 
     python benchmarks/bench_hea25_learned.py --folds 5
+
+The same, folds split over two processes and pooled afterwards::
+
+    python benchmarks/bench_hea25_learned.py --only-folds 0 1 2 --json a.json &
+    python benchmarks/bench_hea25_learned.py --only-folds 3 4 --json b.json
+    python benchmarks/bench_hea25_learned.py --pool a.json b.json
 
 Quick check on one fold with a short budget::
 
@@ -155,14 +162,14 @@ def main(argv=None):
     parser.add_argument("--forces-delta", type=float, default=2.0)
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--embedding-learning-rate", type=float, default=None)
-    parser.add_argument("--weight-decay", type=float, default=1e-3)
-    parser.add_argument("--max-epochs", type=int, default=250)
-    parser.add_argument("--patience", type=int, default=50)
+    parser.add_argument("--weight-decay", type=float, default=3e-3)
+    parser.add_argument("--max-epochs", type=int, default=80)
+    parser.add_argument("--patience", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--validation-fraction", type=float, default=0.15)
     parser.add_argument("--ema", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ensemble", type=int, default=1,
+    parser.add_argument("--ensemble", type=int, default=3,
                         help="committee size: mean of this many models trained with seeds seed, seed+1, ...")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
