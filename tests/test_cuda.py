@@ -87,6 +87,9 @@ def test_repeated_gpu_runs_are_bitwise_equal():
     a = energy_forces_stress(rep, model_fn, frames(), device="cuda")
     b = energy_forces_stress(rep, model_fn, frames(), device="cuda")
     assert np.array_equal(a.forces, b.forces) and np.array_equal(a.virial, b.virial)
+    g1 = descriptor_gradients(soap_of("rz-tensor"), frames(), device="cuda")
+    g2 = descriptor_gradients(soap_of("rz-tensor"), frames(), device="cuda")
+    assert torch.equal(g1.positions, g2.positions) and torch.equal(g1.strain, g2.strain)
 
 
 @pytest.mark.parametrize("variant", ["full", "rz-tensor", "rz-elementwise", "average"])
@@ -136,8 +139,10 @@ def test_learned_potential_trains_on_the_gpu_deterministically():
                                 batch_size=4, validation_fraction=0.25, forces_weight=1.0, device=device,
                                 seed=2).fit(data)
 
-    first, second, cpu = train("cuda"), train("cuda"), train("cpu")
-    assert first.representation_.weights1.device.type == "cuda"
+    torch.cuda.reset_peak_memory_stats()
+    first = train("cuda")
+    assert torch.cuda.max_memory_allocated() > 0  # it trained on the GPU (the model ends on the CPU)
+    second, cpu = train("cuda"), train("cpu")
     a, b, c = (m.predict(data[:2]) for m in (first, second, cpu))
     assert np.array_equal(a["energy"], b["energy"]) and np.array_equal(a["forces"], b["forces"])
     np.testing.assert_allclose(a["energy"], c["energy"], rtol=1e-8)

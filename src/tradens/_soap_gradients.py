@@ -275,9 +275,10 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         tangent_plan = _TangentPlan(soap.plan, h.l_max, dtype, device)
         inverse_norm = 1.0 / norm  # [row]
         per_pair = 8 * (4 * 3 * n_core + 6 * 3 * len(soap.plan) * n_l + 4 * y_both.shape[1] * y_both.shape[2])
-        chunk = max(1, min(BLOCK, int(chunk_bytes // per_pair)))
-        for block_start in range(0, active.shape[0], BLOCK):
-            block = active[block_start:block_start + BLOCK]
+        block_size = BLOCK if device.type == "cpu" else 16 * BLOCK  # fewer, larger launches on a GPU
+        chunk = max(1, min(block_size, int(chunk_bytes // per_pair)))
+        for block_start in range(0, active.shape[0], block_size):
+            block = active[block_start:block_start + block_size]
             radial, d_radial, harmonics, d_harmonics = radial_and_angular(soap, vectors[block])
             radial2 = torch.cat([radial, d_radial], dim=2)  # [b, N, 2L]: R then R'
             angular = torch.cat([harmonics[:, None], d_harmonics], dim=1)  # [b, 4, lm]: Y then dY/dr

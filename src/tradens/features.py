@@ -80,13 +80,14 @@ def compute_in_batches(representation, systems, *, output: str, dtype, device, b
     """
     from tqdm.auto import tqdm
 
+    from ._determinism import deterministic
     from .systems import _as_frames, as_batch
 
     if output not in ("numpy", "torch"):
         raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
     frames = _as_frames(systems)
     parts, structure, center, numbers = [], [], [], []
-    with torch.no_grad():
+    with torch.no_grad(), deterministic(device):
         for start in tqdm(range(0, len(frames), batch_size), desc=desc, unit="batch", disable=not progress):
             batch = as_batch(frames[start:start + batch_size], dtype=dtype, device=device)
             values, rows = representation.forward(batch)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._determinism import deterministic
 from .systems import Batch, as_batch
 
 __all__ = [
@@ -233,35 +234,36 @@ def energy_forces_stress(representation, model_fn, systems, *, batch_size: int =
                          "use method='autograd'")
     parts: dict[str, list] = {"energy": [], "forces": [], "virial": [], "stress": [], "structure": []}
     offset = 0
-    for batch in _batches(systems, batch_size, dtype, device):
-        if analytic:
-            energy, d_positions, d_strain = soap_energy_and_gradients(representation, model_fn, batch)
-            _append(parts, batch, energy, d_positions, d_strain, offset)
+    with deterministic(systems.positions.device if isinstance(systems, Batch) else device):
+        for batch in _batches(systems, batch_size, dtype, device):
+            if analytic:
+                energy, d_positions, d_strain = soap_energy_and_gradients(representation, model_fn, batch)
+                _append(parts, batch, energy, d_positions, d_strain, offset)
+                offset += batch.n_structures
+                continue
+            positions = batch.positions.detach().clone().requires_grad_(True)  # [atom, 3]
+            strain = torch.zeros_like(batch.cells, requires_grad=True)  # [structure, 3, 3]
+            new_positions, new_cells = apply_strain(batch, strain, positions=positions, cells=batch.cells.detach())
+            values, rows = representation(batch, new_positions, new_cells)
+            numbers = torch.zeros_like(rows) if _averaged(representation) else batch.numbers[rows]
+            per_row = model_fn(values, numbers).reshape(-1)  # [row]
+            if per_row.shape[0] != values.shape[0]:
+                raise ValueError(f"model_fn must return one energy per row ({values.shape[0]}), "
+                                 f"got {per_row.shape[0]}")
+            structure_of_row = _row_structure(representation, batch, rows)
+            energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=per_row.device)
+            energy = energy.index_add(0, structure_of_row, per_row)  # [structure]
+            if energy.requires_grad:
+                d_positions, d_strain = torch.autograd.grad(energy.sum(), [positions, strain],
+                                                            create_graph=create_graph, allow_unused=True)
+            else:  # nothing depends on the geometry (e.g. isolated atoms)
+                d_positions = d_strain = None
+            if d_positions is None:
+                d_positions = torch.zeros_like(positions)
+            if d_strain is None:
+                d_strain = torch.zeros_like(strain)
+            _append(parts, batch, energy if create_graph else energy.detach(), d_positions, d_strain, offset)
             offset += batch.n_structures
-            continue
-        positions = batch.positions.detach().clone().requires_grad_(True)  # [atom, 3]
-        strain = torch.zeros_like(batch.cells, requires_grad=True)  # [structure, 3, 3]
-        new_positions, new_cells = apply_strain(batch, strain, positions=positions, cells=batch.cells.detach())
-        values, rows = representation(batch, new_positions, new_cells)
-        numbers = torch.zeros_like(rows) if _averaged(representation) else batch.numbers[rows]
-        per_row = model_fn(values, numbers).reshape(-1)  # [row]
-        if per_row.shape[0] != values.shape[0]:
-            raise ValueError(f"model_fn must return one energy per row ({values.shape[0]}), "
-                             f"got {per_row.shape[0]}")
-        structure_of_row = _row_structure(representation, batch, rows)
-        energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=per_row.device)
-        energy = energy.index_add(0, structure_of_row, per_row)  # [structure]
-        if energy.requires_grad:
-            d_positions, d_strain = torch.autograd.grad(energy.sum(), [positions, strain],
-                                                        create_graph=create_graph, allow_unused=True)
-        else:  # nothing depends on the geometry (e.g. isolated atoms)
-            d_positions = d_strain = None
-        if d_positions is None:
-            d_positions = torch.zeros_like(positions)
-        if d_strain is None:
-            d_strain = torch.zeros_like(strain)
-        _append(parts, batch, energy if create_graph else energy.detach(), d_positions, d_strain, offset)
-        offset += batch.n_structures
     result = {key: torch.cat(value) for key, value in parts.items()}
     if output == "numpy":
         result = {key: value.detach().cpu().numpy() for key, value in result.items()}
@@ -289,7 +291,7 @@ def _append(parts: dict, batch: Batch, energy: torch.Tensor, d_positions: torch.
 def descriptor_gradients(representation, systems, *, strain: bool = True, images: bool = False,
                          method: str = "auto", cutoff: float | None = None,
                          dtype: torch.dtype | None = None, device=None,
-                         chunk_bytes: int = 16 * 2**20) -> DescriptorGradients:
+                         chunk_bytes: int | None = None) -> DescriptorGradients:
     """Sparse Jacobians of the features with respect to positions and strain.
 
     Parameters
@@ -313,8 +315,9 @@ def descriptor_gradients(representation, systems, *, strain: bool = True, images
         Environment radius in Å for ``"jvp"`` (default: the representation's).
     dtype, device : optional
         Floating dtype (float64 default) and device.
-    chunk_bytes : int
-        Working-memory target per chunk of pairs (the output is extra).
+    chunk_bytes : int, optional
+        Working-memory target per chunk of pairs (the output is extra); default
+        16 MiB on the CPU (cache-sized) and 256 MiB on a GPU (fewer launches).
 
     Returns
     -------
@@ -328,21 +331,24 @@ def descriptor_gradients(representation, systems, *, strain: bool = True, images
         batch = systems
     else:
         batch = as_batch(systems, dtype=dtype, device=device)
-    if method == "auto":
-        method = "pair" if isinstance(representation, SOAP) else "jvp"
-    if method == "pair":
-        if not isinstance(representation, SOAP):
-            raise ValueError(f"method='pair' is implemented for SOAP only, got {type(representation).__name__}; "
-                             "use method='jvp'")
-        from ._soap_gradients import soap_pair_gradients
+    if chunk_bytes is None:
+        chunk_bytes = (16 if batch.positions.device.type == "cpu" else 256) * 2**20
+    with deterministic(batch.positions.device):
+        if method == "auto":
+            method = "pair" if isinstance(representation, SOAP) else "jvp"
+        if method == "pair":
+            if not isinstance(representation, SOAP):
+                raise ValueError(f"method='pair' is implemented for SOAP only, got {type(representation).__name__}; "
+                                 "use method='jvp'")
+            from ._soap_gradients import soap_pair_gradients
 
-        return soap_pair_gradients(representation, batch, strain=strain, images=images,
-                                   chunk_bytes=chunk_bytes)
-    if images:
-        raise ValueError("images=True needs per-pair derivatives: only method='pair' (SOAP) provides them")
-    from ._jvp_gradients import jvp_gradients
+            return soap_pair_gradients(representation, batch, strain=strain, images=images,
+                                       chunk_bytes=chunk_bytes)
+        if images:
+            raise ValueError("images=True needs per-pair derivatives: only method='pair' (SOAP) provides them")
+        from ._jvp_gradients import jvp_gradients
 
-    return jvp_gradients(representation, batch, strain=strain, cutoff=cutoff)
+        return jvp_gradients(representation, batch, strain=strain, cutoff=cutoff)
 
 
 def _atom_entries(batch: Batch, pair_i: torch.Tensor, pair_j: torch.Tensor, row_of_atom: torch.Tensor,

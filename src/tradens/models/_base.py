@@ -17,6 +17,7 @@ import inspect
 import numpy as np
 import torch
 
+from .._determinism import deterministic
 from ..systems import _as_frames
 from ._data import read_targets
 
@@ -127,7 +128,7 @@ class PotentialBase:
         representation = self._representation_for_prediction()
         if not (forces or stress):
             energies = []
-            with torch.no_grad():
+            with torch.no_grad(), deterministic(self._device()):
                 from ..systems import as_batch
 
                 for start in range(0, len(frames), batch_size):

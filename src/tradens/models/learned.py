@@ -38,6 +38,7 @@ import math
 import numpy as np
 import torch
 
+from .._determinism import deterministic
 from ..gradients import energy_forces_stress
 from ..systems import _as_frames, as_batch
 from ._base import PotentialBase
@@ -378,6 +379,10 @@ class LearnedPotential(PotentialBase):
         LearnedPotential
             ``self``.
         """
+        with deterministic(self._torch_device()):  # bitwise-repeatable on CUDA too
+            return self._fit(frames, validation, sample_weight)
+
+    def _fit(self, frames, validation, sample_weight):
         self._check_params()
         learnable_copy(self.representation)  # fails early without an embedding
         frames = _as_frames(frames)
