@@ -156,3 +156,25 @@ def test_radial_primitive_derivative_equals_closed_form():
     torch.testing.assert_close((primitive[:, n_l:] @ transform).transpose(1, 2), d_radial, atol=1e-14, rtol=0)
     assert d_radial.abs().max() > 1e-3
     assert np.isfinite(primitive.numpy()).all()
+
+
+@pytest.mark.parametrize("variant", ["tensor-K4", "elementwise-K5"])
+def test_gpu_launch_layout_gives_the_same_jacobian(variant, monkeypatch):
+    """The GPU layout (large blocks, rows padded for one batched sum) run on the CPU."""
+    import tradens._soap_gradients
+    import tradens._soap_jacobian
+
+    atoms = [make_alloy(seed=6), make_alloy(seed=7, repeat=(1, 1, 1), rattle=0.3)]  # rows of unequal sizes
+    soap = soap_of(variant)
+    previous = _kernels.set_compiled(False)
+    try:
+        reference = descriptor_gradients(soap, atoms)
+        for module in (tradens._soap_jacobian, tradens._soap_gradients):
+            monkeypatch.setattr(module, "_small_launches_are_cheap", lambda device: False)
+        gpu_layout = descriptor_gradients(soap, atoms)
+    finally:
+        _kernels.set_compiled(previous)
+    assert torch.equal(gpu_layout.index, reference.index)
+    assert reference.positions.abs().max() > 1e-2
+    torch.testing.assert_close(gpu_layout.positions, reference.positions, atol=1e-13, rtol=0)
+    torch.testing.assert_close(gpu_layout.strain, reference.strain, atol=1e-12, rtol=0)

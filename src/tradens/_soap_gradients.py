@@ -32,7 +32,7 @@ import torch
 
 from . import _memory
 from ._density_derivatives import radial_and_angular
-from ._soap_jacobian import fast_structure, write_jacobian
+from ._soap_jacobian import _small_launches_are_cheap, fast_structure, write_jacobian
 from .expansion import expand_density
 from .gradients import DescriptorGradients, _atom_entries
 from .neighbors import neighbor_list, pair_vectors
@@ -275,7 +275,7 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         tangent_plan = _TangentPlan(soap.plan, h.l_max, dtype, device)
         inverse_norm = 1.0 / norm  # [row]
         per_pair = 8 * (4 * 3 * n_core + 6 * 3 * len(soap.plan) * n_l + 4 * y_both.shape[1] * y_both.shape[2])
-        block_size = BLOCK if device.type == "cpu" else 16 * BLOCK  # fewer, larger launches on a GPU
+        block_size = BLOCK if _small_launches_are_cheap(device) else 16 * BLOCK  # fewer, larger launches on a GPU
         chunk = max(1, min(block_size, int(chunk_bytes // per_pair)))
         for block_start in range(0, active.shape[0], block_size):
             block = active[block_start:block_start + block_size]

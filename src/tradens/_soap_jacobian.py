@@ -140,6 +140,11 @@ def _chunks(row_start: torch.Tensor, size: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def _small_launches_are_cheap(device: torch.device) -> bool:
+    """CPU: loop over cache-sized pieces; GPU: few large kernels (each launch costs ~10 us)."""
+    return device.type == "cpu"
+
+
 def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm, weights, slot_pair,
                    row_start, centre_slot, out, strain_out, n_core: int, normalize: bool,
                    chunk_bytes: int, target=None) -> None:
@@ -179,7 +184,8 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
     # offsets[a] : offsets[a + 1] with l fastest; output sub-chunks of ~4 MB stay in cache across the
     # four passes of a channel
     offsets = [a * (a + 1) // 2 * n_l for a in range(n_k + 1)]
-    sub = max(1, int(4 * 2**20 // (8 * 3 * n_features))) if structure == "triangle" else 1 << 30
+    small_launches = _small_launches_are_cheap(device)
+    sub = max(1, int(4 * 2**20 // (8 * 3 * n_features))) if structure == "triangle" and small_launches else 1 << 30
     compiled = structure == "triangle" and use_compiled(y, out) and (strain_out is None or strain_out.is_contiguous())
     for r0, r1 in _chunks(row_start, max(1, int(chunk_bytes // per_slot))):
         s0, s1 = starts[r0], starts[r1]
@@ -299,6 +305,14 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
         if uniform:
             sums = torch.bmm(slot_weights.view(n_local, width, columns).transpose(1, 2),
                              flat.view(n_local, width, -1))  # [R, c, 3F]
+        elif not small_launches:  # one batched product over rows padded to the widest row
+            padded_flat = flat.new_zeros(n_local * width, flat.shape[1])
+            padded_flat[slot_index] = flat
+            padded_weights = slot_weights.new_zeros(n_local * width, columns)
+            padded_weights[slot_index] = slot_weights
+            sums = torch.bmm(padded_weights.view(n_local, width, columns).transpose(1, 2),
+                             padded_flat.view(n_local, width, -1))  # [R, c, 3F]
+            del padded_flat, padded_weights
         else:
             sums = flat.new_empty(n_local, columns, 3 * n_features)
             local_starts = (row_start[r0:r1 + 1] - s0).tolist()
