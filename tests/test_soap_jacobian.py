@@ -146,9 +146,10 @@ def test_solid_harmonic_gradients_equal_closed_form(l_max):
     torch.testing.assert_close(fast_gradients, gradients, atol=1e-12, rtol=0)
 
 
-def test_radial_primitive_derivative_equals_closed_form():
-    soap = SOAP(cutoff=5.0, l_max=6, radial={"n_max": 8}, species=[1, 8])
-    r = torch.linspace(0.3, 5.2, 97, dtype=torch.float64)  # beyond the cutoff too
+@pytest.mark.parametrize("l_max, width", [(6, 1.0), (9, 0.0)])
+def test_radial_primitive_derivative_equals_closed_form(l_max, width, implementation):
+    soap = SOAP(cutoff={"radius": 5.0, "width": width}, l_max=l_max, radial={"n_max": 8}, species=[1, 8])
+    r = torch.linspace(0.05, 5.2, 97, dtype=torch.float64)  # power series at small r; beyond the cutoff
     radial, d_radial = radial_with_derivative(soap, r)  # [p, N, L]
     primitive, transform = radial_primitive_with_derivative(soap, r)  # [p, 2L, a]
     n_l = radial.shape[2]
@@ -156,6 +157,9 @@ def test_radial_primitive_derivative_equals_closed_form():
     torch.testing.assert_close((primitive[:, n_l:] @ transform).transpose(1, 2), d_radial, atol=1e-14, rtol=0)
     assert d_radial.abs().max() > 1e-3
     assert np.isfinite(primitive.numpy()).all()
+    single, _ = radial_primitive_with_derivative(soap, r.float())
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), primitive, atol=2e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["tensor-K4", "elementwise-K5"])

@@ -15,7 +15,8 @@ from functools import lru_cache
 
 import torch
 
-from .radial import GaussianGridBasis, cosine_cutoff, scaled_spherical_in
+from ._kernels import gauss_grid_radial, use_compiled
+from .radial import GaussianGridBasis, _series_coefficients, _series_threshold, cosine_cutoff, scaled_spherical_in
 
 __all__ = ["harmonics_and_gradient", "harmonics_with_gradient", "radial_and_angular", "radial_primitive_with_derivative",
            "radial_terms", "radial_with_derivative", "rowwise_jacobian"]
@@ -238,6 +239,12 @@ def radial_primitive_with_derivative(soap, r: torch.Tensor):
     transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
     alpha, l_max = basis.alpha, basis.l_max
     n_l = l_max + 1
+    if use_compiled(r):
+        out = r.new_empty(r.shape[0], 2 * n_l, grid.shape[0])  # [p, 2L, a]
+        threshold = _series_threshold(n_l)  # as scaled_spherical_in(x, n_l) below
+        gauss_grid_radial(r, grid, alpha, threshold, _series_coefficients(n_l, threshold), out, taper=taper,
+                          d_taper=d_taper)
+        return out, transform
     gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [p, a]
     origin = bool(basis._grid[0] == 0.0)  # x = 0 at the first grid point: s_l(0) = delta_l0
     rest = grid[1:] if origin else grid

@@ -17,6 +17,11 @@ Kernels
     once, with the normalisation, the centre entry (``-sum`` of the row) and
     the strain sums accumulated in the same pass, so the output is read and
     written exactly once (the torch version makes about ten passes).
+``gauss_grid_radial``
+    GAP's Gaussian-grid radial primitive (exponentially scaled modified
+    spherical Bessel functions times Gaussians, tapered) and its
+    ``r``-derivative for every pair, one pass per pair instead of about
+    forty whole-array operations.
 ``pair_forces``
     ``dE/dr`` of every pair for the forces of mixed SOAP
     (:func:`tradens._soap_forces.pair_energy_gradients`): the contraction of
@@ -32,7 +37,8 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["compiled_available", "pair_forces", "set_compiled", "triangle_slab", "use_compiled"]
+__all__ = ["compiled_available", "gauss_grid_radial", "pair_forces", "set_compiled", "triangle_slab",
+           "use_compiled"]
 
 _ENABLED = os.environ.get("TRADENS_COMPILED", "1").strip().lower() not in ("0", "false", "no", "off")
 _NUMBA = None  # module, False when unavailable, None before the first try
@@ -321,3 +327,114 @@ def pair_forces(ab, centre, g, harmonics, vectors, out) -> None:
            g.detach().to(dtype).contiguous().numpy(), harmonics.to(dtype).contiguous().numpy(),
            vectors.to(dtype).contiguous().numpy(), c_lm, c_lower, c_axis, c_value.astype(out.numpy().dtype),
            out.numpy())
+
+
+_GAUSS_GRID = None
+
+
+def _gauss_grid_kernel():
+    global _GAUSS_GRID
+    if _GAUSS_GRID is None:
+        numba = _numba()
+
+        @numba.njit(cache=True, nogil=True, fastmath={"contract", "nsz", "arcp"})
+        def kernel(r, taper, d_taper, grid, alpha, threshold, table, origin, with_derivative, degree_major,
+                   out):  # pragma: no cover - compiled
+            # r, taper, d_taper [p]; grid [a]; table [k, B] power-series coefficients (B Bessel degrees);
+            # out [p, L, a], [p, 2L, a] (values, then r-derivatives) or, degree-major, [L, p, a]
+            n_pairs, n_grid = r.shape[0], grid.shape[0]
+            n_terms, n_bessel = table.shape[0], table.shape[1]
+            if degree_major:
+                n_l = out.shape[0]
+            else:
+                n_l = out.shape[1] // 2 if with_derivative else out.shape[1]
+            y_scale = 1.0 / (threshold * threshold)  # y = x^2 / (2 y_max), y_max = threshold^2 / 2
+            bessel = np.empty(n_bessel)
+            sums = np.empty(n_bessel)
+            for p in range(n_pairs):
+                rp = r[p]
+                for a in range(n_grid):
+                    ga = grid[a]
+                    gauss = math.exp(-alpha * (ga - rp) ** 2)
+                    if origin and a == 0:  # x = 0: i_0 = 1, i_l = 0
+                        bessel[:] = 0.0
+                        bessel[0] = 1.0
+                    else:
+                        x = 2.0 * alpha * rp * ga
+                        if x < threshold:  # power series (the recurrence cancels here)
+                            y = x * x * y_scale
+                            sums[:] = 0.0
+                            power = 1.0
+                            for k in range(n_terms):
+                                for l in range(n_bessel):
+                                    sums[l] += power * table[k, l]
+                                power *= y
+                            scale = math.exp(-x)
+                            for l in range(n_bessel):
+                                bessel[l] = scale * sums[l]
+                                scale *= x
+                        else:  # closed forms of i_0, i_1 and the upward recurrence
+                            e2 = math.exp(-2.0 * x)
+                            inverse = 0.5 / x
+                            bessel[0] = (1.0 - e2) * inverse
+                            if n_bessel > 1:
+                                bessel[1] = (1.0 + e2) * inverse - bessel[0] / x
+                            for l in range(2, n_bessel):
+                                bessel[l] = bessel[l - 2] - (2 * l - 1) * (2.0 * inverse) * bessel[l - 1]
+                    for l in range(n_l):
+                        value = bessel[l] * gauss
+                        if degree_major:
+                            out[l, p, a] = value * taper[p]
+                            continue
+                        out[p, l, a] = value * taper[p]
+                        if with_derivative:
+                            slope = l / rp - 2.0 * alpha * rp
+                            d_value = (bessel[l + 1] * (2.0 * alpha * ga) + bessel[l] * slope) * gauss
+                            out[p, n_l + l, a] = d_value * taper[p] + value * d_taper[p]
+
+        _GAUSS_GRID = kernel
+    return _GAUSS_GRID
+
+
+def gauss_grid_radial(r, grid, alpha: float, threshold: float, table, out, *, taper, d_taper=None,
+                      degree_major: bool = False) -> None:
+    """GAP's Gaussian-grid radial primitive per pair, optionally with its ``r``-derivative (compiled).
+
+    ``rho[p, l, a] = w_p exp(-alpha (r - r_a)^2) exp(-x) i_l(x)`` with ``x =
+    2 alpha r r_a`` and a per-pair weight ``w`` (the cutoff taper); with
+    ``d_taper`` (``dw/dr``) also ``d rho / dr`` in rows ``L..2L-1``
+    (:func:`tradens._density_derivatives.radial_primitive_with_derivative`,
+    :meth:`tradens.radial.GaussianGridBasis.primitive`).
+
+    Parameters
+    ----------
+    r : Tensor ``[p]``
+        Pair distances (Å), positive where the derivative is asked for.
+    grid : Tensor ``[a]``
+        Gaussian centres ``r_a`` (Å); ``grid[0] == 0`` is handled exactly.
+    alpha : float
+        Gaussian exponent (1/Å^2).
+    threshold : float
+        Arguments ``x`` below it take the power series with coefficients
+        ``table [k, B]`` (:func:`tradens.radial._series_coefficients`; ``B``
+        Bessel degrees, ``L + 1`` with the derivative).
+    out : Tensor ``[p, L, a]``, ``[p, 2L, a]`` (with ``d_taper``) or ``[L, p, a]`` (``degree_major``)
+        Written, C-contiguous.
+    taper, d_taper : Tensor ``[p]``
+        Per-pair weight and its ``r``-derivative (1/Å).
+    """
+    kernel = _gauss_grid_kernel()
+    dtype = out.dtype
+    derivative = d_taper is not None
+    if derivative and degree_major:
+        raise ValueError("the derivative is written pair-major only")
+    n_l = out.shape[0] if degree_major else (out.shape[1] // 2 if derivative else out.shape[1])
+    if table.shape[1] < n_l + int(derivative):
+        raise ValueError(f"the series table has {table.shape[1]} degrees, {n_l + int(derivative)} needed")
+
+    def array(t):
+        return t.detach().to(dtype).contiguous().numpy()
+
+    kernel(array(r), array(taper), array(taper if d_taper is None else d_taper), array(grid), float(alpha),
+           float(threshold), table.to(torch.float64).contiguous().numpy(), bool(grid[0] == 0.0), derivative,
+           bool(degree_major), out.numpy())

@@ -156,6 +156,12 @@ def _series_table(l_max: int, n_terms: int, y_max: float) -> torch.Tensor:
     return table
 
 
+def _series_coefficients(l_max: int, x_max: float) -> torch.Tensor:
+    """Power-series table ``[k, l_max+1]`` of :func:`_scaled_in_series` for arguments below ``x_max``."""
+    n_terms = int(12 + 1.5 * x_max + 0.05 * x_max * x_max)
+    return _series_table(l_max, n_terms, 0.5 * x_max * x_max)
+
+
 def _scaled_in_series(x: torch.Tensor, l_max: int, x_max: float) -> torch.Tensor:
     """Power series of ``exp(-x) i_l(x)`` for ``0 <= x < x_max``, ``x [q] -> [q, l_max+1]``.
 
@@ -163,9 +169,9 @@ def _scaled_in_series(x: torch.Tensor, l_max: int, x_max: float) -> torch.Tensor
     matrix product of the powers of ``y = x^2 / x_max^2`` (in ``[0, 1)``, so
     nothing overflows in single precision) with a table of coefficients.
     """
-    n_terms = int(12 + 1.5 * x_max + 0.05 * x_max * x_max)
     y_max = 0.5 * x_max * x_max
-    table = _series_table(l_max, n_terms, y_max).to(dtype=x.dtype, device=x.device)  # [k, l]
+    table = _series_coefficients(l_max, x_max).to(dtype=x.dtype, device=x.device)  # [k, l]
+    n_terms = table.shape[0]
     y = (x * x) * (0.5 / y_max)  # [q]
     ones = torch.ones_like(x)[:, None]
     powers = torch.cat([ones, y[:, None].expand(-1, n_terms - 1)], dim=1).cumprod(dim=1)  # [q, k]
