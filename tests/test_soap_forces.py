@@ -223,3 +223,34 @@ def test_compiled_pair_kernel_is_used(alloy, monkeypatch):
     assert np.abs(reference.forces).max() > 1e-3
     np.testing.assert_allclose(compiled.forces, reference.forces, rtol=0, atol=1e-12)
     np.testing.assert_allclose(compiled.virial, reference.virial, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["rz-asym-tensor", "gap-weights-sigma0", "centres", "average"])
+def test_fused_pass_equals_the_two_pass_path(variant, small_cell, monkeypatch):
+    """The fused compiled pass (terms stored once) equals the density expansion + pair pass."""
+    import tradens._soap_forces as forces_module
+
+    if not tradens._kernels.compiled_available():
+        pytest.skip("numba is not installed")
+    rep = soap_of(variant)
+    model = model_of(rep.n_features)
+    frames = [small_cell, make_alloy(seed=9, repeat=(1, 1, 2))]
+    built = []
+    original = forces_module._fused_pair_terms
+
+    def recording(*args, **kwargs):
+        terms = original(*args, **kwargs)
+        built.append(terms is not None)
+        return terms
+
+    monkeypatch.setattr(forces_module, "_fused_pair_terms", recording)
+    fused = energy_forces_stress(rep, model, frames, method="analytic")
+    assert built and all(built), "the fused pass was not taken"
+    monkeypatch.setattr(forces_module, "FUSED_BYTES", 0)  # too little room: the two-pass path
+    built.clear()
+    two_pass = energy_forces_stress(rep, model, frames, method="analytic")
+    assert built and not any(built)
+    assert np.abs(two_pass.forces).max() > 1e-3
+    np.testing.assert_allclose(fused.energy, two_pass.energy, rtol=1e-12)
+    np.testing.assert_allclose(fused.forces, two_pass.forces, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fused.virial, two_pass.virial, rtol=0, atol=1e-12)

@@ -22,6 +22,10 @@ Kernels
     spherical Bessel functions times Gaussians, tapered) and its
     ``r``-derivative for every pair, one pass per pair instead of about
     forty whole-array operations.
+``pair_density``
+    The mixed density ``A_i = sum_j Q_ij Y(r_ij)`` from stored per-pair terms,
+    so that the forces path evaluates the radial terms and harmonics of each
+    pair once for the density and the forces.
 ``pair_forces``
     ``dE/dr`` of every pair for the forces of mixed SOAP
     (:func:`tradens._soap_forces.pair_energy_gradients`): the contraction of
@@ -37,7 +41,7 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["compiled_available", "gauss_grid_radial", "pair_forces", "set_compiled", "triangle_slab",
+__all__ = ["compiled_available", "gauss_grid_radial", "pair_density", "pair_forces", "set_compiled", "triangle_slab",
            "use_compiled"]
 
 _ENABLED = os.environ.get("TRADENS_COMPILED", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -438,3 +442,50 @@ def gauss_grid_radial(r, grid, alpha: float, threshold: float, table, out, *, ta
     kernel(array(r), array(taper), array(taper if d_taper is None else d_taper), array(grid), float(alpha),
            float(threshold), table.to(torch.float64).contiguous().numpy(), bool(grid[0] == 0.0), derivative,
            bool(degree_major), out.numpy())
+
+
+_PAIR_DENSITY = None
+
+
+def _pair_density_kernel():
+    global _PAIR_DENSITY
+    if _PAIR_DENSITY is None:
+        numba = _numba()
+
+        @numba.njit(cache=True, nogil=True, fastmath={"contract", "nsz", "arcp"})
+        def kernel(ab, centre, harmonics, out):  # pragma: no cover - compiled
+            # ab [p, 2, L, K] (Q first); centre [p]; harmonics [p, lm]; out [atom, lm, K], added to
+            n_pairs, n_l, n_k = ab.shape[0], ab.shape[2], ab.shape[3]
+            for p in range(n_pairs):
+                target = out[centre[p]]
+                q = ab[p, 0]
+                y = harmonics[p]
+                for l in range(n_l):
+                    for lm in range(l * l, (l + 1) * (l + 1)):
+                        value = y[lm]
+                        row = target[lm]
+                        for k in range(n_k):
+                            row[k] += q[l, k] * value
+
+        _PAIR_DENSITY = kernel
+    return _PAIR_DENSITY
+
+
+def pair_density(ab, centre, harmonics, out) -> None:
+    """``out[i, lm, k] += sum_{p: centre_p = i} Q[p, l, k] Y[p, lm]`` (compiled).
+
+    Parameters
+    ----------
+    ab : Tensor ``[p, 2, L, K]``
+        Mixed (tapered) radial values ``Q`` of each pair first (the derivatives are not read).
+    centre : Tensor ``[p]`` int64
+        Row of ``out`` of each pair.
+    harmonics : Tensor ``[p, lm]``
+        ``Y_lm(rhat)`` of each pair.
+    out : Tensor ``[atom, lm, K]``
+        Added to; C-contiguous.
+    """
+    kernel = _pair_density_kernel()
+    dtype = out.dtype
+    kernel(ab.detach().to(dtype).contiguous().numpy(), centre.contiguous().numpy(),
+           harmonics.detach().to(dtype).contiguous().numpy(), out.numpy())

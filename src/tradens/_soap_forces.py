@@ -24,21 +24,32 @@ is formed per pair. Pair forces ``dE/dr_p`` are scattered to the atoms
 (``+`` on ``j``, ``-`` on ``i``) and ``sum_p r_p (x) dE/dr_p`` gives the strain
 derivative. The autograd path of :func:`~tradens.gradients.energy_forces_stress`
 (``method="autograd"``) is the test reference.
+
+With the compiled kernels (mixed SOAP on the CPU) the pass is fused: the
+mixed radial terms ``Q``, ``Q'`` and the harmonics of every pair are evaluated
+once, give the density ``A_i = sum_p Q_p Y_p`` (:func:`tradens._kernels.pair_density`)
+and, after the backward pass through the products, the pair forces
+(:func:`tradens._kernels.pair_forces`), as long as they fit in
+``FUSED_BYTES``; beyond that the density expansion and the pair pass each
+evaluate them.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ._density_derivatives import _solid_gradient_matrices, radial_terms
-from ._kernels import pair_forces, use_compiled
+from ._kernels import pair_density, pair_forces, use_compiled
 from .angular import spherical_harmonics
-from .expansion import expand_density
+from .expansion import centre_term, expand_density
 from .neighbors import neighbor_list, pair_vectors
 
 __all__ = ["soap_energy_and_gradients", "soap_vjp_applies"]
 
 PAIR_CHUNK = 4096  # pairs per chunk on the CPU (per-pair terms stay in cache)
+FUSED_BYTES = 512 * 2**20  # largest store of per-pair terms of the fused compiled path
 
 
 def soap_vjp_applies(representation, create_graph: bool) -> bool:
@@ -83,11 +94,18 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
         symmetric = w1 is None or w2 is w1
         w1 = None if w1 is None else w1.detach()
         weights = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))  # [S*N, Kt]
-        density = expand_density(  # [atom, Kt, lm]
-            batch, pairs, vectors, species_index, n_species=h.n_species, radial=soap.radial_basis,
-            l_max=h.l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
-            center_weight=h.density.center_weight, center_all_species=soap.center_all_species, weights=weights)
         rows = soap.center_rows(batch)  # [row] atoms
+        if pair_chunk is None:
+            pair_chunk = PAIR_CHUNK if device.type == "cpu" else 65536
+        fused = _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows, pair_chunk)
+        if fused is not None:
+            density = fused.density  # [atom, Kt, lm]
+        else:
+            density = expand_density(  # [atom, Kt, lm]
+                batch, pairs, vectors, species_index, n_species=h.n_species, radial=soap.radial_basis,
+                l_max=h.l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
+                center_weight=h.density.center_weight, center_all_species=soap.center_all_species,
+                weights=weights)
         if h.average:
             structure_of_row = batch.structure[rows]
             y = density.new_zeros((batch.n_structures,) + density.shape[1:])
@@ -133,23 +151,84 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
         else:
             g_atom = grad_y.new_zeros((batch.n_atoms,) + grad_y.shape[1:])
             g_atom[rows] = grad_y  # [atom, Kt, lm]
-        is_centre = torch.zeros(batch.n_atoms, dtype=torch.bool, device=device)
-        is_centre[rows] = True
-        pair_species = species_index[pairs.j]  # [pair]
-        active = ((pair_species >= 0) & is_centre[pairs.i]).nonzero().squeeze(1)
-        i = pairs.i[active]
-        if i.shape[0] > 1 and not bool((i[1:] >= i[:-1]).all()):
-            active = active[torch.argsort(i, stable=True)]
-        if pair_chunk is None:
-            pair_chunk = PAIR_CHUNK if device.type == "cpu" else 65536
-        d_pairs = pair_energy_gradients(soap, weights, g_atom, pairs.i[active], vectors[active],
-                                        pair_species[active], pair_chunk)  # [p, 3]
-        d_positions.index_add_(0, pairs.j[active], d_pairs)
-        d_positions.index_add_(0, pairs.i[active], d_pairs, alpha=-1.0)
-        virial = vectors[active][:, :, None] * d_pairs[:, None, :]  # [p, 3, 3]: r_a dE/dr_b
-        d_strain.index_add_(0, batch.structure[pairs.i[active]], virial)
+        if fused is not None:
+            centre, neighbour, pair_vec = fused.centre, fused.neighbour, fused.vectors
+            d_pairs = torch.empty_like(pair_vec)  # [p, 3]
+            pair_forces(fused.ab, centre, g_atom.transpose(1, 2).contiguous(), fused.harmonics, pair_vec, d_pairs)
+        else:
+            active = _active_pairs(pairs, species_index, rows, batch.n_atoms)
+            centre, neighbour, pair_vec = pairs.i[active], pairs.j[active], vectors[active]
+            d_pairs = pair_energy_gradients(soap, weights, g_atom, centre, pair_vec, species_index[neighbour],
+                                            pair_chunk)  # [p, 3]
+        d_positions.index_add_(0, neighbour, d_pairs)
+        d_positions.index_add_(0, centre, d_pairs, alpha=-1.0)
+        virial = pair_vec[:, :, None] * d_pairs[:, None, :]  # [p, 3, 3]: r_a dE/dr_b
+        d_strain.index_add_(0, batch.structure[centre], virial)
         d_strain = 0.5 * (d_strain + d_strain.transpose(1, 2))
     return energy, d_positions, d_strain
+
+
+def _active_pairs(pairs, species_index: torch.Tensor, rows: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """Pairs of centre rows with a known neighbour species, sorted by centre: indices ``[p]``."""
+    is_centre = torch.zeros(n_atoms, dtype=torch.bool, device=rows.device)
+    is_centre[rows] = True
+    active = ((species_index[pairs.j] >= 0) & is_centre[pairs.i]).nonzero().squeeze(1)
+    i = pairs.i[active]
+    if i.shape[0] > 1 and not bool((i[1:] >= i[:-1]).all()):
+        active = active[torch.argsort(i, stable=True)]
+    return active
+
+
+class _PairTerms(NamedTuple):
+    """Per-pair terms of the fused compiled path, pairs in neighbour-species order."""
+
+    centre: torch.Tensor  # [p] centre atom
+    neighbour: torch.Tensor  # [p] neighbour atom
+    vectors: torch.Tensor  # [p, 3] pair vectors (Å)
+    ab: torch.Tensor  # [p, 2, L, Kt] mixed radial values Q and r-derivatives Q' (1/Å)
+    harmonics: torch.Tensor  # [p, lm]
+    density: torch.Tensor  # [atom, Kt, lm] mixed densities, centre terms included
+
+
+def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows, pair_chunk: int):
+    """Per-pair terms and the mixed densities in one pass (compiled, mixed SOAP); None where it does not apply.
+
+    Equal to :func:`~tradens.expansion.expand_density` with ``weights`` up to
+    the order of the sums over pairs.
+    """
+    if weights is None or not use_compiled(vectors, weights):
+        return None
+    from ._soap_jacobian import _Radial
+
+    h = soap.hypers
+    n_l, n_k = h.l_max + 1, weights.shape[1]
+    n_lm = n_l * n_l
+    active = _active_pairs(pairs, species_index, rows, batch.n_atoms)
+    n_pairs = active.shape[0]
+    if n_pairs * vectors.element_size() * (2 * n_l * n_k + n_lm + 3) > FUSED_BYTES:
+        return None
+    pair_species = species_index[pairs.j[active]]
+    order = active[torch.argsort(pair_species, stable=True)]  # neighbour-species order for the mixing
+    species = species_index[pairs.j[order]]  # [p]
+    vec = vectors[order]  # [p, 3]
+    ab = vec.new_empty(n_pairs, 2, n_l, n_k)
+    harmonics = vec.new_empty(n_pairs, n_lm)
+    radial = _Radial(soap, weights)
+    for p0 in range(0, n_pairs, pair_chunk):
+        sel = slice(p0, p0 + pair_chunk)
+        r = torch.linalg.vector_norm(vec[sel], dim=1)  # [p]
+        ab[sel] = radial(r, species[sel], presorted=True).view(-1, 2, n_l, n_k)
+        harmonics[sel] = spherical_harmonics(vec[sel], h.l_max)
+    centre = pairs.i[order]
+    density_lm = vec.new_zeros(batch.n_atoms, n_lm, n_k)  # [atom, lm, Kt]
+    pair_density(ab, centre, harmonics, density_lm)
+    density = density_lm.transpose(1, 2).contiguous()  # [atom, Kt, lm]
+    if h.density.center_weight != 0.0:
+        term = centre_term(soap.radial_basis, species_index, n_species=h.n_species,
+                           center_weight=h.density.center_weight, center_all_species=soap.center_all_species,
+                           dtype=vec.dtype, device=vec.device)  # [atom, S*N]
+        density[:, :, 0] += term @ weights
+    return _PairTerms(centre, pairs.j[order], vec, ab, harmonics, density)
 
 
 class _Harmonics:

@@ -189,23 +189,34 @@ def expand_density(
                                 l_max=l_max, cutoff=cutoff, cutoff_width=cutoff_width,
                                 pair_chunk=pair_chunk)  # [atom, S*N, lm]
     if center_weight != 0.0:
-        center = radial.center_values(dtype, device)  # [n]
-        center = center * (center_weight / math.sqrt(4.0 * math.pi))
-        present = (species_index >= 0).to(dtype)  # [atom]
-        if center_all_species:
-            owner = present[:, None].expand(-1, n_species)  # [atom, S]
-        else:
-            owner = torch.zeros(batch.n_atoms, n_species, dtype=dtype, device=device)
-            atoms = (species_index >= 0).nonzero().squeeze(1)
-            owner = owner.index_put((atoms, species_index[atoms]),
-                                    torch.ones_like(atoms, dtype=dtype))
-        term = (owner[:, :, None] * center[None, None, :]).reshape(batch.n_atoms, n_species * n_max)
+        term = centre_term(radial, species_index, n_species=n_species, center_weight=center_weight,
+                           center_all_species=center_all_species, dtype=dtype, device=device)  # [atom, S*N]
         if weights_or_identity is not None:
             term = term @ weights_or_identity  # [atom, K]
         mixed[:, :, 0] += term  # mixed is a fresh tensor of this function: in place is safe
     if weights is not None and weights_or_identity is not weights:
         mixed = torch.einsum("aIm,Ik->akm", mixed, weights)  # c -> A [atom, K, lm]
     return mixed
+
+
+def centre_term(radial, species_index: torch.Tensor, *, n_species: int, center_weight: float,
+                center_all_species: bool, dtype: torch.dtype, device) -> torch.Tensor:
+    """The centre atom's own Gaussian in the ``l = 0`` coefficients, ``[atom, S*N]`` (unmixed).
+
+    ``center_weight R_n(0) / sqrt(4 pi)`` in the centre's own species channel
+    (or in every channel with ``center_all_species``); zero for ignored atoms.
+    """
+    n_atoms = species_index.shape[0]
+    center = radial.center_values(dtype, device)  # [n]
+    center = center * (center_weight / math.sqrt(4.0 * math.pi))
+    present = (species_index >= 0).to(dtype)  # [atom]
+    if center_all_species:
+        owner = present[:, None].expand(-1, n_species)  # [atom, S]
+    else:
+        owner = torch.zeros(n_atoms, n_species, dtype=dtype, device=device)
+        atoms = (species_index >= 0).nonzero().squeeze(1)
+        owner = owner.index_put((atoms, species_index[atoms]), torch.ones_like(atoms, dtype=dtype))
+    return (owner[:, :, None] * center[None, None, :]).reshape(n_atoms, -1)
 
 
 def _default_pair_chunk(device: torch.device, l_max: int, n_max: int, channels: int | None) -> int:
