@@ -217,7 +217,7 @@ def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows,
     for p0 in range(0, n_pairs, pair_chunk):
         sel = slice(p0, p0 + pair_chunk)
         r = torch.linalg.vector_norm(vec[sel], dim=1)  # [p]
-        ab[sel] = radial(r, species[sel], presorted=True).view(-1, 2, n_l, n_k)
+        radial(r, species[sel], presorted=True, out=ab[sel])  # [p, 2, L, Kt] written in place
         harmonics[sel] = spherical_harmonics(vec[sel], h.l_max)
     centre = pairs.i[order]
     density_lm = vec.new_zeros(batch.n_atoms, n_lm, n_k)  # [atom, lm, Kt]

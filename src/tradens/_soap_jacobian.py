@@ -82,10 +82,12 @@ class _Radial:
             blocks = torch.matmul(probe[1], blocks)
         self.blocks = blocks.contiguous()
 
-    def __call__(self, r: torch.Tensor, species: torch.Tensor, presorted: bool = False) -> torch.Tensor:
+    def __call__(self, r: torch.Tensor, species: torch.Tensor, presorted: bool = False,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
         """``[p, 2L, K]`` for pair distances ``r [p]`` (Å) of neighbour species ``species [p]``.
 
-        ``presorted=True`` promises non-decreasing ``species`` (no reordering).
+        ``presorted=True`` promises non-decreasing ``species`` (no reordering);
+        then ``out`` (contiguous, ``p * 2L * K`` elements) receives the result.
         """
         n_l = self.n_l
         if self.grid:
@@ -100,7 +102,10 @@ class _Radial:
         else:
             order = torch.argsort(species, stable=True)
             by_species = basis.index_select(0, order).reshape(n_pairs * 2 * n_l, n_c)  # pairs sorted by species
-        product = basis.new_empty(n_pairs * 2 * n_l, self.blocks.shape[2])  # [p 2L, K]
+        if out is not None and presorted:
+            product = out.view(n_pairs * 2 * n_l, self.blocks.shape[2])  # [p 2L, K]
+        else:
+            product = basis.new_empty(n_pairs * 2 * n_l, self.blocks.shape[2])  # [p 2L, K]
         start = 0
         for s, count in enumerate(counts):
             if count:
