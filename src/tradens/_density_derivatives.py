@@ -214,6 +214,41 @@ def _gradient_operator(l_max: int, dtype: torch.dtype, device) -> tuple[torch.Te
     return _OPERATORS[key]
 
 
+def _taper_with_derivative(soap, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAP's cosine taper of the pair distances and its ``r``-derivative (1/Å), ``[p]`` each."""
+    h = soap.hypers
+    taper = cosine_cutoff(r, h.cutoff.radius, h.cutoff.width)  # [p]
+    width = h.cutoff.width
+    if width > 0:
+        t = ((r - h.cutoff.radius + width) / width).clamp(0.0, 1.0)
+        d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+    else:
+        d_taper = torch.zeros_like(r)
+    return taper, d_taper
+
+
+def mixed_radial_primitive(soap, r: torch.Tensor, species: torch.Tensor, blocks: torch.Tensor,
+                           out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``[p, 2L, K]``: the Gaussian-grid primitive and its derivative mixed per species in one compiled pass.
+
+    ``out[p] = rho[p] @ blocks[species[p]]`` with ``rho`` of
+    :func:`radial_primitive_with_derivative` and ``blocks [S, a, K]`` (grid
+    transform and mixing folded together). None where the compiled kernel
+    does not apply (another radial basis, autograd, not the CPU).
+    """
+    basis = soap.radial_basis
+    if not (isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and use_compiled(r, blocks)):
+        return None
+    taper, d_taper = _taper_with_derivative(soap, r)
+    n_l = basis.l_max + 1
+    if out is None:
+        out = r.new_empty(r.shape[0], 2 * n_l, blocks.shape[2])
+    threshold = _series_threshold(n_l)
+    gauss_grid_radial(r, basis._grid.to(dtype=r.dtype), basis.alpha, threshold, _series_coefficients(n_l, threshold),
+                      out, taper=taper, d_taper=d_taper, species=species, blocks=blocks)
+    return out
+
+
 def radial_primitive_with_derivative(soap, r: torch.Tensor):
     """Tapered radial primitive of GAP's Gaussian grid and its ``r``-derivative, pair-major.
 
@@ -227,14 +262,7 @@ def radial_primitive_with_derivative(soap, r: torch.Tensor):
     basis = soap.radial_basis
     if not (isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and hasattr(basis, "_transform")):
         return None
-    h = soap.hypers
-    taper = cosine_cutoff(r, h.cutoff.radius, h.cutoff.width)  # [p]
-    width = h.cutoff.width
-    if width > 0:
-        t = ((r - h.cutoff.radius + width) / width).clamp(0.0, 1.0)
-        d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
-    else:
-        d_taper = torch.zeros_like(r)
+    taper, d_taper = _taper_with_derivative(soap, r)  # [p], [p]
     grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
     transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
     alpha, l_max = basis.alpha, basis.l_max

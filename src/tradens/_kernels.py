@@ -342,21 +342,23 @@ def _gauss_grid_kernel():
         numba = _numba()
 
         @numba.njit(cache=True, nogil=True, fastmath={"contract", "nsz", "arcp"})
-        def kernel(r, taper, d_taper, grid, alpha, threshold, table, origin, with_derivative, degree_major,
+        def kernel(r, taper, d_taper, grid, alpha, threshold, table, origin, species, blocks, mixed,
                    out):  # pragma: no cover - compiled
-            # r, taper, d_taper [p]; grid [a]; table [k, B] power-series coefficients (B Bessel degrees);
-            # out [p, L, a], [p, 2L, a] (values, then r-derivatives) or, degree-major, [L, p, a]
+            # r, taper, d_taper [p]; grid [a]; table [k, L + 1] power-series coefficients;
+            # unmixed: out [p, 2L, a] (values, then r-derivatives);
+            # mixed: out [p, 2L, K] = rho [p, 2L, a] @ blocks[species[p]] with blocks [S, a, K]
             n_pairs, n_grid = r.shape[0], grid.shape[0]
             n_terms, n_bessel = table.shape[0], table.shape[1]
-            if degree_major:
-                n_l = out.shape[0]
-            else:
-                n_l = out.shape[1] // 2 if with_derivative else out.shape[1]
+            n_l = out.shape[1] // 2
+            n_k = out.shape[2]
             y_scale = 1.0 / (threshold * threshold)  # y = x^2 / (2 y_max), y_max = threshold^2 / 2
             bessel = np.empty(n_bessel)
             sums = np.empty(n_bessel)
             for p in range(n_pairs):
                 rp = r[p]
+                if mixed:
+                    out[p] = 0.0
+                    weights = blocks[species[p]]  # [a, K]
                 for a in range(n_grid):
                     ga = grid[a]
                     gauss = math.exp(-alpha * (ga - rp) ** 2)
@@ -387,61 +389,69 @@ def _gauss_grid_kernel():
                                 bessel[l] = bessel[l - 2] - (2 * l - 1) * (2.0 * inverse) * bessel[l - 1]
                     for l in range(n_l):
                         value = bessel[l] * gauss
-                        if degree_major:
-                            out[l, p, a] = value * taper[p]
-                            continue
-                        out[p, l, a] = value * taper[p]
-                        if with_derivative:
-                            slope = l / rp - 2.0 * alpha * rp
-                            d_value = (bessel[l + 1] * (2.0 * alpha * ga) + bessel[l] * slope) * gauss
-                            out[p, n_l + l, a] = d_value * taper[p] + value * d_taper[p]
+                        slope = l / rp - 2.0 * alpha * rp
+                        d_value = (bessel[l + 1] * (2.0 * alpha * ga) + bessel[l] * slope) * gauss
+                        d_value = d_value * taper[p] + value * d_taper[p]
+                        value = value * taper[p]
+                        if mixed:
+                            row, d_row, w = out[p, l], out[p, n_l + l], weights[a]
+                            for k in range(n_k):
+                                row[k] += value * w[k]
+                                d_row[k] += d_value * w[k]
+                        else:
+                            out[p, l, a] = value
+                            out[p, n_l + l, a] = d_value
 
         _GAUSS_GRID = kernel
     return _GAUSS_GRID
 
 
-def gauss_grid_radial(r, grid, alpha: float, threshold: float, table, out, *, taper, d_taper=None,
-                      degree_major: bool = False) -> None:
-    """GAP's Gaussian-grid radial primitive per pair, optionally with its ``r``-derivative (compiled).
+def gauss_grid_radial(r, grid, alpha: float, threshold: float, table, out, *, taper, d_taper,
+                      species=None, blocks=None) -> None:
+    """GAP's Gaussian-grid radial primitive per pair and its ``r``-derivative, optionally mixed (compiled).
 
     ``rho[p, l, a] = w_p exp(-alpha (r - r_a)^2) exp(-x) i_l(x)`` with ``x =
-    2 alpha r r_a`` and a per-pair weight ``w`` (the cutoff taper); with
-    ``d_taper`` (``dw/dr``) also ``d rho / dr`` in rows ``L..2L-1``
-    (:func:`tradens._density_derivatives.radial_primitive_with_derivative`,
-    :meth:`tradens.radial.GaussianGridBasis.primitive`).
+    2 alpha r r_a`` and the cutoff taper ``w``, and ``d rho / dr`` in rows
+    ``L..2L-1`` (:func:`tradens._density_derivatives.radial_primitive_with_derivative`).
+    With ``blocks`` the result is mixed in the same pass: ``out[p] = rho[p] @
+    blocks[species[p]]``, and ``rho`` itself is never stored.
 
     Parameters
     ----------
     r : Tensor ``[p]``
-        Pair distances (Å), positive where the derivative is asked for.
+        Pair distances (Å), positive.
     grid : Tensor ``[a]``
         Gaussian centres ``r_a`` (Å); ``grid[0] == 0`` is handled exactly.
     alpha : float
         Gaussian exponent (1/Å^2).
     threshold : float
         Arguments ``x`` below it take the power series with coefficients
-        ``table [k, B]`` (:func:`tradens.radial._series_coefficients`; ``B``
-        Bessel degrees, ``L + 1`` with the derivative).
-    out : Tensor ``[p, L, a]``, ``[p, 2L, a]`` (with ``d_taper``) or ``[L, p, a]`` (``degree_major``)
+        ``table [k, L + 1]`` (:func:`tradens.radial._series_coefficients`).
+    out : Tensor ``[p, 2L, a]``, or ``[p, 2L, K]`` with ``blocks``
         Written, C-contiguous.
     taper, d_taper : Tensor ``[p]``
-        Per-pair weight and its ``r``-derivative (1/Å).
+        Cutoff taper and its ``r``-derivative (1/Å).
+    species : Tensor ``[p]`` int64, optional
+        Mixing block of each pair (with ``blocks``).
+    blocks : Tensor ``[S, a, K]``, optional
+        Mixing matrices per neighbour species (grid transform folded in).
     """
     kernel = _gauss_grid_kernel()
     dtype = out.dtype
-    derivative = d_taper is not None
-    if derivative and degree_major:
-        raise ValueError("the derivative is written pair-major only")
-    n_l = out.shape[0] if degree_major else (out.shape[1] // 2 if derivative else out.shape[1])
-    if table.shape[1] < n_l + int(derivative):
-        raise ValueError(f"the series table has {table.shape[1]} degrees, {n_l + int(derivative)} needed")
+    n_l = out.shape[1] // 2
+    if table.shape[1] < n_l + 1:
+        raise ValueError(f"the series table has {table.shape[1]} degrees, {n_l + 1} needed")
+    mixed = blocks is not None
+    if mixed and (species is None or blocks.shape[1] != grid.shape[0] or blocks.shape[2] != out.shape[2]):
+        raise ValueError("mixing needs species [p] and blocks [S, a, K] matching grid and out")
 
     def array(t):
         return t.detach().to(dtype).contiguous().numpy()
 
-    kernel(array(r), array(taper), array(taper if d_taper is None else d_taper), array(grid), float(alpha),
-           float(threshold), table.to(torch.float64).contiguous().numpy(), bool(grid[0] == 0.0), derivative,
-           bool(degree_major), out.numpy())
+    kernel(array(r), array(taper), array(d_taper), array(grid), float(alpha), float(threshold),
+           table.to(torch.float64).contiguous().numpy(), bool(grid[0] == 0.0),
+           (species if mixed else r.new_zeros(1, dtype=torch.long)).contiguous().numpy(),
+           array(blocks) if mixed else np.zeros((1, 1, 1), out.numpy().dtype), mixed, out.numpy())
 
 
 _PAIR_DENSITY = None

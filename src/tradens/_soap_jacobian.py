@@ -48,7 +48,8 @@ import math
 
 import torch
 
-from ._density_derivatives import harmonics_and_gradient, radial_primitive_with_derivative, radial_with_derivative
+from ._density_derivatives import (harmonics_and_gradient, mixed_radial_primitive, radial_primitive_with_derivative,
+                                   radial_with_derivative)
 from ._kernels import triangle_slab, use_compiled
 
 __all__ = ["fast_structure", "write_jacobian"]
@@ -91,6 +92,12 @@ class _Radial:
         """
         n_l = self.n_l
         if self.grid:
+            if out is not None and not presorted:
+                raise ValueError("out= needs presorted=True")
+            target = None if out is None else out.view(r.shape[0], 2 * n_l, self.blocks.shape[2])
+            mixed = mixed_radial_primitive(self.soap, r, species, self.blocks, out=target)  # [p, 2L, K]
+            if mixed is not None:  # compiled: mixed per pair in the same pass, any order
+                return mixed
             basis, _ = radial_primitive_with_derivative(self.soap, r)  # [p, 2L, a]
         else:
             radial, d_radial = radial_with_derivative(self.soap, r)  # [p, N, L]
