@@ -5,7 +5,11 @@ Used by :func:`tradens.gradients.energy_forces_stress` for
 bases) when no second derivative is asked for. Autograd runs only from the
 mixed densities ``y [atom, K, lm]`` (a detached leaf) through the power
 spectrum and the model, which gives ``G = dE/dy [atom, K, lm]`` (all ``K``
-channels of both densities when they differ). Then one pass over the pairs,
+channels of both densities when they differ). For a symmetric power spectrum
+the leaves are the densities split by degree and by chunks of rows
+(:func:`~tradens.soap.power_spectrum_blocks`), so the backward pass writes
+every block's gradient once instead of filling a zero tensor of the whole
+density for every slice (which cost more than the products themselves). Then one pass over the pairs,
 chunk by chunk of whole centres, contracts ``G`` with the pair derivatives of
 the density. For pair ``p`` (centre ``i``, vector ``r``, neighbour species
 ``s``) the density term is ``Q_kl(r) Y_lm(rhat)`` with ``Q = W[s]^T f_c R``
@@ -45,11 +49,13 @@ from ._kernels import pair_density, pair_forces, use_compiled
 from .angular import spherical_harmonics
 from .expansion import centre_term, expand_density
 from .neighbors import neighbor_list, pair_vectors
+from .soap import power_spectrum_blocks
 
 __all__ = ["soap_energy_and_gradients", "soap_vjp_applies"]
 
 PAIR_CHUNK = 4096  # pairs per chunk on the CPU (per-pair terms stay in cache)
 FUSED_BYTES = 512 * 2**20  # largest store of per-pair terms of the fused compiled path
+GRAM_BYTES = 32 * 2**20  # Gram blocks of one chunk of rows in the backward through the products
 
 
 def soap_vjp_applies(representation, create_graph: bool) -> bool:
@@ -119,23 +125,46 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
             numbers = batch.numbers[rows]
     # ---- dE/dy by autograd through the power spectrum and the model only
     with torch.enable_grad():
-        leaf = y.detach().requires_grad_(True)
         if symmetric:
-            y1 = y2 = leaf
+            # leaves per chunk of rows and degree [rows, Kt, 2l+1]: the backward then writes each block's
+            # gradient directly (slicing one big leaf fills a zero tensor of its size for every slice)
+            n_l = h.l_max + 1
+            row_chunk = max(1, GRAM_BYTES // (8 * y.shape[1] * y.shape[1]))  # Gram blocks [rows, Kt, Kt]
+            leaves, parts = [], []
+            for start in range(0, y.shape[0], row_chunk):
+                blocks = [y[start:start + row_chunk, :, l * l:(l + 1) * (l + 1)].contiguous().requires_grad_(True)
+                          for l in range(n_l)]
+                leaves.extend(blocks)
+                parts.append(soap._finish_products(power_spectrum_blocks(blocks, blocks, soap.plan)))
+            if not parts:  # no centre rows
+                values = y.new_zeros(0, soap.n_features)
+            else:
+                values = torch.cat(parts) if len(parts) > 1 else parts[0]  # [row, F]
         else:
+            leaf = y.detach().requires_grad_(True)
             k1 = w1.shape[1]
-            y1, y2 = leaf[:, :k1], leaf[:, k1:]
-        values = soap._products(y1, y2, row_chunk=256, out=None)  # [row, F]
+            leaves = [leaf]
+            values = soap._products(leaf[:, :k1], leaf[:, k1:], row_chunk=256, out=None)  # [row, F]
         per_row = model_fn(values, numbers).reshape(-1)  # [row]
         if per_row.shape[0] != values.shape[0]:
             raise ValueError(f"model_fn must return one energy per row ({values.shape[0]}), "
                              f"got {per_row.shape[0]}")
         energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=device)
         energy = energy.index_add(0, row_ids if h.average else structure_of_row, per_row)
-        if energy.requires_grad:
-            (grad_y,) = torch.autograd.grad(energy.sum(), leaf, allow_unused=True)
-        else:
-            grad_y = None
+        grad_y = None
+        if energy.requires_grad and leaves:
+            grads = torch.autograd.grad(energy.sum(), leaves, allow_unused=True)
+            if symmetric:
+                grad_y = torch.zeros_like(y)  # [row, Kt, lm]
+                n_chunks = len(grads) // n_l
+                for c in range(n_chunks):
+                    rows_c = slice(c * row_chunk, (c + 1) * row_chunk)
+                    for l in range(n_l):
+                        g = grads[c * n_l + l]
+                        if g is not None:
+                            grad_y[rows_c, :, l * l:(l + 1) * (l + 1)] = g
+            else:
+                grad_y = grads[0]
     energy = energy.detach()
     d_positions = torch.zeros(batch.n_atoms, 3, dtype=dtype, device=device)
     d_strain = torch.zeros(batch.n_structures, 3, 3, dtype=dtype, device=device)

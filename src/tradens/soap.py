@@ -137,21 +137,36 @@ def power_spectrum(y1: torch.Tensor, y2: torch.Tensor, plan: PairPlan, l_max: in
         out = _memory.empty(y1.shape[0], len(plan) * n_l, dtype=y1.dtype, device=y1.device)
         _triangle_products(y1, out, l_max, normalize=False, sigma0=None)
         return out
-    first = torch.as_tensor(plan.first, device=y1.device)
-    second = torch.as_tensor(plan.second, device=y1.device)
-    factor = torch.as_tensor(plan.factor, dtype=y1.dtype, device=y1.device)  # [pair]
+    blocks1 = [y1[:, :, l * l:(l + 1) * (l + 1)] for l in range(n_l)]  # [row, K1, 2l+1] each
+    blocks2 = blocks1 if y2 is y1 else [y2[:, :, l * l:(l + 1) * (l + 1)] for l in range(n_l)]
+    return power_spectrum_blocks(blocks1, blocks2, plan)
+
+
+def power_spectrum_blocks(blocks1: list, blocks2: list, plan: PairPlan) -> torch.Tensor:
+    """:func:`power_spectrum` from the densities split by degree, ``[row, K, 2l+1]`` for ``l = 0..l_max``.
+
+    With the blocks as autograd leaves, the backward pass writes each block's
+    gradient directly instead of filling a zero tensor of the whole density
+    for every slice (the forces path uses this).
+    """
+    if plan.structure == "diagonal":  # [row, K, l], l fastest
+        columns = [(a * b).sum(-1) * (1.0 / math.sqrt(2 * l + 1))
+                   for l, (a, b) in enumerate(zip(blocks1, blocks2, strict=True))]
+        return torch.stack(columns, dim=-1).reshape(blocks1[0].shape[0], -1)
+    device, dtype = blocks1[0].device, blocks1[0].dtype
+    first = torch.as_tensor(plan.first, device=device)
+    second = torch.as_tensor(plan.second, device=device)
+    factor = torch.as_tensor(plan.factor, dtype=dtype, device=device)  # [pair]
     columns = []
-    for l in range(n_l):
-        block = slice(l * l, (l + 1) * (l + 1))
+    for l, (a, b) in enumerate(zip(blocks1, blocks2, strict=True)):  # [row, K, 2l+1]
         scale = 1.0 / math.sqrt(2 * l + 1)
-        a, b = y1[:, :, block], y2[:, :, block]  # [row, K, 2l+1]
         if plan.dense:
             gram = torch.bmm(a, b.transpose(1, 2))  # [row, K1, K2]
             values = gram[:, first, second]  # [row, pair]
         else:
             values = (a[:, first, :] * b[:, second, :]).sum(-1)  # [row, pair]
         columns.append(values * (factor * scale))
-    return torch.stack(columns, dim=-1).reshape(y1.shape[0], -1)  # [row, pair*(l_max+1)]
+    return torch.stack(columns, dim=-1).reshape(blocks1[0].shape[0], -1)  # [row, pair*(l_max+1)]
 
 
 def _use_triangle(plan: PairPlan, y1: torch.Tensor, y2: torch.Tensor) -> bool:
@@ -441,23 +456,31 @@ class SOAP(torch.nn.Module):
             with torch.profiler.record_function("soap/power_spectrum"):
                 values = power_spectrum(y1[start:start + row_chunk], y2[start:start + row_chunk],
                                         self.plan, h.l_max)  # [chunk, F']
-            if h.normalize:
-                norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
-                values = values / torch.where(norm > 0, norm, torch.ones_like(norm))
             if out is not None:
+                if h.normalize:
+                    norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
+                    values = values / torch.where(norm > 0, norm, torch.ones_like(norm))
                 stop = start + values.shape[0]
                 out[start:stop, :values.shape[1]] = values
                 if h.covariance_sigma0 is not None:
                     out[start:stop, -1] = h.covariance_sigma0
                 continue
-            if h.covariance_sigma0 is not None:
-                values = torch.cat([values, torch.full_like(values[:, :1], h.covariance_sigma0)], dim=1)
-            chunks.append(values)
+            chunks.append(self._finish_products(values))
         if out is not None:
             return out
         if not chunks:
             return torch.zeros(0, self.n_features, dtype=dtype, device=device)
         return torch.cat(chunks, dim=0) if len(chunks) > 1 else chunks[0]
+
+    def _finish_products(self, values: torch.Tensor) -> torch.Tensor:
+        """Raw products ``[row, F']`` -> features ``[row, F]``: normalisation and the sigma0 column."""
+        h = self.hypers
+        if h.normalize:
+            norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
+            values = values / torch.where(norm > 0, norm, torch.ones_like(norm))
+        if h.covariance_sigma0 is not None:
+            values = torch.cat([values, torch.full_like(values[:, :1], h.covariance_sigma0)], dim=1)
+        return values
 
     def center_rows(self, batch: Batch) -> torch.Tensor:
         """Atom indices (into the batch) that are centres, ``[row]``."""
