@@ -103,7 +103,7 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
         rows = soap.center_rows(batch)  # [row] atoms
         if pair_chunk is None:
             pair_chunk = PAIR_CHUNK if device.type == "cpu" else 65536
-        fused = _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows, pair_chunk)
+        fused = _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows)
         if fused is not None:
             density = fused.density  # [atom, Kt, lm]
         else:
@@ -219,7 +219,7 @@ class _PairTerms(NamedTuple):
     density: torch.Tensor  # [atom, Kt, lm] mixed densities, centre terms included
 
 
-def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows, pair_chunk: int):
+def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows):
     """Per-pair terms and the mixed densities in one pass (compiled, mixed SOAP); None where it does not apply.
 
     Equal to :func:`~tradens.expansion.expand_density` with ``weights`` up to
@@ -243,11 +243,9 @@ def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows,
     ab = vec.new_empty(n_pairs, 2, n_l, n_k)
     harmonics = vec.new_empty(n_pairs, n_lm)
     radial = _Radial(soap, weights)
-    for p0 in range(0, n_pairs, pair_chunk):
-        sel = slice(p0, p0 + pair_chunk)
-        r = torch.linalg.vector_norm(vec[sel], dim=1)  # [p]
-        radial(r, species[sel], presorted=True, out=ab[sel])  # [p, 2, L, Kt] written in place
-        harmonics[sel] = spherical_harmonics(vec[sel], h.l_max)
+    # all pairs at once (the store is bounded by FUSED_BYTES): a few large kernels instead of many small
+    radial(torch.linalg.vector_norm(vec, dim=1), species, presorted=True, out=ab)  # [p, 2, L, Kt] in place
+    harmonics[:] = spherical_harmonics(vec, h.l_max)
     centre = pairs.i[order]
     density_lm = vec.new_zeros(batch.n_atoms, n_lm, n_k)  # [atom, lm, Kt]
     pair_density(ab, centre, harmonics, density_lm)
