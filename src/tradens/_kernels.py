@@ -21,7 +21,8 @@ Kernels
     GAP's Gaussian-grid radial primitive (exponentially scaled modified
     spherical Bessel functions times Gaussians, tapered) and its
     ``r``-derivative for every pair, one pass per pair instead of about
-    forty whole-array operations.
+    forty whole-array operations; optionally mixed into the channels in the
+    same pass (``rho @ W[species]``), so the primitive is never stored.
 ``pair_density``
     The mixed density ``A_i = sum_j Q_ij Y(r_ij)`` from stored per-pair terms,
     so that the forces path evaluates the radial terms and harmonics of each

@@ -9,7 +9,8 @@ channels of both densities when they differ). For a symmetric power spectrum
 the leaves are the densities split by degree and by chunks of rows
 (:func:`~tradens.soap.power_spectrum_blocks`), so the backward pass writes
 every block's gradient once instead of filling a zero tensor of the whole
-density for every slice (which cost more than the products themselves). Then one pass over the pairs,
+density for every slice (which cost more than the products themselves).
+Then one pass over the pairs,
 chunk by chunk of whole centres, contracts ``G`` with the pair derivatives of
 the density. For pair ``p`` (centre ``i``, vector ``r``, neighbour species
 ``s``) the density term is ``Q_kl(r) Y_lm(rhat)`` with ``Q = W[s]^T f_c R``
@@ -129,7 +130,7 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
             # leaves per chunk of rows and degree [rows, Kt, 2l+1]: the backward then writes each block's
             # gradient directly (slicing one big leaf fills a zero tensor of its size for every slice)
             n_l = h.l_max + 1
-            row_chunk = max(1, GRAM_BYTES // (8 * y.shape[1] * y.shape[1]))  # Gram blocks [rows, Kt, Kt]
+            row_chunk = max(1, GRAM_BYTES // (y.element_size() * y.shape[1] ** 2))  # Gram blocks [rows, Kt, Kt]
             leaves, parts = [], []
             for start in range(0, y.shape[0], row_chunk):
                 blocks = [y[start:start + row_chunk, :, l * l:(l + 1) * (l + 1)].contiguous().requires_grad_(True)
@@ -240,12 +241,10 @@ def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows)
     order = active[torch.argsort(pair_species, stable=True)]  # neighbour-species order for the mixing
     species = species_index[pairs.j[order]]  # [p]
     vec = vectors[order]  # [p, 3]
-    ab = vec.new_empty(n_pairs, 2, n_l, n_k)
-    harmonics = vec.new_empty(n_pairs, n_lm)
-    radial = _Radial(soap, weights)
     # all pairs at once (the store is bounded by FUSED_BYTES): a few large kernels instead of many small
-    radial(torch.linalg.vector_norm(vec, dim=1), species, presorted=True, out=ab)  # [p, 2, L, Kt] in place
-    harmonics[:] = spherical_harmonics(vec, h.l_max)
+    ab = vec.new_empty(n_pairs, 2, n_l, n_k)  # [p, 2, L, Kt]: Q, Q'
+    _Radial(soap, weights)(torch.linalg.vector_norm(vec, dim=1), species, presorted=True, out=ab)
+    harmonics = spherical_harmonics(vec, h.l_max)  # [p, lm]
     centre = pairs.i[order]
     density_lm = vec.new_zeros(batch.n_atoms, n_lm, n_k)  # [atom, lm, Kt]
     pair_density(ab, centre, harmonics, density_lm)

@@ -91,9 +91,9 @@ class _Radial:
         then ``out`` (contiguous, ``p * 2L * K`` elements) receives the result.
         """
         n_l = self.n_l
+        if out is not None and not presorted:
+            raise ValueError("out= needs presorted=True")
         if self.grid:
-            if out is not None and not presorted:
-                raise ValueError("out= needs presorted=True")
             target = None if out is None else out.view(r.shape[0], 2 * n_l, self.blocks.shape[2])
             mixed = mixed_radial_primitive(self.soap, r, species, self.blocks, out=target)  # [p, 2L, K]
             if mixed is not None:  # compiled: mixed per pair in the same pass, any order
