@@ -308,7 +308,8 @@ def descriptor_gradients(representation, systems, *, strain: bool = True, images
         Image-resolved entries (``d X_i / d r_ij`` per neighbour image and a
         leading centre entry per row, GAP's layout); ``method="pair"`` only.
     method : {"auto", "pair", "jvp"}
-        ``"pair"``: analytic per-pair chain rule (SOAP only); ``"jvp"``:
+        ``"pair"``: analytic per-pair chain rule (SOAP, and ACE with
+        channel-diagonal products: :mod:`tradens._ace_gradients`); ``"jvp"``:
         forward-mode autograd over an atom colouring (any module); ``"auto"``:
         ``"pair"`` when available.
     cutoff : float, optional
@@ -334,12 +335,17 @@ def descriptor_gradients(representation, systems, *, strain: bool = True, images
     if chunk_bytes is None:
         chunk_bytes = (16 if batch.positions.device.type == "cpu" else 256) * 2**20
     with deterministic(batch.positions.device):
+        from ._ace_gradients import ace_pair_applies, ace_pair_gradients
+
+        ace_pair = ace_pair_applies(representation)
         if method == "auto":
-            method = "pair" if isinstance(representation, SOAP) else "jvp"
+            method = "pair" if isinstance(representation, SOAP) or ace_pair else "jvp"
         if method == "pair":
+            if ace_pair and not images:
+                return ace_pair_gradients(representation, batch, strain=strain, chunk_bytes=chunk_bytes)
             if not isinstance(representation, SOAP):
-                raise ValueError(f"method='pair' is implemented for SOAP only, got {type(representation).__name__}; "
-                                 "use method='jvp'")
+                raise ValueError("method='pair' is implemented for SOAP and channel-diagonal ACE (without "
+                                 f"images=True), got {type(representation).__name__}; use method='jvp'")
             from ._soap_gradients import soap_pair_gradients
 
             return soap_pair_gradients(representation, batch, strain=strain, images=images,

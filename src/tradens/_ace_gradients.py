@@ -1,0 +1,186 @@
+"""Analytic per-pair Jacobians of the tensor-reduced ACE (channel-diagonal products).
+
+Used by :func:`tradens.gradients.descriptor_gradients` (``method="pair"``, the
+default for such an :class:`~tradens.ace_features.ACE`); the Jacobian-vector
+products of :mod:`tradens._jvp_gradients` are its test reference.
+
+In the diagonal mode every feature ``B_i[k, s]`` (channel ``k``, slot ``s``: the
+feature's place among those of its channel) is a polynomial in the atomic base
+``A_i[k, :]`` of that channel alone. So one vector-Jacobian product with the
+cotangent that selects slot ``s`` in every channel and every row gives
+
+    G_i[k, s, lm] = d B_i[k, s] / d A_i[k, lm]
+
+for all ``i`` and ``k`` at once: ``P`` backward passes through the product
+basis (``P`` = features per channel), instead of one per feature. The pair
+derivatives of the atomic base (pair ``p``: centre ``i``, vector ``r``,
+neighbour species ``s_j``) are
+
+    d A_i[k, lm] / d r_a = Q'_kl rhat_a Y_lm + Q_kl dY_lm / d r_a,
+    Q_kl = sum_n W[s_j n, k] f_c R_nl(r),
+
+and ``d B_i / d r_p = sum_lm (d A_i / d r_p)[k, lm] G_i[k, s, lm]``: one batched
+matrix product per chunk of centres (neighbour lists padded to the longest of
+the chunk), ``[centre K, 3 J, lm] @ [centre K, lm, P]``. Entries are scattered to
+``(row, j)`` with ``+`` and ``(row, i)`` with ``-``; the strain derivative is
+``sum_p r_p (x) dB/dr_p``. With ``normalize`` the chain rule of ``X = B / |B|``
+is applied per row at the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._density_derivatives import harmonics_and_gradient, radial_with_derivative
+from .expansion import expand_density
+from .gradients import DescriptorGradients, _atom_entries
+from .neighbors import neighbor_list, pair_vectors
+
+__all__ = ["ace_pair_applies", "ace_pair_gradients"]
+
+
+def ace_pair_applies(representation) -> bool:
+    """Whether the analytic path serves ``representation`` (an ACE with channel-diagonal products only)."""
+    from .ace_features import ACE
+
+    if not isinstance(representation, ACE) or type(representation).forward is not ACE.forward:
+        return False
+    return all(mode == "diagonal" for mode in representation.hypers.modes())
+
+
+def _slots(plan, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Channel ``[F]`` and slot ``[F]`` of every kept feature, and the slots per channel ``P``."""
+    channel = np.array([plan.labels[i].k[0] for i in keep.tolist()], dtype=np.int64)
+    slot = np.zeros_like(channel)
+    seen = np.zeros(plan.n_channels, dtype=np.int64)
+    for f, k in enumerate(channel):
+        slot[f] = seen[k]
+        seen[k] += 1
+    if channel.size and not np.all(seen == seen[0]):
+        raise ValueError("channel-diagonal ACE features must have as many slots in every channel")
+    return torch.as_tensor(channel), torch.as_tensor(slot), int(seen[0]) if channel.size else 0
+
+
+def _base_gradients(plan, keep: torch.Tensor, base: torch.Tensor, channel: torch.Tensor, slot: torch.Tensor,
+                    n_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``B [atom, F]`` and ``G [atom, K, P, lm] = dB[k, s] / dA[k, lm]``."""
+    n_atoms, n_k, n_lm = base.shape
+    keep = keep.to(base.device)
+    with torch.enable_grad():
+        leaf = base.detach().requires_grad_(True)
+        values = plan(leaf)[:, keep]  # [atom, F]
+        out = base.new_zeros(n_atoms, n_k, n_slots, n_lm)
+        columns = torch.arange(values.shape[1], device=base.device)
+        for s in range(n_slots):
+            selector = torch.zeros(values.shape[1], dtype=base.dtype, device=base.device)
+            selector[columns[slot.to(base.device) == s]] = 1.0
+            if not values.requires_grad:
+                break
+            (grad,) = torch.autograd.grad(values, leaf, grad_outputs=selector.expand_as(values),
+                                          retain_graph=s + 1 < n_slots, allow_unused=True)
+            if grad is not None:
+                out[:, :, s] = grad  # [atom, K, lm]
+    return values.detach(), out
+
+
+def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> DescriptorGradients:
+    """Atom-resolved Jacobians of a channel-diagonal ACE (see the module docstring).
+
+    Parameters
+    ----------
+    ace : ACE
+        With ``mode="diagonal"`` for every order.
+    batch : Batch
+        The structures.
+    strain : bool
+        Also return ``d values / d eps [row, 3, 3, F]``.
+    chunk_bytes : int
+        Working memory of the padded per-pair terms of one chunk of centres.
+    """
+    h = ace.hypers
+    dtype, device = batch.positions.dtype, batch.positions.device
+    n_atoms = batch.n_atoms
+    l_max = max(h.l_max)
+    n_l = l_max + 1
+    with torch.no_grad():
+        pairs = neighbor_list(batch, h.cutoff.radius)
+        vectors = pair_vectors(batch, pairs, batch.positions, batch.cells)  # [pair, 3]
+        species_index = ace.species_map(batch.numbers)  # [atom]
+        known = (species_index[pairs.j] >= 0).nonzero().squeeze(1)
+        order = known[torch.argsort(pairs.i[known], stable=True)]  # pairs by centre
+        pair_i, pair_j, vec = pairs.i[order], pairs.j[order], vectors[order]
+        pair_species = species_index[pair_j]  # [p]
+        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+        radial, d_radial = radial_with_derivative(ace, r)  # [p, N, L] (tapered), d/dr
+        harmonics, d_harmonics = harmonics_and_gradient(vec, l_max)  # [p, lm], [p, 3, lm]
+        rhat = vec / r[:, None]
+        lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=device)
+        row_of_atom = torch.arange(n_atoms, device=device)
+        index, entry_j, entry_i = _atom_entries(batch, pair_i, pair_j, row_of_atom, n_atoms)
+        counts = torch.bincount(pair_i, minlength=n_atoms)  # [atom] pairs per centre
+        starts = torch.cumsum(counts, 0) - counts
+
+        value_blocks, position_blocks, strain_blocks = [], [], []
+        for name, plan, keep in ace.groups:
+            weights = getattr(ace, name).detach().to(dtype=dtype, device=device)  # [S*N, K]
+            n_k = weights.shape[1]
+            base = expand_density(
+                batch, pairs, vectors, species_index, n_species=len(h.species), radial=ace.radial_basis,
+                l_max=l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
+                center_weight=h.density.center_weight, center_all_species=ace.center_all_species,
+                weights=weights)  # [atom, K, lm]
+            channel, slot, n_slots = _slots(plan, keep)
+            values, g = _base_gradients(plan, keep, base, channel, slot, n_slots)  # [atom, F], [atom, K, P, lm]
+            n_features = values.shape[1]
+            # mixed radial terms Q, Q' [p, L, K] per neighbour species
+            blocks = weights.view(len(h.species), -1, n_k)  # [S, N, K]
+            q = torch.einsum("pnl,pnk->plk", radial, blocks[pair_species])  # [p, L, K]
+            dq = torch.einsum("pnl,pnk->plk", d_radial, blocks[pair_species])
+            jacobian = torch.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
+            strain_jacobian = torch.zeros(n_atoms, 3, 3, n_features, dtype=dtype, device=device) if strain else None
+            width = int(counts.max()) if counts.numel() else 0
+            per_centre = max(1, width) * 3 * n_k * n_l * n_l * vec.element_size() * 2
+            chunk = max(1, int(chunk_bytes // per_centre))
+            for c0 in range(0, n_atoms if width else 0, chunk):
+                c1 = min(n_atoms, c0 + chunk)
+                p0, p1 = int(starts[c0]), int(starts[c1 - 1] + counts[c1 - 1])
+                if p1 == p0:
+                    continue
+                sel = slice(p0, p1)
+                local = pair_i[sel] - c0  # [q] centre within the chunk
+                rank = torch.arange(p0, p1, device=device) - starts[pair_i[sel]]  # [q] place in the centre's list
+                # dA/dr [q, 3, K, lm] = Q' rhat Y + Q dY
+                d_base = (dq[sel][:, None, lm_to_l, :] * (rhat[sel, :, None] * harmonics[sel, None, :])[..., None]
+                          + q[sel][:, None, lm_to_l, :] * d_harmonics[sel][..., None])  # [q, 3, lm, K]
+                padded = d_base.new_zeros(c1 - c0, width, 3, n_l * n_l, n_k)
+                padded[local, rank] = d_base
+                lhs = padded.permute(0, 4, 1, 2, 3).reshape((c1 - c0) * n_k, width * 3, n_l * n_l)
+                rhs = g[c0:c1].transpose(2, 3).reshape((c1 - c0) * n_k, n_l * n_l, n_slots)  # [c K, lm, P]
+                per_pair = torch.bmm(lhs, rhs).view(c1 - c0, n_k, width, 3, n_slots)  # [c, K, J, 3, P]
+                per_pair = per_pair.permute(0, 2, 3, 1, 4)[local, rank]  # [q, 3, K, P]
+                d_values = per_pair[:, :, channel.to(device), slot.to(device)]  # [q, 3, F]
+                jacobian.index_add_(0, entry_j[sel], d_values)
+                jacobian.index_add_(0, entry_i[sel], d_values, alpha=-1.0)
+                if strain:
+                    strain_jacobian.index_add_(0, pair_i[sel], vec[sel][:, :, None, None] * d_values[:, None])
+            value_blocks.append(values)
+            position_blocks.append(jacobian)
+            strain_blocks.append(strain_jacobian)
+        values = torch.cat(value_blocks, dim=1)  # [row, F]
+        jacobian = torch.cat(position_blocks, dim=2)  # [entry, 3, F]
+        strain_jacobian = torch.cat(strain_blocks, dim=3) if strain else None  # [row, 3, 3, F]
+        if h.normalize:  # X = B / |B|: dX = (dB - X (X . dB)) / |B|
+            norm = torch.linalg.vector_norm(values, dim=1)  # [row]
+            safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+            unit = values / safe[:, None]
+            rows_of_entry = index[:, 0]
+            x = unit[rows_of_entry][:, None, :]  # [entry, 1, F]
+            jacobian = (jacobian - x * (jacobian * x).sum(-1, keepdim=True)) / safe[rows_of_entry, None, None]
+            if strain:
+                xs = unit[:, None, None, :]
+                strain_jacobian = (strain_jacobian - xs * (strain_jacobian * xs).sum(-1, keepdim=True)) \
+                    / safe[:, None, None, None]
+            values = unit
+    return DescriptorGradients(values=values, rows=torch.arange(n_atoms, device=device), positions=jacobian,
+                               index=index, shifts=None, strain=strain_jacobian)
