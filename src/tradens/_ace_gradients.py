@@ -67,20 +67,21 @@ def _base_gradients(plan, keep: torch.Tensor, base: torch.Tensor, channel: torch
     """Features ``B [atom, F]`` and ``G [atom, K, P, lm] = dB[k, s] / dA[k, lm]``."""
     n_atoms, n_k, n_lm = base.shape
     keep = keep.to(base.device)
+    n_l = plan.l_max + 1
     with torch.enable_grad():
-        leaf = base.detach().requires_grad_(True)
-        values = plan(leaf)[:, keep]  # [atom, F]
+        # one leaf per degree [atom, K, 2l+1]: the backward passes write each block once
+        leaves = [base[:, :, l * l:(l + 1) * (l + 1)].contiguous().requires_grad_(True) for l in range(n_l)]
+        values = plan.from_blocks(leaves)[:, keep]  # [atom, F]
         out = base.new_zeros(n_atoms, n_k, n_slots, n_lm)
         columns = torch.arange(values.shape[1], device=base.device)
-        for s in range(n_slots):
+        for s in range(n_slots if values.requires_grad else 0):
             selector = torch.zeros(values.shape[1], dtype=base.dtype, device=base.device)
             selector[columns[slot.to(base.device) == s]] = 1.0
-            if not values.requires_grad:
-                break
-            (grad,) = torch.autograd.grad(values, leaf, grad_outputs=selector.expand_as(values),
-                                          retain_graph=s + 1 < n_slots, allow_unused=True)
-            if grad is not None:
-                out[:, :, s] = grad  # [atom, K, lm]
+            grads = torch.autograd.grad(values, leaves, grad_outputs=selector.expand_as(values),
+                                        retain_graph=s + 1 < n_slots, allow_unused=True)
+            for l, grad in enumerate(grads):
+                if grad is not None:
+                    out[:, :, s, l * l:(l + 1) * (l + 1)] = grad  # [atom, K, 2l+1]
     return values.detach(), out
 
 

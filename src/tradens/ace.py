@@ -191,10 +191,21 @@ class ProductBasisPlan:
         l_max_a = math.isqrt(A.shape[2]) - 1
         if l_max_a < self.l_max:
             raise ValueError(f"A has l_max={l_max_a}, the product basis needs l_max>={self.l_max}")
+        return self.from_blocks([A[:, :, l * l : (l + 1) * (l + 1)] for l in range(self.l_max + 1)])
+
+    def from_blocks(self, degree_blocks: list) -> torch.Tensor:
+        """The product basis of ``A`` given split by degree: ``degree_blocks[l] [atoms, K, 2l+1]``.
+
+        With the blocks as autograd leaves, a backward pass writes each
+        block's gradient once (indexing one leaf ``A`` makes autograd fill a
+        zero tensor of its size for every factor).
+        """
+        n_atoms = degree_blocks[0].shape[0]
         if not self.groups:
-            return A.new_zeros((n_atoms, 0))
-        dtype, device = A.dtype, A.device
+            return degree_blocks[0].new_zeros((n_atoms, 0))
+        dtype, device = degree_blocks[0].dtype, degree_blocks[0].device
         columns, inverse = self._tensors(device)
+        identity = [bool(np.array_equal(c, np.arange(self.n_channels))) for c in self.columns]
 
         factor_cache: dict = {}  # (col_id, l) -> [N, nK, 2l+1]
         chain_cache: dict = {}  # chain key -> [N, nK, 2L+1]
@@ -202,8 +213,9 @@ class ProductBasisPlan:
         def factor(col_id: int, l: int) -> torch.Tensor:
             key = (col_id, l)
             if key not in factor_cache:
-                # [N, nK, 2l+1]
-                factor_cache[key] = A[:, columns[col_id], l * l : (l + 1) * (l + 1)]
+                # [N, nK, 2l+1]; every channel in order: the block itself
+                block = degree_blocks[l]
+                factor_cache[key] = block if identity[col_id] else block[:, columns[col_id]]
             return factor_cache[key]
 
         def chain(key) -> torch.Tensor:
