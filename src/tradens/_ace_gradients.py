@@ -134,10 +134,7 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
             channel, slot, n_slots = _slots(plan, keep)
             values, g = _base_gradients(plan, keep, base, channel, slot, n_slots)  # [atom, F], [atom, K, P, lm]
             n_features = values.shape[1]
-            # mixed radial terms Q, Q' [p, L, K] per neighbour species
             blocks = weights.view(len(h.species), -1, n_k)  # [S, N, K]
-            q = torch.einsum("pnl,pnk->plk", radial, blocks[pair_species])  # [p, L, K]
-            dq = torch.einsum("pnl,pnk->plk", d_radial, blocks[pair_species])
             jacobian = torch.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
             strain_jacobian = torch.zeros(n_atoms, 3, 3, n_features, dtype=dtype, device=device) if strain else None
             width = int(counts.max()) if counts.numel() else 0
@@ -151,9 +148,13 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
                 sel = slice(p0, p1)
                 local = pair_i[sel] - c0  # [q] centre within the chunk
                 rank = torch.arange(p0, p1, device=device) - starts[pair_i[sel]]  # [q] place in the centre's list
-                # dA/dr [q, 3, K, lm] = Q' rhat Y + Q dY
-                d_base = (dq[sel][:, None, lm_to_l, :] * (rhat[sel, :, None] * harmonics[sel, None, :])[..., None]
-                          + q[sel][:, None, lm_to_l, :] * d_harmonics[sel][..., None])  # [q, 3, lm, K]
+                # mixed radial terms Q, Q' [q, L, K] of the chunk's pairs (weights of the neighbour species)
+                mixing = blocks[pair_species[sel]]  # [q, N, K]
+                q = torch.einsum("pnl,pnk->plk", radial[sel], mixing)
+                dq = torch.einsum("pnl,pnk->plk", d_radial[sel], mixing)
+                # dA/dr [q, 3, lm, K] = Q' rhat Y + Q dY
+                d_base = (dq[:, None, lm_to_l, :] * (rhat[sel, :, None] * harmonics[sel, None, :])[..., None]
+                          + q[:, None, lm_to_l, :] * d_harmonics[sel][..., None])  # [q, 3, lm, K]
                 padded = d_base.new_zeros(c1 - c0, width, 3, n_l * n_l, n_k)
                 padded[local, rank] = d_base
                 lhs = padded.permute(0, 4, 1, 2, 3).reshape((c1 - c0) * n_k, width * 3, n_l * n_l)
