@@ -64,25 +64,42 @@ def _slots(plan, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def _base_gradients(plan, keep: torch.Tensor, base: torch.Tensor, channel: torch.Tensor, slot: torch.Tensor,
                     n_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features ``B [atom, F]`` and ``G [atom, K, P, lm] = dB[k, s] / dA[k, lm]``."""
+    """Features ``B [atom, F]`` and ``G [atom, K, P, lm] = dB[k, s] / dA[k, lm]``.
+
+    Group by group of the product basis (features sharing an l-tuple), so that
+    each backward pass runs through that group's products only.
+    """
     n_atoms, n_k, n_lm = base.shape
-    keep = keep.to(base.device)
+    device = base.device
     n_l = plan.l_max + 1
-    with torch.enable_grad():
-        # one leaf per degree [atom, K, 2l+1]: the backward passes write each block once
-        leaves = [base[:, :, l * l:(l + 1) * (l + 1)].contiguous().requires_grad_(True) for l in range(n_l)]
-        values = plan.from_blocks(leaves)[:, keep]  # [atom, F]
-        out = base.new_zeros(n_atoms, n_k, n_slots, n_lm)
-        columns = torch.arange(values.shape[1], device=base.device)
-        for s in range(n_slots if values.requires_grad else 0):
-            selector = torch.zeros(values.shape[1], dtype=base.dtype, device=base.device)
-            selector[columns[slot.to(base.device) == s]] = 1.0
-            grads = torch.autograd.grad(values, leaves, grad_outputs=selector.expand_as(values),
-                                        retain_graph=s + 1 < n_slots, allow_unused=True)
+    n_features = keep.shape[0]
+    feature_of_label = torch.full((plan.n_features,), -1, dtype=torch.long)
+    feature_of_label[keep] = torch.arange(n_features)
+    values = base.new_zeros(n_atoms, n_features)
+    out = base.new_zeros(n_atoms, n_k, n_slots, n_lm)
+    # one leaf per degree [atom, K, 2l+1]: the backward passes write each block once
+    leaves = [base[:, :, l * l:(l + 1) * (l + 1)].contiguous().requires_grad_(True) for l in range(n_l)]
+    for gi, group in enumerate(plan.groups):
+        features = feature_of_label[torch.as_tensor(group.positions.reshape(-1))]  # [C] feature or -1
+        used = (features >= 0).nonzero().squeeze(1)
+        if used.numel() == 0:
+            continue
+        with torch.enable_grad():
+            block = plan.from_blocks(leaves, group=gi)  # [atom, C]
+        values[:, features[used].to(device)] = block.detach()[:, used.to(device)]
+        if not block.requires_grad:
+            continue
+        slots_here = torch.full(features.shape, -1, dtype=torch.long)
+        slots_here[used] = slot[features[used]]
+        distinct = torch.unique(slots_here[used]).tolist()
+        for n, s in enumerate(distinct):
+            selector = (slots_here == s).to(device=device, dtype=base.dtype)  # [C]
+            grads = torch.autograd.grad(block, leaves, grad_outputs=selector.expand_as(block),
+                                        retain_graph=n + 1 < len(distinct), allow_unused=True)
             for l, grad in enumerate(grads):
                 if grad is not None:
-                    out[:, :, s, l * l:(l + 1) * (l + 1)] = grad  # [atom, K, 2l+1]
-    return values.detach(), out
+                    out[:, :, s, l * l:(l + 1) * (l + 1)] += grad  # [atom, K, 2l+1]
+    return values, out
 
 
 def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> DescriptorGradients:
@@ -150,17 +167,19 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
                 rank = torch.arange(p0, p1, device=device) - starts[pair_i[sel]]  # [q] place in the centre's list
                 # mixed radial terms Q, Q' [q, L, K] of the chunk's pairs (weights of the neighbour species)
                 mixing = blocks[pair_species[sel]]  # [q, N, K]
-                q = torch.einsum("pnl,pnk->plk", radial[sel], mixing)
-                dq = torch.einsum("pnl,pnk->plk", d_radial[sel], mixing)
-                # dA/dr [q, 3, lm, K] = Q' rhat Y + Q dY
-                d_base = (dq[:, None, lm_to_l, :] * (rhat[sel, :, None] * harmonics[sel, None, :])[..., None]
-                          + q[:, None, lm_to_l, :] * d_harmonics[sel][..., None])  # [q, 3, lm, K]
-                padded = d_base.new_zeros(c1 - c0, width, 3, n_l * n_l, n_k)
-                padded[local, rank] = d_base
-                lhs = padded.permute(0, 4, 1, 2, 3).reshape((c1 - c0) * n_k, width * 3, n_l * n_l)
+                q = torch.einsum("pnl,pnk->pkl", radial[sel], mixing)  # [q, K, L]
+                dq = torch.einsum("pnl,pnk->pkl", d_radial[sel], mixing)
+                # dA/dr [q, K, 3, lm] = Q' rhat Y + Q dY
+                d_base = (dq[:, :, None, lm_to_l] * (rhat[sel, :, None] * harmonics[sel, None, :])[:, None]
+                          + q[:, :, None, lm_to_l] * d_harmonics[sel][:, None])
+                # padding rows stay uninitialised: every output row of the batched product depends on its
+                # own input row only, and the padding rows' outputs are never read
+                padded = d_base.new_empty(c1 - c0, n_k, width, 3, n_l * n_l)  # [c, K, J, 3, lm]
+                padded[local, :, rank] = d_base
+                lhs = padded.view((c1 - c0) * n_k, width * 3, n_l * n_l)
                 rhs = g[c0:c1].transpose(2, 3).reshape((c1 - c0) * n_k, n_l * n_l, n_slots)  # [c K, lm, P]
                 per_pair = torch.bmm(lhs, rhs).view(c1 - c0, n_k, width, 3, n_slots)  # [c, K, J, 3, P]
-                per_pair = per_pair.permute(0, 2, 3, 1, 4)[local, rank]  # [q, 3, K, P]
+                per_pair = per_pair[local, :, rank].transpose(1, 2)  # [q, 3, K, P]
                 d_values = per_pair[:, :, channel.to(device), slot.to(device)]  # [q, 3, F]
                 jacobian.index_add_(0, entry_j[sel], d_values)
                 jacobian.index_add_(0, entry_i[sel], d_values, alpha=-1.0)
@@ -169,9 +188,12 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
             value_blocks.append(values)
             position_blocks.append(jacobian)
             strain_blocks.append(strain_jacobian)
-        values = torch.cat(value_blocks, dim=1)  # [row, F]
-        jacobian = torch.cat(position_blocks, dim=2)  # [entry, 3, F]
-        strain_jacobian = torch.cat(strain_blocks, dim=3) if strain else None  # [row, 3, 3, F]
+        def joined(parts, dim):  # no copy for a single embedding
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+        values = joined(value_blocks, 1)  # [row, F]
+        jacobian = joined(position_blocks, 2)  # [entry, 3, F]
+        strain_jacobian = joined(strain_blocks, 3) if strain else None  # [row, 3, 3, F]
         if h.normalize:  # X = B / |B|: dX = (dB - X (X . dB)) / |B|
             norm = torch.linalg.vector_norm(values, dim=1)  # [row]
             safe = torch.where(norm > 0, norm, torch.ones_like(norm))

@@ -193,12 +193,14 @@ class ProductBasisPlan:
             raise ValueError(f"A has l_max={l_max_a}, the product basis needs l_max>={self.l_max}")
         return self.from_blocks([A[:, :, l * l : (l + 1) * (l + 1)] for l in range(self.l_max + 1)])
 
-    def from_blocks(self, degree_blocks: list) -> torch.Tensor:
+    def from_blocks(self, degree_blocks: list, group: int | None = None) -> torch.Tensor:
         """The product basis of ``A`` given split by degree: ``degree_blocks[l] [atoms, K, 2l+1]``.
 
         With the blocks as autograd leaves, a backward pass writes each
         block's gradient once (indexing one leaf ``A`` makes autograd fill a
-        zero tensor of its size for every factor).
+        zero tensor of its size for every factor). With ``group`` only that
+        group's features are evaluated, ``[atoms, nK * P]`` in its own order
+        (``groups[group].positions.reshape(-1)`` are their label columns).
         """
         n_atoms = degree_blocks[0].shape[0]
         if not self.groups:
@@ -239,6 +241,8 @@ class ProductBasisPlan:
 
         blocks = []
         for gi, g in enumerate(self.groups):
+            if group is not None and gi != group:
+                continue
             if g.nu == 1:
                 blocks.append(factor(g.col_ids[0], 0).flatten(1))  # [N, nK]
                 continue
@@ -246,6 +250,8 @@ class ProductBasisPlan:
             trees_values = torch.stack(values, dim=-1)  # [N, nK, n_trees]
             paths = trees_values @ self._coeffs(gi, dtype, device)  # [N, nK, P]
             blocks.append(paths.flatten(1))  # [N, nK*P]
+        if group is not None:
+            return blocks[0]  # [N, nK * P]
         flat = torch.cat(blocks, dim=1)  # [N, n_features], computation order
         return flat.index_select(1, inverse)  # [N, n_features], label order
 
