@@ -11,8 +11,10 @@ cotangent that selects slot ``s`` in every channel and every row gives
 
     G_i[k, s, lm] = d B_i[k, s] / d A_i[k, lm]
 
-for all ``i`` and ``k`` at once: ``P`` backward passes through the product
-basis (``P`` = features per channel), instead of one per feature. The pair
+for all ``i`` and ``k`` at once: ``P`` backward passes (``P`` = features per
+channel), each through the products of the slot's l-tuple group only
+(:meth:`~tradens.ace.ProductBasisPlan.from_blocks` with ``group``, from
+per-degree leaves), instead of one pass per feature. The pair
 derivatives of the atomic base (pair ``p``: centre ``i``, vector ``r``,
 neighbour species ``s_j``) are
 
