@@ -122,7 +122,7 @@ def run_in_subprocess(spec: dict, timeout: float) -> dict:
 
 def size_table(max_species: int = 8) -> list[dict]:
     """Full-basis feature counts versus S beside the TR count (nu <= 3, l 6/4, n_max 8, K = 32)."""
-    from tradens.ace import ace_product_basis_labels
+    from tradens.invariants.product_basis import ace_product_basis_labels
 
     tr = len(ace_product_basis_labels(32, 3, ORDERS[3], mode="diagonal"))
     rows = []

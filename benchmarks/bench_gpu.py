@@ -45,7 +45,7 @@ ACE_ORDERS = (0, 6, 4)
 
 def build(task: str, variant: str, atoms, species, device: str, dtype: torch.dtype):
     """A closure that runs one task and returns a tensor to compare between devices."""
-    from tradens.ace_features import ACE
+    from tradens.representations.ace import ACE
     from tradens.gradients import descriptor_gradients, energy_forces_stress
     from tradens.quip import soap_from_gap
 

@@ -131,7 +131,7 @@ def _build_case(spec: dict):
         import torch
 
         from tradens.quip import soap_from_gap
-        from tradens.radial import make_radial_basis
+        from tradens.density.radial import make_radial_basis
 
         torch.set_num_threads(1)
         soap = soap_from_gap(string)

@@ -40,7 +40,7 @@ import numpy as np
 
 import tradens
 from tradens.analysis import information_imbalance, random_projection
-from tradens.maps import pool_features
+from tradens.analysis.maps import pool_features
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = Path(tradens.__file__).parent / "data" / "hea25_sample.xyz"

@@ -21,7 +21,7 @@ import ase.io
 from ase.data import chemical_symbols
 
 import tradens
-from tradens.maps import (
+from tradens.analysis.maps import (
     PCA,
     KernelPCA,
     plot_map,
@@ -29,7 +29,7 @@ from tradens.maps import (
     structure_properties,
     write_chemiscope,
 )
-from tradens.selection import cur_selection, farthest_point_sampling
+from tradens.analysis.selection import cur_selection, farthest_point_sampling
 
 DATA = Path(tradens.__file__).parent / "data" / "hea25_sample.xyz"
 

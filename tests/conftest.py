@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import tradens._kernels
+import tradens.kernels.compiled
 
 SPECIES = (28, 29, 46)
 
@@ -65,8 +65,8 @@ def molecule() -> ase.Atoms:
 @pytest.fixture(params=["compiled", "torch"])
 def implementation(request):
     """Run a test with the compiled kernels and again with the pure-torch code."""
-    if request.param == "compiled" and not tradens._kernels.compiled_available():
+    if request.param == "compiled" and not tradens.kernels.compiled.compiled_available():
         pytest.skip("numba is not installed")
-    previous = tradens._kernels.set_compiled(request.param == "compiled")
+    previous = tradens.kernels.compiled.set_compiled(request.param == "compiled")
     yield request.param
-    tradens._kernels.set_compiled(previous)
+    tradens.kernels.compiled.set_compiled(previous)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tradens import SOAP
-from tradens.ace_features import ACE
+from tradens.representations.ace import ACE
 from tradens.testing import (
     assert_permutation_covariant,
     assert_rotation_invariant,

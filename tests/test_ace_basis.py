@@ -1,4 +1,4 @@
-"""Tests for the ACE product basis (tradens.ace.ace_product_basis)."""
+"""Tests for the ACE product basis (tradens.invariants.product_basis.ace_product_basis)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from tradens.ace import (
+from tradens.invariants.product_basis import (
     FeatureLabel,
     ace_product_basis,
     ace_product_basis_labels,
     ace_product_basis_plan,
 )
-from tradens.coupling import coupling_tensors, n_coupling_paths, wigner_d_real_full
+from tradens.invariants.coupling import coupling_tensors, n_coupling_paths, wigner_d_real_full
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:

@@ -9,8 +9,8 @@ from conftest import SPECIES
 from test_gradients import check_against_finite_differences
 
 from tradens import as_batch
-from tradens._ace_gradients import ace_pair_applies, ace_pair_gradients
-from tradens.ace_features import ACE
+from tradens.gradients.ace_pairs import ace_pair_applies, ace_pair_gradients
+from tradens.representations.ace import ACE
 from tradens.gradients import descriptor_gradients
 
 BASE = dict(cutoff=4.5, species=list(SPECIES), nu_max=4, l_max=(0, 4, 3, 2), channels=5, radial={"n_max": 4})

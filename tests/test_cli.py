@@ -16,7 +16,8 @@ import pytest
 
 import tradens
 from tradens import cli
-from tradens._io import read_features
+from tradens.cli import app as _cli_app
+from tradens.io import read_features
 
 SAMPLE = Path(tradens.__file__).parent / "data" / "hea25_sample.xyz"
 SMALL = ["--n-max", "3", "--l-max", "2", "--channels", "4", "--quiet"]
@@ -482,8 +483,8 @@ def test_subcommand_registry(capsys, tmp_path, monkeypatch):
         return 3
 
     # a reserved name that nothing registered yet ends with a clear error
-    without_eval = {k: v for k, v in cli._SUBCOMMANDS.items() if k != "eval"}
-    monkeypatch.setattr(cli, "_SUBCOMMANDS", without_eval)
+    without_eval = {k: v for k, v in _cli_app._SUBCOMMANDS.items() if k != "eval"}
+    monkeypatch.setattr(_cli_app, "_SUBCOMMANDS", without_eval)
     code, _, err = call(capsys, "eval")
     assert code == 1 and "'eval' is reserved" in one_line_error(err)
     # registering it: one function for the arguments, one to run, one call
@@ -494,7 +495,7 @@ def test_subcommand_registry(capsys, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="already registered"):
         cli.register_subcommand("eval", add, run, help="again")
     cli.register_subcommand(
-        "demo", "tradens._cli_commands:add_bench_arguments", run, help="lazy"
+        "demo", "tradens.cli.commands:add_bench_arguments", run, help="lazy"
     )  # "module:function" strings are resolved when used
     assert "demo" in cli.subcommands()
     bench = tmp_path / "bench.py"

@@ -1,4 +1,4 @@
-"""Tests for tradens.coupling: real CG, real Wigner D, generalised coupling tensors."""
+"""Tests for tradens.invariants.coupling: real CG, real Wigner D, generalised coupling tensors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tradens.angular import spherical_harmonics
-from tradens.coupling import (
+from tradens.density.angular import spherical_harmonics
+from tradens.invariants.coupling import (
     canonical_labels,
     complex_clebsch_gordan,
     complex_to_real_matrix,

@@ -15,7 +15,7 @@ from _models_helpers import alloy, label, small_soap
 from conftest import SPECIES, make_alloy
 
 from tradens import SOAP
-from tradens.ace_features import ACE
+from tradens.representations.ace import ACE
 from tradens.gradients import descriptor_gradients, energy_forces_stress
 from tradens.models import LearnedPotential
 

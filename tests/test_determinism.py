@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.utils.deterministic as settings
 
-from tradens._determinism import deterministic
+from tradens.kernels.determinism import deterministic
 
 
 def test_cpu_calls_leave_torch_alone():

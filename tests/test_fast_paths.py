@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from tradens import SOAP
-from tradens.angular import l_of_lm, spherical_harmonics
-from tradens.expansion import SpeciesMap, expand_density
-from tradens.neighbors import neighbor_list, pair_vectors
-from tradens.radial import GaussianGridBasis, GtoBasis, cosine_cutoff
-from tradens.soap import _plan, pair_plan, power_spectrum
+from tradens.density.angular import l_of_lm, spherical_harmonics
+from tradens.density.expansion import SpeciesMap, expand_density
+from tradens.systems.neighbors import neighbor_list, pair_vectors
+from tradens.density.radial import GaussianGridBasis, GtoBasis, cosine_cutoff
+from tradens.representations.soap import _plan, pair_plan, power_spectrum
 from tradens.systems import as_batch
 
 SPECIES = (28, 29, 46)

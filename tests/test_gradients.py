@@ -48,7 +48,7 @@ def soap_of(variant: str, **extra) -> SOAP:
 
 
 def strained_copy(atoms: ase.Atoms, eps: np.ndarray) -> ase.Atoms:
-    """positions (1 + eps), cell (1 + eps), as in tradens.gradients."""
+    """positions (1 + eps), cell (1 + eps), as in tradens.gradients.api."""
     out = atoms.copy()
     deformation = np.eye(3) + eps
     out.set_cell(np.asarray(atoms.get_cell()) @ deformation, scale_atoms=False)
@@ -141,8 +141,8 @@ def test_strain_is_symmetric_for_invariant_features(alloy):
 
 @pytest.mark.parametrize("l_max", [1, 4, 8])
 def test_closed_form_harmonic_gradients_match_autograd(l_max):
-    from tradens._density_derivatives import harmonics_with_gradient, rowwise_jacobian
-    from tradens.angular import spherical_harmonics
+    from tradens.density.derivatives import harmonics_with_gradient, rowwise_jacobian
+    from tradens.density.angular import spherical_harmonics
 
     generator = torch.Generator().manual_seed(l_max)
     vectors = torch.randn(200, 3, dtype=torch.float64, generator=generator) * 2.0
@@ -158,9 +158,9 @@ def test_closed_form_harmonic_gradients_match_autograd(l_max):
 @pytest.mark.parametrize("gap", ["soap cutoff=5.0 l_max=6 n_max=8 atom_sigma=0.5",
                                  "soap cutoff=4.0 l_max=9 n_max=10 atom_sigma=0.3 cutoff_transition_width=1.2"])
 def test_closed_form_radial_derivative_matches_autograd(gap):
-    from tradens._density_derivatives import radial_with_derivative, rowwise_jacobian
+    from tradens.density.derivatives import radial_with_derivative, rowwise_jacobian
     from tradens.quip import soap_from_gap
-    from tradens.radial import cosine_cutoff
+    from tradens.density.radial import cosine_cutoff
 
     soap = soap_from_gap(gap)
     h = soap.hypers
@@ -417,7 +417,7 @@ def test_gradcheck_learnable_weights_features_and_forces():
 def _ace_class():
     import tradens
 
-    for module_name in ("tradens", "tradens.ace_features", "tradens.ace"):
+    for module_name in ("tradens", "tradens.representations.ace", "tradens.invariants.product_basis"):
         try:
             module = __import__(module_name, fromlist=["ACE"])
         except ImportError:

@@ -11,7 +11,7 @@ import torch
 
 import tradens
 from tradens import SOAP, SoapHypers, System, as_batch, from_dict, to_dict
-from tradens.neighbors import neighbor_list
+from tradens.systems.neighbors import neighbor_list
 from tradens.quip import Descriptor
 
 
@@ -69,7 +69,7 @@ def test_unknown_element_is_an_error_or_skipped():
 
 
 def test_unknown_element_in_ace_names_it_and_offers_no_missing_option():
-    from tradens.expansion import UnknownSpeciesError
+    from tradens.density.expansion import UnknownSpeciesError
 
     atoms = ase.Atoms("NiFe", positions=[[0, 0, 0], [1.5, 0, 0]])
     ace = tradens.ACE(cutoff=4.0, species=[28, 29], nu_max=3, l_max=(0, 2, 1), channels=2,

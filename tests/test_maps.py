@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tradens
-from tradens.maps import (
+from tradens.analysis.maps import (
     PCA,
     KernelPCA,
     map_properties,

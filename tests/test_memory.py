@@ -1,4 +1,4 @@
-"""Large output buffers (``tradens._memory``): huge-page mappings behave like ordinary tensors."""
+"""Large output buffers (``tradens.kernels.memory``): huge-page mappings behave like ordinary tensors."""
 
 import gc
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tradens import _memory
+from tradens.kernels import memory as _memory
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

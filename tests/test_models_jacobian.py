@@ -8,8 +8,8 @@ import torch
 from _models_helpers import alloy, small_soap
 
 from tradens.gradients import apply_strain
-from tradens.models._jacobian import soap_summed_jacobian
-from tradens.models._pair_derivatives import _radial_with_derivative, soap_local_features
+from tradens.gradients.summed import soap_summed_jacobian
+from tradens.gradients.pair_terms import _radial_with_derivative, soap_local_features
 from tradens.systems import as_batch
 
 VARIANTS = {
@@ -84,8 +84,8 @@ def test_structure_fast_path_equals_general_path_and_autograd(atom_chunk, monkey
     """
     import ase
 
-    import tradens.models._jacobian as jacobian
-    from tradens.models import _structure_jacobian
+    import tradens.gradients.summed as jacobian
+    from tradens.gradients import summed_blocks as _structure_jacobian
 
     soap = small_soap(mixing={"channels": 3, "seed": 2})
     cluster = ase.Atoms("NiCuPd", positions=[[0, 0, 0], [2.3, 0.4, 0.1], [9.0, 9.0, 9.0]])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import make_alloy
 
-from tradens._quip_order import quip_pair_order
-from tradens.neighbors import neighbor_list
+from tradens.interop.quip_order import quip_pair_order
+from tradens.systems.neighbors import neighbor_list
 from tradens.quip import Descriptor
 from tradens.systems import as_batch
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import integrate, special
 
-from tradens.angular import l_of_lm, lm_index, spherical_harmonics
-from tradens.radial import GaussianGridBasis, GtoBasis, cosine_cutoff, scaled_spherical_in
+from tradens.density.angular import l_of_lm, lm_index, spherical_harmonics
+from tradens.density.radial import GaussianGridBasis, GtoBasis, cosine_cutoff, scaled_spherical_in
 
 
 @pytest.mark.parametrize("l_max", [4, 12])
@@ -22,7 +22,7 @@ def test_scaled_bessel_against_scipy(l_max):
 
 
 def test_scaled_bessel_gradient_is_finite_at_threshold():
-    from tradens.radial import _series_threshold
+    from tradens.density.radial import _series_threshold
 
     t = _series_threshold(4)
     x = torch.tensor([0.0, 1e-3, t - 1e-3, t, t + 1e-3, 30.0], dtype=torch.float64,
@@ -109,7 +109,7 @@ def test_gto_spline_matches_direct_quadrature():
     r = torch.tensor([0.3, 1.7, 2.95, 4.2], dtype=torch.float64)
     ours = basis(r).numpy()
     # direct evaluation of the same integral at these distances from a fresh dense table
-    from tradens.radial import _gto_table
+    from tradens.density.radial import _gto_table
 
     knots, values, _ = _gto_table(4, 3, 4.5, 0.5, 451)
     for index, distance in enumerate(r.numpy()):
@@ -125,7 +125,7 @@ def test_cosine_cutoff():
 
 
 def test_gto_tabulated_derivative_matches_values():
-    from tradens.radial import _gto_table
+    from tradens.density.radial import _gto_table
 
     knots, values, derivs = _gto_table(3, 4, 4.0, 0.5, 801)
     numeric = (values[2:] - values[:-2]) / (knots[2:] - knots[:-2])[:, None, None]

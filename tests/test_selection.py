@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tradens import Features
-from tradens.selection import CUR, FPS, cur_selection, farthest_point_sampling
+from tradens.analysis.selection import CUR, FPS, cur_selection, farthest_point_sampling
 
 
 def reference_fps(x: np.ndarray, n: int, first: int) -> list[int]:

@@ -1,11 +1,11 @@
-"""The analytic SOAP vector-Jacobian product of ``energy_forces_stress`` (:mod:`tradens._soap_forces`).
+"""The analytic SOAP vector-Jacobian product of ``energy_forces_stress`` (:mod:`tradens.gradients.soap_forces`).
 
 Forces, virial and stress of the analytic path are compared with the autograd
 path (``method="autograd"``, one reverse pass through the whole SOAP) for every
 mixing mode and coupling, both radial bases, averaging and centre selection, on
 periodic, triclinic, small (cell below the cutoff) and non-periodic systems
 with an isolated atom, in float64 and float32, and with central finite
-differences of the energy; with the compiled kernel of :mod:`tradens._kernels`
+differences of the energy; with the compiled kernel of :mod:`tradens.kernels.compiled`
 (numba) and with the pure-torch code.
 """
 
@@ -17,12 +17,12 @@ import pytest
 import torch
 from conftest import SPECIES, make_alloy
 
-import tradens._kernels
+import tradens.kernels.compiled
 from tradens import SOAP
-from tradens._density_derivatives import radial_terms, rowwise_jacobian
-from tradens._soap_forces import soap_vjp_applies
+from tradens.density.derivatives import radial_terms, rowwise_jacobian
+from tradens.gradients.soap_forces import soap_vjp_applies
 from tradens.gradients import energy_forces_stress
-from tradens.radial import cosine_cutoff
+from tradens.density.radial import cosine_cutoff
 
 HYPERS = dict(cutoff=4.0, l_max=3, radial={"n_max": 4}, species=list(SPECIES))
 VARIANTS = {
@@ -117,7 +117,7 @@ def test_float32(alloy, small_cell, implementation):
 
 def test_small_chunks_split_centres(alloy, implementation):
     from tradens import as_batch
-    from tradens._soap_forces import soap_energy_and_gradients
+    from tradens.gradients.soap_forces import soap_energy_and_gradients
 
     rep = soap_of("rz-asym-tensor")
     model = model_of(rep.n_features)
@@ -201,21 +201,21 @@ def test_radial_terms_equal_autograd(kind):
                                    atol=1e-12 * derivatives.abs().max().item())
 
 
-@pytest.mark.skipif(not tradens._kernels.compiled_available(), reason="numba is not installed")
+@pytest.mark.skipif(not tradens.kernels.compiled.compiled_available(), reason="numba is not installed")
 def test_compiled_pair_kernel_is_used(alloy, monkeypatch):
     """Mixed SOAP forces go through the compiled pair kernel and equal the torch path."""
-    import tradens._soap_forces as forces_module
+    import tradens.gradients.soap_forces as forces_module
 
     rep = soap_of("rz-sym-tensor")
     model = model_of(rep.n_features)
-    monkeypatch.setattr(tradens._kernels, "_ENABLED", False)
+    monkeypatch.setattr(tradens.kernels.compiled, "_ENABLED", False)
     reference = energy_forces_stress(rep, model, alloy, method="analytic")
-    monkeypatch.setattr(tradens._kernels, "_ENABLED", True)
+    monkeypatch.setattr(tradens.kernels.compiled, "_ENABLED", True)
     calls = []
 
     def counting(*args, **kwargs):
         calls.append(1)
-        return tradens._kernels.pair_forces(*args, **kwargs)
+        return tradens.kernels.compiled.pair_forces(*args, **kwargs)
 
     monkeypatch.setattr(forces_module, "pair_forces", counting)
     compiled = energy_forces_stress(rep, model, alloy, method="analytic")
@@ -228,9 +228,9 @@ def test_compiled_pair_kernel_is_used(alloy, monkeypatch):
 @pytest.mark.parametrize("variant", ["rz-asym-tensor", "gap-weights-sigma0", "centres", "average"])
 def test_fused_pass_equals_the_two_pass_path(variant, small_cell, monkeypatch):
     """The fused compiled pass (terms stored once) equals the density expansion + pair pass."""
-    import tradens._soap_forces as forces_module
+    import tradens.gradients.soap_forces as forces_module
 
-    if not tradens._kernels.compiled_available():
+    if not tradens.kernels.compiled.compiled_available():
         pytest.skip("numba is not installed")
     rep = soap_of(variant)
     model = model_of(rep.n_features)
@@ -259,7 +259,7 @@ def test_fused_pass_equals_the_two_pass_path(variant, small_cell, monkeypatch):
 @pytest.mark.parametrize("variant", ["full", "rz-sym-tensor", "rz-sym-elementwise", "gap-weights-sigma0"])
 def test_many_row_chunks_in_the_backward(variant, alloy, monkeypatch):
     """Per-degree leaves of many small chunks of rows give the autograd forces."""
-    import tradens._soap_forces as forces_module
+    import tradens.gradients.soap_forces as forces_module
 
     rep = soap_of(variant)
     model = model_of(rep.n_features)

@@ -1,4 +1,4 @@
-"""The fast Jacobian path of symmetric mixed SOAP (:mod:`tradens._soap_jacobian`).
+"""The fast Jacobian path of symmetric mixed SOAP (:mod:`tradens.gradients.soap_jacobian`).
 
 It is compared with the general per-pair path (``fast=False``) and with the
 autograd path (``method="jvp"``), in both layouts, on systems that exercise its
@@ -6,7 +6,7 @@ branches: entries written in place (large cells), slots added into shared
 entries (a cell smaller than the cutoff), rows of different lengths and an
 isolated atom (a molecule), ``covariance_sigma0``, few and many channels
 (K below and above 16), centre selection and float32. Each comparison runs with
-the compiled kernel of :mod:`tradens._kernels` (when numba is installed) and
+the compiled kernel of :mod:`tradens.kernels.compiled` (when numba is installed) and
 with the pure-torch code.
 """
 
@@ -17,11 +17,12 @@ import pytest
 import torch
 from conftest import SPECIES, make_alloy
 
-from tradens import SOAP, _kernels, as_batch
-from tradens._density_derivatives import (harmonics_and_gradient, harmonics_with_gradient,
+from tradens import SOAP, as_batch
+from tradens.kernels import compiled as _kernels
+from tradens.density.derivatives import (harmonics_and_gradient, harmonics_with_gradient,
                                           radial_primitive_with_derivative, radial_with_derivative)
-from tradens._soap_gradients import soap_pair_gradients
-from tradens._soap_jacobian import fast_structure
+from tradens.gradients.soap_pairs import soap_pair_gradients
+from tradens.gradients.soap_jacobian import fast_structure
 from tradens.gradients import descriptor_gradients
 
 HYPERS = dict(cutoff=4.0, l_max=3, radial={"n_max": 4}, species=list(SPECIES))
@@ -102,7 +103,7 @@ def test_float32(alloy, implementation):
 @pytest.mark.parametrize("system", ["alloy", "small_cell"])
 def test_compiled_kernel_equals_torch_and_is_used(system, request, monkeypatch):
     """The compiled tensor-coupling kernel gives the torch numbers, and really runs."""
-    import tradens._soap_jacobian as jacobian_module
+    import tradens.gradients.soap_jacobian as jacobian_module
 
     atoms = request.getfixturevalue(system)
     soap = soap_of("tensor-K16")
@@ -165,15 +166,15 @@ def test_radial_primitive_derivative_equals_closed_form(l_max, width, implementa
 @pytest.mark.parametrize("variant", ["tensor-K4", "elementwise-K5"])
 def test_gpu_launch_layout_gives_the_same_jacobian(variant, monkeypatch):
     """The GPU layout (large blocks, rows padded for one batched sum) run on the CPU."""
-    import tradens._soap_gradients
-    import tradens._soap_jacobian
+    import tradens.gradients.soap_pairs
+    import tradens.gradients.soap_jacobian
 
     atoms = [make_alloy(seed=6), make_alloy(seed=7, repeat=(1, 1, 1), rattle=0.3)]  # rows of unequal sizes
     soap = soap_of(variant)
     previous = _kernels.set_compiled(False)
     try:
         reference = descriptor_gradients(soap, atoms)
-        for module in (tradens._soap_jacobian, tradens._soap_gradients):
+        for module in (tradens.gradients.soap_jacobian, tradens.gradients.soap_pairs):
             monkeypatch.setattr(module, "_small_launches_are_cheap", lambda device: False)
         gpu_layout = descriptor_gradients(soap, atoms)
     finally:

@@ -5,12 +5,12 @@ regression and analysis. See ``docs/theory.md`` for the equations.
 """
 
 from ._version import __version__
-from .ace_features import ACE, AceHypers
-from .features import Features
+from .representations.ace import ACE, AceHypers
+from .representations.features import Features
 from .gradients import descriptor_gradients, energy_forces_stress
 from .hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers, from_dict, to_dict
-from .soap import SOAP
-from .systems import Batch, System, as_batch
+from .representations.soap import SOAP
+from .systems.batch import Batch, System, as_batch
 
 __all__ = [
     "__version__",

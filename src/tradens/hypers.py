@@ -113,7 +113,7 @@ class Mixing:
     mode : {"radial+element", "element", "radial"}
         What is mixed: species and radial channels together (the paper's
         R+Z, GAP ``R_mix Z_mix``), species only (GAP ``Z_mix``) or radial only
-        (GAP ``R_mix``). See :mod:`tradens.embeddings` for the layouts.
+        (GAP ``R_mix``). See :mod:`tradens.density.embeddings` for the layouts.
     channels : int
         Number of mixed channels ``K`` (GAP ``K``).
     weights : {"random", "gap", "given", "onehot"}

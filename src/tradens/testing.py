@@ -1,7 +1,7 @@
 """Testing utilities shipped with tradens: the physics-invariance contract.
 
 Every representation (anything with ``compute(frames, output="numpy")``
-returning :class:`~tradens.features.Features`) should pass
+returning :class:`~tradens.representations.features.Features`) should pass
 :func:`check_invariance_contract`; the helpers can also be used on their own.
 """
 

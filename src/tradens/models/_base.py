@@ -17,8 +17,8 @@ import inspect
 import numpy as np
 import torch
 
-from .._determinism import deterministic
-from ..systems import _as_frames
+from ..kernels.determinism import deterministic
+from ..systems.batch import _as_frames
 from ._data import read_targets
 
 __all__ = ["PotentialBase", "rmse_report"]
@@ -122,14 +122,14 @@ class PotentialBase:
             NaN for structures that are not periodic in 3D).
         """
         self._check_fitted()
-        from ..gradients import energy_forces_stress
+        from ..gradients.api import energy_forces_stress
 
         frames = _as_frames(frames)
         representation = self._representation_for_prediction()
         if not (forces or stress):
             energies = []
             with torch.no_grad(), deterministic(self._device()):
-                from ..systems import as_batch
+                from ..systems.batch import as_batch
 
                 for start in range(0, len(frames), batch_size):
                     batch = as_batch(
@@ -164,7 +164,7 @@ class PotentialBase:
     def predict_atom_energies(self, frames) -> np.ndarray:
         """Per-atom energies (eV) of all atoms of ``frames``, concatenated ``[atom]``."""
         self._check_fitted()
-        from ..systems import as_batch
+        from ..systems.batch import as_batch
 
         out = []
         with torch.no_grad():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..systems import _as_frames, _system_arrays
+from ..systems.batch import _as_frames, _system_arrays
 
 __all__ = ["Targets", "read_targets", "composition", "voigt", "fold_ids", "structure_weights"]
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ..systems import as_batch
-from ._jacobian import soap_local_features, soap_summed_jacobian
+from ..systems.batch import as_batch
+from ..gradients.summed import soap_local_features, soap_summed_jacobian
 
 __all__ = ["LinearBasis", "ProjectionBasis", "KernelBasis", "design_batches", "Design"]
 
@@ -164,7 +164,7 @@ class Design:
 
 
 def _representation_kind(representation) -> str:
-    from ..soap import SOAP
+    from ..representations.soap import SOAP
 
     return "soap" if isinstance(representation, SOAP) else "generic"
 
@@ -233,7 +233,7 @@ def _pairwise_design(soap, basis, batch) -> Design:
 
 def _generic_design(representation, basis, batch) -> Design:
     """Design of any representation from :func:`tradens.gradients.descriptor_gradients`."""
-    from ..gradients import descriptor_gradients
+    from ..gradients.api import descriptor_gradients
 
     grads = descriptor_gradients(representation, batch, strain=True)
     x, rows = grads.values, grads.rows

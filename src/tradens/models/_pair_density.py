@@ -24,8 +24,8 @@ import math
 import numpy as np
 import torch
 
-from ..neighbors import neighbor_list, pair_vectors
-from ..systems import Batch
+from ..systems.neighbors import neighbor_list, pair_vectors
+from ..systems.batch import Batch
 
 __all__ = ["PairDensity", "Augmented"]
 

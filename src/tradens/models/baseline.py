@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..systems import _as_frames
+from ..systems.batch import _as_frames
 from ._base import PotentialBase
 from ._data import composition, read_targets, species_of
 

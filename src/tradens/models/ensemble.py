@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..systems import _as_frames
+from ..systems.batch import _as_frames
 from ._base import PotentialBase
 
 __all__ = ["EnsemblePotential"]

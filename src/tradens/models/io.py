@@ -56,8 +56,8 @@ def _model_classes() -> dict:
 
 
 def _representation_classes() -> dict:
-    from ..ace_features import ACE
-    from ..soap import SOAP
+    from ..representations.ace import ACE
+    from ..representations.soap import SOAP
 
     return {"SOAP": SOAP, "ACE": ACE}
 

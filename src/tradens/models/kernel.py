@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..selection import cur_selection, farthest_point_sampling
-from ..systems import _as_frames
+from ..analysis.selection import cur_selection, farthest_point_sampling
+from ..systems.batch import _as_frames
 from ._design import KernelBasis
 from .linear import DEFAULT_ALPHAS, LinearPotential
 

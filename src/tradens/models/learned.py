@@ -38,9 +38,9 @@ import math
 import numpy as np
 import torch
 
-from .._determinism import deterministic
-from ..gradients import energy_forces_stress
-from ..systems import _as_frames, as_batch
+from ..kernels.determinism import deterministic
+from ..gradients.api import energy_forces_stress
+from ..systems.batch import _as_frames, as_batch
 from ._base import PotentialBase
 from ._data import read_targets, species_of, structure_weights
 from ._pair_density import Augmented, PairDensity, pair_from_state, pair_state

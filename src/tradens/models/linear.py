@@ -10,7 +10,7 @@ with ``phi(X) = X`` (or per element, or a random projection), fitted jointly on
 energies, forces and stress by ridge regression streamed over structures (see
 :mod:`tradens.models._solve` for the objective, the per-fold baseline and the
 conditioning check). The force rows come from
-:mod:`tradens.models._jacobian` (per-pair SOAP derivatives; any other
+:mod:`tradens.gradients.summed` (per-pair SOAP derivatives; any other
 representation falls back to autograd).
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..systems import _as_frames
+from ..systems.batch import _as_frames
 from ._base import PotentialBase
 from ._data import composition, fold_ids, read_targets, species_of, structure_weights
 from ._design import LinearBasis, ProjectionBasis, design_batches
@@ -193,7 +193,7 @@ class LinearPotential(PotentialBase):
 
     def _n_features(self, frames) -> int:
         with torch.no_grad():
-            from ..systems import as_batch
+            from ..systems.batch import as_batch
 
             values, _ = self.representation.forward(as_batch(frames[:1]))
         return int(values.shape[1])

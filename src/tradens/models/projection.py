@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..systems import _as_frames
+from ..systems.batch import _as_frames
 from ._base import PotentialBase
 from .linear import LinearPotential
 

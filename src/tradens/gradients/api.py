@@ -1,0 +1,283 @@
+"""Gradients of representations: forces, stress and descriptor Jacobians.
+
+Units are Å for lengths and, for a model, whatever unit the model's energies
+have (eV in practice): forces in eV/Å, stress in eV/Å^3.
+
+Strain convention
+-----------------
+A strain ``eps [structure, 3, 3]`` (symmetrised, ``eps = (e + e^T) / 2``) acts
+on the row-vector positions and cell vectors of its structure,
+
+    positions' = positions (1 + eps),    cells' = cells (1 + eps),
+
+so every pair vector becomes ``r' = r (1 + eps)`` and, for any invariant ``X``,
+``dX/d eps_ab = sum_p r_pa dX/dr_pb`` (sum over the pair vectors of the
+environment). ASE's stress is ``(1/V) dE/d eps``; the virial is ``-dE/d eps``.
+
+Three entry points
+------------------
+:func:`energy_forces_stress`
+    For a model ``E = sum_rows f(X_row)`` (any differentiable ``f``): energies,
+    forces ``-dE/dx`` and stress in one reverse-mode pass per batch of
+    structures (a vector-Jacobian product; the Jacobian is never formed).
+    Works for any representation module whose ``forward(batch, positions,
+    cells)`` returns ``(values, rows)``; with ``create_graph=True`` the forces
+    can be differentiated again (force matching, learnable mixing weights).
+:func:`descriptor_gradients`
+    Sparse descriptor Jacobians: ``dX_row / dx_atom`` for every centre and every
+    atom of its environment (``[entry, 3, feature]`` with an ``[entry, 2]``
+    index), optionally image-resolved (``dX_i / dr_ij`` per neighbour image, the
+    layout of GAP), and strain derivatives ``[row, 3, 3, feature]``.
+    :class:`~tradens.representations.soap.SOAP` uses an analytic chain rule through the power
+    spectrum, in chunks of pairs (``method="pair"``); any other module gets
+    forward-mode autograd over a distance-2 colouring of the atoms
+    (``method="jvp"``, ``3 * colours + 9`` Jacobian-vector products).
+:func:`apply_strain`
+    The strained positions and cells used by both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..kernels.determinism import deterministic
+from ..systems.batch import Batch, as_batch
+from .results import DescriptorGradients, ModelOutput, _averaged
+
+__all__ = [
+    "DescriptorGradients",
+    "ModelOutput",
+    "apply_strain",
+    "descriptor_gradients",
+    "energy_forces_stress",
+]
+
+
+# ----------------------------------------------------------------------------- strain
+
+
+def apply_strain(batch: Batch, strain: torch.Tensor, positions: torch.Tensor | None = None,
+                 cells: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strained positions ``[atom, 3]`` and cells ``[structure, 3, 3]``.
+
+    Parameters
+    ----------
+    batch : Batch
+        The structures.
+    strain : Tensor ``[structure, 3, 3]``
+        Strain (symmetrised here); zero gives back the inputs, with autograd
+        reaching ``strain``.
+    positions, cells : Tensor, optional
+        Replacements for the batch's positions and cells.
+    """
+    positions = batch.positions if positions is None else positions
+    cells = batch.cells if cells is None else cells
+    if strain.shape != (batch.n_structures, 3, 3):
+        raise ValueError(f"strain must have shape [{batch.n_structures}, 3, 3], got {tuple(strain.shape)}")
+    eps = 0.5 * (strain + strain.transpose(1, 2))  # [structure, 3, 3]
+    new_positions = positions + torch.einsum("pa,pab->pb", positions, eps[batch.structure])  # [atom, 3]
+    new_cells = cells + torch.bmm(cells, eps)  # [structure, 3, 3]
+    return new_positions, new_cells
+
+
+def _row_structure(representation, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
+    """Structure index of every row: rows are atoms, or structures when averaged."""
+    if _averaged(representation):
+        return rows
+    return batch.structure[rows]
+
+
+def _batches(systems, batch_size: int, dtype, device):
+    if isinstance(systems, Batch):
+        yield systems
+        return
+    from ..systems.batch import _as_frames
+
+    frames = _as_frames(systems)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(frames), batch_size):
+        yield as_batch(frames[start:start + batch_size], dtype=dtype, device=device)
+
+
+# ----------------------------------------------------------------------------- model path
+
+
+def energy_forces_stress(representation, model_fn, systems, *, batch_size: int = 16,
+                         dtype: torch.dtype | None = None, device=None, create_graph: bool = False,
+                         output: str = "numpy", method: str = "auto") -> ModelOutput:
+    """Energies, forces and stress of ``E = sum_rows model_fn(X)`` by one backward pass.
+
+    Parameters
+    ----------
+    representation : torch.nn.Module
+        Anything with ``forward(batch, positions, cells) -> (values [row, F], rows)``
+        (:class:`~tradens.representations.soap.SOAP`, ACE, ...).
+    model_fn : callable
+        ``model_fn(values [row, F], numbers [row]) -> energies [row]`` (eV), with
+        ``numbers`` the atomic number of each row's centre (0 for averaged rows).
+    systems : ase.Atoms, list of structures, or Batch
+        The structures (never modified).
+    batch_size : int
+        Structures per backward pass.
+    dtype, device : optional
+        Floating dtype (float64 default) and device.
+    create_graph : bool
+        Keep the graph so that forces and stress can be differentiated again
+        (e.g. a force loss with respect to model or mixing weights). Needs
+        ``output="torch"``.
+    output : {"numpy", "torch"}
+        Array type of the result.
+    method : {"auto", "analytic", "autograd"}
+        ``"analytic"``: autograd only from the mixed densities through the
+        power spectrum and the model, then an analytic pass over the pairs
+        (:mod:`tradens.gradients.soap_forces`; :class:`~tradens.representations.soap.SOAP` without
+        ``create_graph``); ``"autograd"``: one reverse pass through the whole
+        representation (any module, any options); ``"auto"``: ``"analytic"``
+        where it applies.
+
+    Returns
+    -------
+    ModelOutput
+        ``energy [structure]``, ``forces [atom, 3]``, ``virial`` and ``stress``
+        ``[structure, 3, 3]`` (stress NaN unless periodic in all directions).
+    """
+    if output not in ("numpy", "torch"):
+        raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+    if create_graph and output != "torch":
+        raise ValueError("create_graph=True needs output='torch' (numpy arrays carry no graph)")
+    if method not in ("auto", "analytic", "autograd"):
+        raise ValueError(f"method must be 'auto', 'analytic' or 'autograd', got {method!r}")
+    from .soap_forces import soap_energy_and_gradients, soap_vjp_applies
+
+    analytic = method != "autograd" and soap_vjp_applies(representation, create_graph)
+    if method == "analytic" and not analytic:
+        raise ValueError("method='analytic' needs a SOAP representation and create_graph=False; "
+                         "use method='autograd'")
+    parts: dict[str, list] = {"energy": [], "forces": [], "virial": [], "stress": [], "structure": []}
+    offset = 0
+    with deterministic(systems.positions.device if isinstance(systems, Batch) else device):
+        for batch in _batches(systems, batch_size, dtype, device):
+            if analytic:
+                energy, d_positions, d_strain = soap_energy_and_gradients(representation, model_fn, batch)
+                _append(parts, batch, energy, d_positions, d_strain, offset)
+                offset += batch.n_structures
+                continue
+            positions = batch.positions.detach().clone().requires_grad_(True)  # [atom, 3]
+            strain = torch.zeros_like(batch.cells, requires_grad=True)  # [structure, 3, 3]
+            new_positions, new_cells = apply_strain(batch, strain, positions=positions, cells=batch.cells.detach())
+            values, rows = representation(batch, new_positions, new_cells)
+            numbers = torch.zeros_like(rows) if _averaged(representation) else batch.numbers[rows]
+            per_row = model_fn(values, numbers).reshape(-1)  # [row]
+            if per_row.shape[0] != values.shape[0]:
+                raise ValueError(f"model_fn must return one energy per row ({values.shape[0]}), "
+                                 f"got {per_row.shape[0]}")
+            structure_of_row = _row_structure(representation, batch, rows)
+            energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=per_row.device)
+            energy = energy.index_add(0, structure_of_row, per_row)  # [structure]
+            if energy.requires_grad:
+                d_positions, d_strain = torch.autograd.grad(energy.sum(), [positions, strain],
+                                                            create_graph=create_graph, allow_unused=True)
+            else:  # nothing depends on the geometry (e.g. isolated atoms)
+                d_positions = d_strain = None
+            if d_positions is None:
+                d_positions = torch.zeros_like(positions)
+            if d_strain is None:
+                d_strain = torch.zeros_like(strain)
+            _append(parts, batch, energy if create_graph else energy.detach(), d_positions, d_strain, offset)
+            offset += batch.n_structures
+    result = {key: torch.cat(value) for key, value in parts.items()}
+    if output == "numpy":
+        result = {key: value.detach().cpu().numpy() for key, value in result.items()}
+    return ModelOutput(**result)
+
+
+def _append(parts: dict, batch: Batch, energy: torch.Tensor, d_positions: torch.Tensor, d_strain: torch.Tensor,
+            offset: int) -> None:
+    """Add one batch's energies ``[structure]``, forces, virial and stress to ``parts``."""
+    volume = torch.linalg.det(batch.cells.detach()).abs()  # [structure]
+    periodic = batch.pbc.all(dim=1)
+    safe = torch.where(periodic, volume, torch.ones_like(volume))
+    stress = torch.where(periodic[:, None, None], d_strain / safe[:, None, None],
+                         torch.full_like(d_strain, math.nan))  # [structure, 3, 3]
+    parts["energy"].append(energy)
+    parts["forces"].append(-d_positions)
+    parts["virial"].append(-d_strain)
+    parts["stress"].append(stress)
+    parts["structure"].append(batch.structure + offset)
+
+
+# ----------------------------------------------------------------------------- Jacobians
+
+
+def descriptor_gradients(representation, systems, *, strain: bool = True, images: bool = False,
+                         method: str = "auto", cutoff: float | None = None,
+                         dtype: torch.dtype | None = None, device=None,
+                         chunk_bytes: int | None = None) -> DescriptorGradients:
+    """Sparse Jacobians of the features with respect to positions and strain.
+
+    Parameters
+    ----------
+    representation : torch.nn.Module
+        :class:`~tradens.representations.soap.SOAP`, or any module with ``forward(batch,
+        positions, cells) -> (values, rows)`` whose row for centre ``i`` depends
+        only on atoms within ``cutoff`` of ``i`` (or, averaged, on its structure).
+    systems : ase.Atoms, list of structures, or Batch
+        The structures (one batch; never modified).
+    strain : bool
+        Also return ``d values / d eps [row, 3, 3, feature]``.
+    images : bool
+        Image-resolved entries (``d X_i / d r_ij`` per neighbour image and a
+        leading centre entry per row, GAP's layout); ``method="pair"`` only.
+    method : {"auto", "pair", "jvp"}
+        ``"pair"``: analytic per-pair chain rule (SOAP, and ACE with
+        channel-diagonal products: :mod:`tradens.gradients.ace_pairs`); ``"jvp"``:
+        forward-mode autograd over an atom colouring (any module); ``"auto"``:
+        ``"pair"`` when available.
+    cutoff : float, optional
+        Environment radius in Å for ``"jvp"`` (default: the representation's).
+    dtype, device : optional
+        Floating dtype (float64 default) and device.
+    chunk_bytes : int, optional
+        Working-memory target per chunk of pairs (the output is extra); default
+        16 MiB on the CPU (cache-sized) and 256 MiB on a GPU (fewer launches).
+
+    Returns
+    -------
+    DescriptorGradients
+    """
+    from ..representations.soap import SOAP
+
+    if method not in ("auto", "pair", "jvp"):
+        raise ValueError(f"method must be 'auto', 'pair' or 'jvp', got {method!r}")
+    if isinstance(systems, Batch):
+        batch = systems
+    else:
+        batch = as_batch(systems, dtype=dtype, device=device)
+    if chunk_bytes is None:
+        chunk_bytes = (16 if batch.positions.device.type == "cpu" else 256) * 2**20
+    with deterministic(batch.positions.device):
+        from .ace_pairs import ace_pair_applies, ace_pair_gradients
+
+        ace_pair = ace_pair_applies(representation)
+        if method == "auto":
+            method = "pair" if isinstance(representation, SOAP) or ace_pair else "jvp"
+        if method == "pair":
+            if ace_pair and not images:
+                return ace_pair_gradients(representation, batch, strain=strain, chunk_bytes=chunk_bytes)
+            if not isinstance(representation, SOAP):
+                raise ValueError("method='pair' is implemented for SOAP and channel-diagonal ACE (without "
+                                 f"images=True), got {type(representation).__name__}; use method='jvp'")
+            from .soap_pairs import soap_pair_gradients
+
+            return soap_pair_gradients(representation, batch, strain=strain, images=images,
+                                       chunk_bytes=chunk_bytes)
+        if images:
+            raise ValueError("images=True needs per-pair derivatives: only method='pair' (SOAP) provides them")
+        from .reference import jvp_gradients
+
+        return jvp_gradients(representation, batch, strain=strain, cutoff=cutoff)

@@ -1,0 +1,430 @@
+"""Analytic vector-Jacobian product of SOAP: forces and virial of ``E = sum_rows f(X_row)``.
+
+Used by :func:`tradens.gradients.energy_forces_stress` for
+:class:`~tradens.representations.soap.SOAP` (every mixing mode and coupling, both radial
+bases) when no second derivative is asked for. Autograd runs only from the
+mixed densities ``y [atom, K, lm]`` (a detached leaf) through the power
+spectrum and the model, which gives ``G = dE/dy [atom, K, lm]`` (all ``K``
+channels of both densities when they differ). For a symmetric power spectrum
+the leaves are the densities split by degree and by chunks of rows
+(:func:`~tradens.representations.soap.power_spectrum_blocks`), so the backward pass writes
+every block's gradient once instead of filling a zero tensor of the whole
+density for every slice (which cost more than the products themselves).
+Then one pass over the pairs,
+chunk by chunk of whole centres, contracts ``G`` with the pair derivatives of
+the density. For pair ``p`` (centre ``i``, vector ``r``, neighbour species
+``s``) the density term is ``Q_kl(r) Y_lm(rhat)`` with ``Q = W[s]^T f_c R``
+(mixed) or the species block of ``f_c R`` (unmixed), so
+
+    dE/dr_a = sum_{k,lm} G_iklm (Q'_kl rhat_a Y_lm + Q_kl dY_lm/dr_a)
+            = rhat_a sum_lm (Z'_lm - l Z_lm / |r|) Y_lm + (1/|r|) sum_lm Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
+
+with ``Z_lm = sum_k G_iklm Q_kl`` and ``Z'`` from ``Q'``, using the solid
+harmonic gradients ``C_l`` of :mod:`tradens.density.derivatives`. ``Z`` is one
+batched matrix product per degree over the centres of a chunk (``G_i`` shared
+by the pairs of centre ``i``, neighbour lists padded to the longest of the
+chunk) in the mixed case, and a gather of ``G[i, s]`` with an elementwise
+contraction over the radial index in the unmixed case. Nothing feature-sized
+is formed per pair. Pair forces ``dE/dr_p`` are scattered to the atoms
+(``+`` on ``j``, ``-`` on ``i``) and ``sum_p r_p (x) dE/dr_p`` gives the strain
+derivative. The autograd path of :func:`~tradens.gradients.energy_forces_stress`
+(``method="autograd"``) is the test reference.
+
+With the compiled kernels (mixed SOAP on the CPU) the pass is fused: the
+mixed radial terms ``Q``, ``Q'`` and the harmonics of every pair are evaluated
+once, give the density ``A_i = sum_p Q_p Y_p`` (:func:`tradens.kernels.compiled.pair_density`)
+and, after the backward pass through the products, the pair forces
+(:func:`tradens.kernels.compiled.pair_forces`), as long as they fit in
+``FUSED_BYTES``; beyond that the density expansion and the pair pass each
+evaluate them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..density.derivatives import _solid_gradient_matrices, radial_terms
+from ..kernels.compiled import pair_density, pair_forces, use_compiled
+from ..density.angular import spherical_harmonics
+from ..density.expansion import centre_term, expand_density
+from ..systems.neighbors import neighbor_list, pair_vectors
+from ..representations.soap import power_spectrum_blocks
+
+__all__ = ["soap_energy_and_gradients", "soap_vjp_applies"]
+
+PAIR_CHUNK = 4096  # pairs per chunk on the CPU (per-pair terms stay in cache)
+FUSED_BYTES = 512 * 2**20  # largest store of per-pair terms of the fused compiled path
+GRAM_BYTES = 32 * 2**20  # Gram blocks of one chunk of rows in the backward through the products
+
+
+def soap_vjp_applies(representation, create_graph: bool) -> bool:
+    """Whether the analytic path serves ``representation`` (SOAP, first derivatives only)."""
+    from ..representations.soap import SOAP
+
+    return (not create_graph and isinstance(representation, SOAP)
+            and type(representation).forward is SOAP.forward)
+
+
+def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None = None):
+    """Energies and ``dE/dx``, ``dE/d eps`` of ``E = sum_rows model_fn(X)`` for SOAP.
+
+    Parameters
+    ----------
+    soap : SOAP
+        The representation.
+    model_fn : callable
+        ``model_fn(values [row, F], numbers [row]) -> energies [row]``.
+    batch : Batch
+        The structures.
+    pair_chunk : int, optional
+        Pairs per chunk (whole centres per chunk); default 4096 on the CPU,
+        65536 elsewhere.
+
+    Returns
+    -------
+    energy : Tensor ``[structure]``
+        Detached model energies.
+    d_positions : Tensor ``[atom, 3]``
+        ``dE/dx`` (energy unit / Å).
+    d_strain : Tensor ``[structure, 3, 3]``
+        ``dE/d eps`` for the symmetrised strain (energy unit).
+    """
+    h = soap.hypers
+    dtype, device = batch.positions.dtype, batch.positions.device
+    with torch.no_grad():
+        pairs = neighbor_list(batch, h.cutoff.radius)
+        vectors = pair_vectors(batch, pairs, batch.positions.detach(), batch.cells.detach())  # [pair, 3]
+        species_index = soap.species_map(batch.numbers)  # [atom]
+        w1, w2 = soap.mixing_matrices(dtype, device)
+        symmetric = w1 is None or w2 is w1
+        w1 = None if w1 is None else w1.detach()
+        weights = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))  # [S*N, Kt]
+        rows = soap.center_rows(batch)  # [row] atoms
+        if pair_chunk is None:
+            pair_chunk = PAIR_CHUNK if device.type == "cpu" else 65536
+        fused = _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows)
+        if fused is not None:
+            density = fused.density  # [atom, Kt, lm]
+        else:
+            density = expand_density(  # [atom, Kt, lm]
+                batch, pairs, vectors, species_index, n_species=h.n_species, radial=soap.radial_basis,
+                l_max=h.l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
+                center_weight=h.density.center_weight, center_all_species=soap.center_all_species,
+                weights=weights)
+        if h.average:
+            structure_of_row = batch.structure[rows]
+            y = density.new_zeros((batch.n_structures,) + density.shape[1:])
+            y.index_add_(0, structure_of_row, density[rows])  # [structure, Kt, lm]
+            row_ids = torch.arange(batch.n_structures, device=device)
+            numbers = torch.zeros_like(row_ids)
+        else:
+            y = density if rows.shape[0] == batch.n_atoms else density[rows]  # [row, Kt, lm]
+            structure_of_row = batch.structure[rows]
+            row_ids = rows
+            numbers = batch.numbers[rows]
+    # ---- dE/dy by autograd through the power spectrum and the model only
+    with torch.enable_grad():
+        if symmetric:
+            # leaves per chunk of rows and degree [rows, Kt, 2l+1]: the backward then writes each block's
+            # gradient directly (slicing one big leaf fills a zero tensor of its size for every slice)
+            n_l = h.l_max + 1
+            row_chunk = max(1, GRAM_BYTES // (y.element_size() * y.shape[1] ** 2))  # Gram blocks [rows, Kt, Kt]
+            leaves, parts = [], []
+            for start in range(0, y.shape[0], row_chunk):
+                blocks = [y[start:start + row_chunk, :, l * l:(l + 1) * (l + 1)].contiguous().requires_grad_(True)
+                          for l in range(n_l)]
+                leaves.extend(blocks)
+                parts.append(soap._finish_products(power_spectrum_blocks(blocks, blocks, soap.plan)))
+            if not parts:  # no centre rows
+                values = y.new_zeros(0, soap.n_features)
+            else:
+                values = torch.cat(parts) if len(parts) > 1 else parts[0]  # [row, F]
+        else:
+            leaf = y.detach().requires_grad_(True)
+            k1 = w1.shape[1]
+            leaves = [leaf]
+            values = soap._products(leaf[:, :k1], leaf[:, k1:], row_chunk=256, out=None)  # [row, F]
+        per_row = model_fn(values, numbers).reshape(-1)  # [row]
+        if per_row.shape[0] != values.shape[0]:
+            raise ValueError(f"model_fn must return one energy per row ({values.shape[0]}), "
+                             f"got {per_row.shape[0]}")
+        energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=device)
+        energy = energy.index_add(0, row_ids if h.average else structure_of_row, per_row)
+        grad_y = None
+        if energy.requires_grad and leaves:
+            grads = torch.autograd.grad(energy.sum(), leaves, allow_unused=True)
+            if symmetric:
+                grad_y = torch.zeros_like(y)  # [row, Kt, lm]
+                n_chunks = len(grads) // n_l
+                for c in range(n_chunks):
+                    rows_c = slice(c * row_chunk, (c + 1) * row_chunk)
+                    for l in range(n_l):
+                        g = grads[c * n_l + l]
+                        if g is not None:
+                            grad_y[rows_c, :, l * l:(l + 1) * (l + 1)] = g
+            else:
+                grad_y = grads[0]
+    energy = energy.detach()
+    d_positions = torch.zeros(batch.n_atoms, 3, dtype=dtype, device=device)
+    d_strain = torch.zeros(batch.n_structures, 3, 3, dtype=dtype, device=device)
+    if grad_y is None or pairs.i.shape[0] == 0:
+        return energy, d_positions, d_strain
+    with torch.no_grad():
+        # G per atom: rows of centres, the structure's row for averaged features
+        if h.average:
+            g_atom = grad_y.new_zeros((batch.n_atoms,) + grad_y.shape[1:])
+            g_atom[rows] = grad_y[structure_of_row]
+        elif rows.shape[0] == batch.n_atoms:
+            g_atom = grad_y
+        else:
+            g_atom = grad_y.new_zeros((batch.n_atoms,) + grad_y.shape[1:])
+            g_atom[rows] = grad_y  # [atom, Kt, lm]
+        if fused is not None:
+            centre, neighbour, pair_vec = fused.centre, fused.neighbour, fused.vectors
+            d_pairs = torch.empty_like(pair_vec)  # [p, 3]
+            pair_forces(fused.ab, centre, g_atom.transpose(1, 2).contiguous(), fused.harmonics, pair_vec, d_pairs)
+        else:
+            active = _active_pairs(pairs, species_index, rows, batch.n_atoms)
+            centre, neighbour, pair_vec = pairs.i[active], pairs.j[active], vectors[active]
+            d_pairs = pair_energy_gradients(soap, weights, g_atom, centre, pair_vec, species_index[neighbour],
+                                            pair_chunk)  # [p, 3]
+        d_positions.index_add_(0, neighbour, d_pairs)
+        d_positions.index_add_(0, centre, d_pairs, alpha=-1.0)
+        virial = pair_vec[:, :, None] * d_pairs[:, None, :]  # [p, 3, 3]: r_a dE/dr_b
+        d_strain.index_add_(0, batch.structure[centre], virial)
+        d_strain = 0.5 * (d_strain + d_strain.transpose(1, 2))
+    return energy, d_positions, d_strain
+
+
+def _active_pairs(pairs, species_index: torch.Tensor, rows: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """Pairs of centre rows with a known neighbour species, sorted by centre: indices ``[p]``."""
+    is_centre = torch.zeros(n_atoms, dtype=torch.bool, device=rows.device)
+    is_centre[rows] = True
+    active = ((species_index[pairs.j] >= 0) & is_centre[pairs.i]).nonzero().squeeze(1)
+    i = pairs.i[active]
+    if i.shape[0] > 1 and not bool((i[1:] >= i[:-1]).all()):
+        active = active[torch.argsort(i, stable=True)]
+    return active
+
+
+class _PairTerms(NamedTuple):
+    """Per-pair terms of the fused compiled path, pairs in neighbour-species order."""
+
+    centre: torch.Tensor  # [p] centre atom
+    neighbour: torch.Tensor  # [p] neighbour atom
+    vectors: torch.Tensor  # [p, 3] pair vectors (Å)
+    ab: torch.Tensor  # [p, 2, L, Kt] mixed radial values Q and r-derivatives Q' (1/Å)
+    harmonics: torch.Tensor  # [p, lm]
+    density: torch.Tensor  # [atom, Kt, lm] mixed densities, centre terms included
+
+
+def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows):
+    """Per-pair terms and the mixed densities in one pass (compiled, mixed SOAP); None where it does not apply.
+
+    Equal to :func:`~tradens.density.expansion.expand_density` with ``weights`` up to
+    the order of the sums over pairs.
+    """
+    if weights is None or not use_compiled(vectors, weights):
+        return None
+    from .soap_jacobian import _Radial
+
+    h = soap.hypers
+    n_l, n_k = h.l_max + 1, weights.shape[1]
+    n_lm = n_l * n_l
+    active = _active_pairs(pairs, species_index, rows, batch.n_atoms)
+    n_pairs = active.shape[0]
+    if n_pairs * vectors.element_size() * (2 * n_l * n_k + n_lm + 3) > FUSED_BYTES:
+        return None
+    pair_species = species_index[pairs.j[active]]
+    order = active[torch.argsort(pair_species, stable=True)]  # neighbour-species order for the mixing
+    species = species_index[pairs.j[order]]  # [p]
+    vec = vectors[order]  # [p, 3]
+    # all pairs at once (the store is bounded by FUSED_BYTES): a few large kernels instead of many small
+    ab = vec.new_empty(n_pairs, 2, n_l, n_k)  # [p, 2, L, Kt]: Q, Q'
+    _Radial(soap, weights)(torch.linalg.vector_norm(vec, dim=1), species, presorted=True, out=ab)
+    harmonics = spherical_harmonics(vec, h.l_max)  # [p, lm]
+    centre = pairs.i[order]
+    density_lm = vec.new_zeros(batch.n_atoms, n_lm, n_k)  # [atom, lm, Kt]
+    pair_density(ab, centre, harmonics, density_lm)
+    density = density_lm.transpose(1, 2).contiguous()  # [atom, Kt, lm]
+    if h.density.center_weight != 0.0:
+        term = centre_term(soap.radial_basis, species_index, n_species=h.n_species,
+                           center_weight=h.density.center_weight, center_all_species=soap.center_all_species,
+                           dtype=vec.dtype, device=vec.device)  # [atom, S*N]
+        density[:, :, 0] += term @ weights
+    return _PairTerms(centre, pairs.j[order], vec, ab, harmonics, density)
+
+
+class _Harmonics:
+    """``dE/dr`` of a pair from ``Z``, ``Z'`` and the harmonics (solid harmonic gradients per degree)."""
+
+    def __init__(self, l_max: int, dtype: torch.dtype, device):
+        self.l_max = l_max
+        # C_l as [2l+1, 3 (2l-1)]: (Z_l @ C_l)[p, a, m'] = sum_m C_l[m', a, m] Z_lm
+        self.matrices = [c.permute(2, 1, 0).reshape(2 * l + 1, -1).to(dtype=dtype, device=device)
+                         for l, c in enumerate(_solid_gradient_matrices(l_max)) if l > 0]
+        self.degree = torch.tensor([l for l in range(l_max + 1) for _ in range(2 * l + 1)], dtype=dtype,
+                                   device=device)  # [lm]
+
+    def __call__(self, vec: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``dE/dr [p, 3]`` from pair vectors ``[p, 3]`` (Å) and ``z [p, 2, lm]`` (``Z`` then ``Z'``)."""
+        n_pairs = vec.shape[0]
+        r = torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 1]
+        inverse = 1.0 / r
+        harmonics = spherical_harmonics(vec, self.l_max)  # [p, lm]
+        zz, dz = z[:, 0], z[:, 1]  # [p, lm]
+        # along rhat: sum_lm (Z' - l Z / r) Y_lm
+        along = torch.addcmul(dz, zz, self.degree * inverse, value=-1.0).mul_(harmonics).sum(1, keepdim=True)
+        tangential = vec.new_zeros(n_pairs, 3)
+        for l in range(1, self.l_max + 1):  # sum_m Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
+            lowered = torch.mm(zz[:, l * l:(l + 1) * (l + 1)], self.matrices[l - 1]).view(n_pairs, 3, 2 * l - 1)
+            tangential.add_((lowered * harmonics[:, None, (l - 1) * (l - 1):l * l]).sum(2))
+        return (vec * along + tangential).mul_(inverse)  # rhat along + tangential / r
+
+
+def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Tensor, vectors: torch.Tensor,
+                          species: torch.Tensor, pair_chunk: int) -> torch.Tensor:
+    """``dE/dr_p [pair, 3]`` for pairs sorted by centre.
+
+    Parameters
+    ----------
+    weights : Tensor ``[S*N, Kt]`` or None
+        Mixing matrix (both densities side by side when they differ); None for
+        the unmixed SOAP (``Kt = S*N``).
+    g_atom : Tensor ``[atom, Kt, lm]``
+        ``dE/dy`` of every atom's density.
+    centre, vectors, species : Tensor ``[pair]``, ``[pair, 3]`` (Å), ``[pair]``
+        Centre atom (non-decreasing), pair vector and neighbour species.
+    pair_chunk : int
+        Pairs per chunk (whole centres).
+    """
+    h = soap.hypers
+    n_pairs = centre.shape[0]
+    dtype, device = vectors.dtype, vectors.device
+    out = vectors.new_empty(n_pairs, 3)
+    if n_pairs == 0:
+        return out
+    n_l, n_species = h.l_max + 1, h.n_species
+    harmonic_terms = _Harmonics(h.l_max, dtype, device)
+    transform = radial_terms(soap, vectors.new_ones(1))[1]  # [a, N] or None
+    n_max = h.radial.n_max
+    if weights is None:  # unmixed: the species block of G, [atom, S, N, lm]
+        mix = None
+        g_blocks = g_atom.reshape(-1, n_species, n_max, n_l * n_l)
+        if transform is not None:  # fold the grid transform: [atom, S, a, lm]
+            g_blocks = torch.matmul(transform, g_blocks)
+        g_blocks = g_blocks.reshape(-1, g_blocks.shape[2], n_l * n_l)  # [atom*S, c, lm]
+    else:  # mixing (and the grid transform) per species: [S, c, Kt]
+        mix = weights.reshape(n_species, n_max, -1)
+        if transform is not None:
+            mix = torch.matmul(transform, mix)
+        if use_compiled(vectors, g_atom, weights):
+            return _compiled_pair_gradients(soap, weights, g_atom, centre, vectors, species, pair_chunk)
+        g_degrees = [g_atom[:, :, l * l:(l + 1) * (l + 1)].contiguous() for l in range(n_l)]  # [atom, Kt, 2l+1]
+    first_centre = int(centre[0])
+    counts = torch.bincount(centre - first_centre)  # pairs of each centre from the first
+    for c0, c1, p0, p1 in _centre_chunks(counts, pair_chunk):
+        sel = slice(p0, p1)
+        vec = vectors[sel]  # [p, 3]
+        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+        if mix is None:
+            terms = radial_terms(soap, r, pair_major=True)[0]  # [p, L, 2, c]
+            lm_terms = terms.transpose(1, 2)[:, :, _lm_to_l(n_l, device)]  # [p, 2, lm, c]
+            g_pair = g_blocks.index_select(0, centre[sel] * n_species + species[sel])  # [p, c, lm]
+            z = torch.einsum("ptmc,pcm->ptm", lm_terms, g_pair)  # [p, 2, lm]
+        else:
+            z = _contract_mixed(soap, r, species[sel], mix, [g[first_centre + c0:first_centre + c1] for g in g_degrees],
+                                counts[c0:c1])  # [p, 2, lm]
+        out[sel] = harmonic_terms(vec, z)
+    return out
+
+
+def _compiled_pair_gradients(soap, weights, g_atom, centre, vectors, species, pair_chunk: int) -> torch.Tensor:
+    """``dE/dr_p [pair, 3]`` of mixed SOAP by the compiled kernel :func:`tradens.kernels.compiled.pair_forces`.
+
+    Pairs are taken in neighbour-species order (one sort), so the mixed radial
+    terms ``Q``, ``Q'`` of a chunk are one matrix product per species segment
+    (:class:`~tradens.gradients.soap_jacobian._Radial`); with ``Y`` and ``G`` the
+    compiled loop gives ``dE/dr`` of every pair.
+    """
+    from .soap_jacobian import _Radial
+
+    radial = _Radial(soap, weights)
+    n_l, n_k = soap.hypers.l_max + 1, weights.shape[1]
+    g_lm = g_atom.transpose(1, 2).contiguous()  # [atom, lm, Kt]
+    order = torch.argsort(species, stable=True)  # [p]
+    vectors, centre, species = vectors[order], centre[order], species[order]
+    by_species = vectors.new_empty(vectors.shape[0], 3)
+    for p0 in range(0, vectors.shape[0], pair_chunk):
+        sel = slice(p0, p0 + pair_chunk)
+        vec = vectors[sel]  # [p, 3]
+        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+        ab = radial(r, species[sel], presorted=True).view(-1, 2, n_l, n_k)  # [p, 2, L, Kt]: Q, Q'
+        pair_forces(ab, centre[sel], g_lm, spherical_harmonics(vec, n_l - 1), vec, by_species[sel])
+    out = torch.empty_like(by_species)
+    out[order] = by_species
+    return out
+
+
+def _lm_to_l(n_l: int, device) -> torch.Tensor:
+    return torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=device)
+
+
+def _centre_chunks(counts: torch.Tensor, size: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive centre ranges with about ``size`` pairs: ``(c0, c1, p0, p1)``."""
+    counts_list = counts.tolist()
+    out = []
+    c0 = p0 = 0
+    total = 0
+    for c, count in enumerate(counts_list):
+        if total and total + count > size:
+            out.append((c0, c, p0, p0 + total))
+            c0, p0, total = c, p0 + total, 0
+        total += count
+    out.append((c0, len(counts_list), p0, p0 + total))
+    return out
+
+
+def _contract_mixed(soap, r: torch.Tensor, species: torch.Tensor, mix: torch.Tensor, g_degrees: list,
+                    counts: torch.Tensor) -> torch.Tensor:
+    """``Z [p, 2, lm]``: ``Z_tlm = sum_k Q[p, l, t, k] G[i_p, k, lm]`` for the pairs of consecutive centres.
+
+    ``Q = rho^(t) M[s_p]`` (``t = 0``: values, ``1``: ``r``-derivatives) is one
+    matrix product per neighbour species (pairs sorted by species), written
+    pair-major with a zero row; one gather pads the centres' neighbour lists
+    to the longest (``counts [centre]``, zeros allowed), then one batched
+    product per degree and ``t`` over the centres, ``g_degrees[l] [centre, Kt,
+    2l+1]``.
+    """
+    device = r.device
+    n_pairs = r.shape[0]
+    n_species, n_c, n_k = mix.shape
+    n_centres = counts.shape[0]
+    width = int(counts.max())
+    order = torch.argsort(species, stable=True)  # pairs grouped by species
+    sizes = torch.bincount(species, minlength=n_species).tolist()
+    terms = radial_terms(soap, r.index_select(0, order))[0]  # [L, p, 2, c], species order
+    n_l = terms.shape[0]
+    q = terms.new_empty(n_l, n_pairs + 1, 2, n_k)  # [L, p+1, 2, Kt], pair p zero
+    q[:, n_pairs] = 0.0
+    start = 0
+    for s, size in enumerate(sizes):
+        if size:
+            block = slice(start, start + size)
+            mixed = torch.bmm(terms[:, block].reshape(n_l, size * 2, n_c), mix[s].expand(n_l, n_c, n_k))
+            q[:, block] = mixed.view(n_l, size, 2, n_k)
+            start += size
+    # padded slot of every pair (centre order) and the sorted row of every slot
+    arange = torch.arange(n_pairs, device=device)
+    owner = torch.repeat_interleave(torch.arange(n_centres, device=device), counts)  # [p]
+    slot = owner * width + arange - (torch.cumsum(counts, 0) - counts)[owner]  # [p]
+    position = torch.empty_like(order).scatter_(0, order, arange)  # sorted row of each pair
+    take = torch.full((n_centres * width,), n_pairs, dtype=torch.long, device=device)
+    take.scatter_(0, slot, position)
+    padded = q.index_select(1, take).view(n_l, n_centres, width * 2, n_k)  # [L, c, 2J, Kt]
+    blocks = [torch.bmm(padded[l], g_degrees[l]).view(n_centres, width, 2, 2 * l + 1)
+              for l in range(n_l)]  # [c, J, 2, 2l+1]
+    z = torch.cat(blocks, dim=3).view(n_centres * width, 2, -1)  # [c J, 2, lm]
+    return z.index_select(0, slot)  # [p, 2, lm]

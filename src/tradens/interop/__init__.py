@@ -1,0 +1,1 @@
+"""Interoperability with other codes: GAP ``soap`` descriptor strings (:mod:`.quip`)."""

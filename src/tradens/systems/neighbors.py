@@ -1,0 +1,110 @@
+"""Neighbour lists.
+
+Pairs are found by `vesin <https://github.com/Luthaf/vesin>`_ on the CPU (any
+triclinic cell, mixed periodicity, cells smaller than the cutoff, every periodic
+image). The interatomic vectors are then built in torch,
+
+.. math:: \\mathbf r_{ij} = \\mathbf x_j - \\mathbf x_i + \\mathbf S_{ij} \\cdot \\mathbf h ,
+
+from the batch's positions and cells, so autograd reaches both (forces and
+stress).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .batch import Batch
+
+__all__ = ["Pairs", "neighbor_list", "pair_vectors"]
+
+
+@dataclass
+class Pairs:
+    """Directed neighbour pairs of a batch (full list: both ``i->j`` and ``j->i``).
+
+    Attributes
+    ----------
+    i, j : torch.Tensor
+        Centre and neighbour atom indices into the batch, ``[pair]``, sorted by ``i``.
+    shifts : torch.Tensor
+        Integer cell shifts ``S_ij [pair, 3]``.
+    """
+
+    i: torch.Tensor
+    j: torch.Tensor
+    shifts: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.i.shape[0])
+
+
+def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
+    """All pairs with ``0 < |r_ij| < cutoff``, including periodic self-images.
+
+    Parameters
+    ----------
+    batch : Batch
+        The structures.
+    cutoff : float
+        Cutoff radius in Å (strict: pairs at exactly the cutoff are dropped).
+    """
+    import vesin
+
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    positions = batch.positions.detach().to("cpu", torch.float64).numpy()
+    cells = batch.cells.detach().to("cpu", torch.float64).numpy()
+    pbc = batch.pbc.cpu().numpy()
+    all_i, all_j, all_s = [], [], []
+    for s in range(batch.n_structures):
+        start, stop = batch.offsets[s], batch.offsets[s + 1]
+        if stop == start:
+            continue
+        periodic = pbc[s]
+        box = cells[s] if periodic.any() else np.zeros((3, 3))
+        i, j, shifts, distances = calculator.compute(
+            points=positions[start:stop], box=box, periodic=periodic.tolist(), quantities="ijSd"
+        )
+        keep = (distances < cutoff) & (distances > 0.0)
+        all_i.append(i[keep].astype(np.int64) + start)
+        all_j.append(j[keep].astype(np.int64) + start)
+        all_s.append(shifts[keep].astype(np.int64))
+    device = batch.positions.device
+    if not all_i:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return Pairs(empty, empty.clone(), torch.zeros(0, 3, dtype=torch.long, device=device))
+    i = np.concatenate(all_i)
+    j = np.concatenate(all_j)
+    shifts = np.concatenate(all_s)
+    if i.shape[0] > 1 and not bool(np.all(i[1:] >= i[:-1])):
+        # grouped by centre, in vesin's (deterministic) order within a centre; a stable sort of
+        # 16-bit keys is a radix sort in numpy (4x faster than on int64)
+        keys = i.astype(np.uint16) if batch.n_atoms <= np.iinfo(np.uint16).max else i
+        order = np.argsort(keys, kind="stable")
+        i, j, shifts = i[order], j[order], shifts[order]
+    return Pairs(
+        i=torch.from_numpy(i).to(device),
+        j=torch.from_numpy(j).to(device),
+        shifts=torch.from_numpy(shifts).to(device),
+    )
+
+
+def pair_vectors(batch: Batch, pairs: Pairs, positions: torch.Tensor | None = None,
+                 cells: torch.Tensor | None = None) -> torch.Tensor:
+    """Interatomic vectors ``r_ij [pair, 3]`` in Å, differentiable in positions and cells.
+
+    ``positions`` and ``cells`` default to the batch's; pass strained copies to
+    differentiate with respect to a strain.
+    """
+    positions = batch.positions if positions is None else positions
+    cells = batch.cells if cells is None else cells
+    shifts = pairs.shifts.to(positions.dtype)  # [pair, 3]
+    if cells.shape[0] == 1:
+        offset = shifts @ cells[0]  # [pair, 3]
+    else:
+        cell_of_pair = cells[batch.structure[pairs.i]]  # [pair, 3, 3]
+        offset = torch.einsum("pa,pab->pb", shifts, cell_of_pair)  # [pair, 3]
+    return positions.index_select(0, pairs.j) - positions.index_select(0, pairs.i) + offset
