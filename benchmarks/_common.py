@@ -17,11 +17,27 @@ import sys
 import tempfile
 from pathlib import Path
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "RAYON_NUM_THREADS", "NUMBA_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 RESULT_PREFIX = "BENCH_RESULT "
-PEER_PACKAGES = ("tradens", "torch", "numpy", "ase", "vesin", "quippy-ase", "featomic",
-                 "metatensor-core", "dscribe", "mace-torch")
+PEER_PACKAGES = (
+    "tradens",
+    "torch",
+    "numpy",
+    "ase",
+    "vesin",
+    "quippy-ase",
+    "featomic",
+    "metatensor-core",
+    "dscribe",
+    "mace-torch",
+)
 
 
 def memory_status() -> dict:
@@ -77,13 +93,14 @@ def run_worker(script: str | os.PathLike, spec: dict, timeout: float) -> dict:
         env[name] = "1"
     command = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)]
     try:
-        completed = subprocess.run(command, env=env, capture_output=True, text=True,
-                                   timeout=timeout)
+        completed = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(completed.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
     return {"ok": False, "error": f"worker exited with {completed.returncode}: {' | '.join(tail)}"}
 
@@ -104,8 +121,9 @@ def machine_info() -> dict:
         info["cpus_available"] = len(os.sched_getaffinity(0))
     try:
         with open("/proc/cpuinfo") as handle:
-            models = [line.split(":", 1)[1].strip() for line in handle
-                      if line.startswith("model name")]
+            models = [
+                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
+            ]
         info["cpu_model"] = models[0] if models else None
         with open("/proc/meminfo") as handle:
             total = handle.readline().split()[1]
@@ -120,9 +138,16 @@ def machine_info() -> dict:
             versions[package] = None
     info["versions"] = versions
     try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-            text=True, timeout=10).stdout.strip() or None
+        info["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).resolve().parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = None
     info["threads"] = {name: "1" for name in THREAD_VARIABLES}

@@ -68,8 +68,14 @@ def run_case(spec: dict) -> dict:
         from tradens import ACE
 
         nu = spec["nu_max"]
-        ace = ACE(cutoff=5.0, species=species, nu_max=nu, l_max=ORDERS[nu], channels=spec["channels"],
-                  radial={"n_max": 8})
+        ace = ACE(
+            cutoff=5.0,
+            species=species,
+            nu_max=nu,
+            l_max=ORDERS[nu],
+            channels=spec["channels"],
+            radial={"n_max": 8},
+        )
 
         def call():
             return ace.compute(atoms).values
@@ -77,24 +83,40 @@ def run_case(spec: dict) -> dict:
         n_features = ace.n_features
     else:
         import torch
+        from e3nn import o3
         from mace import modules  # noqa: F401  (import mace before e3nn)
         from mace.data import AtomicData, config_from_atoms
         from mace.tools import AtomicNumberTable, torch_geometric
-        from e3nn import o3
 
         torch.set_default_dtype(torch.float64)
         table = AtomicNumberTable(species)
         model = modules.MACE(
-            r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
+            r_max=5.0,
+            num_bessel=8,
+            num_polynomial_cutoff=5,
+            max_ell=3,
             interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-            interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-            num_interactions=1, num_elements=len(species), hidden_irreps=o3.Irreps("32x0e"),
-            MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(len(species)), avg_num_neighbors=26.0,
-            atomic_numbers=species, correlation=3, gate=torch.nn.functional.silu,
+            interaction_cls_first=modules.interaction_classes[
+                "RealAgnosticResidualInteractionBlock"
+            ],
+            num_interactions=1,
+            num_elements=len(species),
+            hidden_irreps=o3.Irreps("32x0e"),
+            MLP_irreps=o3.Irreps("16x0e"),
+            atomic_energies=np.zeros(len(species)),
+            avg_num_neighbors=26.0,
+            atomic_numbers=species,
+            correlation=3,
+            gate=torch.nn.functional.silu,
         )
         config = config_from_atoms(atoms)
-        data = next(iter(torch_geometric.dataloader.DataLoader(
-            [AtomicData.from_config(config, z_table=table, cutoff=5.0)], batch_size=1)))
+        data = next(
+            iter(
+                torch_geometric.dataloader.DataLoader(
+                    [AtomicData.from_config(config, z_table=table, cutoff=5.0)], batch_size=1
+                )
+            )
+        )
 
         def call():
             with torch.no_grad():
@@ -108,8 +130,13 @@ def run_case(spec: dict) -> dict:
         call()
         times.append(time.perf_counter() - start)
     after = memory_status()
-    return {**spec, "time_s": statistics.median(times), "features_per_atom": n_features,
-            "peak_rss_mb": after.get("VmHWM"), "rss_before_mb": before.get("VmRSS")}
+    return {
+        **spec,
+        "time_s": statistics.median(times),
+        "features_per_atom": n_features,
+        "peak_rss_mb": after.get("VmHWM"),
+        "rss_before_mb": before.get("VmRSS"),
+    }
 
 
 def run_in_subprocess(spec: dict, timeout: float) -> dict:
@@ -135,26 +162,52 @@ def size_table(max_species: int = 8) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--elements", type=int, default=25, help="number of elements S (default 25)")
+    parser.add_argument(
+        "--elements", type=int, default=25, help="number of elements S (default 25)"
+    )
     parser.add_argument("--channels", default="16,32,64", help="comma-separated K values")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="tiny system, one K, no MACE (smoke test)")
-    parser.add_argument("--no-size-table", action="store_true", help="skip the full-basis size table")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "bench_ace.json"))
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny system, one K, no MACE (smoke test)"
+    )
+    parser.add_argument(
+        "--no-size-table", action="store_true", help="skip the full-basis size table"
+    )
+    parser.add_argument(
+        "--output", default=str(Path(__file__).parent / "results" / "bench_ace.json")
+    )
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main(run_case, args.worker)
     repeat = 3 if args.quick else 10
     channels = [8] if args.quick else [int(k) for k in args.channels.split(",")]
-    specs = [{"lib": "tradens", "nu_max": nu, "channels": K, "n_species": args.elements, "repeat": repeat,
-              "repeats": 1 if args.quick else args.repeats} for nu in (3, 4) for K in channels]
+    specs = [
+        {
+            "lib": "tradens",
+            "nu_max": nu,
+            "channels": K,
+            "n_species": args.elements,
+            "repeat": repeat,
+            "repeats": 1 if args.quick else args.repeats,
+        }
+        for nu in (3, 4)
+        for K in channels
+    ]
     if not args.quick:
         try:
             import importlib.util
 
             if importlib.util.find_spec("mace") is not None:
-                specs.append({"lib": "mace", "nu_max": 3, "channels": 32, "n_species": args.elements,
-                              "repeat": repeat, "repeats": args.repeats})
+                specs.append(
+                    {
+                        "lib": "mace",
+                        "nu_max": 3,
+                        "channels": 32,
+                        "n_species": args.elements,
+                        "repeat": repeat,
+                        "repeats": args.repeats,
+                    }
+                )
         except ImportError:  # pragma: no cover
             pass
     rows = [run_in_subprocess(spec, timeout=900) for spec in specs]
@@ -163,15 +216,19 @@ def main(argv=None) -> int:
         if "error" in row:
             print(f"{row['lib']:8} {row['nu_max']:>3} {row['channels']:>4}  error: {row['error']}")
             continue
-        print(f"{row['lib']:8} {row['nu_max']:>3} {row['channels']:>4} {row['features_per_atom']:>9} "
-              f"{row['time_s']:>8.3f} {row['peak_rss_mb'] or float('nan'):>8.0f}")
+        print(
+            f"{row['lib']:8} {row['nu_max']:>3} {row['channels']:>4} {row['features_per_atom']:>9} "
+            f"{row['time_s']:>8.3f} {row['peak_rss_mb'] or float('nan'):>8.0f}"
+        )
     sizes = [] if (args.no_size_table or args.quick) else size_table()
     if sizes:
         print("\nfull ACE basis (nu <= 3, l 6/4, n_max 8) versus S; TR size (K = 32) is constant")
         print(f"{'S':>3} {'full':>10} {'TR K=32':>8}")
         for row in sizes:
             print(f"{row['n_species']:>3} {row['full_features']:>10} {row['tr_features_K32']:>8}")
-    write_json_atomically(Path(args.output), {"machine": machine_info(), "cases": rows, "sizes": sizes})
+    write_json_atomically(
+        Path(args.output), {"machine": machine_info(), "cases": rows, "sizes": sizes}
+    )
     return 0 if all("error" not in row or row["lib"] != "tradens" for row in rows) else 1
 
 

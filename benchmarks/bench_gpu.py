@@ -45,28 +45,42 @@ ACE_ORDERS = (0, 6, 4)
 
 def build(task: str, variant: str, atoms, species, device: str, dtype: torch.dtype):
     """A closure that runs one task and returns a tensor to compare between devices."""
-    from tradens.representations.ace import ACE
     from tradens.gradients import descriptor_gradients, energy_forces_stress
     from tradens.quip import soap_from_gap
+    from tradens.representations.ace import ACE
 
     if variant == "ace32":
-        rep = ACE(cutoff=5.0, species=species, nu_max=3, l_max=ACE_ORDERS, channels=32, radial={"n_max": 8})
+        rep = ACE(
+            cutoff=5.0,
+            species=species,
+            nu_max=3,
+            l_max=ACE_ORDERS,
+            channels=32,
+            radial={"n_max": 8},
+        )
     else:
         rep = soap_from_gap(gap_string(species, variant))
     if task == "values":
         return lambda: rep.compute(atoms, output="torch", device=device, dtype=dtype).values
     if task == "jacobian":
+
         def run():
             g = descriptor_gradients(rep, atoms, strain=True, device=device, dtype=dtype)
             return g.strain.sum(dim=(0, 1, 2))  # [F]: a small, order-independent digest
+
         return run
     if task == "forces":
-        w = torch.randn(rep.n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        w = torch.randn(
+            rep.n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        )
         w = w.to(device=device, dtype=dtype)
 
         def run():
-            out = energy_forces_stress(rep, lambda x, z: x @ w, atoms, device=device, dtype=dtype, output="torch")
+            out = energy_forces_stress(
+                rep, lambda x, z: x @ w, atoms, device=device, dtype=dtype, output="torch"
+            )
             return torch.as_tensor(out.forces)
+
         return run
     raise ValueError(task)
 
@@ -105,17 +119,31 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(1)
     atoms, species = make_system("smoke" if args.quick else "bcc2000", 3 if args.quick else 25)
-    cases = [("values", "full", "float64"), ("values", "tr16-el", "float64"), ("values", "tr16-el", "float32"),
-             ("values", "tr16", "float64"), ("values", "ace32", "float64"),
-             ("jacobian", "tr16-el", "float64"), ("jacobian", "tr16", "float64"),
-             ("forces", "tr16-el", "float64"), ("forces", "tr16", "float64"), ("forces", "full", "float64"),
-             ("forces", "ace32", "float64")]
+    cases = [
+        ("values", "full", "float64"),
+        ("values", "tr16-el", "float64"),
+        ("values", "tr16-el", "float32"),
+        ("values", "tr16", "float64"),
+        ("values", "ace32", "float64"),
+        ("jacobian", "tr16-el", "float64"),
+        ("jacobian", "tr16", "float64"),
+        ("forces", "tr16-el", "float64"),
+        ("forces", "tr16", "float64"),
+        ("forces", "full", "float64"),
+        ("forces", "ace32", "float64"),
+    ]
     if args.only:
-        wanted = [tuple(c.split(":")) + (("float64",) if c.count(":") == 1 else ()) for c in args.only.split(",")]
+        wanted = [
+            tuple(c.split(":")) + (("float64",) if c.count(":") == 1 else ())
+            for c in args.only.split(",")
+        ]
         cases = [c for c in cases if c in wanted]
     records = []
-    print(f"{'task':>9} {'variant':>8} {'dtype':>8} {args.device + ' s':>9} {'cpu s':>8} {'ratio':>7} "
-          f"{'peak MB':>8} {'max|diff|':>10}", flush=True)
+    print(
+        f"{'task':>9} {'variant':>8} {'dtype':>8} {args.device + ' s':>9} {'cpu s':>8} {'ratio':>7} "
+        f"{'peak MB':>8} {'max|diff|':>10}",
+        flush=True,
+    )
     for task, variant, dtype_name in cases:
         dtype = getattr(torch, dtype_name)
         record = {"task": task, "variant": variant, "dtype": dtype_name}
@@ -128,7 +156,9 @@ def main(argv=None) -> int:
                 # the full-SOAP forces take about a minute on one core: no warm-up there
                 warmup = (task, variant) != ("forces", "full")
                 cpu_s, cpu_result, _ = timed(cpu_run, "cpu", args.cpu_repeats, warmup=warmup)
-                diff = float((result.detach().cpu().double() - cpu_result.detach().double()).abs().max())
+                diff = float(
+                    (result.detach().cpu().double() - cpu_result.detach().double()).abs().max()
+                )
                 record.update(cpu_s=cpu_s, ratio=cpu_s / seconds, max_abs_diff=diff)
             del run, result
         except Exception as error:  # noqa: BLE001 - report and go on
@@ -137,15 +167,20 @@ def main(argv=None) -> int:
         if "error" in record:
             print(f"{task:>9} {variant:>8} {dtype_name:>8}  ERROR {record['error']}", flush=True)
         else:
-            print(f"{task:>9} {variant:>8} {dtype_name:>8} {record['device_s']:9.4f} "
-                  f"{record.get('cpu_s', float('nan')):8.3f} {record.get('ratio', float('nan')):7.1f} "
-                  f"{record['peak_mb']:8.0f} {record.get('max_abs_diff', float('nan')):10.2e}", flush=True)
+            print(
+                f"{task:>9} {variant:>8} {dtype_name:>8} {record['device_s']:9.4f} "
+                f"{record.get('cpu_s', float('nan')):8.3f} {record.get('ratio', float('nan')):7.1f} "
+                f"{record['peak_mb']:8.0f} {record.get('max_abs_diff', float('nan')):10.2e}",
+                flush=True,
+            )
         if args.device == "cuda":
             torch.cuda.empty_cache()
     info = machine_info()
     if args.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
-    write_json_atomically(args.output, {"machine": info, "torch": torch.__version__, "records": records})
+    write_json_atomically(
+        args.output, {"machine": info, "torch": torch.__version__, "records": records}
+    )
     print(f"wrote {args.output}")
     return 0
 

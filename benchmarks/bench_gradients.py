@@ -65,11 +65,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import memory_status  # noqa: E402
 
 ELEMENTS_5 = (24, 25, 26, 27, 28)
-ELEMENTS_25_FCC = tuple(range(21, 31)) + (39, 40, 41, 42) + (44, 45, 46, 47, 48) + tuple(range(72, 78))
-ELEMENTS_25_BCC = ("Sc Ti V Cr Mn Fe Co Ni Cu Zn Y Zr Nb Mo Tc Ru Rh Pd Ag Cd Hf Ta W Re Os").split()
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+ELEMENTS_25_FCC = (
+    tuple(range(21, 31)) + (39, 40, 41, 42) + (44, 45, 46, 47, 48) + tuple(range(72, 78))
+)
+ELEMENTS_25_BCC = (
+    "Sc Ti V Cr Mn Fe Co Ni Cu Zn Y Zr Nb Mo Tc Ru Rh Pd Ag Cd Hf Ta W Re Os"
+).split()
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+)
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_gradients.json"
-VARIANTS = {"tr8": ("T", 8), "tr16": ("T", 16), "tr8-el": ("F", 8), "tr16-el": ("F", 16), "full": (None, 0)}
+VARIANTS = {
+    "tr8": ("T", 8),
+    "tr16": ("T", 16),
+    "tr8-el": ("F", 8),
+    "tr16-el": ("F", 16),
+    "full": (None, 0),
+}
 
 
 # ----------------------------------------------------------------------------- systems
@@ -102,8 +117,10 @@ def make_system(name: str, n_elements: int):
 
 def gap_string(species, variant: str, smoke: bool = False) -> str:
     cutoff, l_max, n_max = (4.0, 3, 4) if smoke else (5.0, 6, 8)
-    base = (f"soap cutoff={cutoff} l_max={l_max} n_max={n_max} atom_sigma=0.5 n_species={len(species)} "
-            f"species_Z={{{' '.join(map(str, species))}}}")
+    base = (
+        f"soap cutoff={cutoff} l_max={l_max} n_max={n_max} atom_sigma=0.5 n_species={len(species)} "
+        f"species_Z={{{' '.join(map(str, species))}}}"
+    )
     coupling, channels = VARIANTS[variant]
     if coupling is None:
         return base
@@ -126,6 +143,7 @@ def _build(spec: dict):
         torch.set_num_threads(1)
         soap = soap_from_gap(string)
         if task == "tradens-jacobian":
+
             def run():
                 g = descriptor_gradients(soap, atoms, strain=True)
                 return int(g.positions.shape[0]), int(g.positions.shape[2])
@@ -136,12 +154,15 @@ def _build(spec: dict):
                 out = descriptor.calc(atoms, grad=True)
                 return int(out["grad_data"].shape[0]), int(out["grad_data"].shape[2])
         elif task == "tradens-forces":
-            w = torch.randn(soap.n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            w = torch.randn(
+                soap.n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+            )
 
             def run():
                 out = energy_forces_stress(soap, lambda x, z: x @ w, atoms)
                 return int(out.forces.shape[0]), soap.n_features
         elif task == "tradens-values":
+
             def run():
                 return len(atoms), int(soap.compute(atoms).values.shape[1])
         else:
@@ -155,6 +176,7 @@ def _build(spec: dict):
         def run():
             out = descriptor.calc(atoms, grad=True)
             return int(out["grad_data"].shape[0]), int(out["grad_data"].shape[2])
+
         return run
     if task == "featomic-grad":
         from featomic import SoapPowerSpectrum
@@ -163,13 +185,18 @@ def _build(spec: dict):
         calculator = SoapPowerSpectrum(
             cutoff={"radius": cutoff, "smoothing": {"type": "ShiftedCosine", "width": 0.5}},
             density={"type": "Gaussian", "width": 0.5},
-            basis={"type": "TensorProduct", "max_angular": l_max, "radial": {"type": "Gto", "max_radial": n_max - 1}},
+            basis={
+                "type": "TensorProduct",
+                "max_angular": l_max,
+                "radial": {"type": "Gto", "max_radial": n_max - 1},
+            },
         )
 
         def run():
             tensor = calculator.compute(atoms, gradients=["positions", "strain"])
             rows = sum(block.gradient("positions").values.shape[0] for block in tensor.blocks())
             return rows, -1
+
         return run
     raise ValueError(f"unknown task {task!r}")
 
@@ -189,9 +216,17 @@ def run_case(spec: dict) -> dict:
             times.append(elapsed)
             cpu_times.append(cpu)
     memory = memory_status()
-    return {"seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times), "times": times,
-            "cpu_times": cpu_times, "setup_s": setup, "rows": shape[0], "features": shape[1],
-            "rss_before_mb": before.get("VmRSS"), "peak_rss_mb": memory.get("VmHWM")}
+    return {
+        "seconds": statistics.median(times),
+        "cpu_seconds": statistics.median(cpu_times),
+        "times": times,
+        "cpu_times": cpu_times,
+        "setup_s": setup,
+        "rows": shape[0],
+        "features": shape[1],
+        "rss_before_mb": before.get("VmRSS"),
+        "peak_rss_mb": memory.get("VmHWM"),
+    }
 
 
 def _worker(spec_json: str) -> int:
@@ -231,12 +266,20 @@ def build_cases(args) -> list[dict]:
                 continue
             if task == "featomic-grad" and (not have_featomic or args.no_featomic):
                 continue
-            cases.append({**common, "system": system, "elements": elements, "variant": variant, "task": task})
+            cases.append(
+                {**common, "system": system, "elements": elements, "variant": variant, "task": task}
+            )
 
     if args.smoke:
         add("smoke", 3, "tr8", "tradens-jacobian", "tradens-forces", "quippy-grad")
         return cases
-    everything = ("tradens-values", "tradens-jacobian", "tradens-quip", "tradens-forces", "quippy-grad")
+    everything = (
+        "tradens-values",
+        "tradens-jacobian",
+        "tradens-quip",
+        "tradens-forces",
+        "quippy-grad",
+    )
     systems = args.systems.split(",")
     for n_elements in (int(e) for e in args.elements.split(",")):
         if "fcc256" in systems:
@@ -259,13 +302,18 @@ def run_in_subprocess(spec: dict, timeout: float) -> dict:
     for name in THREAD_VARIABLES:
         env[name] = "1"
     try:
-        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, timeout=timeout, env=env)
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timeout after {timeout:.0f} s"}
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
-            return json.loads(line[len("BENCH_RESULT "):])
+            return json.loads(line[len("BENCH_RESULT ") :])
     return {"ok": False, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
 
 
@@ -307,17 +355,28 @@ def _versions() -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--systems", default="fcc256,bcc2000", help="comma list: fcc256, bcc2000")
-    parser.add_argument("--elements", default="5,25", help="comma list of element counts (fcc256: 5 or 25)")
+    parser.add_argument(
+        "--elements", default="5,25", help="comma list of element counts (fcc256: 5 or 25)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
-    parser.add_argument("--variants", help="comma list of variants to run (tr8, tr16, tr8-el, tr16-el, full; default all)")
-    parser.add_argument("--tasks", help="comma list of tasks to run (tradens-values, tradens-jacobian, tradens-quip, "
-                                        "tradens-forces, quippy-grad, featomic-grad; default all)")
-    parser.add_argument("--large", action="store_true", help="also full SOAP forces on bcc2000 (25 el)")
+    parser.add_argument(
+        "--variants",
+        help="comma list of variants to run (tr8, tr16, tr8-el, tr16-el, full; default all)",
+    )
+    parser.add_argument(
+        "--tasks",
+        help="comma list of tasks to run (tradens-values, tradens-jacobian, tradens-quip, "
+        "tradens-forces, quippy-grad, featomic-grad; default all)",
+    )
+    parser.add_argument(
+        "--large", action="store_true", help="also full SOAP forces on bcc2000 (25 el)"
+    )
     parser.add_argument("--no-quippy", action="store_true")
     parser.add_argument("--no-featomic", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny system, one repeat (seconds)")
@@ -330,29 +389,46 @@ def main(argv=None) -> int:
         args.repeats, args.warmup = 1, 0
     cases = build_cases(args)
     records = []
-    print(f"{'system':8s} {'S':>3s} {'variant':8s} {'task':17s} {'wall s':>9s} {'CPU s':>9s} {'peak MB':>8s} "
-          f"{'rows':>8s} {'F':>6s}", flush=True)
+    print(
+        f"{'system':8s} {'S':>3s} {'variant':8s} {'task':17s} {'wall s':>9s} {'CPU s':>9s} {'peak MB':>8s} "
+        f"{'rows':>8s} {'F':>6s}",
+        flush=True,
+    )
     for spec in cases:
         result = run_in_subprocess(spec, args.timeout)
         record = {**spec, **result}
         records.append(record)
         if result.get("ok"):
-            print(f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} {spec['task']:17s} "
-                  f"{result['seconds']:9.3f} {result['cpu_seconds']:9.3f} {result['peak_rss_mb']:8.0f} {result['rows']:8d} "
-                  f"{result['features']:6d}", flush=True)
+            print(
+                f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} {spec['task']:17s} "
+                f"{result['seconds']:9.3f} {result['cpu_seconds']:9.3f} {result['peak_rss_mb']:8.0f} {result['rows']:8d} "
+                f"{result['features']:6d}",
+                flush=True,
+            )
         else:
-            print(f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} {spec['task']:17s} "
-                  f"FAILED: {result['error']}", flush=True)
+            print(
+                f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} {spec['task']:17s} "
+                f"FAILED: {result['error']}",
+                flush=True,
+            )
     summary = ratios(records)
-    print("\nratios (higher is better for tradens; _cpu: from CPU time, less sensitive to other load):")
+    print(
+        "\nratios (higher is better for tradens; _cpu: from CPU time, less sensitive to other load):"
+    )
     for entry in summary:
         parts = [f"{k}={v:.2f}" for k, v in entry.items() if isinstance(v, float)]
         print(f"  {entry['system']} S={entry['elements']} {entry['variant']}: " + ", ".join(parts))
     payload = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "command": " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else list(argv))),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "python": platform.python_version()},
+        "command": " ".join(
+            [Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else list(argv))
+        ),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "versions": _versions(),
         "records": records,
         "ratios": summary,

@@ -152,9 +152,12 @@ def main(argv=None):
     parser.add_argument("--pair-r-min", type=float, default=1.0)
     parser.add_argument("--no-scale-features", action="store_true")
     parser.add_argument("--fixed-reference", action="store_true")
-    parser.add_argument("--validate-only", action="store_true",
-                        help="fit the learned model only and print its internal validation errors "
-                             "(for choosing options without looking at the test folds)")
+    parser.add_argument(
+        "--validate-only",
+        action="store_true",
+        help="fit the learned model only and print its internal validation errors "
+        "(for choosing options without looking at the test folds)",
+    )
     parser.add_argument("--energy-weight", type=float, default=1.0)
     parser.add_argument("--forces-weight", type=float, default=3.0)
     parser.add_argument("--stress-weight", type=float, default=10.0)
@@ -169,11 +172,19 @@ def main(argv=None):
     parser.add_argument("--validation-fraction", type=float, default=0.15)
     parser.add_argument("--ema", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ensemble", type=int, default=5,
-                        help="committee size: mean of this many models trained with seeds seed, seed+1, ...")
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=5,
+        help="committee size: mean of this many models trained with seeds seed, seed+1, ...",
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
-                        help="where the learned models train (CPU times are the reported ones)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="where the learned models train (CPU times are the reported ones)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -185,13 +196,23 @@ def main(argv=None):
     fold_of = np.empty(len(frames), dtype=int)
     fold_of[order] = np.arange(len(frames)) % args.folds
     folds = range(args.folds) if args.only_folds is None else args.only_folds
-    print(f"HEA25: {len(frames)} structures, {sum(map(len, frames))} atoms, "
-          f"{len(all_species)} elements; {args.folds}-fold CV (seed {args.fold_seed})")
-    print("options:", json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}))
-    totals = {"baseline": {"energy": [0.0, 0], "forces": {}}, "learned": {"energy": [0.0, 0], "forces": {}}}
+    print(
+        f"HEA25: {len(frames)} structures, {sum(map(len, frames))} atoms, "
+        f"{len(all_species)} elements; {args.folds}-fold CV (seed {args.fold_seed})"
+    )
+    print(
+        "options:",
+        json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}),
+    )
+    totals = {
+        "baseline": {"energy": [0.0, 0], "forces": {}},
+        "learned": {"energy": [0.0, 0], "forces": {}},
+    }
     rows = []
-    header = (f"{'fold':>4} {'model':>8} {'E meV/at':>9} {'F meV/A':>8} {'F no c4':>8} "
-              f"{'F c2':>7} {'F c3':>7} {'F c4':>7} {'CPU s':>7} {'epoch':>5}")
+    header = (
+        f"{'fold':>4} {'model':>8} {'E meV/at':>9} {'F meV/A':>8} {'F no c4':>8} "
+        f"{'F c2':>7} {'F c3':>7} {'F c4':>7} {'CPU s':>7} {'epoch':>5}"
+    )
     print(header)
     for fold in folds:
         train = [f for f, k in zip(frames, fold_of, strict=True) if k != fold]
@@ -204,13 +225,19 @@ def main(argv=None):
             start = time.process_time()
             model = LearnedPotential(rep, **model_options(args)).fit(train)
             best = model.history_[model.best_epoch_]
-            print(f"fold {fold}: validation E {1e3 * best['val_energy_rmse']:.1f} meV/atom, "
-                  f"F {1e3 * best['val_forces_rmse']:.0f} meV/A at epoch {model.best_epoch_} "
-                  f"of {len(model.history_)}; CPU {time.process_time() - start:.1f} s", flush=True)
+            print(
+                f"fold {fold}: validation E {1e3 * best['val_energy_rmse']:.1f} meV/atom, "
+                f"F {1e3 * best['val_forces_rmse']:.0f} meV/A at epoch {model.best_epoch_} "
+                f"of {len(model.history_)}; CPU {time.process_time() - start:.1f} s",
+                flush=True,
+            )
             _, val = model._split(train, None)
             f_err = force_errors(model.predict(val, stress=False)["forces"], val)
-            print("  validation forces by class (meV/A):",
-                  {k: round(1e3 * rms(v)) for k, v in sorted(f_err.items())}, flush=True)
+            print(
+                "  validation forces by class (meV/A):",
+                {k: round(1e3 * rms(v)) for k, v in sorted(f_err.items())},
+                flush=True,
+            )
             continue
         start = time.process_time()
         fits["baseline"] = ElementBaseline(species=all_species).fit(train)
@@ -224,12 +251,16 @@ def main(argv=None):
         cpu["learned"] = time.process_time() - start
         wall = time.perf_counter() - wall_start
         if args.device != "cpu":
-            print(f"  fold {fold}: learned fit {wall:.1f} s wall, {cpu['learned']:.1f} s CPU on {args.device}",
-                  flush=True)
+            print(
+                f"  fold {fold}: learned fit {wall:.1f} s wall, {cpu['learned']:.1f} s CPU on {args.device}",
+                flush=True,
+            )
         for name, model in fits.items():
             if name == "baseline":
-                predicted = {"energy": model.predict_energy(test),
-                             "forces": np.zeros((int(n_atoms.sum()), 3))}
+                predicted = {
+                    "energy": model.predict_energy(test),
+                    "forces": np.zeros((int(n_atoms.sum()), 3)),
+                }
             else:
                 predicted = model.predict(test, stress=False)
             e_err = (predicted["energy"] - energy) / n_atoms
@@ -244,25 +275,40 @@ def main(argv=None):
             merge(totals[name].setdefault("energy_by_class", {}), e_class)
             merge(totals[name]["forces"], f_err)
             row = {
-                "fold": fold, "model": name, "energy": 1e3 * math.sqrt(np.mean(e_err**2)),
-                "totals": {"energy": [float((e_err**2).sum()), int(e_err.size)], "forces": f_err,
-                           "energy_by_class": e_class},  # sums of squares and counts, for --pool
+                "fold": fold,
+                "model": name,
+                "energy": 1e3 * math.sqrt(np.mean(e_err**2)),
+                "totals": {
+                    "energy": [float((e_err**2).sum()), int(e_err.size)],
+                    "forces": f_err,
+                    "energy_by_class": e_class,
+                },  # sums of squares and counts, for --pool
                 **{f"forces_{k}": 1e3 * rms(v) for k, v in f_err.items()},
-                "cpu_s": cpu[name], "best_epoch": getattr(model, "best_epoch_", -1),
+                "cpu_s": cpu[name],
+                "best_epoch": getattr(model, "best_epoch_", -1),
             }
             if name == "learned" and hasattr(model, "history_"):  # the inner validation split
                 best = model.history_[model.best_epoch_]
                 row["val_energy"] = 1e3 * best["val_energy_rmse"]
                 row["val_forces"] = 1e3 * best["val_forces_rmse"]
             rows.append(row)
-            print(f"{fold:>4} {name:>8} {row['energy']:9.1f} {row['forces_all']:8.0f} "
-                  f"{row.get('forces_no4', math.nan):8.0f} {row.get('forces_c2', math.nan):7.0f} "
-                  f"{row.get('forces_c3', math.nan):7.0f} {row.get('forces_c4', math.nan):7.0f} "
-                  f"{row['cpu_s']:7.1f} {row['best_epoch']:5d}"
-                  + (f"  (validation: {row['val_energy']:.1f} meV/atom, {row['val_forces']:.0f} meV/A)"
-                     if "val_energy" in row else ""), flush=True)
-            print(f"{'':>4} {'':>8} energy by class (meV/atom):",
-                  {k: round(1e3 * rms(v)) for k, v in sorted(e_class.items())}, flush=True)
+            print(
+                f"{fold:>4} {name:>8} {row['energy']:9.1f} {row['forces_all']:8.0f} "
+                f"{row.get('forces_no4', math.nan):8.0f} {row.get('forces_c2', math.nan):7.0f} "
+                f"{row.get('forces_c3', math.nan):7.0f} {row.get('forces_c4', math.nan):7.0f} "
+                f"{row['cpu_s']:7.1f} {row['best_epoch']:5d}"
+                + (
+                    f"  (validation: {row['val_energy']:.1f} meV/atom, {row['val_forces']:.0f} meV/A)"
+                    if "val_energy" in row
+                    else ""
+                ),
+                flush=True,
+            )
+            print(
+                f"{'':>4} {'':>8} energy by class (meV/atom):",
+                {k: round(1e3 * rms(v)) for k, v in sorted(e_class.items())},
+                flush=True,
+            )
     if args.validate_only:
         return
     summarise(totals, rows, args.json, {k: str(v) for k, v in vars(args).items()})
@@ -270,7 +316,10 @@ def main(argv=None):
 
 def pool(paths) -> None:
     """Pooled summary of several ``--json`` files (e.g. folds run in parallel processes)."""
-    totals = {"baseline": {"energy": [0.0, 0], "forces": {}}, "learned": {"energy": [0.0, 0], "forces": {}}}
+    totals = {
+        "baseline": {"energy": [0.0, 0], "forces": {}},
+        "learned": {"energy": [0.0, 0], "forces": {}},
+    }
     rows = []
     for path in paths:
         for row in json.loads(Path(path).read_text())["rows"]:
@@ -288,20 +337,29 @@ def summarise(totals, rows, json_path, options) -> None:
     summary = {}
     for name, total in totals.items():
         f = total["forces"]
-        summary[name] = {"energy": 1e3 * rms(total["energy"]),
-                         **{f"forces_{k}": 1e3 * rms(v) for k, v in f.items()},
-                         **{f"energy_{k}": 1e3 * rms(v)
-                            for k, v in total.get("energy_by_class", {}).items()}}
+        summary[name] = {
+            "energy": 1e3 * rms(total["energy"]),
+            **{f"forces_{k}": 1e3 * rms(v) for k, v in f.items()},
+            **{f"energy_{k}": 1e3 * rms(v) for k, v in total.get("energy_by_class", {}).items()},
+        }
         mean_cpu = np.mean([r["cpu_s"] for r in rows if r["model"] == name])
-        print(f"{'all':>4} {name:>8} {summary[name]['energy']:9.1f} {summary[name]['forces_all']:8.0f} "
-              f"{summary[name].get('forces_no4', math.nan):8.0f} {summary[name].get('forces_c2', math.nan):7.0f} "
-              f"{summary[name].get('forces_c3', math.nan):7.0f} {summary[name].get('forces_c4', math.nan):7.0f} "
-              f"{mean_cpu:7.1f}")
-        print(f"{'':>4} {'':>8} energy by class (meV/atom):",
-              {k[7:]: round(v) for k, v in sorted(summary[name].items()) if k.startswith("energy_")})
-    print(f"total CPU of the learned fits: {sum(r['cpu_s'] for r in rows if r['model'] == 'learned'):.0f} s")
+        print(
+            f"{'all':>4} {name:>8} {summary[name]['energy']:9.1f} {summary[name]['forces_all']:8.0f} "
+            f"{summary[name].get('forces_no4', math.nan):8.0f} {summary[name].get('forces_c2', math.nan):7.0f} "
+            f"{summary[name].get('forces_c3', math.nan):7.0f} {summary[name].get('forces_c4', math.nan):7.0f} "
+            f"{mean_cpu:7.1f}"
+        )
+        print(
+            f"{'':>4} {'':>8} energy by class (meV/atom):",
+            {k[7:]: round(v) for k, v in sorted(summary[name].items()) if k.startswith("energy_")},
+        )
+    print(
+        f"total CPU of the learned fits: {sum(r['cpu_s'] for r in rows if r['model'] == 'learned'):.0f} s"
+    )
     if json_path is not None:
-        json_path.write_text(json.dumps({"options": options, "rows": rows, "summary": summary}, indent=1))
+        json_path.write_text(
+            json.dumps({"options": options, "rows": rows, "summary": summary}, indent=1)
+        )
 
 
 if __name__ == "__main__":

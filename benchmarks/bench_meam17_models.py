@@ -61,14 +61,25 @@ def build(kind: str, spec: dict, species):
 
     spec = dict(spec)
     if kind == "soap":
-        return SOAP(cutoff=5.0, l_max=6, radial={"n_max": spec.pop("n_max", 8)}, species=species,
-                    normalize=False, **spec)
+        return SOAP(
+            cutoff=5.0,
+            l_max=6,
+            radial={"n_max": spec.pop("n_max", 8)},
+            species=species,
+            normalize=False,
+            **spec,
+        )
     if kind == "ace":
         for key in ("l_max", "channels"):
             if isinstance(spec.get(key), list):
                 spec[key] = tuple(spec[key])
-        return tradens.ACE(cutoff=5.0, species=species, radial={"n_max": spec.pop("n_max", 8)},
-                           normalize=False, **spec)
+        return tradens.ACE(
+            cutoff=5.0,
+            species=species,
+            radial={"n_max": spec.pop("n_max", 8)},
+            normalize=False,
+            **spec,
+        )
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -96,8 +107,15 @@ def cmd_features(args):
     cache = Path(args.cache)
     np.save(cache / f"f_{args.name}_raw.npy", raw)
     np.save(cache / f"f_{args.name}_norm.npy", nrm)
-    info = dict(name=args.name, kind=args.kind, spec=json.loads(args.spec), features=F,
-                forward_cpu_s=forward, wall_s=time.perf_counter() - wall, structures=len(frames))
+    info = dict(
+        name=args.name,
+        kind=args.kind,
+        spec=json.loads(args.spec),
+        features=F,
+        forward_cpu_s=forward,
+        wall_s=time.perf_counter() - wall,
+        structures=len(frames),
+    )
     print(json.dumps(info), flush=True)
     with open(cache / "feats.jsonl", "a") as stream:
         stream.write(json.dumps(info) + "\n")
@@ -131,17 +149,29 @@ def ridge(sums, comp, energy, train, test, alphas=None, cv=5):
     t = time.process_time()
     store = EnergyRows(len(train))
     for i, s in enumerate(train):
-        store.add(i, torch.as_tensor(sums[s] / n_atoms[s]), energy[s] / n_atoms[s],
-                  comp[s] / n_atoms[s], 1.0)
+        store.add(
+            i,
+            torch.as_tensor(sums[s] / n_atoms[s]),
+            energy[s] / n_atoms[s],
+            comp[s] / n_atoms[s],
+            1.0,
+        )
     folds, n_folds = fold_ids(len(train), cv, None, 0)
     res = dual_cross_validate(store, folds, n_folds, alphas, joint=True)
     best = int(np.nanargmin(res["energy_rmse"]))
     e0, theta, _, _ = dual_final_fit(store, float(alphas[best]), joint=True)
     seconds = time.process_time() - t
-    pred = (sums[test] / n_atoms[test, None]) @ theta.numpy() + (comp[test] / n_atoms[test, None]) @ e0
+    pred = (sums[test] / n_atoms[test, None]) @ theta.numpy() + (
+        comp[test] / n_atoms[test, None]
+    ) @ e0
     test_rmse = float(np.sqrt(np.mean((pred - energy[test] / n_atoms[test]) ** 2)))
-    return dict(cv=float(res["energy_rmse"][best]), alpha=float(alphas[best]), test=test_rmse,
-                edge=best in (0, len(alphas) - 1), fit_cpu_s=seconds), theta
+    return dict(
+        cv=float(res["energy_rmse"][best]),
+        alpha=float(alphas[best]),
+        test=test_rmse,
+        edge=best in (0, len(alphas) - 1),
+        fit_cpu_s=seconds,
+    ), theta
 
 
 def baseline_rmse(comp, energy, train, test):
@@ -153,9 +183,11 @@ def baseline_rmse(comp, energy, train, test):
 
 def report(row):
     forces = f"  F test {1000 * row['forces_test']:6.0f} meV/Å" if "forces_test" in row else ""
-    print(f"{row['model']:34s} F={row['features']:6d}  CV {1000 * row['cv']:6.1f}  test {1000 * row['test']:6.1f}"
-          f"  alpha {row['alpha']:.0e}{' (grid edge)' if row['edge'] else ''}  fit {row['fit_cpu_s']:.1f} CPU s{forces}",
-          flush=True)
+    print(
+        f"{row['model']:34s} F={row['features']:6d}  CV {1000 * row['cv']:6.1f}  test {1000 * row['test']:6.1f}"
+        f"  alpha {row['alpha']:.0e}{' (grid edge)' if row['edge'] else ''}  fit {row['fit_cpu_s']:.1f} CPU s{forces}",
+        flush=True,
+    )
     with open(Path(row.pop("cache")) / "fits.jsonl", "a") as stream:
         stream.write(json.dumps(row) + "\n")
 
@@ -169,7 +201,9 @@ def cmd_fit(args):
             sums = np.load(Path(args.cache) / f"f_{name}_{variant}.npy")
             row, theta = ridge(sums, comp, energy, train, test)
             if args.forces:
-                row["forces_test"] = test_force_rmse(args, name, variant, theta, test[: args.forces])
+                row["forces_test"] = test_force_rmse(
+                    args, name, variant, theta, test[: args.forces]
+                )
             report(dict(model=f"{name} {variant}", features=sums.shape[1], cache=args.cache, **row))
 
 
@@ -196,7 +230,9 @@ def test_force_rmse(args, name: str, variant: str, theta, structures) -> float:
 
     def model(values, numbers):
         if variant == "norm":
-            values = values / torch.linalg.vector_norm(values, dim=1, keepdim=True).clamp_min(1e-300)
+            values = values / torch.linalg.vector_norm(values, dim=1, keepdim=True).clamp_min(
+                1e-300
+            )
         return values @ weights
 
     squared, count = 0.0, 0
@@ -219,7 +255,14 @@ def cmd_rp(args):
             for seed in range(args.seeds):
                 p = RandomProjection(d, seed=seed).fit(full.shape[1]).components_
                 row, _ = ridge(full @ p.T, comp, energy, train, test)
-                report(dict(model=f"RP(full) D={d} seed {seed} {variant}", features=d, cache=args.cache, **row))
+                report(
+                    dict(
+                        model=f"RP(full) D={d} seed {seed} {variant}",
+                        features=d,
+                        cache=args.cache,
+                        **row,
+                    )
+                )
 
 
 def cmd_projtime(args):
@@ -262,16 +305,31 @@ def cmd_ef(args):
     train, test = split(len(frames))
     train = train[: args.train]
     start = time.process_time()
-    model = LinearPotential(rep, forces_weight=args.forces_weight, stress_weight=0.0, cv=5,
-                            cv_metric=args.cv_metric, batch_size=8, progress=True)
+    model = LinearPotential(
+        rep,
+        forces_weight=args.forces_weight,
+        stress_weight=0.0,
+        cv=5,
+        cv_metric=args.cv_metric,
+        batch_size=8,
+        progress=True,
+    )
     model.fit([frames[int(s)] for s in train])
     fit_cpu = time.process_time() - start
     best = int(np.flatnonzero(np.isclose(model.cv_results_["alphas"], model.alpha_))[0])
     scores = model.score([frames[int(s)] for s in test[: args.test]])
-    row = dict(name=args.name, features=rep.n_features, train=len(train), forces_weight=args.forces_weight,
-               alpha=model.alpha_, cv_energy=1e3 * model.cv_results_["energy_rmse"][best],
-               cv_forces=1e3 * model.cv_results_["forces_rmse"][best],
-               test_energy=1e3 * scores["energy"], test_forces=1e3 * scores["forces"], fit_cpu_s=fit_cpu)
+    row = dict(
+        name=args.name,
+        features=rep.n_features,
+        train=len(train),
+        forces_weight=args.forces_weight,
+        alpha=model.alpha_,
+        cv_energy=1e3 * model.cv_results_["energy_rmse"][best],
+        cv_forces=1e3 * model.cv_results_["forces_rmse"][best],
+        test_energy=1e3 * scores["energy"],
+        test_forces=1e3 * scores["forces"],
+        fit_cpu_s=fit_cpu,
+    )
     print(json.dumps(row), flush=True)
     with open(Path(args.cache) / "ef.jsonl", "a") as stream:
         stream.write(json.dumps(row) + "\n")
@@ -289,8 +347,12 @@ def main(argv=None):
     p = sub.add_parser("fit")
     p.add_argument("names", nargs="+")
     p.add_argument("--variants", nargs="+", default=["raw", "norm"])
-    p.add_argument("--forces", type=int, default=0,
-                   help="also the force RMSE of each energy-only fit on this many test structures")
+    p.add_argument(
+        "--forces",
+        type=int,
+        default=0,
+        help="also the force RMSE of each energy-only fit on this many test structures",
+    )
     p = sub.add_parser("ef")
     p.add_argument("name")
     p.add_argument("kind", choices=["soap", "ace"])
@@ -309,7 +371,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     Path(args.cache).mkdir(parents=True, exist_ok=True)
-    {"features": cmd_features, "fit": cmd_fit, "ef": cmd_ef, "rp": cmd_rp, "projtime": cmd_projtime}[args.command](args)
+    {
+        "features": cmd_features,
+        "fit": cmd_fit,
+        "ef": cmd_ef,
+        "rp": cmd_rp,
+        "projtime": cmd_projtime,
+    }[args.command](args)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -66,8 +65,7 @@ from _common import (  # noqa: E402
     write_json_atomically,
 )
 
-ELEMENTS_25 = ("Sc Ti V Cr Mn Fe Co Ni Cu Zn Y Zr Nb Mo Tc Ru Rh Pd Ag Cd "
-               "Hf Ta W Re Os").split()
+ELEMENTS_25 = ("Sc Ti V Cr Mn Fe Co Ni Cu Zn Y Zr Nb Mo Tc Ru Rh Pd Ag Cd Hf Ta W Re Os").split()
 ELEMENTS_3 = ("Cr", "Fe", "Ni")
 CUTOFF, N_MAX, L_MAX, SIGMA = 5.0, 8, 6, 0.5
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench_soap.json"
@@ -104,8 +102,10 @@ def gap_string(elements, variant: str, channels: int = 0) -> str:
     from ase.data import atomic_numbers
 
     zs = " ".join(str(atomic_numbers[e]) for e in elements)
-    base = (f"soap cutoff={CUTOFF} l_max={L_MAX} n_max={N_MAX} atom_sigma={SIGMA} "
-            f"n_species={len(elements)} species_Z={{{zs}}}")
+    base = (
+        f"soap cutoff={CUTOFF} l_max={L_MAX} n_max={N_MAX} atom_sigma={SIGMA} "
+        f"n_species={len(elements)} species_Z={{{zs}}}"
+    )
     if variant == "full":
         return base
     coupling = {"rz-el": "F", "rz-tensor": "T"}[variant]
@@ -113,8 +113,11 @@ def gap_string(elements, variant: str, channels: int = 0) -> str:
 
 
 def variant_label(variant: str, channels: int) -> str:
-    return {"full": "full SOAP", "rz-el": f"TR R+Z el K={channels}",
-            "rz-tensor": f"TR R+Z tensor K={channels}"}[variant]
+    return {
+        "full": "full SOAP",
+        "rz-el": f"TR R+Z el K={channels}",
+        "rz-tensor": f"TR R+Z tensor K={channels}",
+    }[variant]
 
 
 # ----------------------------------------------------------------------------- worker
@@ -130,15 +133,20 @@ def _build_case(spec: dict):
     if lib == "tradens":
         import torch
 
-        from tradens.quip import soap_from_gap
         from tradens.density.radial import make_radial_basis
+        from tradens.quip import soap_from_gap
 
         torch.set_num_threads(1)
         soap = soap_from_gap(string)
         if spec.get("basis", "gaussian_grid") == "gto":
             h = soap.hypers
-            soap.radial_basis = make_radial_basis("gto", n_max=h.radial.n_max, l_max=h.l_max,
-                                                  cutoff=h.cutoff.radius, sigma=h.density.sigma)
+            soap.radial_basis = make_radial_basis(
+                "gto",
+                n_max=h.radial.n_max,
+                l_max=h.l_max,
+                cutoff=h.cutoff.radius,
+                sigma=h.density.sigma,
+            )
         dtype = getattr(torch, spec.get("dtype", "float64"))
         device = spec.get("device", "cpu")
         if device != "cpu":
@@ -164,8 +172,11 @@ def _build_case(spec: dict):
         calculator = SoapPowerSpectrum(
             cutoff={"radius": CUTOFF, "smoothing": {"type": "ShiftedCosine", "width": 0.5}},
             density={"type": "Gaussian", "width": SIGMA},
-            basis={"type": "TensorProduct", "max_angular": L_MAX,
-                   "radial": {"type": "Gto", "max_radial": N_MAX - 1}},
+            basis={
+                "type": "TensorProduct",
+                "max_angular": L_MAX,
+                "radial": {"type": "Gto", "max_radial": N_MAX - 1},
+            },
         )
 
         def features_per_atom(tensor):
@@ -180,10 +191,22 @@ def _build_case(spec: dict):
     if lib == "dscribe":
         from dscribe.descriptors import SOAP as DSOAP
 
-        calculator = DSOAP(species=elements, r_cut=CUTOFF, n_max=N_MAX, l_max=L_MAX, sigma=SIGMA,
-                           rbf="gto", periodic=True, sparse=False, dtype="float64")
-        return ((lambda: calculator.create(atoms, n_jobs=1)),
-                (lambda values: int(values.shape[1])), None)
+        calculator = DSOAP(
+            species=elements,
+            r_cut=CUTOFF,
+            n_max=N_MAX,
+            l_max=L_MAX,
+            sigma=SIGMA,
+            rbf="gto",
+            periodic=True,
+            sparse=False,
+            dtype="float64",
+        )
+        return (
+            (lambda: calculator.create(atoms, n_jobs=1)),
+            (lambda values: int(values.shape[1])),
+            None,
+        )
     raise ValueError(f"unknown library {lib!r}")
 
 
@@ -237,8 +260,12 @@ def build_cases(args) -> list[dict]:
     unknown = set(libs) - {"tradens", *PEERS}
     if unknown:
         raise SystemExit(f"unknown --libs entries: {sorted(unknown)}")
-    have = {"tradens": True, "quippy": available("quippy"), "featomic": available("featomic"),
-            "dscribe": available("dscribe")}
+    have = {
+        "tradens": True,
+        "quippy": available("quippy"),
+        "featomic": available("featomic"),
+        "dscribe": available("dscribe"),
+    }
     cuda = (not args.no_cuda) and cuda_visible()
     common = {"repeat": args.repeat, "warmup": args.warmup, "repeats": args.repeats}
     channels = [int(k) for k in args.channels.split(",")]
@@ -289,6 +316,7 @@ def add_ratios(rows: list[dict]) -> None:
     ``speedup_*`` use wall-clock medians (the protocol of ``peers.md``),
     ``speedup_*_cpu`` CPU-time medians (steadier on a shared machine).
     """
+
     def key(row):
         return (row["S"], row["variant"], row["K"], row["scan"])
 
@@ -317,13 +345,19 @@ def s_scan_summary(rows: list[dict]) -> dict:
     """TR-SOAP (K = 16) time against S, and the ratio of the largest to the smallest S."""
     summary = {}
     for lib in ("tradens", "quippy"):
-        scan = sorted((r["S"], r["median_s"], r["median_cpu_s"]) for r in rows
-                      if r["scan"] and r["lib"] == lib and r.get("ok"))
+        scan = sorted(
+            (r["S"], r["median_s"], r["median_cpu_s"])
+            for r in rows
+            if r["scan"] and r["lib"] == lib and r.get("ok")
+        )
         if scan:
-            summary[lib] = {"S": [s for s, _, _ in scan], "median_s": [t for _, t, _ in scan],
-                            "median_cpu_s": [c for _, _, c in scan],
-                            "ratio_largest_to_smallest": scan[-1][1] / scan[0][1],
-                            "ratio_largest_to_smallest_cpu": scan[-1][2] / scan[0][2]}
+            summary[lib] = {
+                "S": [s for s, _, _ in scan],
+                "median_s": [t for _, t, _ in scan],
+                "median_cpu_s": [c for _, _, c in scan],
+                "ratio_largest_to_smallest": scan[-1][1] / scan[0][1],
+                "ratio_largest_to_smallest_cpu": scan[-1][2] / scan[0][2],
+            }
     return summary
 
 
@@ -333,9 +367,11 @@ def _basis(name: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The results as a text table (ratios are speed-ups: wall-clock, then CPU time)."""
-    header = (f"{'lib':9} {'S':>2} {'descriptor':22} {'basis':5} {'dtype':7} {'dev':4} "
-              f"{'feat/atom':>9} {'wall s':>8} {'cpu s':>8} {'peak MB':>8} {'work MB':>8} "
-              f"{'x quippy (cpu)':>15} {'x best peer (cpu)':>26}")
+    header = (
+        f"{'lib':9} {'S':>2} {'descriptor':22} {'basis':5} {'dtype':7} {'dev':4} "
+        f"{'feat/atom':>9} {'wall s':>8} {'cpu s':>8} {'peak MB':>8} {'work MB':>8} "
+        f"{'x quippy (cpu)':>15} {'x best peer (cpu)':>26}"
+    )
     lines = [header, "-" * len(header)]
 
     def ratio(row, name):
@@ -344,8 +380,10 @@ def format_table(rows: list[dict]) -> str:
 
     for r in rows:
         name = variant_label(r["variant"], r["K"]) + (" (scan)" if r["scan"] else "")
-        head = (f"{r['lib']:9} {r['S']:>2} {name:22} {_basis(r['basis']):5} {r['dtype']:7} "
-                f"{r['device'][:4]:4} ")
+        head = (
+            f"{r['lib']:9} {r['S']:>2} {name:22} {_basis(r['basis']):5} {r['dtype']:7} "
+            f"{r['device'][:4]:4} "
+        )
         if not r.get("ok"):
             lines.append(head + f"FAILED: {r.get('error')}")
             continue
@@ -353,37 +391,53 @@ def format_table(rows: list[dict]) -> str:
         if best:
             best += f" {r['best_peer']}"
         work = r["peak_rss_mb"] - r["rss_before_mb"] if r.get("rss_before_mb") else float("nan")
-        lines.append(head + f"{r['features_per_atom']:>9} {r['median_s']:>8.4f} "
-                     f"{r['median_cpu_s']:>8.4f} "
-                     f"{r['peak_rss_mb']:>8.0f} {work:>8.0f} {ratio(r, 'speedup_vs_quippy'):>15} "
-                     f"{best:>26}")
+        lines.append(
+            head + f"{r['features_per_atom']:>9} {r['median_s']:>8.4f} "
+            f"{r['median_cpu_s']:>8.4f} "
+            f"{r['peak_rss_mb']:>8.0f} {work:>8.0f} {ratio(r, 'speedup_vs_quippy'):>15} "
+            f"{best:>26}"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="bench_soap", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--elements", default="3,25",
-                        help="S values of the main table (default 3,25)")
-    parser.add_argument("--libs", default="tradens,quippy,featomic,dscribe",
-                        help="libraries to run (missing peers are skipped)")
+        prog="bench_soap",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--elements", default="3,25", help="S values of the main table (default 3,25)"
+    )
+    parser.add_argument(
+        "--libs",
+        default="tradens,quippy,featomic,dscribe",
+        help="libraries to run (missing peers are skipped)",
+    )
     parser.add_argument("--channels", default="8,16,32", help="K of the element-wise TR cases")
     parser.add_argument("--tensor-channels", type=int, default=16, help="K of the coupling=T case")
-    parser.add_argument("--repeat", type=int, default=10,
-                        help="bcc supercell repeat (2 repeat^3 atoms; default 10: 2000 atoms)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=10,
+        help="bcc supercell repeat (2 repeat^3 atoms; default 10: 2000 atoms)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
-    parser.add_argument("--s-scan", default="3,25",
-                        help="S values of the TR-SOAP (K=16) scan; empty string to skip")
+    parser.add_argument(
+        "--s-scan", default="3,25", help="S values of the TR-SOAP (K=16) scan; empty string to skip"
+    )
     parser.add_argument("--s-scan-peers", action="store_true", help="also run quippy in the scan")
     parser.add_argument("--s-scan-only", action="store_true", help="run only the S scan")
     parser.add_argument("--no-float32", action="store_true", help="skip the float32 cases")
     parser.add_argument("--no-cuda", action="store_true", help="skip CUDA cases even if visible")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results path")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny smoke run: 16 atoms, S=3, a few cases, one call each")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny smoke run: 16 atoms, S=3, a few cases, one call each",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -404,8 +458,11 @@ def main(argv=None) -> int:
         cases = [c for c in cases if c["basis"] != "gto" or c["lib"] != "tradens"]
         cases = [c for c in cases if c["variant"] != "rz-tensor"]
     info = machine_info()
-    print(f"# bench_soap: {len(cases)} cases, {2 * args.repeat ** 3} atoms, "
-          f"{info.get('cpu_model')}, load {info.get('load_average')}", flush=True)
+    print(
+        f"# bench_soap: {len(cases)} cases, {2 * args.repeat**3} atoms, "
+        f"{info.get('cpu_model')}, load {info.get('load_average')}",
+        flush=True,
+    )
     rows = []
     for spec in cases:
         start = time.perf_counter()
@@ -416,30 +473,51 @@ def main(argv=None) -> int:
             status = f"{result['median_s']:.4f} s (cpu {result['median_cpu_s']:.4f} s)"
         else:
             status = f"FAILED {result.get('error')}"
-        print(f"  {spec['lib']:9} S={spec['S']:<2} {variant_label(spec['variant'], spec['K']):22} "
-              f"{_basis(spec['basis']):6} {spec['dtype']:7} {spec['device']:4} {status}  "
-              f"[{time.perf_counter() - start:.1f} s wall]", flush=True)
+        print(
+            f"  {spec['lib']:9} S={spec['S']:<2} {variant_label(spec['variant'], spec['K']):22} "
+            f"{_basis(spec['basis']):6} {spec['dtype']:7} {spec['device']:4} {status}  "
+            f"[{time.perf_counter() - start:.1f} s wall]",
+            flush=True,
+        )
     add_ratios(rows)
     print()
     print(format_table(rows))
     scan = s_scan_summary(rows)
     for lib, values in scan.items():
-        pairs = ", ".join(f"S={s}: {t:.4f} s (cpu {c:.4f} s)"
-                          for s, t, c in zip(values["S"], values["median_s"],
-                                             values["median_cpu_s"], strict=True))
-        print(f"S scan ({lib}, TR R+Z el K=16): {pairs}; ratio largest/smallest S "
-              f"{values['ratio_largest_to_smallest']:.2f} "
-              f"(cpu {values['ratio_largest_to_smallest_cpu']:.2f})")
+        pairs = ", ".join(
+            f"S={s}: {t:.4f} s (cpu {c:.4f} s)"
+            for s, t, c in zip(values["S"], values["median_s"], values["median_cpu_s"], strict=True)
+        )
+        print(
+            f"S scan ({lib}, TR R+Z el K=16): {pairs}; ratio largest/smallest S "
+            f"{values['ratio_largest_to_smallest']:.2f} "
+            f"(cpu {values['ratio_largest_to_smallest_cpu']:.2f})"
+        )
     info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    data = {"benchmark": "bench_soap", "system": {
-        "structure": "bulk('Fe', 'bcc', a=3.2, cubic=True) * repeat, random elements "
-                     "(default_rng(0).choice), rattle(0.05, seed=0), pbc",
-        "repeat": args.repeat, "n_atoms": 2 * args.repeat ** 3, "cutoff": CUTOFF, "n_max": N_MAX,
-        "l_max": L_MAX, "atom_sigma": SIGMA},
-        "protocol": {"warmup": args.warmup, "repeats": args.repeats, "statistic": "median",
-                     "threads": 1, "memory": "VmHWM of the worker process"},
-        "machine": info, "argv": list(sys.argv[1:] if argv is None else argv),
-        "cases": rows, "s_scan": scan}
+    data = {
+        "benchmark": "bench_soap",
+        "system": {
+            "structure": "bulk('Fe', 'bcc', a=3.2, cubic=True) * repeat, random elements "
+            "(default_rng(0).choice), rattle(0.05, seed=0), pbc",
+            "repeat": args.repeat,
+            "n_atoms": 2 * args.repeat**3,
+            "cutoff": CUTOFF,
+            "n_max": N_MAX,
+            "l_max": L_MAX,
+            "atom_sigma": SIGMA,
+        },
+        "protocol": {
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "statistic": "median",
+            "threads": 1,
+            "memory": "VmHWM of the worker process",
+        },
+        "machine": info,
+        "argv": list(sys.argv[1:] if argv is None else argv),
+        "cases": rows,
+        "s_scan": scan,
+    }
     write_json_atomically(Path(args.output), data)
     print(f"results written to {args.output}")
     return 0 if all(r.get("ok") for r in rows) else 1

@@ -32,18 +32,28 @@ def residual(features: np.ndarray, target: np.ndarray) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT), help="extxyz file (default: bundled HEA25 sample)")
+    parser.add_argument(
+        "--data", default=str(DEFAULT), help="extxyz file (default: bundled HEA25 sample)"
+    )
     parser.add_argument("--structures", type=int, default=12, help="number of structures to use")
     args = parser.parse_args(argv)
     frames = ase.io.read(args.data, f":{args.structures}")
     species = sorted({int(z) for atoms in frames for z in atoms.numbers})
-    common = dict(cutoff=4.0, species=species, nu_max=2, l_max=(0, 2), radial={"n_max": 1},
-                  density={"sigma": 0.5, "center_weight": 0.0})
+    common = dict(
+        cutoff=4.0,
+        species=species,
+        nu_max=2,
+        l_max=(0, 2),
+        radial={"n_max": 1},
+        density={"sigma": 0.5, "center_weight": 0.0},
+    )
     full = tradens.ACE(weights="onehot", mode="full", **common).compute(frames).values
     full = full - full.mean(0)
     S = len(species)
-    print(f"{len(frames)} structures, {sum(len(a) for a in frames)} atoms, S = {S}, "
-          f"full basis: {full.shape[1]} features")
+    print(
+        f"{len(frames)} structures, {sum(len(a) for a in frames)} atoms, S = {S}, "
+        f"full basis: {full.shape[1]} features"
+    )
     print(f"{'K':>4} {'mode':>9} {'features':>9} {'residual':>10}")
     for K in sorted({2, 4, S // 2, S - 2, S}):
         for mode in ("full", "diagonal"):

@@ -122,8 +122,12 @@ def representations(species, s: dict, args) -> dict:
             # random projection of the full SOAP to the size of the (largest) TR-ACE
             k = max(args.ace_channels or s["channels"])
             size = tradens.ACE(
-                cutoff=s["cutoff"], species=species, nu_max=len(ace_l), l_max=ace_l,
-                channels=k, radial={"n_max": s["n_max"]},
+                cutoff=s["cutoff"],
+                species=species,
+                nu_max=len(ace_l),
+                l_max=ace_l,
+                channels=k,
+                radial={"n_max": s["n_max"]},
             ).n_features
             out[f"RP(full SOAP) D={size}"] = (lambda: SOAP(**hypers), "random projection", size)
     return out

@@ -48,7 +48,9 @@ def small_cell() -> ase.Atoms:
 @pytest.fixture
 def triclinic() -> ase.Atoms:
     atoms = make_alloy(seed=3, repeat=(1, 1, 1))
-    cell = np.asarray(atoms.get_cell()) + np.array([[0.0, 0.3, 0.2], [0.4, 0.0, -0.3], [0.2, 0.5, 0.0]])
+    cell = np.asarray(atoms.get_cell()) + np.array(
+        [[0.0, 0.3, 0.2], [0.4, 0.0, -0.3], [0.2, 0.5, 0.0]]
+    )
     atoms.set_cell(cell, scale_atoms=True)
     return atoms
 

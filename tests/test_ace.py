@@ -23,13 +23,22 @@ HEA25 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hea25"
 
 
 def make(**kw):
-    base = dict(cutoff=4.5, species=SPECIES, nu_max=4, l_max=(0, 4, 3, 2), channels=5, radial={"n_max": 4})
+    base = dict(
+        cutoff=4.5, species=SPECIES, nu_max=4, l_max=(0, 4, 3, 2), channels=5, radial={"n_max": 4}
+    )
     base.update(kw)
     return ACE(**base)
 
 
-@pytest.mark.parametrize("kw", [{}, {"mode": "full", "channels": 3, "nu_max": 3, "l_max": (0, 2, 2)},
-                                {"channels": (3, 4, 2, 2)}, {"parity": "even", "normalize": True}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"mode": "full", "channels": 3, "nu_max": 3, "l_max": (0, 2, 2)},
+        {"channels": (3, 4, 2, 2)},
+        {"parity": "even", "normalize": True},
+    ],
+)
 def test_invariance_contract(kw, alloy, small_cell):
     ace = make(**kw)
     assert_rotation_invariant(ace, alloy, atol=1e-10)
@@ -64,7 +73,7 @@ def test_element_relabelling_with_permuted_embedding(alloy):
     permuted = np.empty_like(matrix)
     for s, z in enumerate(SPECIES):
         t = SPECIES.index(relabel[z])
-        permuted[t * n_max:(t + 1) * n_max] = matrix[s * n_max:(s + 1) * n_max]
+        permuted[t * n_max : (t + 1) * n_max] = matrix[s * n_max : (s + 1) * n_max]
     kw = dict(radial={"n_max": n_max}, channels=K, weights="given", nu_max=3, l_max=(0, 3, 2))
     a = make(matrix=matrix, **kw).compute(alloy).values
     b = make(matrix=permuted, **kw).compute(other).values
@@ -75,11 +84,23 @@ def test_nu2_diagonal_equals_elementwise_tr_soap(alloy):
     """B_{k,(l,l)} = sum_m A_klm^2 / sqrt(2l+1) = p_kl of the element-wise TR power spectrum."""
     n_max, K, l_max = 4, 5, 4
     matrix = np.random.default_rng(2).normal(size=(3 * n_max, K))
-    ace = make(nu_max=2, l_max=(0, l_max), channels=K, weights="given", matrix=matrix,
-               density={"sigma": 0.5, "center_weight": 1.0})
-    soap = SOAP(cutoff=4.5, l_max=l_max, radial={"n_max": n_max}, species=SPECIES, normalize=False,
-                mixing={"mode": "radial+element", "channels": K, "weights": "given", "matrix": matrix},
-                coupling="elementwise")
+    ace = make(
+        nu_max=2,
+        l_max=(0, l_max),
+        channels=K,
+        weights="given",
+        matrix=matrix,
+        density={"sigma": 0.5, "center_weight": 1.0},
+    )
+    soap = SOAP(
+        cutoff=4.5,
+        l_max=l_max,
+        radial={"n_max": n_max},
+        species=SPECIES,
+        normalize=False,
+        mixing={"mode": "radial+element", "channels": K, "weights": "given", "matrix": matrix},
+        coupling="elementwise",
+    )
     b = ace.compute(alloy)
     p = soap.compute(alloy).values.reshape(len(alloy), K, l_max + 1)  # [atom, k, l]
     labels = b.labels
@@ -96,20 +117,34 @@ def test_nu2_diagonal_equals_elementwise_tr_soap(alloy):
 def test_full_onehot_nu2_is_the_full_soap(alloy):
     """With one-hot (z, n) channels the full nu=2 basis is the species-resolved power spectrum."""
     n_max, l_max = 2, 3
-    ace = ACE(cutoff=4.5, species=SPECIES, nu_max=2, l_max=(0, l_max), weights="onehot", mode="full",
-              radial={"n_max": n_max}, density={"center_weight": 1.0})
+    ace = ACE(
+        cutoff=4.5,
+        species=SPECIES,
+        nu_max=2,
+        l_max=(0, l_max),
+        weights="onehot",
+        mode="full",
+        radial={"n_max": n_max},
+        density={"center_weight": 1.0},
+    )
     soap = SOAP(cutoff=4.5, l_max=l_max, radial={"n_max": n_max}, species=SPECIES, normalize=False)
     b, x = ace.compute(alloy), soap.compute(alloy).values
     soap_labels = soap.feature_labels()
-    lookup = {(a, c, l): i for i, (a, c, l) in
-              enumerate(zip(soap_labels["channel_1"], soap_labels["channel_2"], soap_labels["l"]))}
+    lookup = {
+        (a, c, l): i
+        for i, (a, c, l) in enumerate(
+            zip(soap_labels["channel_1"], soap_labels["channel_2"], soap_labels["l"])
+        )
+    }
     nu2 = np.nonzero(b.labels["nu"] == 2)[0]
     assert len(nu2) == len(lookup)
     for column in nu2:
         k1, k2 = map(int, b.labels["k"][column].split("-"))
         l = int(b.labels["l"][column].split("-")[0])
         target = x[:, lookup[(max(k1, k2), min(k1, k2), l)]] / (1.0 if k1 == k2 else np.sqrt(2.0))
-        np.testing.assert_allclose(np.abs(b.values[:, column]), np.abs(target), rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(
+            np.abs(b.values[:, column]), np.abs(target), rtol=1e-11, atol=1e-14
+        )
 
 
 def test_linear_independence_over_environments():
@@ -143,8 +178,14 @@ def test_convergence_to_full_basis_on_hea25():
     """Residual of the full basis regressed on TR features falls with K; zero at K = S * n_max."""
     frames = ase.io.read(HEA25, "::2")  # 45 structures, all 25 elements, ~1800 atoms
     species = sorted({int(z) for atoms in frames for z in atoms.numbers})
-    common = dict(cutoff=4.0, species=species, nu_max=2, l_max=(0, 2), radial={"n_max": 1},
-                  density={"sigma": 0.5, "center_weight": 0.0})
+    common = dict(
+        cutoff=4.0,
+        species=species,
+        nu_max=2,
+        l_max=(0, 2),
+        radial={"n_max": 1},
+        density={"sigma": 0.5, "center_weight": 0.0},
+    )
     full = ACE(weights="onehot", mode="full", **common).compute(frames).values
     full = full - full.mean(axis=0)
     residuals = {}
@@ -152,7 +193,11 @@ def test_convergence_to_full_basis_on_hea25():
     for mode, ks in (("full", (4, 12, 25)), ("diagonal", (8, 32))):
         residuals[mode] = []
         for K in ks:
-            tr = ACE(weights="random", mode=mode, channels=K, seed=3, **common).compute(frames).values
+            tr = (
+                ACE(weights="random", mode=mode, channels=K, seed=3, **common)
+                .compute(frames)
+                .values
+            )
             tr = np.hstack([tr - tr.mean(axis=0), np.ones((len(tr), 1))])
             coefficients, *_ = np.linalg.lstsq(tr, full, rcond=None)
             residuals[mode].append(np.linalg.norm(full - tr @ coefficients) / np.linalg.norm(full))
@@ -174,11 +219,17 @@ def test_per_order_mode_concatenates_the_pure_modes(alloy):
         expected = reference.compute(alloy).values[:, reference.feature_labels()["nu"] == order]
         np.testing.assert_allclose(values[:, nu == order], expected, rtol=1e-12, atol=1e-14)
     assert mixed.n_features == sum(
-        int((parts[m].feature_labels()["nu"] == o).sum()) for o, m in ((1, "full"), (2, "full"), (3, "diagonal")))
+        int((parts[m].feature_labels()["nu"] == o).sum())
+        for o, m in ((1, "full"), (2, "full"), (3, "diagonal"))
+    )
     # an int K with a per-order mode gives every order its own embedding of K channels
     shared = make(mode=("diagonal", "full", "diagonal"), nu_max=3, l_max=(0, 3, 2), channels=3)
-    assert shared.n_features == make(mode=("diagonal", "full", "diagonal"), nu_max=3, l_max=(0, 3, 2),
-                                     channels=(3, 3, 3)).n_features
+    assert (
+        shared.n_features
+        == make(
+            mode=("diagonal", "full", "diagonal"), nu_max=3, l_max=(0, 3, 2), channels=(3, 3, 3)
+        ).n_features
+    )
     assert_rotation_invariant(mixed, alloy, atol=1e-10)
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from tradens.invariants.coupling import coupling_tensors, n_coupling_paths, wigner_d_real_full
 from tradens.invariants.product_basis import (
     FeatureLabel,
     ace_product_basis,
     ace_product_basis_labels,
     ace_product_basis_plan,
 )
-from tradens.invariants.coupling import coupling_tensors, n_coupling_paths, wigner_d_real_full
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -231,12 +231,8 @@ def test_degree_truncation():
     A = random_A(5, K, 3, seed=12)
     for mode in ("diagonal", "full"):
         B_all, lab_all = ace_product_basis(A, 4, lmax, mode=mode)
-        B, lab = ace_product_basis(
-            A, 4, lmax, mode=mode, channel_degree=n, max_degree=5, w_L=1.5
-        )
-        expected = [
-            x for x in lab_all if sum(n[k] for k in x.k) + 1.5 * sum(x.l) <= 5 + 1e-12
-        ]
+        B, lab = ace_product_basis(A, 4, lmax, mode=mode, channel_degree=n, max_degree=5, w_L=1.5)
+        expected = [x for x in lab_all if sum(n[k] for k in x.k) + 1.5 * sum(x.l) <= 5 + 1e-12]
         assert lab == expected
         assert 0 < len(lab) < len(lab_all)
         index = {x: i for i, x in enumerate(lab_all)}

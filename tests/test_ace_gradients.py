@@ -9,11 +9,13 @@ from conftest import SPECIES
 from test_gradients import check_against_finite_differences
 
 from tradens import as_batch
+from tradens.gradients import descriptor_gradients
 from tradens.gradients.ace_pairs import ace_pair_applies, ace_pair_gradients
 from tradens.representations.ace import ACE
-from tradens.gradients import descriptor_gradients
 
-BASE = dict(cutoff=4.5, species=list(SPECIES), nu_max=4, l_max=(0, 4, 3, 2), channels=5, radial={"n_max": 4})
+BASE = dict(
+    cutoff=4.5, species=list(SPECIES), nu_max=4, l_max=(0, 4, 3, 2), channels=5, radial={"n_max": 4}
+)
 VARIANTS = {
     "shared": {},
     "normalised": dict(normalize=True),
@@ -55,10 +57,14 @@ def test_finite_differences_and_auto_dispatch(triclinic):
 def test_small_chunks_and_float32(alloy):
     ace = ace_of("shared")
     reference = ace_pair_gradients(ace, as_batch(alloy), strain=True, chunk_bytes=64 * 2**20)
-    chunked = ace_pair_gradients(ace, as_batch(alloy), strain=True, chunk_bytes=1)  # one centre per chunk
+    chunked = ace_pair_gradients(
+        ace, as_batch(alloy), strain=True, chunk_bytes=1
+    )  # one centre per chunk
     torch.testing.assert_close(chunked.positions, reference.positions, atol=1e-14, rtol=0)
     torch.testing.assert_close(chunked.strain, reference.strain, atol=1e-13, rtol=0)
     single = descriptor_gradients(ace, alloy, dtype=torch.float32)
     assert single.positions.dtype == torch.float32
     scale = float(reference.positions.abs().max())
-    np.testing.assert_allclose(single.positions.double().numpy(), reference.positions.numpy(), atol=1e-5 * scale)
+    np.testing.assert_allclose(
+        single.positions.double().numpy(), reference.positions.numpy(), atol=1e-5 * scale
+    )

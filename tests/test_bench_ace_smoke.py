@@ -12,8 +12,12 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ace.py"
 
 def test_bench_ace_quick(tmp_path):
     output = tmp_path / "ace.json"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output", str(output)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(output.read_text())
     cases = data["cases"]

@@ -118,8 +118,12 @@ def test_bad_input_ends_with_one_line(tmp_path, capsys):
 
 
 def test_features_threads_option(tmp_path):
-    result = run_tradens("features", "--example", "--channels", "4", "--threads", "1", "-q", cwd=tmp_path)
-    assert result.returncode == 0 and "468 rows x 70 features per atom" in result.stdout, result.stderr
+    result = run_tradens(
+        "features", "--example", "--channels", "4", "--threads", "1", "-q", cwd=tmp_path
+    )
+    assert result.returncode == 0 and "468 rows x 70 features per atom" in result.stdout, (
+        result.stderr
+    )
     result = run_tradens("features", "--example", "--threads", "-2", cwd=tmp_path)
     assert result.returncode == 1 and "--threads must be >= 1" in one_line_error(result.stderr)
 
@@ -195,8 +199,9 @@ def test_features_formats_and_hypers_round_trip(tmp_path, capsys, sample):
 def test_metatensor_feature_file_round_trip(tmp_path, capsys, sample):
     pytest.importorskip("metatensor")
     for suffix in ("npz", "mts"):
-        code, _, err = call(capsys, "features", str(sample), "-o", str(tmp_path / f"f.{suffix}"),
-                            *SMALL)
+        code, _, err = call(
+            capsys, "features", str(sample), "-o", str(tmp_path / f"f.{suffix}"), *SMALL
+        )
         assert code == 0, err
     reference, hypers = read_features(tmp_path / "f.npz")
     mts, mts_hypers = read_features(tmp_path / "f.mts")
@@ -208,8 +213,9 @@ def test_metatensor_feature_file_round_trip(tmp_path, capsys, sample):
     for key, value in reference.labels.items():
         np.testing.assert_array_equal(mts.labels[key], value)
     # the analysis commands take it as precomputed features
-    code, out, err = call(capsys, "imbalance", "--a", str(tmp_path / "f.mts"),
-                          "--b", str(tmp_path / "f.npz"))
+    code, out, err = call(
+        capsys, "imbalance", "--a", str(tmp_path / "f.mts"), "--b", str(tmp_path / "f.npz")
+    )
     assert code == 0, err
     (tmp_path / "f.mts").write_bytes(b"not a metatensor file")
     with pytest.raises(ValueError, match="cannot read feature file"):

@@ -417,7 +417,11 @@ def test_enumerate_l_tuples():
     t3 = enumerate_l_tuples(3, 2)
     assert t3 == [(0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 1, 1), (1, 1, 2), (1, 2, 2), (2, 2, 2)]
     assert enumerate_l_tuples(3, 2, parity="even") == [
-        (0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 1, 2), (2, 2, 2)
+        (0, 0, 0),
+        (0, 1, 1),
+        (0, 2, 2),
+        (1, 1, 2),
+        (2, 2, 2),
     ]
     assert enumerate_l_tuples(3, 2, parity="odd") == [(1, 1, 1), (1, 2, 2)]
     for nu in (2, 3, 4):

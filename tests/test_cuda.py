@@ -15,9 +15,9 @@ from _models_helpers import alloy, label, small_soap
 from conftest import SPECIES, make_alloy
 
 from tradens import SOAP
-from tradens.representations.ace import ACE
 from tradens.gradients import descriptor_gradients, energy_forces_stress
 from tradens.models import LearnedPotential
+from tradens.representations.ace import ACE
 
 pytestmark = [
     pytest.mark.gpu,
@@ -35,11 +35,20 @@ SOAP_VARIANTS = {
 
 
 def soap_of(variant: str) -> SOAP:
-    return SOAP(cutoff=4.0, l_max=4, radial={"n_max": 4}, species=list(SPECIES), **SOAP_VARIANTS[variant])
+    return SOAP(
+        cutoff=4.0, l_max=4, radial={"n_max": 4}, species=list(SPECIES), **SOAP_VARIANTS[variant]
+    )
 
 
 def ace() -> ACE:
-    return ACE(cutoff=4.5, species=list(SPECIES), nu_max=4, l_max=(0, 4, 3, 2), channels=5, radial={"n_max": 4})
+    return ACE(
+        cutoff=4.5,
+        species=list(SPECIES),
+        nu_max=4,
+        l_max=(0, 4, 3, 2),
+        channels=5,
+        radial={"n_max": 4},
+    )
 
 
 def frames():
@@ -47,7 +56,9 @@ def frames():
 
 
 def model_fn_of(n_features: int, device):
-    w = torch.randn(n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(device)
+    w = torch.randn(n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(
+        device
+    )
 
     def model_fn(values, numbers):
         linear = values @ w.to(values.dtype)
@@ -131,17 +142,29 @@ def test_forces_and_stress_equal_the_cpu_and_autograd(variant):
 def test_learned_potential_trains_on_the_gpu_deterministically():
     teacher = small_soap(mixing={"channels": 3, "seed": 11})
     theta = torch.as_tensor(np.random.default_rng(0).normal(size=teacher.n_features))
-    data = label([alloy(seed, repeat=(1, 1, 2), rattle=0.15) for seed in range(8)], teacher,
-                 lambda values, numbers: values @ theta - 4.0)
+    data = label(
+        [alloy(seed, repeat=(1, 1, 2), rattle=0.15) for seed in range(8)],
+        teacher,
+        lambda values, numbers: values @ theta - 4.0,
+    )
 
     def train(device):
-        return LearnedPotential(small_soap(mixing={"channels": 3, "seed": 5}), hidden=(8,), max_epochs=3,
-                                batch_size=4, validation_fraction=0.25, forces_weight=1.0, device=device,
-                                seed=2).fit(data)
+        return LearnedPotential(
+            small_soap(mixing={"channels": 3, "seed": 5}),
+            hidden=(8,),
+            max_epochs=3,
+            batch_size=4,
+            validation_fraction=0.25,
+            forces_weight=1.0,
+            device=device,
+            seed=2,
+        ).fit(data)
 
     torch.cuda.reset_peak_memory_stats()
     first = train("cuda")
-    assert torch.cuda.max_memory_allocated() > 0  # it trained on the GPU (the model ends on the CPU)
+    assert (
+        torch.cuda.max_memory_allocated() > 0
+    )  # it trained on the GPU (the model ends on the CPU)
     second, cpu = train("cuda"), train("cpu")
     a, b, c = (m.predict(data[:2]) for m in (first, second, cpu))
     assert np.array_equal(a["energy"], b["energy"]) and np.array_equal(a["forces"], b["forces"])

@@ -23,10 +23,10 @@ import torch
 from tradens import SOAP
 from tradens.density.angular import l_of_lm, spherical_harmonics
 from tradens.density.expansion import SpeciesMap, expand_density
-from tradens.systems.neighbors import neighbor_list, pair_vectors
 from tradens.density.radial import GaussianGridBasis, GtoBasis, cosine_cutoff
 from tradens.representations.soap import _plan, pair_plan, power_spectrum
 from tradens.systems import as_batch
+from tradens.systems.neighbors import neighbor_list, pair_vectors
 
 SPECIES = (28, 29, 46)
 

@@ -64,8 +64,14 @@ def test_periodic_alloy(alloy, suffix):
     _compare(f"{BASE} {suffix}", alloy)
 
 
-@pytest.mark.parametrize("suffix", ["", "R_mix=T Z_mix=T sym_mix=T coupling=F K=4",
-                                    "Z_mix=T sym_mix=F coupling=T K=2 mix_shift=3"])
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        "",
+        "R_mix=T Z_mix=T sym_mix=T coupling=F K=4",
+        "Z_mix=T sym_mix=F coupling=T K=2 mix_shift=3",
+    ],
+)
 def test_small_triclinic_cell(small_cell, suffix):
     _compare(f"{BASE} {suffix}", small_cell)
 
@@ -101,4 +107,3 @@ def test_many_elements_and_higher_degree():
     base = f"soap cutoff=5.0 l_max=8 n_max=8 atom_sigma=0.5 n_species={len(species)} species_Z={{{species_str}}}"
     _compare(base, atoms)
     _compare(f"{base} R_mix=T Z_mix=T sym_mix=T coupling=F K=16", atoms)
-

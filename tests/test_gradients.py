@@ -24,11 +24,14 @@ VARIANTS = {
     "rz-sym-tensor": dict(mixing={"channels": 4}),
     "rz-asym-tensor": dict(mixing={"channels": 3, "symmetric": False}),
     "rz-sym-elementwise": dict(mixing={"channels": 4}, coupling="elementwise"),
-    "element-sym-elementwise": dict(mixing={"mode": "element", "channels": 2}, coupling="elementwise"),
+    "element-sym-elementwise": dict(
+        mixing={"mode": "element", "channels": 2}, coupling="elementwise"
+    ),
     "element-asym-tensor": dict(mixing={"mode": "element", "channels": 2, "symmetric": False}),
     "radial-sym-tensor-raw": dict(mixing={"mode": "radial", "channels": 2}, normalize=False),
-    "radial-asym-elementwise": dict(mixing={"mode": "radial", "channels": 2, "symmetric": False},
-                                    coupling="elementwise"),
+    "radial-asym-elementwise": dict(
+        mixing={"mode": "radial", "channels": 2, "symmetric": False}, coupling="elementwise"
+    ),
     "gap-weights-sigma0": dict(mixing={"channels": 3, "weights": "gap"}, covariance_sigma0=0.3),
 }
 
@@ -38,7 +41,9 @@ def small_cell(small_cell):
     """conftest's small cell, nudged: a1 + a2 is exactly 4.0 Å long (= the cutoff here), where
     the taper is only C1 and central differences err by O(h)."""
     atoms = small_cell.copy()
-    atoms.set_cell(np.asarray(atoms.get_cell()) + [[0.0, 0.0, 0.0], [0.013, 0.0, 0.0], [0.02, -0.01, 0.03]])
+    atoms.set_cell(
+        np.asarray(atoms.get_cell()) + [[0.0, 0.0, 0.0], [0.013, 0.0, 0.0], [0.02, -0.01, 0.03]]
+    )
     atoms.positions[1] += [0.013, -0.021, 0.017]
     return atoms
 
@@ -77,15 +82,19 @@ def fd_strain(rep, atoms, h=1e-5):
         for b in range(3):
             eps = np.zeros((3, 3))
             eps[a, b] = h
-            out[a, b] = (rep.compute(strained_copy(atoms, eps)).values
-                         - rep.compute(strained_copy(atoms, -eps)).values) / (2 * h)
+            out[a, b] = (
+                rep.compute(strained_copy(atoms, eps)).values
+                - rep.compute(strained_copy(atoms, -eps)).values
+            ) / (2 * h)
     return out
 
 
 def assert_relative(analytic, reference, rtol=1e-6, floor=1e-3):
     analytic, reference = np.asarray(analytic), np.asarray(reference)
     scale = np.abs(reference).max()
-    assert scale > floor, f"reference gradient is negligible ({scale:.2e}): the test would prove nothing"
+    assert scale > floor, (
+        f"reference gradient is negligible ({scale:.2e}): the test would prove nothing"
+    )
     error = np.abs(analytic - reference).max()
     assert error <= rtol * scale, f"max abs error {error:.3e} > {rtol:g} x {scale:.3e}"
 
@@ -141,8 +150,8 @@ def test_strain_is_symmetric_for_invariant_features(alloy):
 
 @pytest.mark.parametrize("l_max", [1, 4, 8])
 def test_closed_form_harmonic_gradients_match_autograd(l_max):
-    from tradens.density.derivatives import harmonics_with_gradient, rowwise_jacobian
     from tradens.density.angular import spherical_harmonics
+    from tradens.density.derivatives import harmonics_with_gradient, rowwise_jacobian
 
     generator = torch.Generator().manual_seed(l_max)
     vectors = torch.randn(200, 3, dtype=torch.float64, generator=generator) * 2.0
@@ -155,29 +164,42 @@ def test_closed_form_harmonic_gradients_match_autograd(l_max):
     torch.testing.assert_close(gradient, reference, atol=1e-12 * reference.abs().max(), rtol=0)
 
 
-@pytest.mark.parametrize("gap", ["soap cutoff=5.0 l_max=6 n_max=8 atom_sigma=0.5",
-                                 "soap cutoff=4.0 l_max=9 n_max=10 atom_sigma=0.3 cutoff_transition_width=1.2"])
+@pytest.mark.parametrize(
+    "gap",
+    [
+        "soap cutoff=5.0 l_max=6 n_max=8 atom_sigma=0.5",
+        "soap cutoff=4.0 l_max=9 n_max=10 atom_sigma=0.3 cutoff_transition_width=1.2",
+    ],
+)
 def test_closed_form_radial_derivative_matches_autograd(gap):
     from tradens.density.derivatives import radial_with_derivative, rowwise_jacobian
-    from tradens.quip import soap_from_gap
     from tradens.density.radial import cosine_cutoff
+    from tradens.quip import soap_from_gap
 
     soap = soap_from_gap(gap)
     h = soap.hypers
     r = torch.linspace(0.05, h.cutoff.radius - 1e-6, 500, dtype=torch.float64)
     radial, derivative = radial_with_derivative(soap, r)
     reference_values, reference = rowwise_jacobian(
-        lambda x: soap.radial_basis(x[:, 0]) * cosine_cutoff(x[:, 0], h.cutoff.radius, h.cutoff.width)[:, None, None],
-        r[:, None])
+        lambda x: (
+            soap.radial_basis(x[:, 0])
+            * cosine_cutoff(x[:, 0], h.cutoff.radius, h.cutoff.width)[:, None, None]
+        ),
+        r[:, None],
+    )
     torch.testing.assert_close(radial, reference_values, atol=1e-15, rtol=0)
     assert reference.abs().max() > 0.1
-    torch.testing.assert_close(derivative, reference[:, 0], atol=1e-12 * reference.abs().max(), rtol=0)
+    torch.testing.assert_close(
+        derivative, reference[:, 0], atol=1e-12 * reference.abs().max(), rtol=0
+    )
 
 
 # ----------------------------------------------------------------------------- autograd reference, invariances
 
 
-@pytest.mark.parametrize("variant", ["full", "rz-asym-tensor", "element-sym-elementwise", "gap-weights-sigma0"])
+@pytest.mark.parametrize(
+    "variant", ["full", "rz-asym-tensor", "element-sym-elementwise", "gap-weights-sigma0"]
+)
 @pytest.mark.parametrize("system", ["small_cell", "triclinic"])
 def test_pair_path_equals_autograd_path(variant, system, request):
     atoms = request.getfixturevalue(system)
@@ -218,7 +240,9 @@ def test_layouts_atom_and_image(small_cell, molecule):
         assert torch.all(by_image.shifts[first] == 0)
         summed = torch.zeros_like(by_image.positions[first]).index_add_(0, rows, by_image.positions)
         assert summed.abs().max() < 1e-12
-        torch.testing.assert_close(by_image.dense(len(atoms)), by_atom.dense(len(atoms)), atol=1e-13, rtol=0)
+        torch.testing.assert_close(
+            by_image.dense(len(atoms)), by_atom.dense(len(atoms)), atol=1e-13, rtol=0
+        )
         if atoms is small_cell:  # a cell smaller than the cutoff: many images of each atom
             assert by_image.index.shape[0] > 10 * by_atom.index.shape[0]
 
@@ -298,17 +322,24 @@ def test_linear_model_forces_and_stress(alloy):
     w, model_fn = linear_model(rep.n_features)
     out = energy_forces_stress(rep, model_fn, alloy)
     values = rep.compute(alloy).values
-    e0 = -1.0 * (alloy.numbers == 28).sum() - 2.0 * (alloy.numbers == 29).sum() - 3.5 * (alloy.numbers == 46).sum()
+    e0 = (
+        -1.0 * (alloy.numbers == 28).sum()
+        - 2.0 * (alloy.numbers == 29).sum()
+        - 3.5 * (alloy.numbers == 46).sum()
+    )
     np.testing.assert_allclose(out.energy, [(values @ w.numpy()).sum() + e0], rtol=1e-13)
     # forces = -w . Jacobian, stress = (1/V) w . strain Jacobian
     jac = descriptor_gradients(rep, alloy)
     contracted = -torch.einsum("eaf,f->ea", jac.positions, w)
-    forces = torch.zeros(len(alloy), 3, dtype=torch.float64).index_add_(0, jac.index[:, 1], contracted)
+    forces = torch.zeros(len(alloy), 3, dtype=torch.float64).index_add_(
+        0, jac.index[:, 1], contracted
+    )
     assert np.abs(out.forces).max() > 0.05
     np.testing.assert_allclose(out.forces, forces.numpy(), atol=1e-12)
     volume = alloy.get_volume()
-    np.testing.assert_allclose(out.stress[0], torch.einsum("rabf,f->ab", jac.strain, w).numpy() / volume,
-                               atol=1e-13)
+    np.testing.assert_allclose(
+        out.stress[0], torch.einsum("rabf,f->ab", jac.strain, w).numpy() / volume, atol=1e-13
+    )
     np.testing.assert_allclose(out.virial[0], -out.stress[0] * volume, atol=1e-12)
     assert np.abs(out.forces.sum(0)).max() < 1e-12
     # finite differences of the energy itself
@@ -317,15 +348,21 @@ def test_linear_model_forces_and_stress(alloy):
         plus, minus = alloy.copy(), alloy.copy()
         plus.positions[k, a] += h
         minus.positions[k, a] -= h
-        numeric = -(energy_forces_stress(rep, model_fn, plus).energy[0]
-                    - energy_forces_stress(rep, model_fn, minus).energy[0]) / (2 * h)
+        numeric = -(
+            energy_forces_stress(rep, model_fn, plus).energy[0]
+            - energy_forces_stress(rep, model_fn, minus).energy[0]
+        ) / (2 * h)
         assert abs(out.forces[k, a] - numeric) <= 1e-6 * np.abs(out.forces).max()
     # stress against ASE's own numerical stress (sign and Voigt convention of ASE)
     probe = alloy.copy()
     probe.calc = _ModelCalculator(rep, model_fn)
-    numeric_stress = calculate_numerical_stress(probe, eps=1e-5, voigt=False, force_consistent=False)
+    numeric_stress = calculate_numerical_stress(
+        probe, eps=1e-5, voigt=False, force_consistent=False
+    )
     assert np.abs(out.stress[0]).max() > 1e-3
-    np.testing.assert_allclose(out.stress[0], numeric_stress, atol=1e-6 * np.abs(out.stress[0]).max())
+    np.testing.assert_allclose(
+        out.stress[0], numeric_stress, atol=1e-6 * np.abs(out.stress[0]).max()
+    )
 
 
 def test_model_path_batches_and_non_periodic(molecule, small_cell, triclinic):
@@ -336,13 +373,17 @@ def test_model_path_batches_and_non_periodic(molecule, small_cell, triclinic):
     for index, atoms in enumerate(frames):
         alone = energy_forces_stress(rep, model_fn, atoms)
         np.testing.assert_allclose(together.energy[index], alone.energy[0], rtol=1e-13)
-        np.testing.assert_allclose(together.forces[together.structure == index], alone.forces, atol=1e-12)
+        np.testing.assert_allclose(
+            together.forces[together.structure == index], alone.forces, atol=1e-12
+        )
         np.testing.assert_allclose(together.virial[index], alone.virial[0], atol=1e-12)
     assert np.array_equal(together.structure, np.repeat([0, 1, 2], [8, 2, 4]))
     # non-periodic: no stress, and the virial is sum_i x_i (x) F_i
     assert np.isnan(together.stress[0]).all() and np.isfinite(together.stress[1:]).all()
     mask = together.structure == 0
-    np.testing.assert_allclose(together.virial[0], molecule.positions.T @ together.forces[mask], atol=1e-12)
+    np.testing.assert_allclose(
+        together.virial[0], molecule.positions.T @ together.forces[mask], atol=1e-12
+    )
     assert np.abs(together.virial[0]).max() > 1e-3
 
 
@@ -357,17 +398,20 @@ def test_forces_of_a_cell_smaller_than_the_cutoff_match_finite_differences(small
             plus, minus = small_cell.copy(), small_cell.copy()
             plus.positions[k, a] += h
             minus.positions[k, a] -= h
-            numeric[k, a] = -(energy_forces_stress(rep, model_fn, plus).energy[0]
-                              - energy_forces_stress(rep, model_fn, minus).energy[0]) / (2 * h)
+            numeric[k, a] = -(
+                energy_forces_stress(rep, model_fn, plus).energy[0]
+                - energy_forces_stress(rep, model_fn, minus).energy[0]
+            ) / (2 * h)
     assert_relative(out.forces, numeric)
     strain_numeric = np.zeros((3, 3))
     for a in range(3):
         for b in range(3):
             eps = np.zeros((3, 3))
             eps[a, b] = h
-            strain_numeric[a, b] = (energy_forces_stress(rep, model_fn, strained_copy(small_cell, eps)).energy[0]
-                                    - energy_forces_stress(rep, model_fn, strained_copy(small_cell, -eps)).energy[0]
-                                    ) / (2 * h)
+            strain_numeric[a, b] = (
+                energy_forces_stress(rep, model_fn, strained_copy(small_cell, eps)).energy[0]
+                - energy_forces_stress(rep, model_fn, strained_copy(small_cell, -eps)).energy[0]
+            ) / (2 * h)
     assert_relative(out.stress[0] * small_cell.get_volume(), strain_numeric)
 
 
@@ -375,14 +419,22 @@ def test_forces_of_a_cell_smaller_than_the_cutoff_match_finite_differences(small
 
 
 def _tiny_system():
-    return ase.Atoms(numbers=[28, 29, 46, 28], positions=[[0.0, 0.0, 0.0], [1.9, 0.3, 0.1], [0.2, 2.1, 0.4],
-                                                         [1.1, 1.0, 1.8]],
-                     cell=np.diag([3.3, 3.5, 3.4]), pbc=True)
+    return ase.Atoms(
+        numbers=[28, 29, 46, 28],
+        positions=[[0.0, 0.0, 0.0], [1.9, 0.3, 0.1], [0.2, 2.1, 0.4], [1.1, 1.0, 1.8]],
+        cell=np.diag([3.3, 3.5, 3.4]),
+        pbc=True,
+    )
 
 
 def test_gradcheck_learnable_weights_features_and_forces():
-    rep = SOAP(cutoff=3.0, l_max=2, radial={"n_max": 2}, species=list(SPECIES),
-               mixing={"channels": 2, "symmetric": False, "learnable": True})
+    rep = SOAP(
+        cutoff=3.0,
+        l_max=2,
+        radial={"n_max": 2},
+        species=list(SPECIES),
+        mixing={"channels": 2, "symmetric": False, "learnable": True},
+    )
     batch = as_batch(_tiny_system())
     w1 = rep.weights1.detach().clone().requires_grad_(True)
     w2 = rep.weights2.detach().clone().requires_grad_(True)
@@ -393,8 +445,9 @@ def test_gradcheck_learnable_weights_features_and_forces():
             self.a, self.b = a, b
 
         def forward(self, batch, positions=None, cells=None):
-            return torch.func.functional_call(rep, {"weights1": self.a, "weights2": self.b},
-                                              (batch, positions, cells))
+            return torch.func.functional_call(
+                rep, {"weights1": self.a, "weights2": self.b}, (batch, positions, cells)
+            )
 
     def features(a, b):
         return WithWeights(a, b)(batch)[0]
@@ -402,8 +455,9 @@ def test_gradcheck_learnable_weights_features_and_forces():
     assert torch.autograd.gradcheck(features, (w1, w2))
 
     def forces_and_stress(a, b):
-        out = energy_forces_stress(WithWeights(a, b), lambda x, z: x.sum(1) ** 2, batch, create_graph=True,
-                                   output="torch")
+        out = energy_forces_stress(
+            WithWeights(a, b), lambda x, z: x.sum(1) ** 2, batch, create_graph=True, output="torch"
+        )
         return out.forces, out.stress
 
     forces, stress = forces_and_stress(w1, w2)
@@ -417,7 +471,11 @@ def test_gradcheck_learnable_weights_features_and_forces():
 def _ace_class():
     import tradens
 
-    for module_name in ("tradens", "tradens.representations.ace", "tradens.invariants.product_basis"):
+    for module_name in (
+        "tradens",
+        "tradens.representations.ace",
+        "tradens.invariants.product_basis",
+    ):
         try:
             module = __import__(module_name, fromlist=["ACE"])
         except ImportError:
@@ -433,13 +491,21 @@ def test_ace_gets_gradients_through_the_generic_path(triclinic):
     cls = _ace_class()
     if cls is None:
         pytest.skip("tradens has no ACE calculator yet")
-    ace = cls(cutoff=4.0, species=list(SPECIES), nu_max=3, l_max=(0, 2, 1), channels=3, radial={"n_max": 3})
+    ace = cls(
+        cutoff=4.0,
+        species=list(SPECIES),
+        nu_max=3,
+        l_max=(0, 2, 1),
+        channels=3,
+        radial={"n_max": 3},
+    )
     check_against_finite_differences(ace, triclinic, atom_ids=[1, 3], method="auto")
     w, _ = linear_model(ace.n_features, seed=5)
     out = energy_forces_stress(ace, lambda x, z: x @ w, triclinic)
     jac = descriptor_gradients(ace, triclinic)
     forces = torch.zeros(len(triclinic), 3, dtype=torch.float64).index_add_(
-        0, jac.index[:, 1], -torch.einsum("eaf,f->ea", jac.positions, w))
+        0, jac.index[:, 1], -torch.einsum("eaf,f->ea", jac.positions, w)
+    )
     np.testing.assert_allclose(out.forces, forces.numpy(), atol=1e-10)
 
 
@@ -451,7 +517,12 @@ def test_benchmark_script_smoke(tmp_path):
     if not script.exists():
         pytest.skip("benchmarks/bench_gradients.py not present")
     output = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(script), "--smoke", "--output", str(output)], check=True,
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [sys.executable, str(script), "--smoke", "--output", str(output)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     records = json.loads(output.read_text())["records"]
     assert records and all(r["seconds"] > 0 for r in records if "seconds" in r)

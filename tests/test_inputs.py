@@ -11,8 +11,8 @@ import torch
 
 import tradens
 from tradens import SOAP, SoapHypers, System, as_batch, from_dict, to_dict
-from tradens.systems.neighbors import neighbor_list
 from tradens.quip import Descriptor
+from tradens.systems.neighbors import neighbor_list
 
 
 def soap(**kw):
@@ -22,8 +22,11 @@ def soap(**kw):
 
 
 def test_hypers_round_trip_through_json():
-    calc = soap(mixing={"mode": "element", "channels": 2, "weights": "given", "matrix": np.ones((3, 2))},
-                coupling="elementwise", covariance_sigma0=0.1)
+    calc = soap(
+        mixing={"mode": "element", "channels": 2, "weights": "given", "matrix": np.ones((3, 2))},
+        coupling="elementwise",
+        covariance_sigma0=0.1,
+    )
     data = json.loads(json.dumps(to_dict(calc.hypers)))
     assert data["type"] == "SoapHypers" and data["mixing"]["type"] == "Mixing"
     rebuilt = from_dict(data)
@@ -50,8 +53,17 @@ def test_from_dict_rejects_unknown_keys_and_types():
         (dict(coupling="outer"), "coupling must be 'tensor' or 'elementwise'"),
         (dict(radial={"kind": "bessel"}), "radial basis kind must be"),
         (dict(species=[28, 28]), "species must be distinct"),
-        (dict(mixing={"mode": "element", "channels": 2, "weights": "given", "matrix": np.ones((2, 2))}),
-         r"shape \(3, 2\)"),
+        (
+            dict(
+                mixing={
+                    "mode": "element",
+                    "channels": 2,
+                    "weights": "given",
+                    "matrix": np.ones((2, 2)),
+                }
+            ),
+            r"shape \(3, 2\)",
+        ),
     ],
 )
 def test_bad_hypers(kwargs, message):
@@ -72,8 +84,9 @@ def test_unknown_element_in_ace_names_it_and_offers_no_missing_option():
     from tradens.density.expansion import UnknownSpeciesError
 
     atoms = ase.Atoms("NiFe", positions=[[0, 0, 0], [1.5, 0, 0]])
-    ace = tradens.ACE(cutoff=4.0, species=[28, 29], nu_max=3, l_max=(0, 2, 1), channels=2,
-                      radial={"n_max": 2})
+    ace = tradens.ACE(
+        cutoff=4.0, species=[28, 29], nu_max=3, l_max=(0, 2, 1), channels=2, radial={"n_max": 2}
+    )
     with pytest.raises(UnknownSpeciesError, match=r"\[26\] not in species \[28, 29\]") as info:
         ace.compute(atoms)
     assert info.value.missing == [26] and "unknown_species" not in str(info.value)
@@ -86,8 +99,14 @@ def test_unknown_element_in_ace_names_it_and_offers_no_missing_option():
         ({"positions": [[0, 0, np.inf]], "numbers": [28]}, "positions contain NaN or inf"),
         ({"positions": [[0, 0]], "numbers": [28]}, r"positions must have shape \[n_atoms, 3\]"),
         ({"positions": [[0, 0, 0]], "numbers": [28, 29]}, r"numbers must have shape \[1\]"),
-        ({"positions": [[0, 0, 0]], "numbers": [28], "cell": np.zeros((3, 3)), "pbc": True}, "cell is singular"),
-        ({"positions": [[0, 0, 0]], "numbers": [28], "cell": np.eye(2), "pbc": True}, r"cell must have shape \[3, 3\]"),
+        (
+            {"positions": [[0, 0, 0]], "numbers": [28], "cell": np.zeros((3, 3)), "pbc": True},
+            "cell is singular",
+        ),
+        (
+            {"positions": [[0, 0, 0]], "numbers": [28], "cell": np.eye(2), "pbc": True},
+            r"cell must have shape \[3, 3\]",
+        ),
         ({"positions": [[0, 0, 0]], "numbers": [28], "charges": [1]}, "unknown keys"),
     ],
 )
@@ -127,7 +146,9 @@ def test_neighbor_list_against_ase_brute_force(small_cell, triclinic):
             mixed.pbc = pbc
             pairs = neighbor_list(as_batch(mixed), 4.0)
             i, j, shifts = ase_neighbor_list("ijS", mixed, 4.0)
-            ours = sorted(zip(pairs.i.tolist(), pairs.j.tolist(), map(tuple, pairs.shifts.tolist())))
+            ours = sorted(
+                zip(pairs.i.tolist(), pairs.j.tolist(), map(tuple, pairs.shifts.tolist()))
+            )
             reference = sorted(zip(i.tolist(), j.tolist(), map(tuple, shifts.tolist())))
             assert ours == reference
             assert len(ours) > 10 * len(atoms)
@@ -138,8 +159,12 @@ def test_system_and_dict_inputs_agree_with_ase(alloy):
     reference = calc.compute(alloy).values
     system = System(positions=alloy.positions, numbers=alloy.numbers, cell=alloy.cell[:], pbc=True)
     np.testing.assert_allclose(calc.compute(system).values, reference, atol=1e-14)
-    frame = {"positions": torch.tensor(alloy.positions), "numbers": alloy.numbers,
-             "cell": alloy.cell[:], "pbc": [True, True, True]}
+    frame = {
+        "positions": torch.tensor(alloy.positions),
+        "numbers": alloy.numbers,
+        "cell": alloy.cell[:],
+        "pbc": [True, True, True],
+    }
     np.testing.assert_allclose(calc.compute(frame).values, reference, atol=1e-14)
 
 

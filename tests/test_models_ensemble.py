@@ -14,13 +14,22 @@ from tradens.models import ElementBaseline, EnsemblePotential, LearnedPotential,
 def data():
     teacher = small_soap(mixing={"channels": 3, "seed": 11})
     theta = torch.as_tensor(np.random.default_rng(0).normal(size=teacher.n_features))
-    return label([alloy(seed, repeat=(1, 1, 2), rattle=0.15) for seed in range(8)], teacher,
-                 lambda values, numbers: values @ theta - 4.0)
+    return label(
+        [alloy(seed, repeat=(1, 1, 2), rattle=0.15) for seed in range(8)],
+        teacher,
+        lambda values, numbers: values @ theta - 4.0,
+    )
 
 
 def _member():
-    return LearnedPotential(small_soap(mixing={"channels": 3, "seed": 5}), max_epochs=2, batch_size=4,
-                            validation_fraction=0.3, device="cpu", seed=0)
+    return LearnedPotential(
+        small_soap(mixing={"channels": 3, "seed": 5}),
+        max_epochs=2,
+        batch_size=4,
+        validation_fraction=0.3,
+        device="cpu",
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +44,12 @@ def test_members_differ_and_the_prediction_is_their_mean(committee, data):
     assert not np.allclose(members[0]["energy"], members[1]["energy"])  # different seeds
     mean = committee.predict(frames, return_std=True)
     for key in ("energy", "forces", "stress"):
-        np.testing.assert_allclose(mean[key], np.mean([p[key] for p in members], axis=0), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(mean[f"{key}_std"], np.std([p[key] for p in members], axis=0),
-                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            mean[key], np.mean([p[key] for p in members], axis=0), rtol=0, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            mean[f"{key}_std"], np.std([p[key] for p in members], axis=0), rtol=0, atol=1e-12
+        )
     assert mean["energy_std"].min() > 0
     atom_energies = committee.predict_atom_energies(frames[:1])
     assert atom_energies.sum() == pytest.approx(mean["energy"][0], rel=1e-10)
@@ -75,8 +87,12 @@ def test_save_load_round_trip_and_calculator(committee, data, tmp_path):
     atoms = data[1].copy()
     atoms.calc = TradensCalculator(path)
     assert atoms.get_potential_energy() == pytest.approx(float(a["energy"][1]), rel=1e-12)
-    np.testing.assert_allclose(atoms.get_forces(), a["forces"][len(data[0]):len(data[0]) + len(atoms)],
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        atoms.get_forces(),
+        a["forces"][len(data[0]) : len(data[0]) + len(atoms)],
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_bad_parameters():

@@ -8,8 +8,8 @@ import torch
 from _models_helpers import alloy, small_soap
 
 from tradens.gradients import apply_strain
-from tradens.gradients.summed import soap_summed_jacobian
 from tradens.gradients.pair_terms import _radial_with_derivative, soap_local_features
+from tradens.gradients.summed import soap_summed_jacobian
 from tradens.systems import as_batch
 
 VARIANTS = {

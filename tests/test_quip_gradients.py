@@ -9,9 +9,9 @@ import pytest
 from conftest import make_alloy
 
 from tradens.interop.quip_order import quip_pair_order
-from tradens.systems.neighbors import neighbor_list
 from tradens.quip import Descriptor
 from tradens.systems import as_batch
+from tradens.systems.neighbors import neighbor_list
 
 quippy_descriptors = pytest.importorskip("quippy.descriptors")
 
@@ -28,13 +28,19 @@ MIXED = {
 
 
 def small_cell() -> ase.Atoms:
-    return ase.Atoms(numbers=[28, 46], positions=[[0.0, 0.0, 0.0], [1.31, 1.08, 0.92]],
-                     cell=[[2.5, 0.0, 0.0], [0.71, 2.4, 0.0], [0.42, 0.59, 2.63]], pbc=True)
+    return ase.Atoms(
+        numbers=[28, 46],
+        positions=[[0.0, 0.0, 0.0], [1.31, 1.08, 0.92]],
+        cell=[[2.5, 0.0, 0.0], [0.71, 2.4, 0.0], [0.42, 0.59, 2.63]],
+        pbc=True,
+    )
 
 
 def molecule() -> ase.Atoms:
     rng = np.random.default_rng(7)
-    return ase.Atoms(numbers=[28, 29, 46, 28, 29, 46, 29], positions=rng.normal(scale=1.3, size=(7, 3)))
+    return ase.Atoms(
+        numbers=[28, 29, 46, 28, 29, 46, 29], positions=rng.normal(scale=1.3, size=(7, 3))
+    )
 
 
 def triclinic_supercell() -> ase.Atoms:
@@ -44,7 +50,12 @@ def triclinic_supercell() -> ase.Atoms:
     return atoms
 
 
-SYSTEMS = {"alloy": make_alloy, "small-cell": small_cell, "molecule": molecule, "triclinic": triclinic_supercell}
+SYSTEMS = {
+    "alloy": make_alloy,
+    "small-cell": small_cell,
+    "molecule": molecule,
+    "triclinic": triclinic_supercell,
+}
 
 
 def compare(args_str: str, atoms: ase.Atoms, tol: float = 1e-11) -> dict:
@@ -53,7 +64,9 @@ def compare(args_str: str, atoms: ase.Atoms, tol: float = 1e-11) -> dict:
     # identical row layout, row by row (quippy's neighbour-image order)
     np.testing.assert_array_equal(ours["grad_index_0based"], reference["grad_index_0based"])
     np.testing.assert_array_equal(ours["ci"], reference["ci"])
-    known = reference["grad_index_0based"][:, 1] >= 0  # quippy leaves unknown-species rows uninitialised
+    known = (
+        reference["grad_index_0based"][:, 1] >= 0
+    )  # quippy leaves unknown-species rows uninitialised
     np.testing.assert_allclose(ours["pos"][known], reference["pos"][known], atol=1e-10)
     assert ours["grad_data"].shape == reference["grad_data"].shape
     scale = np.abs(reference["grad_data"][known]).max()
@@ -83,8 +96,11 @@ def test_periodic_and_molecular_gradients_match_quippy(system, variant):
 
 def test_missing_species_and_centre_selection_match_quippy():
     atoms = make_alloy(seed=5)
-    ours = compare("soap cutoff=4.0 l_max=3 n_max=3 atom_sigma=0.5 n_species=2 species_Z={28 29} Z=29 "
-                   "R_mix=T Z_mix=T K=3", atoms)
+    ours = compare(
+        "soap cutoff=4.0 l_max=3 n_max=3 atom_sigma=0.5 n_species=2 species_Z={28 29} Z=29 "
+        "R_mix=T Z_mix=T K=3",
+        atoms,
+    )
     # neighbours of an element outside species_Z are listed with j = -1 and a zero gradient
     unknown = ours["grad_index_0based"][:, 1] < 0
     assert unknown.any() and np.abs(ours["grad_data"][unknown]).max() == 0.0
@@ -114,11 +130,19 @@ def test_neighbour_order_of_a_large_cell_matches_quippy():
     atoms = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True) * (4, 4, 4)
     atoms.rattle(0.05, seed=3)
     atoms.positions += 5.0  # atoms outside the cell: exercises the mapping shifts
-    reference = quippy_descriptors.Descriptor("soap cutoff=4.5 l_max=1 n_max=1 atom_sigma=0.5").calc(
-        atoms.copy(), grad=True)
+    reference = quippy_descriptors.Descriptor(
+        "soap cutoff=4.5 l_max=1 n_max=1 atom_sigma=0.5"
+    ).calc(atoms.copy(), grad=True)
     pairs = neighbor_list(as_batch(atoms), 4.5)
-    order = quip_pair_order(atoms.positions, atoms.cell[:], atoms.pbc, pairs.i.numpy(), pairs.j.numpy(),
-                            pairs.shifts.numpy(), 4.5)
+    order = quip_pair_order(
+        atoms.positions,
+        atoms.cell[:],
+        atoms.pbc,
+        pairs.i.numpy(),
+        pairs.j.numpy(),
+        pairs.shifts.numpy(),
+        4.5,
+    )
     not_centre = np.ones(len(reference["grad_index_0based"]), dtype=bool)
     index = reference["grad_index_0based"]
     not_centre[np.flatnonzero(np.r_[True, index[1:, 0] != index[:-1, 0]])] = False

@@ -17,7 +17,9 @@ from tradens.density.radial import GaussianGridBasis, GtoBasis, cosine_cutoff, s
 def test_scaled_bessel_against_scipy(l_max):
     x = np.concatenate([[0.0], np.logspace(-8, 2.2, 2000)])
     ours = scaled_spherical_in(torch.tensor(x), l_max).numpy()
-    reference = np.stack([np.exp(-x) * special.spherical_in(l, x) for l in range(l_max + 1)], axis=-1)
+    reference = np.stack(
+        [np.exp(-x) * special.spherical_in(l, x) for l in range(l_max + 1)], axis=-1
+    )
     np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-300)
 
 
@@ -25,13 +27,16 @@ def test_scaled_bessel_gradient_is_finite_at_threshold():
     from tradens.density.radial import _series_threshold
 
     t = _series_threshold(4)
-    x = torch.tensor([0.0, 1e-3, t - 1e-3, t, t + 1e-3, 30.0], dtype=torch.float64,
-                     requires_grad=True)
+    x = torch.tensor(
+        [0.0, 1e-3, t - 1e-3, t, t + 1e-3, 30.0], dtype=torch.float64, requires_grad=True
+    )
     values = scaled_spherical_in(x, 4)
     values.sum().backward()
     assert torch.isfinite(x.grad).all()
     # the series and the recurrence meet continuously at the threshold
-    assert torch.allclose(values[2], values[3], rtol=1e-3) and torch.allclose(values[3], values[4], rtol=1e-3)
+    assert torch.allclose(values[2], values[3], rtol=1e-3) and torch.allclose(
+        values[3], values[4], rtol=1e-3
+    )
 
 
 def test_spherical_harmonics_orthonormal_and_against_scipy():
@@ -70,7 +75,9 @@ def test_addition_theorem():
     ls = l_of_lm(8).numpy()
     for l in range(9):
         lhs = (ya[:, ls == l] * yb[:, ls == l]).sum(1)
-        np.testing.assert_allclose(lhs, (2 * l + 1) / (4 * np.pi) * special.eval_legendre(l, cos), atol=1e-12)
+        np.testing.assert_allclose(
+            lhs, (2 * l + 1) / (4 * np.pi) * special.eval_legendre(l, cos), atol=1e-12
+        )
 
 
 def test_gaussian_grid_basis_reconstructs_density():
@@ -89,7 +96,9 @@ def test_gaussian_grid_basis_reconstructs_density():
 
     s = np.linspace(0, cutoff + 8 * sigma, 40001)
     values = phi(s)  # [q, n]
-    gram = integrate.trapezoid(values[:, :, None] * values[:, None, :] * s[:, None, None] ** 2, s, axis=0)
+    gram = integrate.trapezoid(
+        values[:, :, None] * values[:, None, :] * s[:, None, None] ** 2, s, axis=0
+    )
     np.testing.assert_allclose(gram, np.eye(n_max), atol=1e-8)
     r = 2.3
     coefficients = basis(torch.tensor([r], dtype=torch.float64)).numpy()[0]  # [n, l]
@@ -99,7 +108,9 @@ def test_gaussian_grid_basis_reconstructs_density():
         for a in range(1, n_max):
             d2 = grid[a] ** 2 + r**2 - 2 * grid[a] * r * cos_t
             y = special.sph_harm_y(l, 0, np.arccos(cos_t), 0.0).real
-            projection = 2 * np.pi * np.sum(weights * np.exp(-alpha * d2) * y)  # int dOmega rho Y_l0
+            projection = (
+                2 * np.pi * np.sum(weights * np.exp(-alpha * d2) * y)
+            )  # int dOmega rho Y_l0
             reconstructed = 4 * np.pi * y_l0 * coefficients[:, l] @ phi(grid[a])
             np.testing.assert_allclose(reconstructed, projection, rtol=1e-10, atol=1e-14)
 
@@ -121,7 +132,9 @@ def test_gto_spline_matches_direct_quadrature():
 def test_cosine_cutoff():
     r = torch.tensor([0.0, 3.9, 4.25, 4.5, 4.7])
     f = cosine_cutoff(r, 4.5, 0.6)
-    np.testing.assert_allclose(f.numpy(), [1.0, 1.0, 0.5 * (np.cos(np.pi * 0.35 / 0.6) + 1), 0.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(
+        f.numpy(), [1.0, 1.0, 0.5 * (np.cos(np.pi * 0.35 / 0.6) + 1), 0.0, 0.0], atol=1e-7
+    )
 
 
 def test_gto_tabulated_derivative_matches_values():

@@ -20,9 +20,15 @@ SPECIES = [28, 29, 46]
 VARIANTS = {
     "full": {},
     "full-gto": {"radial": {"kind": "gto", "n_max": 4}},
-    "rz-elementwise": {"mixing": {"mode": "radial+element", "channels": 6}, "coupling": "elementwise"},
+    "rz-elementwise": {
+        "mixing": {"mode": "radial+element", "channels": 6},
+        "coupling": "elementwise",
+    },
     "rz-tensor-asym": {"mixing": {"mode": "radial+element", "channels": 5, "symmetric": False}},
-    "element-gap": {"mixing": {"mode": "element", "channels": 2, "weights": "gap"}, "coupling": "elementwise"},
+    "element-gap": {
+        "mixing": {"mode": "element", "channels": 2, "weights": "gap"},
+        "coupling": "elementwise",
+    },
     "radial-asym": {"mixing": {"mode": "radial", "channels": 3, "symmetric": False}},
     "averaged": {"mixing": {"mode": "radial+element", "channels": 4}, "average": True},
 }
@@ -39,7 +45,9 @@ def make(variant: str, **extra) -> SOAP:
 def test_rotation_translation_permutation(variant, alloy):
     soap = make(variant)
     assert_rotation_invariant(soap, alloy, atol=1e-11)
-    assert_rotation_invariant(soap, alloy, proper=False, atol=1e-11)  # power spectra are O(3) invariant
+    assert_rotation_invariant(
+        soap, alloy, proper=False, atol=1e-11
+    )  # power spectra are O(3) invariant
     assert_translation_invariant(soap, alloy, atol=1e-11)
     if not soap.hypers.average:
         assert_permutation_covariant(soap, alloy, atol=1e-11)
@@ -64,15 +72,20 @@ def test_wrapped_and_unwrapped_positions_agree(alloy):
 def test_onehot_embedding_reproduces_full_soap(alloy):
     full = make("full").compute(alloy).values
     n_channels = len(SPECIES) * 4
-    onehot = make("full", mixing={"mode": "radial+element", "channels": n_channels, "weights": "onehot"})
+    onehot = make(
+        "full", mixing={"mode": "radial+element", "channels": n_channels, "weights": "onehot"}
+    )
     np.testing.assert_allclose(onehot.compute(alloy).values, full, atol=1e-13)
     # element-only one-hot mixing is the full density with a different channel order: same norm
     # of the unnormalised power spectrum (Frobenius norm of G_l, summed over l)
     kw = dict(normalize=False)
     full_raw = make("full", **kw).compute(alloy).values
     element = make("full", mixing={"mode": "element", "channels": 3, "weights": "onehot"}, **kw)
-    np.testing.assert_allclose(np.linalg.norm(element.compute(alloy).values, axis=1),
-                               np.linalg.norm(full_raw, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.linalg.norm(element.compute(alloy).values, axis=1),
+        np.linalg.norm(full_raw, axis=1),
+        rtol=1e-12,
+    )
 
 
 def test_mixed_equals_w_transpose_g_w(alloy):
@@ -99,14 +112,19 @@ def test_element_relabelling_with_permuted_embedding(alloy):
     """Swapping the elements and the rows of the embedding leaves features unchanged."""
     rng = np.random.default_rng(3)
     free = rng.normal(size=(3, 4))  # element mode: [S, K]
-    soap = make("full", mixing={"mode": "element", "channels": 4, "weights": "given", "matrix": free})
+    soap = make(
+        "full", mixing={"mode": "element", "channels": 4, "weights": "given", "matrix": free}
+    )
     relabel = {28: 46, 29: 28, 46: 29}
     other = alloy.copy()
     other.numbers = [relabel[z] for z in alloy.numbers]
     permuted_rows = np.empty_like(free)
     for s, z in enumerate(SPECIES):
         permuted_rows[SPECIES.index(relabel[z])] = free[s]
-    soap2 = make("full", mixing={"mode": "element", "channels": 4, "weights": "given", "matrix": permuted_rows})
+    soap2 = make(
+        "full",
+        mixing={"mode": "element", "channels": 4, "weights": "given", "matrix": permuted_rows},
+    )
     np.testing.assert_allclose(soap2.compute(other).values, soap.compute(alloy).values, atol=1e-12)
 
 
@@ -144,12 +162,16 @@ def test_isolated_atom_and_rows(molecule):
     assert features.values.shape == (11, soap.n_features)
     np.testing.assert_array_equal(features.structure, [0] * 8 + [1] * 3)
     np.testing.assert_array_equal(features.center, list(range(8)) + [0, 1, 2])
-    np.testing.assert_array_equal(features.numbers, list(molecule.numbers) + list(molecule.numbers[:3]))
+    np.testing.assert_array_equal(
+        features.numbers, list(molecule.numbers) + list(molecule.numbers[:3])
+    )
     isolated = features.values[7]
     # only the centre term: the (Ni n, Ni n', l=0) block is non-zero
     names = np.array(features.names)
     nonzero = names[np.abs(isolated) > 1e-14]
-    assert len(nonzero) > 0 and all(n.startswith("Z28") and ".Z28" in n and n.endswith(".l0") for n in nonzero)
+    assert len(nonzero) > 0 and all(
+        n.startswith("Z28") and ".Z28" in n and n.endswith(".l0") for n in nonzero
+    )
 
 
 def test_inputs_not_modified(alloy):

@@ -20,9 +20,9 @@ from conftest import SPECIES, make_alloy
 import tradens.kernels.compiled
 from tradens import SOAP
 from tradens.density.derivatives import radial_terms, rowwise_jacobian
-from tradens.gradients.soap_forces import soap_vjp_applies
-from tradens.gradients import energy_forces_stress
 from tradens.density.radial import cosine_cutoff
+from tradens.gradients import energy_forces_stress
+from tradens.gradients.soap_forces import soap_vjp_applies
 
 HYPERS = dict(cutoff=4.0, l_max=3, radial={"n_max": 4}, species=list(SPECIES))
 VARIANTS = {
@@ -32,11 +32,14 @@ VARIANTS = {
     "rz-sym-tensor-gto": dict(mixing={"channels": 3}, radial={"n_max": 4, "kind": "gto"}),
     "rz-asym-tensor": dict(mixing={"channels": 3, "symmetric": False}),
     "rz-sym-elementwise": dict(mixing={"channels": 5}, coupling="elementwise"),
-    "element-sym-elementwise": dict(mixing={"mode": "element", "channels": 2}, coupling="elementwise"),
+    "element-sym-elementwise": dict(
+        mixing={"mode": "element", "channels": 2}, coupling="elementwise"
+    ),
     "element-asym-tensor": dict(mixing={"mode": "element", "channels": 2, "symmetric": False}),
     "radial-sym-tensor-raw": dict(mixing={"mode": "radial", "channels": 2}, normalize=False),
-    "radial-asym-elementwise": dict(mixing={"mode": "radial", "channels": 2, "symmetric": False},
-                                    coupling="elementwise"),
+    "radial-asym-elementwise": dict(
+        mixing={"mode": "radial", "channels": 2, "symmetric": False}, coupling="elementwise"
+    ),
     "gap-weights-sigma0": dict(mixing={"channels": 3, "weights": "gap"}, covariance_sigma0=0.3),
     "average": dict(mixing={"channels": 4}, average=True),
     "centres": dict(mixing={"channels": 3, "symmetric": False}, center_species=(29,)),
@@ -54,7 +57,7 @@ def model_of(n_features: int, seed: int = 0, dtype=torch.float64):
 
     def model_fn(values, numbers):
         linear = values @ w
-        return linear + 0.3 * linear ** 2 - 0.1 * numbers.to(values.dtype)
+        return linear + 0.3 * linear**2 - 0.1 * numbers.to(values.dtype)
 
     return model_fn
 
@@ -111,8 +114,12 @@ def test_float32(alloy, small_cell, implementation):
             assert analytic.forces.dtype == np.float32
             scale = np.abs(reference.forces).max()
             np.testing.assert_allclose(analytic.forces, reference.forces, rtol=0, atol=2e-5 * scale)
-            np.testing.assert_allclose(analytic.virial, reference.virial, rtol=0,
-                                       atol=2e-5 * np.abs(reference.virial).max())
+            np.testing.assert_allclose(
+                analytic.virial,
+                reference.virial,
+                rtol=0,
+                atol=2e-5 * np.abs(reference.virial).max(),
+            )
 
 
 def test_small_chunks_split_centres(alloy, implementation):
@@ -132,8 +139,10 @@ def test_small_chunks_split_centres(alloy, implementation):
 @pytest.mark.parametrize("variant", ["rz-sym-elementwise", "full-gto", "rz-asym-tensor"])
 def test_finite_differences_of_the_energy(variant):
     atoms = make_alloy(seed=4, repeat=(1, 1, 2))
-    atoms.set_cell(np.asarray(atoms.get_cell()) + [[0.0, 0.1, 0.0], [0.05, 0.0, -0.1], [0.1, 0.0, 0.0]],
-                   scale_atoms=True)
+    atoms.set_cell(
+        np.asarray(atoms.get_cell()) + [[0.0, 0.1, 0.0], [0.05, 0.0, -0.1], [0.1, 0.0, 0.0]],
+        scale_atoms=True,
+    )
     rep = soap_of(variant)
     model = model_of(rep.n_features, seed=1)
     out = energy_forces_stress(rep, model, atoms, method="analytic")
@@ -174,10 +183,18 @@ def test_dispatch_and_fallbacks(alloy):
     with pytest.raises(ValueError, match="method"):
         energy_forces_stress(rep, model_of(rep.n_features), alloy, method="bogus")
     with pytest.raises(ValueError, match="analytic"):
-        energy_forces_stress(rep, model_of(rep.n_features), alloy, method="analytic", create_graph=True,
-                             output="torch")
+        energy_forces_stress(
+            rep,
+            model_of(rep.n_features),
+            alloy,
+            method="analytic",
+            create_graph=True,
+            output="torch",
+        )
     # create_graph takes the autograd path, with the same numbers
-    graph = energy_forces_stress(rep, model_of(rep.n_features), alloy, create_graph=True, output="torch")
+    graph = energy_forces_stress(
+        rep, model_of(rep.n_features), alloy, create_graph=True, output="torch"
+    )
     plain = energy_forces_stress(rep, model_of(rep.n_features), alloy)
     np.testing.assert_allclose(graph.forces.detach().numpy(), plain.forces, rtol=0, atol=1e-12)
 
@@ -188,8 +205,12 @@ def test_radial_terms_equal_autograd(kind):
     h = rep.hypers
     r = torch.linspace(0.05, 4.2, 200, dtype=torch.float64)
     values, derivatives = rowwise_jacobian(
-        lambda q: rep.radial_basis(q[:, 0]) * cosine_cutoff(q[:, 0], h.cutoff.radius, h.cutoff.width)[:, None, None],
-        r[:, None])  # [p, N, L], [p, 1, N, L]
+        lambda q: (
+            rep.radial_basis(q[:, 0])
+            * cosine_cutoff(q[:, 0], h.cutoff.radius, h.cutoff.width)[:, None, None]
+        ),
+        r[:, None],
+    )  # [p, N, L], [p, 1, N, L]
     for pair_major in (False, True):
         terms, transform = radial_terms(rep, r, pair_major=pair_major)
         if pair_major:
@@ -197,11 +218,17 @@ def test_radial_terms_equal_autograd(kind):
         if transform is not None:
             terms = torch.matmul(terms, transform)  # [L, p, 2, N]
         torch.testing.assert_close(terms[:, :, 0].permute(1, 2, 0), values, rtol=0, atol=1e-14)
-        torch.testing.assert_close(terms[:, :, 1].permute(1, 2, 0), derivatives[:, 0], rtol=0,
-                                   atol=1e-12 * derivatives.abs().max().item())
+        torch.testing.assert_close(
+            terms[:, :, 1].permute(1, 2, 0),
+            derivatives[:, 0],
+            rtol=0,
+            atol=1e-12 * derivatives.abs().max().item(),
+        )
 
 
-@pytest.mark.skipif(not tradens.kernels.compiled.compiled_available(), reason="numba is not installed")
+@pytest.mark.skipif(
+    not tradens.kernels.compiled.compiled_available(), reason="numba is not installed"
+)
 def test_compiled_pair_kernel_is_used(alloy, monkeypatch):
     """Mixed SOAP forces go through the compiled pair kernel and equal the torch path."""
     import tradens.gradients.soap_forces as forces_module
@@ -256,7 +283,9 @@ def test_fused_pass_equals_the_two_pass_path(variant, small_cell, monkeypatch):
     np.testing.assert_allclose(fused.virial, two_pass.virial, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("variant", ["full", "rz-sym-tensor", "rz-sym-elementwise", "gap-weights-sigma0"])
+@pytest.mark.parametrize(
+    "variant", ["full", "rz-sym-tensor", "rz-sym-elementwise", "gap-weights-sigma0"]
+)
 def test_many_row_chunks_in_the_backward(variant, alloy, monkeypatch):
     """Per-degree leaves of many small chunks of rows give the autograd forces."""
     import tradens.gradients.soap_forces as forces_module

@@ -18,12 +18,16 @@ import torch
 from conftest import SPECIES, make_alloy
 
 from tradens import SOAP, as_batch
-from tradens.kernels import compiled as _kernels
-from tradens.density.derivatives import (harmonics_and_gradient, harmonics_with_gradient,
-                                          radial_primitive_with_derivative, radial_with_derivative)
-from tradens.gradients.soap_pairs import soap_pair_gradients
-from tradens.gradients.soap_jacobian import fast_structure
+from tradens.density.derivatives import (
+    harmonics_and_gradient,
+    harmonics_with_gradient,
+    radial_primitive_with_derivative,
+    radial_with_derivative,
+)
 from tradens.gradients import descriptor_gradients
+from tradens.gradients.soap_jacobian import fast_structure
+from tradens.gradients.soap_pairs import soap_pair_gradients
+from tradens.kernels import compiled as _kernels
 
 HYPERS = dict(cutoff=4.0, l_max=3, radial={"n_max": 4}, species=list(SPECIES))
 FAST_VARIANTS = {
@@ -149,13 +153,21 @@ def test_solid_harmonic_gradients_equal_closed_form(l_max):
 
 @pytest.mark.parametrize("l_max, width", [(6, 1.0), (9, 0.0)])
 def test_radial_primitive_derivative_equals_closed_form(l_max, width, implementation):
-    soap = SOAP(cutoff={"radius": 5.0, "width": width}, l_max=l_max, radial={"n_max": 8}, species=[1, 8])
-    r = torch.linspace(0.05, 5.2, 97, dtype=torch.float64)  # power series at small r; beyond the cutoff
+    soap = SOAP(
+        cutoff={"radius": 5.0, "width": width}, l_max=l_max, radial={"n_max": 8}, species=[1, 8]
+    )
+    r = torch.linspace(
+        0.05, 5.2, 97, dtype=torch.float64
+    )  # power series at small r; beyond the cutoff
     radial, d_radial = radial_with_derivative(soap, r)  # [p, N, L]
     primitive, transform = radial_primitive_with_derivative(soap, r)  # [p, 2L, a]
     n_l = radial.shape[2]
-    torch.testing.assert_close((primitive[:, :n_l] @ transform).transpose(1, 2), radial, atol=1e-15, rtol=0)
-    torch.testing.assert_close((primitive[:, n_l:] @ transform).transpose(1, 2), d_radial, atol=1e-14, rtol=0)
+    torch.testing.assert_close(
+        (primitive[:, :n_l] @ transform).transpose(1, 2), radial, atol=1e-15, rtol=0
+    )
+    torch.testing.assert_close(
+        (primitive[:, n_l:] @ transform).transpose(1, 2), d_radial, atol=1e-14, rtol=0
+    )
     assert d_radial.abs().max() > 1e-3
     assert np.isfinite(primitive.numpy()).all()
     single, _ = radial_primitive_with_derivative(soap, r.float())
@@ -166,10 +178,13 @@ def test_radial_primitive_derivative_equals_closed_form(l_max, width, implementa
 @pytest.mark.parametrize("variant", ["tensor-K4", "elementwise-K5"])
 def test_gpu_launch_layout_gives_the_same_jacobian(variant, monkeypatch):
     """The GPU layout (large blocks, rows padded for one batched sum) run on the CPU."""
-    import tradens.gradients.soap_pairs
     import tradens.gradients.soap_jacobian
+    import tradens.gradients.soap_pairs
 
-    atoms = [make_alloy(seed=6), make_alloy(seed=7, repeat=(1, 1, 1), rattle=0.3)]  # rows of unequal sizes
+    atoms = [
+        make_alloy(seed=6),
+        make_alloy(seed=7, repeat=(1, 1, 1), rattle=0.3),
+    ]  # rows of unequal sizes
     soap = soap_of(variant)
     previous = _kernels.set_compiled(False)
     try:

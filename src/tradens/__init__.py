@@ -5,10 +5,10 @@ regression and analysis. See ``docs/theory.md`` for the equations.
 """
 
 from ._version import __version__
-from .representations.ace import ACE, AceHypers
-from .representations.features import Features
 from .gradients import descriptor_gradients, energy_forces_stress
 from .hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers, from_dict, to_dict
+from .representations.ace import ACE, AceHypers
+from .representations.features import Features
 from .representations.soap import SOAP
 from .systems.batch import Batch, System, as_batch
 

@@ -49,7 +49,9 @@ class Cutoff:
     def __post_init__(self):
         _positive("cutoff radius", self.radius)
         if not isinstance(self.width, (int, float)) or not 0.0 <= self.width <= self.radius:
-            raise ValueError(f"cutoff width must be in [0, radius={self.radius}], got {self.width!r}")
+            raise ValueError(
+                f"cutoff width must be in [0, radius={self.radius}], got {self.width!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +76,9 @@ class Density:
 
     def __post_init__(self):
         _positive("atom sigma", self.sigma)
-        if not isinstance(self.center_weight, (int, float)) or not math.isfinite(self.center_weight):
+        if not isinstance(self.center_weight, (int, float)) or not math.isfinite(
+            self.center_weight
+        ):
             raise ValueError(f"center_weight must be a finite number, got {self.center_weight!r}")
 
 
@@ -99,7 +103,9 @@ class RadialBasis:
 
     def __post_init__(self):
         if self.kind not in ("gaussian_grid", "gto"):
-            raise ValueError(f"radial basis kind must be 'gaussian_grid' or 'gto', got {self.kind!r}")
+            raise ValueError(
+                f"radial basis kind must be 'gaussian_grid' or 'gto', got {self.kind!r}"
+            )
         _count("n_max", self.n_max)
         _positive("error_exponent", self.error_exponent)
 
@@ -149,7 +155,9 @@ class Mixing:
             )
         _count("channels (K)", self.channels)
         if self.weights not in ("random", "gap", "given", "onehot"):
-            raise ValueError(f"mixing weights must be 'random', 'gap', 'given' or 'onehot', got {self.weights!r}")
+            raise ValueError(
+                f"mixing weights must be 'random', 'gap', 'given' or 'onehot', got {self.weights!r}"
+            )
         if (self.weights == "given") != (self.matrix is not None):
             raise ValueError("a mixing matrix must be given exactly when weights='given'")
         if self.matrix is not None:
@@ -219,7 +227,9 @@ class SoapHypers:
             if isinstance(value, dict):
                 object.__setattr__(self, name, from_dict(value, expected=cls))
             elif not isinstance(value, cls):
-                raise TypeError(f"{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+                raise TypeError(
+                    f"{name} must be a {cls.__name__} or a dict, got {type(value).__name__}"
+                )
         if isinstance(self.mixing, dict):
             object.__setattr__(self, "mixing", from_dict(self.mixing, expected=Mixing))
         _count("l_max", self.l_max, minimum=0)
@@ -228,22 +238,29 @@ class SoapHypers:
         if self.species is not None:
             species = tuple(int(z) for z in self.species)
             if not species or min(species) < 1 or len(set(species)) != len(species):
-                raise ValueError(f"species must be distinct atomic numbers >= 1, got {list(self.species)}")
+                raise ValueError(
+                    f"species must be distinct atomic numbers >= 1, got {list(self.species)}"
+                )
             object.__setattr__(self, "species", species)
         if self.center_species is not None:
             object.__setattr__(self, "center_species", tuple(int(z) for z in self.center_species))
         if self.coupling not in ("tensor", "elementwise"):
             raise ValueError(f"coupling must be 'tensor' or 'elementwise', got {self.coupling!r}")
         if self.unknown_species not in ("error", "skip"):
-            raise ValueError(f"unknown_species must be 'error' or 'skip', got {self.unknown_species!r}")
+            raise ValueError(
+                f"unknown_species must be 'error' or 'skip', got {self.unknown_species!r}"
+            )
         if self.diagonal_radial and self.mixing is not None:
             raise ValueError("diagonal_radial cannot be combined with mixing")
         if self.coupling == "elementwise" and self.mixing is None:
             raise ValueError("coupling='elementwise' needs a mixing (channels to match)")
         if self.mixing is not None and self.mixing.weights == "onehot":
             n_species = 1 if self.species is None else len(self.species)
-            expected = {"radial+element": n_species * self.radial.n_max, "element": n_species,
-                        "radial": self.radial.n_max}[self.mixing.mode]
+            expected = {
+                "radial+element": n_species * self.radial.n_max,
+                "element": n_species,
+                "radial": self.radial.n_max,
+            }[self.mixing.mode]
             if self.mixing.channels != expected:
                 raise ValueError(
                     f"one-hot {self.mixing.mode} mixing needs channels={expected}, got {self.mixing.channels}"

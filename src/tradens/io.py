@@ -269,8 +269,11 @@ def _read_tensormap(path: Path) -> tuple[dict, dict]:
     if names[:2] != ["system", "atom"]:
         raise ValueError(f"expected samples (system, atom, ...), found {tuple(names)}")
     samples = np.asarray(block.samples.values)
-    arrays = {"values": np.asarray(block.values), "structure": samples[:, 0].astype(np.int64),
-              "center": samples[:, 1].astype(np.int64)}
+    arrays = {
+        "values": np.asarray(block.values),
+        "structure": samples[:, 0].astype(np.int64),
+        "center": samples[:, 1].astype(np.int64),
+    }
     if "center_type" in names:
         arrays["numbers"] = samples[:, names.index("center_type")].astype(np.int64)
     sidecar_path = Path(str(path) + ".hypers.json")

@@ -77,8 +77,9 @@ def assert_supercell_consistent(representation, atoms, *, repeat=(2, 2, 2), atol
     reference = _values(representation, atoms)
     supercell = atoms.repeat(repeat)
     n_copies = int(np.prod(repeat))
-    np.testing.assert_allclose(_values(representation, supercell), np.tile(reference, (n_copies, 1)),
-                               atol=atol, rtol=0)
+    np.testing.assert_allclose(
+        _values(representation, supercell), np.tile(reference, (n_copies, 1)), atol=atol, rtol=0
+    )
 
 
 def check_invariance_contract(representation, atoms, *, atol=1e-10, supercell=True):

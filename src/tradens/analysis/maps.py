@@ -20,8 +20,8 @@ import math
 import numpy as np
 import torch
 
-from .chemiscope import map_properties, structure_properties, write_chemiscope
 from ..representations.features import Features
+from .chemiscope import map_properties, structure_properties, write_chemiscope
 from .selection import _top_left_singular, farthest_point_sampling
 
 __all__ = [

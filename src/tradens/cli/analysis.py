@@ -7,6 +7,7 @@ import copy
 
 import numpy as np
 
+from ..io import is_feature_file, read_features, read_hypers, write_frames, write_json
 from .common import (
     CLIError,
     add_compute_arguments,
@@ -22,7 +23,6 @@ from .common import (
     load_frames,
     per_level,
 )
-from ..io import is_feature_file, read_features, read_hypers, write_frames, write_json
 
 # --------------------------------------------------------------------------- imbalance
 IMBALANCE_DESCRIPTION = """\

@@ -39,8 +39,8 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .common import CLIError
 from ..density.expansion import UnknownSpeciesError
+from .common import CLIError
 
 __all__ = ["main", "register_subcommand", "subcommands", "CLIError", "EXTENSION_MODULES"]
 
@@ -225,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownSpeciesError as error:  # the library's advice, in command-line terms
         if show_traceback:
             raise
-        print(f"tradens: error: element(s) with atomic number {error.missing} not in the species "
-              f"list {error.species}; add them with --species or pass --unknown-species skip",
-              file=sys.stderr)
+        print(
+            f"tradens: error: element(s) with atomic number {error.missing} not in the species "
+            f"list {error.species}; add them with --species or pass --unknown-species skip",
+            file=sys.stderr,
+        )
         return 1
     except (CLIError, ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError) as error:
         if isinstance(error, BrokenPipeError):  # e.g. `tradens info | head`

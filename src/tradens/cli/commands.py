@@ -11,6 +11,10 @@ import numpy as np
 
 import tradens
 
+from ..io import (
+    feature_format,
+    write_features,
+)
 from .common import (
     CLIError,
     add_compute_arguments,
@@ -28,10 +32,6 @@ from .common import (
     species_of,
     symbols,
     timed,
-)
-from ..io import (
-    feature_format,
-    write_features,
 )
 
 # --------------------------------------------------------------------------- features

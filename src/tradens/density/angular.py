@@ -90,7 +90,9 @@ def _harmonics(vectors: torch.Tensor, l_max: int, *, by_degree: bool):
     if l_max < 0:
         raise ValueError(f"l_max must be >= 0, got {l_max}")
     if vectors.shape[-1] != 3:
-        raise ValueError(f"vectors must have a last dimension of 3, got shape {tuple(vectors.shape)}")
+        raise ValueError(
+            f"vectors must have a last dimension of 3, got shape {tuple(vectors.shape)}"
+        )
     unit = vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
     x, y, z = unit[..., 0], unit[..., 1], unit[..., 2]
     diagonal, first, up, down = _recurrence(l_max)
@@ -141,7 +143,7 @@ def _harmonics(vectors: torch.Tensor, l_max: int, *, by_degree: bool):
         blocks = [torch.empty(shape + (2 * l + 1,), **options) for l in range(l_max + 1)]
     else:
         out = torch.empty(shape + (n_lm,), **options)
-        blocks = [out[..., l * l:(l + 1) * (l + 1)] for l in range(l_max + 1)]
+        blocks = [out[..., l * l : (l + 1) * (l + 1)] for l in range(l_max + 1)]
     for l in range(l_max + 1):
         for m in range(-l, l + 1):
             legendre, target = q[l][abs(m)], blocks[l][..., l + m]

@@ -16,10 +16,23 @@ from functools import lru_cache
 import torch
 
 from ..kernels.compiled import gauss_grid_radial, use_compiled
-from .radial import GaussianGridBasis, _series_coefficients, _series_threshold, cosine_cutoff, scaled_spherical_in
+from .radial import (
+    GaussianGridBasis,
+    _series_coefficients,
+    _series_threshold,
+    cosine_cutoff,
+    scaled_spherical_in,
+)
 
-__all__ = ["harmonics_and_gradient", "harmonics_with_gradient", "radial_and_angular", "radial_primitive_with_derivative",
-           "radial_terms", "radial_with_derivative", "rowwise_jacobian"]
+__all__ = [
+    "harmonics_and_gradient",
+    "harmonics_with_gradient",
+    "radial_and_angular",
+    "radial_primitive_with_derivative",
+    "radial_terms",
+    "radial_with_derivative",
+    "rowwise_jacobian",
+]
 
 
 def rowwise_jacobian(function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,11 +72,17 @@ def radial_with_derivative(soap, r: torch.Tensor) -> tuple[torch.Tensor, torch.T
     width = h.cutoff.width
     if width > 0:
         t = ((r - h.cutoff.radius + width) / width).clamp(0.0, 1.0)
-        d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+        d_taper = (
+            -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+        )
     else:
         d_taper = torch.zeros_like(r)
     basis = soap.radial_basis
-    if isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and hasattr(basis, "_transform"):
+    if (
+        isinstance(basis, GaussianGridBasis)
+        and hasattr(basis, "_grid")
+        and hasattr(basis, "_transform")
+    ):
         grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
         transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
         alpha, l_max = basis.alpha, basis.l_max
@@ -71,15 +90,20 @@ def radial_with_derivative(soap, r: torch.Tensor) -> tuple[torch.Tensor, torch.T
         gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [p, a]
         bessel = scaled_spherical_in(x, l_max + 1)  # [p, a, l+2]
         degrees = torch.arange(l_max + 1, dtype=r.dtype, device=r.device)
-        slope = (-2.0 * alpha * r[:, None]) [:, :, None] + degrees / r[:, None, None]  # [p, 1, l]
-        d_rho = gauss[:, :, None] * (slope * bessel[:, :, :-1] + 2.0 * alpha * grid[None, :, None]
-                                     * bessel[:, :, 1:])  # [p, a, l]
-        radial = torch.einsum("pal,an->pnl", gauss[:, :, None] * bessel[:, :, :-1], transform)  # [p, n, l]
+        slope = (-2.0 * alpha * r[:, None])[:, :, None] + degrees / r[:, None, None]  # [p, 1, l]
+        d_rho = gauss[:, :, None] * (
+            slope * bessel[:, :, :-1] + 2.0 * alpha * grid[None, :, None] * bessel[:, :, 1:]
+        )  # [p, a, l]
+        radial = torch.einsum(
+            "pal,an->pnl", gauss[:, :, None] * bessel[:, :, :-1], transform
+        )  # [p, n, l]
         d_radial = torch.einsum("pal,an->pnl", d_rho, transform)
     else:
         radial, d_radial = rowwise_jacobian(lambda q: basis(q[:, 0]), r[:, None])
         d_radial = d_radial[:, 0]
-    return radial * taper[:, None, None], d_radial * taper[:, None, None] + radial * d_taper[:, None, None]
+    return radial * taper[:, None, None], d_radial * taper[:, None, None] + radial * d_taper[
+        :, None, None
+    ]
 
 
 def harmonics_with_gradient(vectors: torch.Tensor, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +140,9 @@ def harmonics_with_gradient(vectors: torch.Tensor, l_max: int) -> tuple[torch.Te
     for l in range(l_max + 1):
         for m in range(-l, l + 1):
             k = abs(m)
-            scale = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - k) / math.factorial(l + k))
+            scale = math.sqrt(
+                (2 * l + 1) / (4 * math.pi) * math.factorial(l - k) / math.factorial(l + k)
+            )
             if k > 0:
                 scale *= math.sqrt(2.0)
             if m == 0:
@@ -130,7 +156,9 @@ def harmonics_with_gradient(vectors: torch.Tensor, l_max: int) -> tuple[torch.Te
             else:
                 d_x, d_y = k * cos_m[k - 1], -k * sin_m[k - 1]
             values.append(scale * q[l][k] * azimuth)
-            grads.append((scale * q[l][k] * d_x, scale * q[l][k] * d_y, scale * q[l][k + 1] * azimuth))
+            grads.append(
+                (scale * q[l][k] * d_x, scale * q[l][k] * d_y, scale * q[l][k + 1] * azimuth)
+            )
     harmonics = torch.stack(values, dim=-1)  # [p, lm]
     d_unit = torch.stack([torch.stack(g, dim=-1) for g in grads], dim=-1)  # [p, 3, lm]
     radial_part = torch.einsum("pa,pal->pl", unit, d_unit)  # [p, lm]
@@ -166,8 +194,10 @@ def _solid_gradient_matrices(l_max: int) -> tuple[torch.Tensor, ...]:
     out = [torch.zeros(0, 3, 1, dtype=torch.float64)]
     for l in range(1, l_max + 1):
         block = slice(l * l, (l + 1) * (l + 1))
-        solid = gradients[:, :, block] + l * points[:, :, None] * values[:, None, block]  # [q, 3, 2l+1]
-        lower = values[:, (l - 1) * (l - 1):l * l]  # [q, 2l-1]
+        solid = (
+            gradients[:, :, block] + l * points[:, :, None] * values[:, None, block]
+        )  # [q, 3, 2l+1]
+        lower = values[:, (l - 1) * (l - 1) : l * l]  # [q, 2l-1]
         target = solid.reshape(points.shape[0], -1)  # [q, 3 (2l+1)]
         fit = torch.linalg.lstsq(lower, target).solution  # [2l-1, 3 (2l+1)]
         fit[fit.abs() < 1e-12] = 0.0
@@ -190,8 +220,10 @@ def harmonics_and_gradient(vectors: torch.Tensor, l_max: int) -> tuple[torch.Ten
     harmonics = spherical_harmonics(vectors, l_max)  # [p, lm]
     if l_max == 0:
         return harmonics, vectors.new_zeros(n_pairs, 3, 1)
-    matrix, degree = _gradient_operator(l_max, vectors.dtype, vectors.device)  # [l_max^2, 3 lm], [lm]
-    gradient = torch.mm(harmonics[:, :l_max * l_max], matrix).view(n_pairs, 3, n_lm)  # [p, 3, lm]
+    matrix, degree = _gradient_operator(
+        l_max, vectors.dtype, vectors.device
+    )  # [l_max^2, 3 lm], [lm]
+    gradient = torch.mm(harmonics[:, : l_max * l_max], matrix).view(n_pairs, 3, n_lm)  # [p, 3, lm]
     gradient.addcmul_(unit[:, :, None], (harmonics * degree)[:, None, :], value=-1.0)
     return harmonics, gradient.div_(norm[:, :, None])
 
@@ -207,10 +239,14 @@ def _gradient_operator(l_max: int, dtype: torch.dtype, device) -> tuple[torch.Te
         matrix = torch.zeros(l_max * l_max, 3, n_lm, dtype=torch.float64)
         for l, c in enumerate(_solid_gradient_matrices(l_max)):
             if l > 0:
-                matrix[(l - 1) * (l - 1):l * l, :, l * l:(l + 1) * (l + 1)] = c
-        degree = torch.tensor([l for l in range(l_max + 1) for _ in range(2 * l + 1)], dtype=torch.float64)
-        _OPERATORS[key] = (matrix.reshape(l_max * l_max, 3 * n_lm).to(dtype=dtype, device=device),
-                           degree.to(dtype=dtype, device=device))
+                matrix[(l - 1) * (l - 1) : l * l, :, l * l : (l + 1) * (l + 1)] = c
+        degree = torch.tensor(
+            [l for l in range(l_max + 1) for _ in range(2 * l + 1)], dtype=torch.float64
+        )
+        _OPERATORS[key] = (
+            matrix.reshape(l_max * l_max, 3 * n_lm).to(dtype=dtype, device=device),
+            degree.to(dtype=dtype, device=device),
+        )
     return _OPERATORS[key]
 
 
@@ -221,14 +257,21 @@ def _taper_with_derivative(soap, r: torch.Tensor) -> tuple[torch.Tensor, torch.T
     width = h.cutoff.width
     if width > 0:
         t = ((r - h.cutoff.radius + width) / width).clamp(0.0, 1.0)
-        d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+        d_taper = (
+            -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+        )
     else:
         d_taper = torch.zeros_like(r)
     return taper, d_taper
 
 
-def mixed_radial_primitive(soap, r: torch.Tensor, species: torch.Tensor, blocks: torch.Tensor,
-                           out: torch.Tensor | None = None) -> torch.Tensor | None:
+def mixed_radial_primitive(
+    soap,
+    r: torch.Tensor,
+    species: torch.Tensor,
+    blocks: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor | None:
     """``[p, 2L, K]``: the Gaussian-grid primitive and its derivative mixed per species in one compiled pass.
 
     ``out[p] = rho[p] @ blocks[species[p]]`` with ``rho`` of
@@ -237,15 +280,27 @@ def mixed_radial_primitive(soap, r: torch.Tensor, species: torch.Tensor, blocks:
     does not apply (another radial basis, autograd, not the CPU).
     """
     basis = soap.radial_basis
-    if not (isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and use_compiled(r, blocks)):
+    if not (
+        isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and use_compiled(r, blocks)
+    ):
         return None
     taper, d_taper = _taper_with_derivative(soap, r)
     n_l = basis.l_max + 1
     if out is None:
         out = r.new_empty(r.shape[0], 2 * n_l, blocks.shape[2])
     threshold = _series_threshold(n_l)
-    gauss_grid_radial(r, basis._grid.to(dtype=r.dtype), basis.alpha, threshold, _series_coefficients(n_l, threshold),
-                      out, taper=taper, d_taper=d_taper, species=species, blocks=blocks)
+    gauss_grid_radial(
+        r,
+        basis._grid.to(dtype=r.dtype),
+        basis.alpha,
+        threshold,
+        _series_coefficients(n_l, threshold),
+        out,
+        taper=taper,
+        d_taper=d_taper,
+        species=species,
+        blocks=blocks,
+    )
     return out
 
 
@@ -260,7 +315,11 @@ def radial_primitive_with_derivative(soap, r: torch.Tensor):
     (mixing) can be folded into it.
     """
     basis = soap.radial_basis
-    if not (isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and hasattr(basis, "_transform")):
+    if not (
+        isinstance(basis, GaussianGridBasis)
+        and hasattr(basis, "_grid")
+        and hasattr(basis, "_transform")
+    ):
         return None
     taper, d_taper = _taper_with_derivative(soap, r)  # [p], [p]
     grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
@@ -270,8 +329,16 @@ def radial_primitive_with_derivative(soap, r: torch.Tensor):
     if use_compiled(r):
         out = r.new_empty(r.shape[0], 2 * n_l, grid.shape[0])  # [p, 2L, a]
         threshold = _series_threshold(n_l)  # as scaled_spherical_in(x, n_l) below
-        gauss_grid_radial(r, grid, alpha, threshold, _series_coefficients(n_l, threshold), out, taper=taper,
-                          d_taper=d_taper)
+        gauss_grid_radial(
+            r,
+            grid,
+            alpha,
+            threshold,
+            _series_coefficients(n_l, threshold),
+            out,
+            taper=taper,
+            d_taper=d_taper,
+        )
         return out, transform
     gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [p, a]
     origin = bool(basis._grid[0] == 0.0)  # x = 0 at the first grid point: s_l(0) = delta_l0
@@ -340,11 +407,17 @@ def radial_terms(soap, r: torch.Tensor, *, pair_major: bool = False):
     width = h.cutoff.width
     if width > 0:
         t = ((r - h.cutoff.radius + width) / width).clamp(0.0, 1.0)
-        d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+        d_taper = (
+            -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < h.cutoff.radius).to(r.dtype)
+        )
     else:
         d_taper = torch.zeros_like(r)
     basis = soap.radial_basis
-    if isinstance(basis, GaussianGridBasis) and hasattr(basis, "_grid") and hasattr(basis, "_transform"):
+    if (
+        isinstance(basis, GaussianGridBasis)
+        and hasattr(basis, "_grid")
+        and hasattr(basis, "_transform")
+    ):
         grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
         transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
         alpha = basis.alpha

@@ -25,7 +25,14 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["MIX_MODES", "ParkMiller", "free_weight_shape", "gap_weights", "random_weights", "expand_weights"]
+__all__ = [
+    "MIX_MODES",
+    "ParkMiller",
+    "free_weight_shape",
+    "gap_weights",
+    "random_weights",
+    "expand_weights",
+]
 
 MIX_MODES = ("radial+element", "element", "radial")
 
@@ -84,8 +91,15 @@ def free_weight_shape(mode: str, n_species: int, n_max: int, channels: int) -> t
     raise ValueError(f"unknown mixing mode {mode!r}; expected one of {MIX_MODES}")
 
 
-def gap_weights(mode: str, species: list[int], n_max: int, channels: int, *,
-                mix_shift: int = 0, density: int = 1) -> np.ndarray:
+def gap_weights(
+    mode: str,
+    species: list[int],
+    n_max: int,
+    channels: int,
+    *,
+    mix_shift: int = 0,
+    density: int = 1,
+) -> np.ndarray:
     """Free mixing parameters drawn exactly as GAP's ``soap`` draws them.
 
     Parameters

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from ..kernels import memory as _memory
-from .angular import _spherical_harmonics_by_degree, l_of_lm, spherical_harmonics
-from ..systems.neighbors import Pairs
-from .radial import cosine_cutoff
 from ..systems.batch import Batch
+from ..systems.neighbors import Pairs
+from .angular import _spherical_harmonics_by_degree, l_of_lm, spherical_harmonics
+from .radial import cosine_cutoff
 
 __all__ = ["SpeciesMap", "UnknownSpeciesError", "expand_density"]
 
@@ -45,8 +45,9 @@ class UnknownSpeciesError(ValueError):
 
     def __init__(self, missing, species, remedy: str):
         self.missing, self.species = list(missing), list(species)
-        super().__init__(f"element(s) with atomic number {self.missing} not in species "
-                         f"{self.species}; {remedy}")
+        super().__init__(
+            f"element(s) with atomic number {self.missing} not in species {self.species}; {remedy}"
+        )
 
 
 class SpeciesMap:
@@ -66,8 +67,12 @@ class SpeciesMap:
         The advice that ends the error message.
     """
 
-    def __init__(self, species, unknown: str = "error",
-                 remedy: str = "add them to the species list or pass unknown_species='skip'"):
+    def __init__(
+        self,
+        species,
+        unknown: str = "error",
+        remedy: str = "add them to the species list or pass unknown_species='skip'",
+    ):
         if unknown not in ("error", "skip"):
             raise ValueError(f"unknown_species must be 'error' or 'skip', got {unknown!r}")
         self.species = None if species is None else tuple(int(z) for z in species)
@@ -156,8 +161,9 @@ def expand_density(
     dtype, device = vectors.dtype, vectors.device
     n_max = radial.n_max
     if weights is not None and weights.shape[0] != n_species * n_max:
-        raise ValueError(f"weights must have {n_species * n_max} rows (S*N), "
-                         f"got {tuple(weights.shape)}")
+        raise ValueError(
+            f"weights must have {n_species * n_max} rows (S*N), got {tuple(weights.shape)}"
+        )
     neighbor_species = species_index[pairs.j]  # [pair]
     i, s_j = pairs.i, neighbor_species
     if not bool((neighbor_species >= 0).all()):
@@ -177,20 +183,51 @@ def expand_density(
     else:
         weights_or_identity, per_pair = None, False  # c by outer products and index_add
     if pair_chunk is None:
-        pair_chunk = _default_pair_chunk(device, l_max, n_max, None if not per_pair else (
-            n_max if weights_or_identity is None else weights_or_identity.shape[1]))
+        pair_chunk = _default_pair_chunk(
+            device,
+            l_max,
+            n_max,
+            None
+            if not per_pair
+            else (n_max if weights_or_identity is None else weights_or_identity.shape[1]),
+        )
     if per_pair:
-        mixed = _expand_per_pair(batch.n_atoms, i, s_j, vectors, weights_or_identity,
-                                 n_species=n_species, radial=radial, l_max=l_max, cutoff=cutoff,
-                                 cutoff_width=cutoff_width,
-                                 pair_chunk=pair_chunk)  # [atom, K, lm]
+        mixed = _expand_per_pair(
+            batch.n_atoms,
+            i,
+            s_j,
+            vectors,
+            weights_or_identity,
+            n_species=n_species,
+            radial=radial,
+            l_max=l_max,
+            cutoff=cutoff,
+            cutoff_width=cutoff_width,
+            pair_chunk=pair_chunk,
+        )  # [atom, K, lm]
     else:
-        mixed = _expand_unmixed(batch.n_atoms, i, s_j, vectors, n_species=n_species, radial=radial,
-                                l_max=l_max, cutoff=cutoff, cutoff_width=cutoff_width,
-                                pair_chunk=pair_chunk)  # [atom, S*N, lm]
+        mixed = _expand_unmixed(
+            batch.n_atoms,
+            i,
+            s_j,
+            vectors,
+            n_species=n_species,
+            radial=radial,
+            l_max=l_max,
+            cutoff=cutoff,
+            cutoff_width=cutoff_width,
+            pair_chunk=pair_chunk,
+        )  # [atom, S*N, lm]
     if center_weight != 0.0:
-        term = centre_term(radial, species_index, n_species=n_species, center_weight=center_weight,
-                           center_all_species=center_all_species, dtype=dtype, device=device)  # [atom, S*N]
+        term = centre_term(
+            radial,
+            species_index,
+            n_species=n_species,
+            center_weight=center_weight,
+            center_all_species=center_all_species,
+            dtype=dtype,
+            device=device,
+        )  # [atom, S*N]
         if weights_or_identity is not None:
             term = term @ weights_or_identity  # [atom, K]
         mixed[:, :, 0] += term  # mixed is a fresh tensor of this function: in place is safe
@@ -199,8 +236,16 @@ def expand_density(
     return mixed
 
 
-def centre_term(radial, species_index: torch.Tensor, *, n_species: int, center_weight: float,
-                center_all_species: bool, dtype: torch.dtype, device) -> torch.Tensor:
+def centre_term(
+    radial,
+    species_index: torch.Tensor,
+    *,
+    n_species: int,
+    center_weight: float,
+    center_all_species: bool,
+    dtype: torch.dtype,
+    device,
+) -> torch.Tensor:
     """The centre atom's own Gaussian in the ``l = 0`` coefficients, ``[atom, S*N]`` (unmixed).
 
     ``center_weight R_n(0) / sqrt(4 pi)`` in the centre's own species channel
@@ -260,8 +305,19 @@ def _atom_chunks(n_atoms: int, i: torch.Tensor, pair_chunk: int):
         atom = stop
 
 
-def _expand_unmixed(n_atoms: int, i, s_j, vectors, *, n_species: int, radial, l_max: int,
-                    cutoff: float, cutoff_width: float, pair_chunk: int) -> torch.Tensor:
+def _expand_unmixed(
+    n_atoms: int,
+    i,
+    s_j,
+    vectors,
+    *,
+    n_species: int,
+    radial,
+    l_max: int,
+    cutoff: float,
+    cutoff_width: float,
+    pair_chunk: int,
+) -> torch.Tensor:
     """``c [atom, S*N, lm]`` by per-pair outer products and ``index_add``."""
     dtype, device = vectors.dtype, vectors.device
     n_max, n_lm = radial.n_max, (l_max + 1) ** 2
@@ -273,13 +329,26 @@ def _expand_unmixed(n_atoms: int, i, s_j, vectors, *, n_species: int, radial, l_
         contribution = radial_values[:, :, lm_to_l] * harmonics[:, None, :]  # [p, n, lm]
         # in place: coefficients is a fresh tensor of this function (and index_add's backward needs
         # neither its input nor its output)
-        coefficients.index_add_(0, i[sel] * n_species + s_j[sel],
-                                contribution.reshape(-1, n_max * n_lm))
+        coefficients.index_add_(
+            0, i[sel] * n_species + s_j[sel], contribution.reshape(-1, n_max * n_lm)
+        )
     return coefficients.reshape(n_atoms, n_species * n_max, n_lm)
 
 
-def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, radial, l_max: int,
-                     cutoff: float, cutoff_width: float, pair_chunk: int) -> torch.Tensor:
+def _expand_per_pair(
+    n_atoms: int,
+    i,
+    s_j,
+    vectors,
+    weights,
+    *,
+    n_species: int,
+    radial,
+    l_max: int,
+    cutoff: float,
+    cutoff_width: float,
+    pair_chunk: int,
+) -> torch.Tensor:
     """Mixed density ``A [atom, K, lm]`` without the unmixed ``c``.
 
     Per pair ``Q[p, l, k] = sum_n W[s_p N + n, k] R[p, n, l]``: the pairs are
@@ -300,8 +369,9 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
     graph = torch.is_grad_enabled() and tracked
     # A [atom, K, lm]: without autograd one buffer that every chunk writes its atoms into;
     # with autograd the chunks' blocks, concatenated at the end
-    mixed = None if graph else _memory.empty(n_atoms, n_channels, n_l * n_l, dtype=dtype,
-                                             device=device)
+    mixed = (
+        None if graph else _memory.empty(n_atoms, n_channels, n_l * n_l, dtype=dtype, device=device)
+    )
     pieces = []
     distances = torch.linalg.vector_norm(vectors, dim=1)  # [pair]
     tapers = cosine_cutoff(distances, cutoff, cutoff_width)  # [pair]
@@ -324,8 +394,9 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
             harmonics = _spherical_harmonics_by_degree(vec, l_max)  # [p, 2l+1] per l
             # one extra pair (r = cutoff, weight 0) gives a zero row for padding (at the cutoff,
             # not at a short distance that would send the Bessel functions to their series)
-            r = torch.cat([distances[pair_start:pair_stop],
-                           distances.new_full((1,), cutoff)])  # [p+1]
+            r = torch.cat(
+                [distances[pair_start:pair_stop], distances.new_full((1,), cutoff)]
+            )  # [p+1]
             taper = torch.cat([tapers[pair_start:pair_stop], tapers.new_zeros(1)])  # [p+1]
             if hasattr(radial, "primitive"):
                 basis, transform = radial.primitive(r, taper)  # [l, p+1, a] (tapered), [a, n]
@@ -342,7 +413,8 @@ def _expand_per_pair(n_atoms: int, i, s_j, vectors, weights, *, n_species: int, 
                     mix = w if transform is None else torch.matmul(transform, w)  # [S, a, K]
                     mixes["mix"] = mix
                     mixes["by_degree"] = mix.expand(n_l, -1, -1, -1).reshape(
-                        n_l * n_species, mix.shape[1], -1)  # [l*S, a, K]
+                        n_l * n_species, mix.shape[1], -1
+                    )  # [l*S, a, K]
                 if n_species == 1:
                     source, row = torch.matmul(basis, mixes["mix"][0]), None  # [l, p+1, K]
                 else:

@@ -89,8 +89,13 @@ def scaled_spherical_in(x: torch.Tensor, l_max: int) -> torch.Tensor:
     return _scaled_in(x, l_max, dim=-1)
 
 
-def _scaled_in(x: torch.Tensor, l_max: int, dim: int,
-               out: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+def _scaled_in(
+    x: torch.Tensor,
+    l_max: int,
+    dim: int,
+    out: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """:func:`scaled_spherical_in` with the degree at ``dim`` of the result.
 
     With ``out`` (no autograd) the values are written into it, degree by
@@ -114,8 +119,9 @@ def _scaled_in(x: torch.Tensor, l_max: int, dim: int,
             two_inverse = 2.0 * inverse  # 1 / x
             for l in range(2, l_max + 1):
                 # i_l = i_{l-2} - (2l-1)/x i_{l-1}
-                values.append(torch.addcmul(values[l - 2], two_inverse, values[l - 1],
-                                            value=-(2 * l - 1)))
+                values.append(
+                    torch.addcmul(values[l - 2], two_inverse, values[l - 1], value=-(2 * l - 1))
+                )
         result = torch.stack(values, dim=dim)  # degree at dim
     else:
         result = out
@@ -131,8 +137,9 @@ def _scaled_in(x: torch.Tensor, l_max: int, dim: int,
                 torch.sub(torch.mul(e2.add_(scale), inverse), values[0] / xr, out=values[1])
         two_inverse = inverse.mul_(2.0)  # 1 / x
         for l in range(2, l_max + 1):
-            torch.addcmul(values[l - 2], two_inverse, values[l - 1], value=-(2 * l - 1),
-                          out=values[l])
+            torch.addcmul(
+                values[l - 2], two_inverse, values[l - 1], value=-(2 * l - 1), out=values[l]
+            )
     if any_small:
         where = small.nonzero(as_tuple=True)
         series = _scaled_in_series(x[where], l_max, threshold).to(result.dtype)  # [q, l]
@@ -219,7 +226,9 @@ class GaussianGridBasis:
         GAP ``basis_error_exponent`` (default 10); sets the grid extent.
     """
 
-    def __init__(self, n_max: int, l_max: int, cutoff: float, sigma: float, error_exponent: float = 10.0):
+    def __init__(
+        self, n_max: int, l_max: int, cutoff: float, sigma: float, error_exponent: float = 10.0
+    ):
         self.n_max, self.l_max, self.cutoff, self.sigma = n_max, l_max, cutoff, sigma
         self.alpha = 1.0 / (2.0 * sigma * sigma)
         grid, transform, center = _gaussian_grid_transform(
@@ -239,8 +248,9 @@ class GaussianGridBasis:
         rho, transform = self.primitive(r)
         return torch.matmul(rho, transform).permute(1, 2, 0).contiguous()  # [pair, n, l]
 
-    def primitive(self, r: torch.Tensor, weight: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def primitive(
+        self, r: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``rho [l, pair, a]`` and ``T [a, n]``: ``R[pair, n, l] = sum_a rho[l, pair, a] T[a, n]``.
 
         ``rho[l, p, a] = w_p exp(-alpha (r_p - r_a)^2) exp(-x) i_l(x)``,
@@ -260,8 +270,11 @@ class GaussianGridBasis:
         rest = grid[1:] if origin else grid
         x = (2.0 * alpha * r)[:, None] * rest[None, :]  # [pair, a']
         inputs = [r] if weight is None else [r, weight]
-        graph = (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-                 or any(_has_tangent(t) for t in inputs))
+        graph = (
+            torch.is_grad_enabled()
+            and any(t.requires_grad for t in inputs)
+            or any(_has_tangent(t) for t in inputs)
+        )
         if graph:
             bessel = _scaled_in(x, self.l_max, dim=0)  # [l, pair, a']
             if origin:
@@ -294,7 +307,11 @@ def _overlap_inner(grid: np.ndarray, alpha: float) -> np.ndarray:
     erf = np.vectorize(math.erf)(math.sqrt(alpha / 2.0) * s)
     return (
         math.sqrt(2.0) * alpha**1.5 * s * np.exp(-alpha * (ra**2 + rb**2))
-        + alpha * math.sqrt(math.pi) * np.exp(-alpha * (ra - rb) ** 2 / 2.0) * (1.0 + alpha * s**2) * (1.0 + erf)
+        + alpha
+        * math.sqrt(math.pi)
+        * np.exp(-alpha * (ra - rb) ** 2 / 2.0)
+        * (1.0 + alpha * s**2)
+        * (1.0 + erf)
     ) / math.sqrt(128.0 * alpha**5)
 
 
@@ -331,11 +348,13 @@ def _gto_table(
     kernel = gauss * bessel[:, :, : l_max + 1]  # [grid, q, l]
     # d/dx [exp(-x) i_l] = exp(-x) (l i_{l-1} + (l+1) i_{l+1}) / (2l+1) - exp(-x) i_l,  i_{-1} -> i_1
     ls = np.arange(l_max + 1)
-    lower = np.concatenate([bessel[:, :, 1:2], bessel[:, :, : l_max]], axis=2)  # i_{l-1}
+    lower = np.concatenate([bessel[:, :, 1:2], bessel[:, :, :l_max]], axis=2)  # i_{l-1}
     upper = bessel[:, :, 1 : l_max + 2]  # i_{l+1}
     dbessel = (ls * lower + (ls + 1) * upper) / (2 * ls + 1) - bessel[:, :, : l_max + 1]
-    dkernel = (2.0 * alpha * (s[None, :, None] - r[:, None, None]) * kernel
-               + gauss * dbessel * 2.0 * alpha * s[None, :, None])  # d kernel / dr
+    dkernel = (
+        2.0 * alpha * (s[None, :, None] - r[:, None, None]) * kernel
+        + gauss * dbessel * 2.0 * alpha * s[None, :, None]
+    )  # d kernel / dr
     values = np.zeros((n_grid, n_max, l_max + 1))
     derivs = np.zeros((n_grid, n_max, l_max + 1))
     g = s[None, :] ** np.arange(n_max)[:, None] * np.exp(-b[:, None] * s[None, :] ** 2)  # [n, q]
@@ -414,8 +433,9 @@ class GtoBasis:
         return out.reshape(shape), dout.reshape(shape)
 
 
-def make_radial_basis(kind: str, *, n_max: int, l_max: int, cutoff: float, sigma: float,
-                      error_exponent: float = 10.0):
+def make_radial_basis(
+    kind: str, *, n_max: int, l_max: int, cutoff: float, sigma: float, error_exponent: float = 10.0
+):
     """Build a radial basis by name: ``"gaussian_grid"`` (GAP) or ``"gto"``."""
     if kind == "gaussian_grid":
         return GaussianGridBasis(n_max, l_max, cutoff, sigma, error_exponent)

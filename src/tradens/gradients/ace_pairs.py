@@ -36,8 +36,8 @@ import torch
 
 from ..density.derivatives import harmonics_and_gradient, radial_with_derivative
 from ..density.expansion import expand_density
-from .results import DescriptorGradients, _atom_entries
 from ..systems.neighbors import neighbor_list, pair_vectors
+from .results import DescriptorGradients, _atom_entries
 
 __all__ = ["ace_pair_applies", "ace_pair_gradients"]
 
@@ -64,8 +64,14 @@ def _slots(plan, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     return torch.as_tensor(channel), torch.as_tensor(slot), int(seen[0]) if channel.size else 0
 
 
-def _base_gradients(plan, keep: torch.Tensor, base: torch.Tensor, channel: torch.Tensor, slot: torch.Tensor,
-                    n_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _base_gradients(
+    plan,
+    keep: torch.Tensor,
+    base: torch.Tensor,
+    channel: torch.Tensor,
+    slot: torch.Tensor,
+    n_slots: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``B [atom, F]`` and ``G [atom, K, P, lm] = dB[k, s] / dA[k, lm]``.
 
     Group by group of the product basis (features sharing an l-tuple), so that
@@ -80,9 +86,13 @@ def _base_gradients(plan, keep: torch.Tensor, base: torch.Tensor, channel: torch
     values = base.new_zeros(n_atoms, n_features)
     out = base.new_zeros(n_atoms, n_k, n_slots, n_lm)
     # one leaf per degree [atom, K, 2l+1]: the backward passes write each block once
-    leaves = [base[:, :, l * l:(l + 1) * (l + 1)].contiguous().requires_grad_(True) for l in range(n_l)]
+    leaves = [
+        base[:, :, l * l : (l + 1) * (l + 1)].contiguous().requires_grad_(True) for l in range(n_l)
+    ]
     for gi, group in enumerate(plan.groups):
-        features = feature_of_label[torch.as_tensor(group.positions.reshape(-1))]  # [C] feature or -1
+        features = feature_of_label[
+            torch.as_tensor(group.positions.reshape(-1))
+        ]  # [C] feature or -1
         used = (features >= 0).nonzero().squeeze(1)
         if used.numel() == 0:
             continue
@@ -96,11 +106,16 @@ def _base_gradients(plan, keep: torch.Tensor, base: torch.Tensor, channel: torch
         distinct = torch.unique(slots_here[used]).tolist()
         for n, s in enumerate(distinct):
             selector = (slots_here == s).to(device=device, dtype=base.dtype)  # [C]
-            grads = torch.autograd.grad(block, leaves, grad_outputs=selector.expand_as(block),
-                                        retain_graph=n + 1 < len(distinct), allow_unused=True)
+            grads = torch.autograd.grad(
+                block,
+                leaves,
+                grad_outputs=selector.expand_as(block),
+                retain_graph=n + 1 < len(distinct),
+                allow_unused=True,
+            )
             for l, grad in enumerate(grads):
                 if grad is not None:
-                    out[:, :, s, l * l:(l + 1) * (l + 1)] += grad  # [atom, K, 2l+1]
+                    out[:, :, s, l * l : (l + 1) * (l + 1)] += grad  # [atom, K, 2l+1]
     return values, out
 
 
@@ -146,16 +161,31 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
             weights = getattr(ace, name).detach().to(dtype=dtype, device=device)  # [S*N, K]
             n_k = weights.shape[1]
             base = expand_density(
-                batch, pairs, vectors, species_index, n_species=len(h.species), radial=ace.radial_basis,
-                l_max=l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
-                center_weight=h.density.center_weight, center_all_species=ace.center_all_species,
-                weights=weights)  # [atom, K, lm]
+                batch,
+                pairs,
+                vectors,
+                species_index,
+                n_species=len(h.species),
+                radial=ace.radial_basis,
+                l_max=l_max,
+                cutoff=h.cutoff.radius,
+                cutoff_width=h.cutoff.width,
+                center_weight=h.density.center_weight,
+                center_all_species=ace.center_all_species,
+                weights=weights,
+            )  # [atom, K, lm]
             channel, slot, n_slots = _slots(plan, keep)
-            values, g = _base_gradients(plan, keep, base, channel, slot, n_slots)  # [atom, F], [atom, K, P, lm]
+            values, g = _base_gradients(
+                plan, keep, base, channel, slot, n_slots
+            )  # [atom, F], [atom, K, P, lm]
             n_features = values.shape[1]
             blocks = weights.view(len(h.species), -1, n_k)  # [S, N, K]
             jacobian = torch.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
-            strain_jacobian = torch.zeros(n_atoms, 3, 3, n_features, dtype=dtype, device=device) if strain else None
+            strain_jacobian = (
+                torch.zeros(n_atoms, 3, 3, n_features, dtype=dtype, device=device)
+                if strain
+                else None
+            )
             width = int(counts.max()) if counts.numel() else 0
             per_centre = max(1, width) * 3 * n_k * n_l * n_l * vec.element_size() * 2
             chunk = max(1, int(chunk_bytes // per_centre))
@@ -166,30 +196,42 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
                     continue
                 sel = slice(p0, p1)
                 local = pair_i[sel] - c0  # [q] centre within the chunk
-                rank = torch.arange(p0, p1, device=device) - starts[pair_i[sel]]  # [q] place in the centre's list
+                rank = (
+                    torch.arange(p0, p1, device=device) - starts[pair_i[sel]]
+                )  # [q] place in the centre's list
                 # mixed radial terms Q, Q' [q, L, K] of the chunk's pairs (weights of the neighbour species)
                 mixing = blocks[pair_species[sel]]  # [q, N, K]
                 q = torch.einsum("pnl,pnk->pkl", radial[sel], mixing)  # [q, K, L]
                 dq = torch.einsum("pnl,pnk->pkl", d_radial[sel], mixing)
                 # dA/dr [q, K, 3, lm] = Q' rhat Y + Q dY
-                d_base = (dq[:, :, None, lm_to_l] * (rhat[sel, :, None] * harmonics[sel, None, :])[:, None]
-                          + q[:, :, None, lm_to_l] * d_harmonics[sel][:, None])
+                d_base = (
+                    dq[:, :, None, lm_to_l]
+                    * (rhat[sel, :, None] * harmonics[sel, None, :])[:, None]
+                    + q[:, :, None, lm_to_l] * d_harmonics[sel][:, None]
+                )
                 # padding rows stay uninitialised: every output row of the batched product depends on its
                 # own input row only, and the padding rows' outputs are never read
                 padded = d_base.new_empty(c1 - c0, n_k, width, 3, n_l * n_l)  # [c, K, J, 3, lm]
                 padded[local, :, rank] = d_base
                 lhs = padded.view((c1 - c0) * n_k, width * 3, n_l * n_l)
-                rhs = g[c0:c1].transpose(2, 3).reshape((c1 - c0) * n_k, n_l * n_l, n_slots)  # [c K, lm, P]
-                per_pair = torch.bmm(lhs, rhs).view(c1 - c0, n_k, width, 3, n_slots)  # [c, K, J, 3, P]
+                rhs = (
+                    g[c0:c1].transpose(2, 3).reshape((c1 - c0) * n_k, n_l * n_l, n_slots)
+                )  # [c K, lm, P]
+                per_pair = torch.bmm(lhs, rhs).view(
+                    c1 - c0, n_k, width, 3, n_slots
+                )  # [c, K, J, 3, P]
                 per_pair = per_pair[local, :, rank].transpose(1, 2)  # [q, 3, K, P]
                 d_values = per_pair[:, :, channel.to(device), slot.to(device)]  # [q, 3, F]
                 jacobian.index_add_(0, entry_j[sel], d_values)
                 jacobian.index_add_(0, entry_i[sel], d_values, alpha=-1.0)
                 if strain:
-                    strain_jacobian.index_add_(0, pair_i[sel], vec[sel][:, :, None, None] * d_values[:, None])
+                    strain_jacobian.index_add_(
+                        0, pair_i[sel], vec[sel][:, :, None, None] * d_values[:, None]
+                    )
             value_blocks.append(values)
             position_blocks.append(jacobian)
             strain_blocks.append(strain_jacobian)
+
         def joined(parts, dim):  # no copy for a single embedding
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
@@ -202,11 +244,20 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
             unit = values / safe[:, None]
             rows_of_entry = index[:, 0]
             x = unit[rows_of_entry][:, None, :]  # [entry, 1, F]
-            jacobian = (jacobian - x * (jacobian * x).sum(-1, keepdim=True)) / safe[rows_of_entry, None, None]
+            jacobian = (jacobian - x * (jacobian * x).sum(-1, keepdim=True)) / safe[
+                rows_of_entry, None, None
+            ]
             if strain:
                 xs = unit[:, None, None, :]
-                strain_jacobian = (strain_jacobian - xs * (strain_jacobian * xs).sum(-1, keepdim=True)) \
-                    / safe[:, None, None, None]
+                strain_jacobian = (
+                    strain_jacobian - xs * (strain_jacobian * xs).sum(-1, keepdim=True)
+                ) / safe[:, None, None, None]
             values = unit
-    return DescriptorGradients(values=values, rows=torch.arange(n_atoms, device=device), positions=jacobian,
-                               index=index, shifts=None, strain=strain_jacobian)
+    return DescriptorGradients(
+        values=values,
+        rows=torch.arange(n_atoms, device=device),
+        positions=jacobian,
+        index=index,
+        shifts=None,
+        strain=strain_jacobian,
+    )

@@ -39,9 +39,7 @@ Three entry points
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..kernels.determinism import deterministic
@@ -60,8 +58,12 @@ __all__ = [
 # ----------------------------------------------------------------------------- strain
 
 
-def apply_strain(batch: Batch, strain: torch.Tensor, positions: torch.Tensor | None = None,
-                 cells: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_strain(
+    batch: Batch,
+    strain: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    cells: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Strained positions ``[atom, 3]`` and cells ``[structure, 3, 3]``.
 
     Parameters
@@ -77,9 +79,13 @@ def apply_strain(batch: Batch, strain: torch.Tensor, positions: torch.Tensor | N
     positions = batch.positions if positions is None else positions
     cells = batch.cells if cells is None else cells
     if strain.shape != (batch.n_structures, 3, 3):
-        raise ValueError(f"strain must have shape [{batch.n_structures}, 3, 3], got {tuple(strain.shape)}")
+        raise ValueError(
+            f"strain must have shape [{batch.n_structures}, 3, 3], got {tuple(strain.shape)}"
+        )
     eps = 0.5 * (strain + strain.transpose(1, 2))  # [structure, 3, 3]
-    new_positions = positions + torch.einsum("pa,pab->pb", positions, eps[batch.structure])  # [atom, 3]
+    new_positions = positions + torch.einsum(
+        "pa,pab->pb", positions, eps[batch.structure]
+    )  # [atom, 3]
     new_cells = cells + torch.bmm(cells, eps)  # [structure, 3, 3]
     return new_positions, new_cells
 
@@ -101,15 +107,24 @@ def _batches(systems, batch_size: int, dtype, device):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(frames), batch_size):
-        yield as_batch(frames[start:start + batch_size], dtype=dtype, device=device)
+        yield as_batch(frames[start : start + batch_size], dtype=dtype, device=device)
 
 
 # ----------------------------------------------------------------------------- model path
 
 
-def energy_forces_stress(representation, model_fn, systems, *, batch_size: int = 16,
-                         dtype: torch.dtype | None = None, device=None, create_graph: bool = False,
-                         output: str = "numpy", method: str = "auto") -> ModelOutput:
+def energy_forces_stress(
+    representation,
+    model_fn,
+    systems,
+    *,
+    batch_size: int = 16,
+    dtype: torch.dtype | None = None,
+    device=None,
+    create_graph: bool = False,
+    output: str = "numpy",
+    method: str = "auto",
+) -> ModelOutput:
     """Energies, forces and stress of ``E = sum_rows model_fn(X)`` by one backward pass.
 
     Parameters
@@ -156,39 +171,61 @@ def energy_forces_stress(representation, model_fn, systems, *, batch_size: int =
 
     analytic = method != "autograd" and soap_vjp_applies(representation, create_graph)
     if method == "analytic" and not analytic:
-        raise ValueError("method='analytic' needs a SOAP representation and create_graph=False; "
-                         "use method='autograd'")
-    parts: dict[str, list] = {"energy": [], "forces": [], "virial": [], "stress": [], "structure": []}
+        raise ValueError(
+            "method='analytic' needs a SOAP representation and create_graph=False; "
+            "use method='autograd'"
+        )
+    parts: dict[str, list] = {
+        "energy": [],
+        "forces": [],
+        "virial": [],
+        "stress": [],
+        "structure": [],
+    }
     offset = 0
     with deterministic(systems.positions.device if isinstance(systems, Batch) else device):
         for batch in _batches(systems, batch_size, dtype, device):
             if analytic:
-                energy, d_positions, d_strain = soap_energy_and_gradients(representation, model_fn, batch)
+                energy, d_positions, d_strain = soap_energy_and_gradients(
+                    representation, model_fn, batch
+                )
                 _append(parts, batch, energy, d_positions, d_strain, offset)
                 offset += batch.n_structures
                 continue
             positions = batch.positions.detach().clone().requires_grad_(True)  # [atom, 3]
             strain = torch.zeros_like(batch.cells, requires_grad=True)  # [structure, 3, 3]
-            new_positions, new_cells = apply_strain(batch, strain, positions=positions, cells=batch.cells.detach())
+            new_positions, new_cells = apply_strain(
+                batch, strain, positions=positions, cells=batch.cells.detach()
+            )
             values, rows = representation(batch, new_positions, new_cells)
             numbers = torch.zeros_like(rows) if _averaged(representation) else batch.numbers[rows]
             per_row = model_fn(values, numbers).reshape(-1)  # [row]
             if per_row.shape[0] != values.shape[0]:
-                raise ValueError(f"model_fn must return one energy per row ({values.shape[0]}), "
-                                 f"got {per_row.shape[0]}")
+                raise ValueError(
+                    f"model_fn must return one energy per row ({values.shape[0]}), "
+                    f"got {per_row.shape[0]}"
+                )
             structure_of_row = _row_structure(representation, batch, rows)
             energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=per_row.device)
             energy = energy.index_add(0, structure_of_row, per_row)  # [structure]
             if energy.requires_grad:
-                d_positions, d_strain = torch.autograd.grad(energy.sum(), [positions, strain],
-                                                            create_graph=create_graph, allow_unused=True)
+                d_positions, d_strain = torch.autograd.grad(
+                    energy.sum(), [positions, strain], create_graph=create_graph, allow_unused=True
+                )
             else:  # nothing depends on the geometry (e.g. isolated atoms)
                 d_positions = d_strain = None
             if d_positions is None:
                 d_positions = torch.zeros_like(positions)
             if d_strain is None:
                 d_strain = torch.zeros_like(strain)
-            _append(parts, batch, energy if create_graph else energy.detach(), d_positions, d_strain, offset)
+            _append(
+                parts,
+                batch,
+                energy if create_graph else energy.detach(),
+                d_positions,
+                d_strain,
+                offset,
+            )
             offset += batch.n_structures
     result = {key: torch.cat(value) for key, value in parts.items()}
     if output == "numpy":
@@ -196,14 +233,21 @@ def energy_forces_stress(representation, model_fn, systems, *, batch_size: int =
     return ModelOutput(**result)
 
 
-def _append(parts: dict, batch: Batch, energy: torch.Tensor, d_positions: torch.Tensor, d_strain: torch.Tensor,
-            offset: int) -> None:
+def _append(
+    parts: dict,
+    batch: Batch,
+    energy: torch.Tensor,
+    d_positions: torch.Tensor,
+    d_strain: torch.Tensor,
+    offset: int,
+) -> None:
     """Add one batch's energies ``[structure]``, forces, virial and stress to ``parts``."""
     volume = torch.linalg.det(batch.cells.detach()).abs()  # [structure]
     periodic = batch.pbc.all(dim=1)
     safe = torch.where(periodic, volume, torch.ones_like(volume))
-    stress = torch.where(periodic[:, None, None], d_strain / safe[:, None, None],
-                         torch.full_like(d_strain, math.nan))  # [structure, 3, 3]
+    stress = torch.where(
+        periodic[:, None, None], d_strain / safe[:, None, None], torch.full_like(d_strain, math.nan)
+    )  # [structure, 3, 3]
     parts["energy"].append(energy)
     parts["forces"].append(-d_positions)
     parts["virial"].append(-d_strain)
@@ -214,10 +258,18 @@ def _append(parts: dict, batch: Batch, energy: torch.Tensor, d_positions: torch.
 # ----------------------------------------------------------------------------- Jacobians
 
 
-def descriptor_gradients(representation, systems, *, strain: bool = True, images: bool = False,
-                         method: str = "auto", cutoff: float | None = None,
-                         dtype: torch.dtype | None = None, device=None,
-                         chunk_bytes: int | None = None) -> DescriptorGradients:
+def descriptor_gradients(
+    representation,
+    systems,
+    *,
+    strain: bool = True,
+    images: bool = False,
+    method: str = "auto",
+    cutoff: float | None = None,
+    dtype: torch.dtype | None = None,
+    device=None,
+    chunk_bytes: int | None = None,
+) -> DescriptorGradients:
     """Sparse Jacobians of the features with respect to positions and strain.
 
     Parameters
@@ -268,16 +320,23 @@ def descriptor_gradients(representation, systems, *, strain: bool = True, images
             method = "pair" if isinstance(representation, SOAP) or ace_pair else "jvp"
         if method == "pair":
             if ace_pair and not images:
-                return ace_pair_gradients(representation, batch, strain=strain, chunk_bytes=chunk_bytes)
+                return ace_pair_gradients(
+                    representation, batch, strain=strain, chunk_bytes=chunk_bytes
+                )
             if not isinstance(representation, SOAP):
-                raise ValueError("method='pair' is implemented for SOAP and channel-diagonal ACE (without "
-                                 f"images=True), got {type(representation).__name__}; use method='jvp'")
+                raise ValueError(
+                    "method='pair' is implemented for SOAP and channel-diagonal ACE (without "
+                    f"images=True), got {type(representation).__name__}; use method='jvp'"
+                )
             from .soap_pairs import soap_pair_gradients
 
-            return soap_pair_gradients(representation, batch, strain=strain, images=images,
-                                       chunk_bytes=chunk_bytes)
+            return soap_pair_gradients(
+                representation, batch, strain=strain, images=images, chunk_bytes=chunk_bytes
+            )
         if images:
-            raise ValueError("images=True needs per-pair derivatives: only method='pair' (SOAP) provides them")
+            raise ValueError(
+                "images=True needs per-pair derivatives: only method='pair' (SOAP) provides them"
+            )
         from .reference import jvp_gradients
 
         return jvp_gradients(representation, batch, strain=strain, cutoff=cutoff)

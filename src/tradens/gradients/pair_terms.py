@@ -36,8 +36,8 @@ import torch
 
 from ..density.angular import l_of_lm, spherical_harmonics
 from ..density.expansion import expand_density
-from ..systems.neighbors import neighbor_list, pair_vectors
 from ..density.radial import GaussianGridBasis, GtoBasis, cosine_cutoff, scaled_spherical_in
+from ..systems.neighbors import neighbor_list, pair_vectors
 
 __all__ = ["soap_local_features", "check_soap_for_potentials"]
 

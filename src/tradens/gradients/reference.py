@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .results import DescriptorGradients, _averaged, _atom_entries
-from ..systems.neighbors import neighbor_list
 from ..systems.batch import Batch
+from ..systems.neighbors import neighbor_list
+from .results import DescriptorGradients, _atom_entries, _averaged
 
 __all__ = ["jvp_gradients"]
 
@@ -47,11 +47,11 @@ def _colour(index: torch.Tensor, n_atoms: int) -> np.ndarray:
     row_start = np.searchsorted(rows, np.arange(rows.max() + 2 if rows.size else 1))
     colour = np.full(n_atoms, -1, dtype=np.int64)
     for atom in range(n_atoms):
-        its_rows = rows[by_atom[atom_start[atom]:atom_start[atom + 1]]]
+        its_rows = rows[by_atom[atom_start[atom] : atom_start[atom + 1]]]
         if its_rows.size == 0:
             colour[atom] = 0
             continue
-        others = np.concatenate([atoms[row_start[r]:row_start[r + 1]] for r in its_rows])
+        others = np.concatenate([atoms[row_start[r] : row_start[r + 1]] for r in its_rows])
         used = colour[others]
         taken = np.zeros(used.max() + 2 if used.size else 1, dtype=bool)
         taken[used[used >= 0]] = True
@@ -59,7 +59,9 @@ def _colour(index: torch.Tensor, n_atoms: int) -> np.ndarray:
     return colour
 
 
-def jvp_gradients(representation, batch: Batch, *, strain: bool, cutoff: float | None) -> DescriptorGradients:
+def jvp_gradients(
+    representation, batch: Batch, *, strain: bool, cutoff: float | None
+) -> DescriptorGradients:
     """Atom-resolved Jacobians of any representation by Jacobian-vector products.
 
     One forward pass and one vector-Jacobian product ``u -> J^T u`` (kept as a
@@ -78,8 +80,9 @@ def jvp_gradients(representation, batch: Batch, *, strain: bool, cutoff: float |
         u = torch.zeros_like(values, requires_grad=True)  # [row, F]
         vjp_positions = vjp_strain = None
         if values.requires_grad:  # else nothing depends on the geometry
-            vjp_positions, vjp_strain = torch.autograd.grad((values * u).sum(), [positions, eps],
-                                                            create_graph=True, allow_unused=True)
+            vjp_positions, vjp_strain = torch.autograd.grad(
+                (values * u).sum(), [positions, eps], create_graph=True, allow_unused=True
+            )
     n_rows = values.shape[0]
     averaged = _averaged(representation)
     row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=positions.device)
@@ -102,7 +105,9 @@ def jvp_gradients(representation, batch: Batch, *, strain: bool, cutoff: float |
         (out,) = torch.autograd.grad(scalar, u, retain_graph=True, allow_unused=True)
         return out  # [row, F]
 
-    jacobian = torch.zeros(index.shape[0], 3, values.shape[1], dtype=values.dtype, device=values.device)
+    jacobian = torch.zeros(
+        index.shape[0], 3, values.shape[1], dtype=values.dtype, device=values.device
+    )
     entry_colour = colour[index[:, 1]]
     n_colours = int(colour.max()) + 1 if colour.numel() else 0
     for c in range(n_colours if vjp_positions is not None else 0):
@@ -115,11 +120,19 @@ def jvp_gradients(representation, batch: Batch, *, strain: bool, cutoff: float |
                 jacobian[entries, a] = derivative[index[entries, 0]]
     strain_jacobian = None
     if strain:
-        strain_jacobian = torch.zeros(n_rows, 3, 3, values.shape[1], dtype=values.dtype, device=values.device)
+        strain_jacobian = torch.zeros(
+            n_rows, 3, 3, values.shape[1], dtype=values.dtype, device=values.device
+        )
         for a in range(3):
             for b in range(3):
                 derivative = None if vjp_strain is None else jvp(vjp_strain[:, a, b].sum())
                 if derivative is not None:
                     strain_jacobian[:, a, b] = derivative
-    return DescriptorGradients(values=values.detach(), rows=rows, positions=jacobian, index=index, shifts=None,
-                               strain=strain_jacobian)
+    return DescriptorGradients(
+        values=values.detach(),
+        rows=rows,
+        positions=jacobian,
+        index=index,
+        shifts=None,
+        strain=strain_jacobian,
+    )

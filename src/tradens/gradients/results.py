@@ -75,10 +75,18 @@ class DescriptorGradients:
 
     def dense(self, n_atoms: int) -> torch.Tensor:
         """Dense ``[row, atom, 3, feature]`` Jacobian (small systems only)."""
-        out = torch.zeros(self.values.shape[0] * n_atoms, 3, self.values.shape[1],
-                          dtype=self.positions.dtype, device=self.positions.device)
-        out.index_add_(0, self.index[:, 0] * n_atoms + self.index[:, 1].clamp(min=0),
-                       self.positions * (self.index[:, 1] >= 0).to(self.positions.dtype)[:, None, None])
+        out = torch.zeros(
+            self.values.shape[0] * n_atoms,
+            3,
+            self.values.shape[1],
+            dtype=self.positions.dtype,
+            device=self.positions.device,
+        )
+        out.index_add_(
+            0,
+            self.index[:, 0] * n_atoms + self.index[:, 1].clamp(min=0),
+            self.positions * (self.index[:, 1] >= 0).to(self.positions.dtype)[:, None, None],
+        )
         return out.reshape(self.values.shape[0], n_atoms, 3, -1)
 
 
@@ -87,8 +95,9 @@ def _averaged(representation) -> bool:
     return bool(getattr(hypers, "average", False))
 
 
-def _atom_entries(batch: Batch, pair_i: torch.Tensor, pair_j: torch.Tensor, row_of_atom: torch.Tensor,
-                 n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _atom_entries(
+    batch: Batch, pair_i: torch.Tensor, pair_j: torch.Tensor, row_of_atom: torch.Tensor, n_rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``(row, atom)`` entries of an atom-resolved Jacobian.
 
     Every centre atom ``i`` (``row_of_atom[i] >= 0``) gives ``(row, i)`` and
@@ -99,8 +108,9 @@ def _atom_entries(batch: Batch, pair_i: torch.Tensor, pair_j: torch.Tensor, row_
     centres = (row_of_atom >= 0).nonzero().squeeze(1)
     pair_rows = row_of_atom[pair_i]  # [pair]
     keep = pair_rows >= 0
-    keys = torch.cat([row_of_atom[centres] * n_atoms + centres,
-                      pair_rows[keep] * n_atoms + pair_j[keep]])
+    keys = torch.cat(
+        [row_of_atom[centres] * n_atoms + centres, pair_rows[keep] * n_atoms + pair_j[keep]]
+    )
     unique = torch.unique(keys)  # sorted
     index = torch.stack([unique // n_atoms, unique % n_atoms], dim=1)  # [entry, 2]
     safe_rows = pair_rows.clamp(min=0)

@@ -45,12 +45,12 @@ from typing import NamedTuple
 
 import torch
 
-from ..density.derivatives import _solid_gradient_matrices, radial_terms
-from ..kernels.compiled import pair_density, pair_forces, use_compiled
 from ..density.angular import spherical_harmonics
+from ..density.derivatives import _solid_gradient_matrices, radial_terms
 from ..density.expansion import centre_term, expand_density
-from ..systems.neighbors import neighbor_list, pair_vectors
+from ..kernels.compiled import pair_density, pair_forces, use_compiled
 from ..representations.soap import power_spectrum_blocks
+from ..systems.neighbors import neighbor_list, pair_vectors
 
 __all__ = ["soap_energy_and_gradients", "soap_vjp_applies"]
 
@@ -63,8 +63,11 @@ def soap_vjp_applies(representation, create_graph: bool) -> bool:
     """Whether the analytic path serves ``representation`` (SOAP, first derivatives only)."""
     from ..representations.soap import SOAP
 
-    return (not create_graph and isinstance(representation, SOAP)
-            and type(representation).forward is SOAP.forward)
+    return (
+        not create_graph
+        and isinstance(representation, SOAP)
+        and type(representation).forward is SOAP.forward
+    )
 
 
 def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None = None):
@@ -95,12 +98,16 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
     dtype, device = batch.positions.dtype, batch.positions.device
     with torch.no_grad():
         pairs = neighbor_list(batch, h.cutoff.radius)
-        vectors = pair_vectors(batch, pairs, batch.positions.detach(), batch.cells.detach())  # [pair, 3]
+        vectors = pair_vectors(
+            batch, pairs, batch.positions.detach(), batch.cells.detach()
+        )  # [pair, 3]
         species_index = soap.species_map(batch.numbers)  # [atom]
         w1, w2 = soap.mixing_matrices(dtype, device)
         symmetric = w1 is None or w2 is w1
         w1 = None if w1 is None else w1.detach()
-        weights = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))  # [S*N, Kt]
+        weights = (
+            None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))
+        )  # [S*N, Kt]
         rows = soap.center_rows(batch)  # [row] atoms
         if pair_chunk is None:
             pair_chunk = PAIR_CHUNK if device.type == "cpu" else 65536
@@ -109,10 +116,19 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
             density = fused.density  # [atom, Kt, lm]
         else:
             density = expand_density(  # [atom, Kt, lm]
-                batch, pairs, vectors, species_index, n_species=h.n_species, radial=soap.radial_basis,
-                l_max=h.l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
-                center_weight=h.density.center_weight, center_all_species=soap.center_all_species,
-                weights=weights)
+                batch,
+                pairs,
+                vectors,
+                species_index,
+                n_species=h.n_species,
+                radial=soap.radial_basis,
+                l_max=h.l_max,
+                cutoff=h.cutoff.radius,
+                cutoff_width=h.cutoff.width,
+                center_weight=h.density.center_weight,
+                center_all_species=soap.center_all_species,
+                weights=weights,
+            )
         if h.average:
             structure_of_row = batch.structure[rows]
             y = density.new_zeros((batch.n_structures,) + density.shape[1:])
@@ -130,13 +146,21 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
             # leaves per chunk of rows and degree [rows, Kt, 2l+1]: the backward then writes each block's
             # gradient directly (slicing one big leaf fills a zero tensor of its size for every slice)
             n_l = h.l_max + 1
-            row_chunk = max(1, GRAM_BYTES // (y.element_size() * y.shape[1] ** 2))  # Gram blocks [rows, Kt, Kt]
+            row_chunk = max(
+                1, GRAM_BYTES // (y.element_size() * y.shape[1] ** 2)
+            )  # Gram blocks [rows, Kt, Kt]
             leaves, parts = [], []
             for start in range(0, y.shape[0], row_chunk):
-                blocks = [y[start:start + row_chunk, :, l * l:(l + 1) * (l + 1)].contiguous().requires_grad_(True)
-                          for l in range(n_l)]
+                blocks = [
+                    y[start : start + row_chunk, :, l * l : (l + 1) * (l + 1)]
+                    .contiguous()
+                    .requires_grad_(True)
+                    for l in range(n_l)
+                ]
                 leaves.extend(blocks)
-                parts.append(soap._finish_products(power_spectrum_blocks(blocks, blocks, soap.plan)))
+                parts.append(
+                    soap._finish_products(power_spectrum_blocks(blocks, blocks, soap.plan))
+                )
             if not parts:  # no centre rows
                 values = y.new_zeros(0, soap.n_features)
             else:
@@ -148,8 +172,10 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
             values = soap._products(leaf[:, :k1], leaf[:, k1:], row_chunk=256, out=None)  # [row, F]
         per_row = model_fn(values, numbers).reshape(-1)  # [row]
         if per_row.shape[0] != values.shape[0]:
-            raise ValueError(f"model_fn must return one energy per row ({values.shape[0]}), "
-                             f"got {per_row.shape[0]}")
+            raise ValueError(
+                f"model_fn must return one energy per row ({values.shape[0]}), "
+                f"got {per_row.shape[0]}"
+            )
         energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=device)
         energy = energy.index_add(0, row_ids if h.average else structure_of_row, per_row)
         grad_y = None
@@ -163,7 +189,7 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
                     for l in range(n_l):
                         g = grads[c * n_l + l]
                         if g is not None:
-                            grad_y[rows_c, :, l * l:(l + 1) * (l + 1)] = g
+                            grad_y[rows_c, :, l * l : (l + 1) * (l + 1)] = g
             else:
                 grad_y = grads[0]
     energy = energy.detach()
@@ -184,12 +210,20 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
         if fused is not None:
             centre, neighbour, pair_vec = fused.centre, fused.neighbour, fused.vectors
             d_pairs = torch.empty_like(pair_vec)  # [p, 3]
-            pair_forces(fused.ab, centre, g_atom.transpose(1, 2).contiguous(), fused.harmonics, pair_vec, d_pairs)
+            pair_forces(
+                fused.ab,
+                centre,
+                g_atom.transpose(1, 2).contiguous(),
+                fused.harmonics,
+                pair_vec,
+                d_pairs,
+            )
         else:
             active = _active_pairs(pairs, species_index, rows, batch.n_atoms)
             centre, neighbour, pair_vec = pairs.i[active], pairs.j[active], vectors[active]
-            d_pairs = pair_energy_gradients(soap, weights, g_atom, centre, pair_vec, species_index[neighbour],
-                                            pair_chunk)  # [p, 3]
+            d_pairs = pair_energy_gradients(
+                soap, weights, g_atom, centre, pair_vec, species_index[neighbour], pair_chunk
+            )  # [p, 3]
         d_positions.index_add_(0, neighbour, d_pairs)
         d_positions.index_add_(0, centre, d_pairs, alpha=-1.0)
         virial = pair_vec[:, :, None] * d_pairs[:, None, :]  # [p, 3, 3]: r_a dE/dr_b
@@ -198,7 +232,9 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
     return energy, d_positions, d_strain
 
 
-def _active_pairs(pairs, species_index: torch.Tensor, rows: torch.Tensor, n_atoms: int) -> torch.Tensor:
+def _active_pairs(
+    pairs, species_index: torch.Tensor, rows: torch.Tensor, n_atoms: int
+) -> torch.Tensor:
     """Pairs of centre rows with a known neighbour species, sorted by centre: indices ``[p]``."""
     is_centre = torch.zeros(n_atoms, dtype=torch.bool, device=rows.device)
     is_centre[rows] = True
@@ -238,7 +274,9 @@ def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows)
     if n_pairs * vectors.element_size() * (2 * n_l * n_k + n_lm + 3) > FUSED_BYTES:
         return None
     pair_species = species_index[pairs.j[active]]
-    order = active[torch.argsort(pair_species, stable=True)]  # neighbour-species order for the mixing
+    order = active[
+        torch.argsort(pair_species, stable=True)
+    ]  # neighbour-species order for the mixing
     species = species_index[pairs.j[order]]  # [p]
     vec = vectors[order]  # [p, 3]
     # all pairs at once (the store is bounded by FUSED_BYTES): a few large kernels instead of many small
@@ -250,9 +288,15 @@ def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows)
     pair_density(ab, centre, harmonics, density_lm)
     density = density_lm.transpose(1, 2).contiguous()  # [atom, Kt, lm]
     if h.density.center_weight != 0.0:
-        term = centre_term(soap.radial_basis, species_index, n_species=h.n_species,
-                           center_weight=h.density.center_weight, center_all_species=soap.center_all_species,
-                           dtype=vec.dtype, device=vec.device)  # [atom, S*N]
+        term = centre_term(
+            soap.radial_basis,
+            species_index,
+            n_species=h.n_species,
+            center_weight=h.density.center_weight,
+            center_all_species=soap.center_all_species,
+            dtype=vec.dtype,
+            device=vec.device,
+        )  # [atom, S*N]
         density[:, :, 0] += term @ weights
     return _PairTerms(centre, pairs.j[order], vec, ab, harmonics, density)
 
@@ -263,10 +307,14 @@ class _Harmonics:
     def __init__(self, l_max: int, dtype: torch.dtype, device):
         self.l_max = l_max
         # C_l as [2l+1, 3 (2l-1)]: (Z_l @ C_l)[p, a, m'] = sum_m C_l[m', a, m] Z_lm
-        self.matrices = [c.permute(2, 1, 0).reshape(2 * l + 1, -1).to(dtype=dtype, device=device)
-                         for l, c in enumerate(_solid_gradient_matrices(l_max)) if l > 0]
-        self.degree = torch.tensor([l for l in range(l_max + 1) for _ in range(2 * l + 1)], dtype=dtype,
-                                   device=device)  # [lm]
+        self.matrices = [
+            c.permute(2, 1, 0).reshape(2 * l + 1, -1).to(dtype=dtype, device=device)
+            for l, c in enumerate(_solid_gradient_matrices(l_max))
+            if l > 0
+        ]
+        self.degree = torch.tensor(
+            [l for l in range(l_max + 1) for _ in range(2 * l + 1)], dtype=dtype, device=device
+        )  # [lm]
 
     def __call__(self, vec: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``dE/dr [p, 3]`` from pair vectors ``[p, 3]`` (Å) and ``z [p, 2, lm]`` (``Z`` then ``Z'``)."""
@@ -276,16 +324,29 @@ class _Harmonics:
         harmonics = spherical_harmonics(vec, self.l_max)  # [p, lm]
         zz, dz = z[:, 0], z[:, 1]  # [p, lm]
         # along rhat: sum_lm (Z' - l Z / r) Y_lm
-        along = torch.addcmul(dz, zz, self.degree * inverse, value=-1.0).mul_(harmonics).sum(1, keepdim=True)
+        along = (
+            torch.addcmul(dz, zz, self.degree * inverse, value=-1.0)
+            .mul_(harmonics)
+            .sum(1, keepdim=True)
+        )
         tangential = vec.new_zeros(n_pairs, 3)
         for l in range(1, self.l_max + 1):  # sum_m Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
-            lowered = torch.mm(zz[:, l * l:(l + 1) * (l + 1)], self.matrices[l - 1]).view(n_pairs, 3, 2 * l - 1)
-            tangential.add_((lowered * harmonics[:, None, (l - 1) * (l - 1):l * l]).sum(2))
+            lowered = torch.mm(zz[:, l * l : (l + 1) * (l + 1)], self.matrices[l - 1]).view(
+                n_pairs, 3, 2 * l - 1
+            )
+            tangential.add_((lowered * harmonics[:, None, (l - 1) * (l - 1) : l * l]).sum(2))
         return (vec * along + tangential).mul_(inverse)  # rhat along + tangential / r
 
 
-def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Tensor, vectors: torch.Tensor,
-                          species: torch.Tensor, pair_chunk: int) -> torch.Tensor:
+def pair_energy_gradients(
+    soap,
+    weights,
+    g_atom: torch.Tensor,
+    centre: torch.Tensor,
+    vectors: torch.Tensor,
+    species: torch.Tensor,
+    pair_chunk: int,
+) -> torch.Tensor:
     """``dE/dr_p [pair, 3]`` for pairs sorted by centre.
 
     Parameters
@@ -321,8 +382,12 @@ def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Ten
         if transform is not None:
             mix = torch.matmul(transform, mix)
         if use_compiled(vectors, g_atom, weights):
-            return _compiled_pair_gradients(soap, weights, g_atom, centre, vectors, species, pair_chunk)
-        g_degrees = [g_atom[:, :, l * l:(l + 1) * (l + 1)].contiguous() for l in range(n_l)]  # [atom, Kt, 2l+1]
+            return _compiled_pair_gradients(
+                soap, weights, g_atom, centre, vectors, species, pair_chunk
+            )
+        g_degrees = [
+            g_atom[:, :, l * l : (l + 1) * (l + 1)].contiguous() for l in range(n_l)
+        ]  # [atom, Kt, 2l+1]
     first_centre = int(centre[0])
     counts = torch.bincount(centre - first_centre)  # pairs of each centre from the first
     for c0, c1, p0, p1 in _centre_chunks(counts, pair_chunk):
@@ -335,13 +400,21 @@ def pair_energy_gradients(soap, weights, g_atom: torch.Tensor, centre: torch.Ten
             g_pair = g_blocks.index_select(0, centre[sel] * n_species + species[sel])  # [p, c, lm]
             z = torch.einsum("ptmc,pcm->ptm", lm_terms, g_pair)  # [p, 2, lm]
         else:
-            z = _contract_mixed(soap, r, species[sel], mix, [g[first_centre + c0:first_centre + c1] for g in g_degrees],
-                                counts[c0:c1])  # [p, 2, lm]
+            z = _contract_mixed(
+                soap,
+                r,
+                species[sel],
+                mix,
+                [g[first_centre + c0 : first_centre + c1] for g in g_degrees],
+                counts[c0:c1],
+            )  # [p, 2, lm]
         out[sel] = harmonic_terms(vec, z)
     return out
 
 
-def _compiled_pair_gradients(soap, weights, g_atom, centre, vectors, species, pair_chunk: int) -> torch.Tensor:
+def _compiled_pair_gradients(
+    soap, weights, g_atom, centre, vectors, species, pair_chunk: int
+) -> torch.Tensor:
     """``dE/dr_p [pair, 3]`` of mixed SOAP by the compiled kernel :func:`tradens.kernels.compiled.pair_forces`.
 
     Pairs are taken in neighbour-species order (one sort), so the mixed radial
@@ -387,8 +460,14 @@ def _centre_chunks(counts: torch.Tensor, size: int) -> list[tuple[int, int, int,
     return out
 
 
-def _contract_mixed(soap, r: torch.Tensor, species: torch.Tensor, mix: torch.Tensor, g_degrees: list,
-                    counts: torch.Tensor) -> torch.Tensor:
+def _contract_mixed(
+    soap,
+    r: torch.Tensor,
+    species: torch.Tensor,
+    mix: torch.Tensor,
+    g_degrees: list,
+    counts: torch.Tensor,
+) -> torch.Tensor:
     """``Z [p, 2, lm]``: ``Z_tlm = sum_k Q[p, l, t, k] G[i_p, k, lm]`` for the pairs of consecutive centres.
 
     ``Q = rho^(t) M[s_p]`` (``t = 0``: values, ``1``: ``r``-derivatives) is one
@@ -413,7 +492,9 @@ def _contract_mixed(soap, r: torch.Tensor, species: torch.Tensor, mix: torch.Ten
     for s, size in enumerate(sizes):
         if size:
             block = slice(start, start + size)
-            mixed = torch.bmm(terms[:, block].reshape(n_l, size * 2, n_c), mix[s].expand(n_l, n_c, n_k))
+            mixed = torch.bmm(
+                terms[:, block].reshape(n_l, size * 2, n_c), mix[s].expand(n_l, n_c, n_k)
+            )
             q[:, block] = mixed.view(n_l, size, 2, n_k)
             start += size
     # padded slot of every pair (centre order) and the sorted row of every slot
@@ -424,7 +505,8 @@ def _contract_mixed(soap, r: torch.Tensor, species: torch.Tensor, mix: torch.Ten
     take = torch.full((n_centres * width,), n_pairs, dtype=torch.long, device=device)
     take.scatter_(0, slot, position)
     padded = q.index_select(1, take).view(n_l, n_centres, width * 2, n_k)  # [L, c, 2J, Kt]
-    blocks = [torch.bmm(padded[l], g_degrees[l]).view(n_centres, width, 2, 2 * l + 1)
-              for l in range(n_l)]  # [c, J, 2, 2l+1]
+    blocks = [
+        torch.bmm(padded[l], g_degrees[l]).view(n_centres, width, 2, 2 * l + 1) for l in range(n_l)
+    ]  # [c, J, 2, 2l+1]
     z = torch.cat(blocks, dim=3).view(n_centres * width, 2, -1)  # [c J, 2, lm]
     return z.index_select(0, slot)  # [p, 2, lm]

@@ -48,8 +48,12 @@ import math
 
 import torch
 
-from ..density.derivatives import (harmonics_and_gradient, mixed_radial_primitive, radial_primitive_with_derivative,
-                                   radial_with_derivative)
+from ..density.derivatives import (
+    harmonics_and_gradient,
+    mixed_radial_primitive,
+    radial_primitive_with_derivative,
+    radial_with_derivative,
+)
 from ..kernels.compiled import triangle_slab, use_compiled
 
 __all__ = ["fast_structure", "write_jacobian"]
@@ -83,8 +87,13 @@ class _Radial:
             blocks = torch.matmul(probe[1], blocks)
         self.blocks = blocks.contiguous()
 
-    def __call__(self, r: torch.Tensor, species: torch.Tensor, presorted: bool = False,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        r: torch.Tensor,
+        species: torch.Tensor,
+        presorted: bool = False,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``[p, 2L, K]`` for pair distances ``r [p]`` (Å) of neighbour species ``species [p]``.
 
         ``presorted=True`` promises non-decreasing ``species`` (no reordering);
@@ -95,7 +104,9 @@ class _Radial:
             raise ValueError("out= needs presorted=True")
         if self.grid:
             target = None if out is None else out.view(r.shape[0], 2 * n_l, self.blocks.shape[2])
-            mixed = mixed_radial_primitive(self.soap, r, species, self.blocks, out=target)  # [p, 2L, K]
+            mixed = mixed_radial_primitive(
+                self.soap, r, species, self.blocks, out=target
+            )  # [p, 2L, K]
             if mixed is not None:  # compiled: mixed per pair in the same pass, any order
                 return mixed
             basis, _ = radial_primitive_with_derivative(self.soap, r)  # [p, 2L, a]
@@ -108,7 +119,9 @@ class _Radial:
             by_species = basis.reshape(n_pairs * 2 * n_l, n_c)
         else:
             order = torch.argsort(species, stable=True)
-            by_species = basis.index_select(0, order).reshape(n_pairs * 2 * n_l, n_c)  # pairs sorted by species
+            by_species = basis.index_select(0, order).reshape(
+                n_pairs * 2 * n_l, n_c
+            )  # pairs sorted by species
         if out is not None and presorted:
             product = out.view(n_pairs * 2 * n_l, self.blocks.shape[2])  # [p 2L, K]
         else:
@@ -127,7 +140,9 @@ class _Radial:
         return out  # [p, 2L, K]
 
 
-def _symmetric_weights(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, k: int, n_l: int) -> torch.Tensor:
+def _symmetric_weights(
+    x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, k: int, n_l: int
+) -> torch.Tensor:
     """``M [row, L, K, K]``: ``sqrt2 x_kbl`` off the diagonal (both halves), ``2 x_kkl`` on it."""
     n_rows = x.shape[0]
     xt = x.reshape(n_rows, -1, n_l).transpose(1, 2)  # [row, L, q]
@@ -146,8 +161,14 @@ def _chunks(row_start: torch.Tensor, size: int) -> list[tuple[int, int]]:
     bounds = [0]
     while bounds[-1] < n_rows:
         r0 = bounds[-1]
-        r1 = int(torch.searchsorted(row_start, torch.tensor(starts[r0] + size, device=row_start.device),
-                                    right=True)) - 1
+        r1 = (
+            int(
+                torch.searchsorted(
+                    row_start, torch.tensor(starts[r0] + size, device=row_start.device), right=True
+                )
+            )
+            - 1
+        )
         bounds.append(min(n_rows, max(r0 + 1, r1)))
     return list(zip(bounds[:-1], bounds[1:]))
 
@@ -157,9 +178,26 @@ def _small_launches_are_cheap(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm, weights, slot_pair,
-                   row_start, centre_slot, out, strain_out, n_core: int, normalize: bool,
-                   chunk_bytes: int, target=None) -> None:
+def write_jacobian(
+    soap,
+    structure: str,
+    *,
+    vectors,
+    pair_species,
+    y,
+    unit,
+    norm,
+    weights,
+    slot_pair,
+    row_start,
+    centre_slot,
+    out,
+    strain_out,
+    n_core: int,
+    normalize: bool,
+    chunk_bytes: int,
+    target=None,
+) -> None:
     """Write ``dX_row / dr_p`` for every slot, the centre slots and the strain derivatives.
 
     Parameters
@@ -186,7 +224,9 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
     first = torch.as_tensor(plan.first, device=device)
     second = torch.as_tensor(plan.second, device=device)
     radial = _Radial(soap, weights)
-    degree_scale = 1.0 / torch.sqrt(2.0 * torch.arange(n_l, dtype=dtype, device=device) + 1.0)  # [L]
+    degree_scale = 1.0 / torch.sqrt(
+        2.0 * torch.arange(n_l, dtype=dtype, device=device) + 1.0
+    )  # [L]
     counts = row_start[1:] - row_start[:-1]  # [row]
     counts_list = counts.tolist()
     starts = row_start.tolist()
@@ -197,8 +237,16 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
     # four passes of a channel
     offsets = [a * (a + 1) // 2 * n_l for a in range(n_k + 1)]
     small_launches = _small_launches_are_cheap(device)
-    sub = max(1, int(4 * 2**20 // (8 * 3 * n_features))) if structure == "triangle" and small_launches else 1 << 30
-    compiled = structure == "triangle" and use_compiled(y, out) and (strain_out is None or strain_out.is_contiguous())
+    sub = (
+        max(1, int(4 * 2**20 // (8 * 3 * n_features)))
+        if structure == "triangle" and small_launches
+        else 1 << 30
+    )
+    compiled = (
+        structure == "triangle"
+        and use_compiled(y, out)
+        and (strain_out is None or strain_out.is_contiguous())
+    )
     for r0, r1 in _chunks(row_start, max(1, int(chunk_bytes // per_slot))):
         s0, s1 = starts[r0], starts[r1]
         n_slots, n_local = s1 - s0, r1 - r0
@@ -208,7 +256,9 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
         pair = slot_pair[s0:s1]  # [E]
         valid = (pair >= 0).nonzero().squeeze(1)
         sel = pair[valid]
-        slot_row = torch.repeat_interleave(torch.arange(n_local, device=device), chunk_counts)  # [E] local
+        slot_row = torch.repeat_interleave(
+            torch.arange(n_local, device=device), chunk_counts
+        )  # [E] local
         # ---- per-pair terms, zero on centre slots
         vec = vectors[sel]  # [q, 3]
         r = torch.linalg.vector_norm(vec, dim=1)
@@ -237,8 +287,11 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
         uv = yc.new_empty(n_l, n_local, width * 4, n_k)  # [L, R, P*4, K]
         for l in range(n_l):
             block = slice(l * l, (l + 1) * (l + 1))
-            torch.bmm(padded[..., block].reshape(n_local, width * 4, 2 * l + 1), yc[:, :, block].transpose(1, 2),
-                      out=uv[l])
+            torch.bmm(
+                padded[..., block].reshape(n_local, width * 4, 2 * l + 1),
+                yc[:, :, block].transpose(1, 2),
+                out=uv[l],
+            )
         del padded
         x_rows = unit[r0:r1]  # [R, F']
         slab = out[s0:s1] if target is None else out.new_zeros(n_slots, 3, n_features)
@@ -247,13 +300,27 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
             if not uniform:
                 uv = uv[slot_index]  # [E, 4, L, K]
             slot_scale = (degree_scale[None, :] / norm[r0:r1, None])[slot_row]  # [E, L]
-            triangle_slab(uv, ab, rhat, slot_scale, x_rows, slot_vec, row_start[r0:r1 + 1] - s0,
-                          centre_slot[r0:r1] - s0, slab, None if strain_out is None else strain_out[r0:r1],
-                          normalize)
+            triangle_slab(
+                uv,
+                ab,
+                rhat,
+                slot_scale,
+                x_rows,
+                slot_vec,
+                row_start[r0 : r1 + 1] - s0,
+                centre_slot[r0:r1] - s0,
+                slab,
+                None if strain_out is None else strain_out[r0:r1],
+                normalize,
+            )
             if target is not None:
                 out.index_add_(0, target[s0:s1], slab)
             continue
-        x_full = x_rows if contiguous else torch.cat([x_rows, x_rows.new_zeros(n_local, n_features - n_core)], 1)
+        x_full = (
+            x_rows
+            if contiguous
+            else torch.cat([x_rows, x_rows.new_zeros(n_local, n_features - n_core)], 1)
+        )
         if normalize:  # M beta, M delta
             if structure == "triangle":
                 m = _symmetric_weights(x_rows, first, second, n_k, n_l)  # [R, L, K, K]
@@ -270,12 +337,15 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
         beta = uv[:, 0]  # [E, L, K]
         delta = uv[:, 1:]  # [E, 3, L, K]
         gamma = ab[:, 0] * slot_scale[:, :, None]  # [E, L, K]
-        alpha = (ab[:, 1] * slot_scale[:, :, None])[:, None] * rhat[:, :, None, None]  # [E, 3, L, K]
+        alpha = (ab[:, 1] * slot_scale[:, :, None])[:, None] * rhat[
+            :, :, None, None
+        ]  # [E, 3, L, K]
         del ab
         s = None
         if normalize:  # x . dv
-            s = (torch.einsum("ealk,elk->ea", alpha, m_uv[:, 0])
-                 + torch.einsum("elk,ealk->ea", gamma, m_uv[:, 1:]))  # [E, 3]
+            s = torch.einsum("ealk,elk->ea", alpha, m_uv[:, 0]) + torch.einsum(
+                "elk,ealk->ea", gamma, m_uv[:, 1:]
+            )  # [E, 3]
             del m_uv
         # ---- the slab
         if structure == "diagonal":
@@ -284,7 +354,9 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
             view = slab[:, :, :n_core].view(n_slots, 3, n_k, n_l)
             view.copy_(dv.transpose(2, 3))
             if normalize:
-                view.addcmul_(s[:, :, None, None], x_rows[slot_row].view(n_slots, 1, n_k, n_l), value=-1.0)
+                view.addcmul_(
+                    s[:, :, None, None], x_rows[slot_row].view(n_slots, 1, n_k, n_l), value=-1.0
+                )
         else:  # triangle
             # straight into GAP's (a, b <= a, l) layout, one channel a at a time, with every factor scaled
             # by 2^(1/4): dv[a, b, l] = sqrt2 (alpha_a beta_b + beta_a alpha_b + gamma_a delta_b
@@ -300,34 +372,44 @@ def write_jacobian(soap, structure: str, *, vectors, pair_species, y, unit, norm
                 part = slab[e0:e1]  # [e, 3, F]
                 a_, b_, g_, d_ = fa[e0:e1], fb[e0:e1], fg[e0:e1], fd[e0:e1]
                 for a in range(n_k):
-                    block = part[:, :, offsets[a]:offsets[a + 1]].view(e1 - e0, 3, a + 1, n_l)  # [e, 3, b, L]
-                    torch.mul(a_[:, :, a, None], b_[:, :, :a + 1], out=block)
-                    block.addcmul_(b_[:, :, a, None], a_[:, :, :a + 1])
-                    block.addcmul_(g_[:, :, a, None], d_[:, :, :a + 1])
-                    block.addcmul_(d_[:, :, a, None], g_[:, :, :a + 1])
+                    block = part[:, :, offsets[a] : offsets[a + 1]].view(
+                        e1 - e0, 3, a + 1, n_l
+                    )  # [e, 3, b, L]
+                    torch.mul(a_[:, :, a, None], b_[:, :, : a + 1], out=block)
+                    block.addcmul_(b_[:, :, a, None], a_[:, :, : a + 1])
+                    block.addcmul_(g_[:, :, a, None], d_[:, :, : a + 1])
+                    block.addcmul_(d_[:, :, a, None], g_[:, :, : a + 1])
                     block[:, :, a].mul_(1.0 / SQRT2)  # f_aa = 1
                 if not contiguous:
                     part[:, :, n_core:] = 0.0
                 if normalize:
-                    part.addcmul_(s[e0:e1, :, None], x_full[slot_row[e0:e1]][:, None, :], value=-1.0)
+                    part.addcmul_(
+                        s[e0:e1, :, None], x_full[slot_row[e0:e1]][:, None, :], value=-1.0
+                    )
         # ---- centre slots (-sum of the row) and strain (sum_p r_p (x) dX/dr_p)
         columns = 4 if strain_out is not None else 1
-        slot_weights = torch.cat([torch.ones_like(slot_vec[:, :1]), slot_vec], dim=1)[:, :columns]  # [E, c]
+        slot_weights = torch.cat([torch.ones_like(slot_vec[:, :1]), slot_vec], dim=1)[
+            :, :columns
+        ]  # [E, c]
         flat = slab.view(n_slots, 3 * n_features)
         if uniform:
-            sums = torch.bmm(slot_weights.view(n_local, width, columns).transpose(1, 2),
-                             flat.view(n_local, width, -1))  # [R, c, 3F]
+            sums = torch.bmm(
+                slot_weights.view(n_local, width, columns).transpose(1, 2),
+                flat.view(n_local, width, -1),
+            )  # [R, c, 3F]
         elif not small_launches:  # one batched product over rows padded to the widest row
             padded_flat = flat.new_zeros(n_local * width, flat.shape[1])
             padded_flat[slot_index] = flat
             padded_weights = slot_weights.new_zeros(n_local * width, columns)
             padded_weights[slot_index] = slot_weights
-            sums = torch.bmm(padded_weights.view(n_local, width, columns).transpose(1, 2),
-                             padded_flat.view(n_local, width, -1))  # [R, c, 3F]
+            sums = torch.bmm(
+                padded_weights.view(n_local, width, columns).transpose(1, 2),
+                padded_flat.view(n_local, width, -1),
+            )  # [R, c, 3F]
             del padded_flat, padded_weights
         else:
             sums = flat.new_empty(n_local, columns, 3 * n_features)
-            local_starts = (row_start[r0:r1 + 1] - s0).tolist()
+            local_starts = (row_start[r0 : r1 + 1] - s0).tolist()
             for row in range(n_local):
                 lo, hi = local_starts[row], local_starts[row + 1]
                 torch.mm(slot_weights[lo:hi].T, flat[lo:hi], out=sums[row])

@@ -27,24 +27,25 @@ reference for this one.
 
 from __future__ import annotations
 
-
 import torch
 
-from ..kernels import memory as _memory
 from ..density.derivatives import radial_and_angular
-from .soap_jacobian import _small_launches_are_cheap, fast_structure, write_jacobian
 from ..density.expansion import expand_density
-from .results import DescriptorGradients, _atom_entries
-from ..systems.neighbors import neighbor_list, pair_vectors
+from ..kernels import memory as _memory
 from ..representations.soap import SOAP, power_spectrum
 from ..systems.batch import Batch
+from ..systems.neighbors import neighbor_list, pair_vectors
+from .results import DescriptorGradients, _atom_entries
+from .soap_jacobian import _small_launches_are_cheap, fast_structure, write_jacobian
 
 __all__ = ["soap_pair_gradients"]
 
 BLOCK = 2048  # pairs per block of radial and angular terms
 
 
-def _mix(weights: torch.Tensor | None, radial: torch.Tensor, species: torch.Tensor, n_species: int) -> torch.Tensor:
+def _mix(
+    weights: torch.Tensor | None, radial: torch.Tensor, species: torch.Tensor, n_species: int
+) -> torch.Tensor:
     """``W[s_p]^T R_p [pair, K, c]`` from ``R [pair, N, c]`` and neighbour species ``[pair]``.
 
     Pairs are grouped by species so that each species is one matrix product
@@ -58,7 +59,9 @@ def _mix(weights: torch.Tensor | None, radial: torch.Tensor, species: torch.Tens
     blocks = weights.reshape(n_species, n_max, -1)  # [S, N, K]
     order = torch.argsort(species, stable=True)
     counts = torch.bincount(species, minlength=n_species).tolist()
-    by_species = radial[order].transpose(1, 2).reshape(-1, n_max)  # [p*c, N], pairs sorted by species
+    by_species = (
+        radial[order].transpose(1, 2).reshape(-1, n_max)
+    )  # [p*c, N], pairs sorted by species
     product = radial.new_empty(n_pairs * n_c, blocks.shape[2])  # [p*c, K]
     start = 0
     for s, count in enumerate(counts):
@@ -68,7 +71,9 @@ def _mix(weights: torch.Tensor | None, radial: torch.Tensor, species: torch.Tens
             start += count
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n_pairs, device=order.device)
-    return product.reshape(n_pairs, n_c, blocks.shape[2])[inverse].transpose(1, 2).contiguous()  # [p, K, c]
+    return (
+        product.reshape(n_pairs, n_c, blocks.shape[2])[inverse].transpose(1, 2).contiguous()
+    )  # [p, K, c]
 
 
 class _TangentPlan:
@@ -81,12 +86,17 @@ class _TangentPlan:
         degrees = torch.arange(l_max + 1, dtype=dtype, device=device)
         factor = torch.as_tensor(plan.factor, dtype=dtype, device=device)
         self.scale = factor[:, None] / torch.sqrt(2.0 * degrees + 1.0)  # [q, l]
-        lm_to_l = torch.tensor([l for l in range(l_max + 1) for _ in range(2 * l + 1)], device=device)
-        self.blocks_t = torch.nn.functional.one_hot(lm_to_l, l_max + 1).to(dtype).T.contiguous()  # [l, lm]
+        lm_to_l = torch.tensor(
+            [l for l in range(l_max + 1) for _ in range(2 * l + 1)], device=device
+        )
+        self.blocks_t = (
+            torch.nn.functional.one_hot(lm_to_l, l_max + 1).to(dtype).T.contiguous()
+        )  # [l, lm]
 
 
-def _power_spectrum_tangent(mixed, angular, y, k1: int, unit, plan: _TangentPlan, symmetric: bool,
-                            weight: torch.Tensor) -> torch.Tensor:
+def _power_spectrum_tangent(
+    mixed, angular, y, k1: int, unit, plan: _TangentPlan, symmetric: bool, weight: torch.Tensor
+) -> torch.Tensor:
     """Derivative of :func:`tradens.representations.soap.power_spectrum` with respect to each pair vector.
 
     Parameters
@@ -123,7 +133,12 @@ def _power_spectrum_tangent(mixed, angular, y, k1: int, unit, plan: _TangentPlan
     n_q = first.shape[0]
     if symmetric:  # one gather of (A, u, B) and one of v, at the second then the first channel
         small = pick(torch.stack([a1, u1, b1], dim=1), 2, plan.second_first)  # [p, 3, 2q, l]
-        a_s, a_f, u_s, u_f = small[:, 0, :n_q], small[:, 0, n_q:], small[:, 1, :n_q], small[:, 1, n_q:]
+        a_s, a_f, u_s, u_f = (
+            small[:, 0, :n_q],
+            small[:, 0, n_q:],
+            small[:, 1, :n_q],
+            small[:, 1, n_q:],
+        )
         b_s, b_f = small[:, 2, :n_q], small[:, 2, n_q:]
         along = (a_f * u_s + u_f * a_s) * scale
         gathered = pick(v, 2, plan.second_first)  # [p, 3, 2q, l]
@@ -131,7 +146,9 @@ def _power_spectrum_tangent(mixed, angular, y, k1: int, unit, plan: _TangentPlan
         values.addcmul_(gathered[:, :, n_q:], (b_s * scale)[:, None])
         del gathered
     else:
-        along = (pick(a1, 1, first) * pick(u2, 1, second) + pick(u1, 1, first) * pick(a2, 1, second)) * scale
+        along = (
+            pick(a1, 1, first) * pick(u2, 1, second) + pick(u1, 1, first) * pick(a2, 1, second)
+        ) * scale
         values = pick(v2, 2, second)  # [p, 3, q, l]
         values.mul_((pick(b1, 1, first) * scale)[:, None])
         values.addcmul_(pick(v1, 2, first), (pick(b2, 1, second) * scale)[:, None])
@@ -159,7 +176,10 @@ def _image_layout(pairs, pair_rows, rows, image_rank):
     counts = torch.bincount(image_rows, minlength=rows.shape[0])  # [row]
     starts = torch.cumsum(counts + 1, 0) - (counts + 1)  # centre entry of each row
     if image_rank is None:  # pairs are sorted by centre: the rank within the row is contiguous
-        rank = torch.arange(image_pairs.shape[0], device=device) - (torch.cumsum(counts, 0) - counts)[image_rows]
+        rank = (
+            torch.arange(image_pairs.shape[0], device=device)
+            - (torch.cumsum(counts, 0) - counts)[image_rows]
+        )
     else:
         rank = image_rank[image_pairs]
     entry_of_pair = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
@@ -175,9 +195,16 @@ def _image_layout(pairs, pair_rows, rows, image_rank):
     return index, shifts, entry_of_pair, starts
 
 
-def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images: bool = False,
-                        chunk_bytes: int = 16 * 2**20, image_rank: torch.Tensor | None = None,
-                        fast: bool = True) -> DescriptorGradients:
+def soap_pair_gradients(
+    soap: SOAP,
+    batch: Batch,
+    *,
+    strain: bool = True,
+    images: bool = False,
+    chunk_bytes: int = 16 * 2**20,
+    image_rank: torch.Tensor | None = None,
+    fast: bool = True,
+) -> DescriptorGradients:
     """Jacobians of SOAP features (see :func:`tradens.gradients.descriptor_gradients`).
 
     ``image_rank [pair]`` (images layout only) sets the position of each pair of
@@ -194,7 +221,9 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
     n_l = h.l_max + 1
     with torch.no_grad():
         pairs = neighbor_list(batch, h.cutoff.radius)
-        vectors = pair_vectors(batch, pairs, batch.positions.detach(), batch.cells.detach())  # [pair, 3]
+        vectors = pair_vectors(
+            batch, pairs, batch.positions.detach(), batch.cells.detach()
+        )  # [pair, 3]
         species_index = soap.species_map(batch.numbers)  # [atom]
         pair_species = species_index[pairs.j]  # [pair]
         known = (pair_species >= 0).nonzero().squeeze(1)  # neighbours of a listed element
@@ -205,9 +234,19 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
 
         # ---- values: mixed densities of the rows, power spectrum, normalisation
         density = expand_density(  # [atom, Kt, lm] (mixed) or [atom, S*N, lm]
-            batch, pairs, vectors, species_index, n_species=h.n_species, radial=soap.radial_basis,
-            l_max=h.l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
-            center_weight=h.density.center_weight, center_all_species=soap.center_all_species, weights=w_both)
+            batch,
+            pairs,
+            vectors,
+            species_index,
+            n_species=h.n_species,
+            radial=soap.radial_basis,
+            l_max=h.l_max,
+            cutoff=h.cutoff.radius,
+            cutoff_width=h.cutoff.width,
+            center_weight=h.density.center_weight,
+            center_all_species=soap.center_all_species,
+            weights=w_both,
+        )
         centres = soap.center_rows(batch)
         row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=device)
         if h.average:
@@ -218,7 +257,9 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
         else:
             rows = centres
             row_of_atom[centres] = torch.arange(centres.shape[0], device=device)
-            y_both = density if centres.shape[0] == batch.n_atoms else density[centres]  # [row, Kt, lm]
+            y_both = (
+                density if centres.shape[0] == batch.n_atoms else density[centres]
+            )  # [row, Kt, lm]
         del density
         n_rows = rows.shape[0]
         k1 = y_both.shape[1] if symmetric else w1.shape[1]
@@ -245,56 +286,110 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
             minus = None
         else:
             shifts = None
-            index, entry_j, entry_i = _atom_entries(batch, pairs.i[active], pairs.j[active], row_of_atom, n_rows)
+            index, entry_j, entry_i = _atom_entries(
+                batch, pairs.i[active], pairs.j[active], row_of_atom, n_rows
+            )
             plus = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
             minus = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
             plus[active], minus[active] = entry_j, entry_i
             keys = (index[:, 0] * batch.n_atoms + index[:, 1]).contiguous()
-            centre_entry = torch.searchsorted(keys, torch.arange(n_rows, device=device) * batch.n_atoms + rows)
+            centre_entry = torch.searchsorted(
+                keys, torch.arange(n_rows, device=device) * batch.n_atoms + rows
+            )
         # write each entry once when no two pairs share it (cells larger than twice the cutoff)
         targets = plus[active]
-        direct = not h.average and targets.unique().numel() == targets.numel() \
+        direct = (
+            not h.average
+            and targets.unique().numel() == targets.numel()
             and not bool(torch.isin(targets, centre_entry).any())
+        )
         structure = fast_structure(soap, symmetric, w_both) if fast else None
         if structure is not None:
-            jacobian = _fast_jacobian(soap, structure, batch, pairs, vectors, pair_species, pair_rows, active,
-                                      y_both, unit, norm, w_both, index, plus, centre_entry, direct, n_rows,
-                                      n_features, n_core, strain_jacobian, chunk_bytes)
-            return DescriptorGradients(values=values, rows=rows, positions=jacobian, index=index, shifts=shifts,
-                                       strain=strain_jacobian)
+            jacobian = _fast_jacobian(
+                soap,
+                structure,
+                batch,
+                pairs,
+                vectors,
+                pair_species,
+                pair_rows,
+                active,
+                y_both,
+                unit,
+                norm,
+                w_both,
+                index,
+                plus,
+                centre_entry,
+                direct,
+                n_rows,
+                n_features,
+                n_core,
+                strain_jacobian,
+                chunk_bytes,
+            )
+            return DescriptorGradients(
+                values=values,
+                rows=rows,
+                positions=jacobian,
+                index=index,
+                shifts=shifts,
+                strain=strain_jacobian,
+            )
         if direct:
             # zero: images of elements outside the species list, the covariance_sigma0 column
             jacobian = _memory.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
         else:
             jacobian = _memory.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
         core = jacobian[:, :, :n_core]
-        centre_sum = None if h.average else torch.zeros(n_rows, 3, n_core, dtype=dtype, device=device)
+        centre_sum = (
+            None if h.average else torch.zeros(n_rows, 3, n_core, dtype=dtype, device=device)
+        )
         core_strain = strain_jacobian[..., :n_core] if strain else None
 
         # ---- derivatives, block by block of pairs, chunk by chunk inside
         tangent_plan = _TangentPlan(soap.plan, h.l_max, dtype, device)
         inverse_norm = 1.0 / norm  # [row]
-        per_pair = 8 * (4 * 3 * n_core + 6 * 3 * len(soap.plan) * n_l + 4 * y_both.shape[1] * y_both.shape[2])
-        block_size = BLOCK if _small_launches_are_cheap(device) else 16 * BLOCK  # fewer, larger launches on a GPU
+        per_pair = 8 * (
+            4 * 3 * n_core + 6 * 3 * len(soap.plan) * n_l + 4 * y_both.shape[1] * y_both.shape[2]
+        )
+        block_size = (
+            BLOCK if _small_launches_are_cheap(device) else 16 * BLOCK
+        )  # fewer, larger launches on a GPU
         chunk = max(1, min(block_size, int(chunk_bytes // per_pair)))
         for block_start in range(0, active.shape[0], block_size):
-            block = active[block_start:block_start + block_size]
+            block = active[block_start : block_start + block_size]
             radial, d_radial, harmonics, d_harmonics = radial_and_angular(soap, vectors[block])
             radial2 = torch.cat([radial, d_radial], dim=2)  # [b, N, 2L]: R then R'
-            angular = torch.cat([harmonics[:, None], d_harmonics], dim=1)  # [b, 4, lm]: Y then dY/dr
+            angular = torch.cat(
+                [harmonics[:, None], d_harmonics], dim=1
+            )  # [b, 4, lm]: Y then dY/dr
             del radial, d_radial, harmonics, d_harmonics
-            mixed = None if w_both is None else _mix(w_both, radial2, pair_species[block], h.n_species)
+            mixed = (
+                None if w_both is None else _mix(w_both, radial2, pair_species[block], h.n_species)
+            )
             for start in range(0, block.shape[0], chunk):
                 local = slice(start, start + chunk)
                 sel = block[local]
                 vec = vectors[sel]  # [p, 3]
                 r = pair_rows[sel]
                 unit_vectors = vec / torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 3]
-                chunk_mixed = mixed[local] if mixed is not None else \
-                    _mix(None, radial2[local], pair_species[sel], h.n_species)
+                chunk_mixed = (
+                    mixed[local]
+                    if mixed is not None
+                    else _mix(None, radial2[local], pair_species[sel], h.n_species)
+                )
                 # dv / |v|
-                dv = _power_spectrum_tangent(chunk_mixed, angular[local], y_both[r], k1, unit_vectors,
-                                             tangent_plan, symmetric, inverse_norm[r])  # [p, 3, F']
+                dv = _power_spectrum_tangent(
+                    chunk_mixed,
+                    angular[local],
+                    y_both[r],
+                    k1,
+                    unit_vectors,
+                    tangent_plan,
+                    symmetric,
+                    inverse_norm[r],
+                )  # [p, 3, F']
                 del chunk_mixed
                 if h.normalize:  # dx = dv/|v| - x (x . dv/|v|)
                     x = unit[r]  # [p, F']
@@ -311,11 +406,19 @@ def soap_pair_gradients(soap: SOAP, batch: Batch, *, strain: bool = True, images
                 core.index_copy_(0, centre_entry, centre_sum.neg_())
             else:
                 core.index_add_(0, centre_entry, centre_sum, alpha=-1.0)
-    return DescriptorGradients(values=values, rows=rows, positions=jacobian, index=index, shifts=shifts,
-                               strain=strain_jacobian)
+    return DescriptorGradients(
+        values=values,
+        rows=rows,
+        positions=jacobian,
+        index=index,
+        shifts=shifts,
+        strain=strain_jacobian,
+    )
 
 
-def _accumulate_rows(dv: torch.Tensor, r: torch.Tensor, vec: torch.Tensor, centre_sum, core_strain) -> None:
+def _accumulate_rows(
+    dv: torch.Tensor, r: torch.Tensor, vec: torch.Tensor, centre_sum, core_strain
+) -> None:
     """Add ``sum_p dv_p`` (centre entries) and ``sum_p r_p (x) dv_p`` (strain) per row, in place."""
     n_pairs = dv.shape[0]
     first_row = int(r[0])
@@ -331,10 +434,10 @@ def _accumulate_rows(dv: torch.Tensor, r: torch.Tensor, vec: torch.Tensor, centr
         sums = sums.reshape(n_local, weights.shape[1], 3, -1)  # [rows, 1 (+3), 3, F']
         offset = 0
         if centre_sum is not None:
-            centre_sum[first_row:first_row + n_local] += sums[:, 0]
+            centre_sum[first_row : first_row + n_local] += sums[:, 0]
             offset = 1
         if core_strain is not None:  # d X / d eps_ab = sum_p r_pa dX/dr_pb
-            core_strain[first_row:first_row + n_local] += sums[:, offset:]
+            core_strain[first_row : first_row + n_local] += sums[:, offset:]
     else:
         if centre_sum is not None:
             centre_sum.index_add_(0, r, dv)
@@ -342,8 +445,29 @@ def _accumulate_rows(dv: torch.Tensor, r: torch.Tensor, vec: torch.Tensor, centr
             core_strain.index_add_(0, r, vec[:, :, None, None] * dv[:, None, :, :])
 
 
-def _fast_jacobian(soap, structure, batch, pairs, vectors, pair_species, pair_rows, active, y, unit, norm, weights,
-                   index, plus, centre_entry, direct, n_rows, n_features, n_core, strain_jacobian, chunk_bytes):
+def _fast_jacobian(
+    soap,
+    structure,
+    batch,
+    pairs,
+    vectors,
+    pair_species,
+    pair_rows,
+    active,
+    y,
+    unit,
+    norm,
+    weights,
+    index,
+    plus,
+    centre_entry,
+    direct,
+    n_rows,
+    n_features,
+    n_core,
+    strain_jacobian,
+    chunk_bytes,
+):
     """The Jacobian of :func:`soap_pair_gradients` by :func:`tradens.gradients.soap_jacobian.write_jacobian`.
 
     Slots are the output entries when every entry receives at most one pair
@@ -358,15 +482,23 @@ def _fast_jacobian(soap, structure, batch, pairs, vectors, pair_species, pair_ro
         per_row = torch.bincount(index[:, 0], minlength=n_rows)
         row_start = torch.cat([per_row.new_zeros(1), torch.cumsum(per_row, 0)])
         centre_slot, target = centre_entry, None
-        jacobian = _memory.zeros(n_entries, 3, n_features, dtype=dtype, device=device)  # covariance_sigma0: 0
+        jacobian = _memory.zeros(
+            n_entries, 3, n_features, dtype=dtype, device=device
+        )  # covariance_sigma0: 0
     else:
         active_rows = pair_rows[active]  # non-decreasing: pairs are sorted by centre
         per_row = torch.bincount(active_rows, minlength=n_rows) + 1
         row_start = torch.cat([per_row.new_zeros(1), torch.cumsum(per_row, 0)])
         centre_slot = row_start[:-1]
-        first_active = torch.cumsum(per_row - 1, 0) - (per_row - 1)  # index into active of each row's first
-        slot_of_active = row_start[active_rows] + 1 + torch.arange(active.shape[0], device=device) \
+        first_active = torch.cumsum(per_row - 1, 0) - (
+            per_row - 1
+        )  # index into active of each row's first
+        slot_of_active = (
+            row_start[active_rows]
+            + 1
+            + torch.arange(active.shape[0], device=device)
             - first_active[active_rows]
+        )
         n_slots = int(row_start[-1])
         slot_pair = torch.full((n_slots,), -1, dtype=torch.long, device=device)
         slot_pair[slot_of_active] = active
@@ -374,8 +506,23 @@ def _fast_jacobian(soap, structure, batch, pairs, vectors, pair_species, pair_ro
         target[centre_slot] = centre_entry
         target[slot_of_active] = plus[active]
         jacobian = _memory.zeros(n_entries, 3, n_features, dtype=dtype, device=device)
-    write_jacobian(soap, structure, vectors=vectors, pair_species=pair_species, y=y, unit=unit, norm=norm,
-                   weights=weights, slot_pair=slot_pair, row_start=row_start, centre_slot=centre_slot,
-                   out=jacobian, strain_out=strain_jacobian, n_core=n_core, normalize=soap.hypers.normalize,
-                   chunk_bytes=chunk_bytes, target=target)
+    write_jacobian(
+        soap,
+        structure,
+        vectors=vectors,
+        pair_species=pair_species,
+        y=y,
+        unit=unit,
+        norm=norm,
+        weights=weights,
+        slot_pair=slot_pair,
+        row_start=row_start,
+        centre_slot=centre_slot,
+        out=jacobian,
+        strain_out=strain_jacobian,
+        n_core=n_core,
+        normalize=soap.hypers.normalize,
+        chunk_bytes=chunk_bytes,
+        target=target,
+    )
     return jacobian

@@ -32,16 +32,47 @@ __all__ = ["Descriptor", "parse_args_str", "soap_from_gap"]
 
 _ALIASES = {"atom_gaussian_width": "atom_sigma", "normalize": "normalise"}
 _DEFAULTS = {
-    "cutoff": None, "cutoff_transition_width": 0.5, "n_max": None, "l_max": None, "atom_sigma": None,
-    "n_species": 1, "species_z": [0], "central_weight": 1.0, "central_reference_all_species": None,
-    "average": False, "diagonal_radial": False, "covariance_sigma0": 0.0, "normalise": True,
-    "basis_error_exponent": 10.0, "n_z": 1, "z": [0], "radial_basis": "", "cutoff_dexp": 0,
-    "cutoff_scale": 1.0, "cutoff_rate": 1.0, "nu_r": 2, "nu_s": 2, "r_mix": False, "z_mix": False,
-    "sym_mix": False, "coupling": True, "k": 0, "mix_shift": 0, "z_map": "",
+    "cutoff": None,
+    "cutoff_transition_width": 0.5,
+    "n_max": None,
+    "l_max": None,
+    "atom_sigma": None,
+    "n_species": 1,
+    "species_z": [0],
+    "central_weight": 1.0,
+    "central_reference_all_species": None,
+    "average": False,
+    "diagonal_radial": False,
+    "covariance_sigma0": 0.0,
+    "normalise": True,
+    "basis_error_exponent": 10.0,
+    "n_z": 1,
+    "z": [0],
+    "radial_basis": "",
+    "cutoff_dexp": 0,
+    "cutoff_scale": 1.0,
+    "cutoff_rate": 1.0,
+    "nu_r": 2,
+    "nu_s": 2,
+    "r_mix": False,
+    "z_mix": False,
+    "sym_mix": False,
+    "coupling": True,
+    "k": 0,
+    "mix_shift": 0,
+    "z_map": "",
 }
 _MANDATORY = ("cutoff", "n_max", "l_max", "atom_sigma")
-_BOOLS = {"average", "diagonal_radial", "normalise", "r_mix", "z_mix", "sym_mix", "coupling",
-          "central_reference_all_species"}
+_BOOLS = {
+    "average",
+    "diagonal_radial",
+    "normalise",
+    "r_mix",
+    "z_mix",
+    "sym_mix",
+    "coupling",
+    "central_reference_all_species",
+}
 _INTS = {"n_max", "l_max", "n_species", "n_z", "nu_r", "nu_s", "k", "mix_shift", "cutoff_dexp"}
 _LISTS = {"species_z", "z"}
 
@@ -69,7 +100,9 @@ def parse_args_str(args_str: str) -> dict:
         raise ValueError("empty descriptor string")
     first = tokens[0][4]
     if first.lower() != "soap":
-        raise ValueError(f"only the 'soap' descriptor is supported, got {first or args_str.split()[0]!r}")
+        raise ValueError(
+            f"only the 'soap' descriptor is supported, got {first or args_str.split()[0]!r}"
+        )
     parsed: dict = {}
     for brace_key, brace_value, key, value, bare in tokens[1:]:
         if bare:
@@ -120,7 +153,9 @@ def soap_from_gap(args_str: str) -> SOAP:
     if len(species) != args["n_species"]:
         raise ValueError(f"n_species={args['n_species']} but species_Z has {len(species)} entries")
     if args["radial_basis"].upper() not in ("", "EQUISPACED_GAUSS"):
-        raise ValueError(f"radial_basis={args['radial_basis']!r} is not supported (only EQUISPACED_GAUSS)")
+        raise ValueError(
+            f"radial_basis={args['radial_basis']!r} is not supported (only EQUISPACED_GAUSS)"
+        )
     if args["cutoff_dexp"] != 0:
         raise ValueError("cutoff_dexp != 0 is not supported")
     mode = _mix_mode(args)
@@ -140,17 +175,32 @@ def soap_from_gap(args_str: str) -> SOAP:
     central_all = args["central_reference_all_species"]
     hypers = SoapHypers(
         cutoff=Cutoff(radius=args["cutoff"], width=args["cutoff_transition_width"]),
-        density=Density(sigma=args["atom_sigma"], center_weight=args["central_weight"],
-                        center_all_species=central_all),
-        radial=RadialBasis(kind="gaussian_grid", n_max=args["n_max"],
-                           error_exponent=args["basis_error_exponent"]),
+        density=Density(
+            sigma=args["atom_sigma"],
+            center_weight=args["central_weight"],
+            center_all_species=central_all,
+        ),
+        radial=RadialBasis(
+            kind="gaussian_grid", n_max=args["n_max"], error_exponent=args["basis_error_exponent"]
+        ),
         l_max=args["l_max"],
         species=None if wildcard else tuple(species),
-        mixing=None if mode is None else Mixing(mode=mode, channels=args["k"], weights="gap",
-                                                seed=args["mix_shift"], symmetric=args["sym_mix"]),
+        mixing=None
+        if mode is None
+        else Mixing(
+            mode=mode,
+            channels=args["k"],
+            weights="gap",
+            seed=args["mix_shift"],
+            symmetric=args["sym_mix"],
+        ),
         coupling="tensor" if args["coupling"] or mode is None else "elementwise",
-        normalize=args["normalise"], average=args["average"], diagonal_radial=args["diagonal_radial"],
-        covariance_sigma0=args["covariance_sigma0"], center_species=centers, unknown_species="skip",
+        normalize=args["normalise"],
+        average=args["average"],
+        diagonal_radial=args["diagonal_radial"],
+        covariance_sigma0=args["covariance_sigma0"],
+        center_species=centers,
+        unknown_species="skip",
     )
     soap = SOAP(hypers)
     if mode is None and (args["nu_r"] != 2 or args["nu_s"] != 2 or args["z_map"]):
@@ -178,8 +228,14 @@ def _install_compression(soap: SOAP, args: dict) -> None:
         symmetric = args["nu_r"] != 1 and args["nu_s"] != 1
     k1, k2 = matrices[0].shape[1], matrices[1].shape[1]
     if symmetric:
-        plan = pair_plan(mode="radial+element", coupling="tensor", symmetric=True, n_species=S, n_max=N,
-                         channels=k1)
+        plan = pair_plan(
+            mode="radial+element",
+            coupling="tensor",
+            symmetric=True,
+            n_species=S,
+            n_max=N,
+            channels=k1,
+        )
     else:
         plan = _plan([(a, b, 1.0) for a in range(k1) for b in range(k2)], k1, k2)
     soap.plan = plan
@@ -250,9 +306,9 @@ class Descriptor:
         in ``species_Z`` (zero here; quippy leaves those rows uninitialised).
         ``average=T`` is not supported.
         """
-        from .quip_order import quip_pair_order
         from ..gradients.soap_pairs import soap_pair_gradients
         from ..systems.neighbors import neighbor_list
+        from .quip_order import quip_pair_order
 
         if self.soap.hypers.average:
             raise NotImplementedError("grad=True with average=T is not supported by tradens.quip")
@@ -260,18 +316,25 @@ class Descriptor:
         positions, cell = atoms.get_positions(), np.asarray(atoms.get_cell()[:])
         pairs = neighbor_list(batch, self.soap.hypers.cutoff.radius)  # the pairs the gradients use
         i, j, shifts = pairs.i.numpy(), pairs.j.numpy(), pairs.shifts.numpy()
-        order = quip_pair_order(positions, cell, atoms.get_pbc(), i, j, shifts, self.soap.hypers.cutoff.radius)
+        order = quip_pair_order(
+            positions, cell, atoms.get_pbc(), i, j, shifts, self.soap.hypers.cutoff.radius
+        )
         first_of_centre = np.searchsorted(i[order], i[order], side="left")
         image_rank = np.empty(len(i), dtype=np.int64)
-        image_rank[order] = np.arange(len(i)) - first_of_centre  # position within the centre's images
+        image_rank[order] = (
+            np.arange(len(i)) - first_of_centre
+        )  # position within the centre's images
         with torch.no_grad():
-            result = soap_pair_gradients(self.soap, batch, strain=False, images=True,
-                                         image_rank=torch.from_numpy(image_rank))
+            result = soap_pair_gradients(
+                self.soap, batch, strain=False, images=True, image_rank=torch.from_numpy(image_rank)
+            )
         rows = result.rows.numpy()  # centre atom of each row
         entry_row, entry_atom = result.index[:, 0].numpy(), result.index[:, 1].numpy()
         centre = rows[entry_row]  # [entry]
         is_image = np.ones(entry_row.shape[0], dtype=bool)
-        is_image[np.searchsorted(entry_row, np.arange(rows.shape[0]))] = False  # first entry: the centre
+        is_image[np.searchsorted(entry_row, np.arange(rows.shape[0]))] = (
+            False  # first entry: the centre
+        )
         known = self.soap.species_map(batch.numbers).numpy()[entry_atom] >= 0
         neighbour = np.where(known | ~is_image, entry_atom, -1)
         image_positions = positions[entry_atom] + result.shifts.numpy() @ cell  # [entry, 3]

@@ -52,8 +52,13 @@ def _subcells(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, connect_
                 offset[d] = fractional[:, d].min() - 0.05
     a, b, c = effective[:, 0], effective[:, 1], effective[:, 2]
     volume = abs(np.dot(a, np.cross(b, c)))
-    counts = np.array([max(1, int(volume / (connect_cutoff * np.linalg.norm(np.cross(u, v)))))
-                       for u, v in ((b, c), (c, a), (a, b))], dtype=np.int64)
+    counts = np.array(
+        [
+            max(1, int(volume / (connect_cutoff * np.linalg.norm(np.cross(u, v)))))
+            for u, v in ((b, c), (c, a), (a, b))
+        ],
+        dtype=np.int64,
+    )
     reduced = positions @ np.linalg.inv(effective).T - offset  # [atom, 3]
     map_shift = -np.floor(reduced + 0.5).astype(np.int64)
     map_shift[:, ~pbc] = 0
@@ -96,7 +101,9 @@ def quip_pair_order(positions, cell, pbc, i, j, shifts, cutoff: float) -> np.nda
     second = np.where(lower, i, j)
     bond_shift = np.where(lower[:, None], -shifts, shifts)  # shift as stored with the bond
     image = bond_shift + map_shift[first] - map_shift[second]  # subcell-image shift
-    step = subcell[second] + image * counts - subcell[first]  # neighbour-subcell offset (i2, j2, k2)
+    step = (
+        subcell[second] + image * counts - subcell[first]
+    )  # neighbour-subcell offset (i2, j2, k2)
     # second list: (subcell of j, -j, k2, j2, i2); own list: (k2, j2, i2, -j)
     keys = (
         np.where(lower, step[:, 0], 0),

@@ -56,7 +56,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -200,7 +200,7 @@ def _complex_cg_value(l1: int, m1: int, l2: int, m2: int, L: int, M: int) -> flo
     return math.copysign(math.sqrt(float(total * total * prefactor)), float(total))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _complex_cg_cached(l1: int, l2: int, L: int) -> np.ndarray:
     out = np.zeros((2 * l1 + 1, 2 * l2 + 1, 2 * L + 1))
     if _triangle(l1, l2, L):
@@ -230,7 +230,7 @@ def complex_clebsch_gordan(l1: int, l2: int, L: int) -> np.ndarray:
     return _complex_cg_cached(_check_l("l1", l1), _check_l("l2", l2), _check_l("L", L))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _complex_to_real_cached(l: int) -> np.ndarray:
     u = np.zeros((2 * l + 1, 2 * l + 1), dtype=np.complex128)
     s = 1.0 / math.sqrt(2.0)
@@ -262,7 +262,7 @@ def complex_to_real_matrix(l: int) -> np.ndarray:
     return _complex_to_real_cached(_check_l("l", l))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _real_cg_cached(l1: int, l2: int, L: int) -> np.ndarray:
     shape = (2 * l1 + 1, 2 * l2 + 1, 2 * L + 1)
     if not _triangle(l1, l2, L):
@@ -313,7 +313,7 @@ def real_clebsch_gordan(l1: int, l2: int, L: int) -> np.ndarray:
     return _real_cg_cached(_check_l("l1", l1), _check_l("l2", l2), _check_l("L", L))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _real_cg_torch_cached(l1: int, l2: int, L: int, dtype: torch.dtype, device: torch.device):
     return torch.as_tensor(np.array(_real_cg_cached(l1, l2, L)), dtype=dtype, device=device)
 
@@ -337,7 +337,7 @@ def real_clebsch_gordan_torch(
 # ---------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fit_points(l: int) -> np.ndarray:
     # deterministic, well spread points (golden spiral), [n, 3]
     n = 4 * (2 * l + 1) + 16
@@ -445,7 +445,7 @@ def wigner_d_real_full(l_max: int, R):
 # ---------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _coupling_trees_cached(ls: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     nu = len(ls)
     if nu == 1:
@@ -511,7 +511,7 @@ def coupling_trees(ls: Sequence[int], scheme: str = "sequential") -> tuple:
     raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tree_tensor(ls: tuple[int, ...], tree: tuple[int, ...]) -> np.ndarray:
     """Coupling tensor of one tree, ``[2l_1+1, ..., 2l_nu+1]``, unit Frobenius norm."""
     nu = len(ls)
@@ -555,7 +555,7 @@ def _canonical_sign(v: np.ndarray) -> np.ndarray:
     return -v if v[idx] < 0 else v
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reduced_cached(
     ls: tuple[int, ...], labels: tuple[int, ...] | None, parity: str
 ) -> tuple[np.ndarray, np.ndarray, tuple[tuple[int, ...], ...]]:
@@ -719,7 +719,7 @@ def _chain_tensor(ls: tuple[int, ...], inter: tuple[int, ...]) -> np.ndarray:
     return t
 
 
-@lru_cache(maxsize=None)
+@cache
 def _balanced_trees_cached(
     ls: tuple[int, ...],
 ) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
@@ -738,7 +738,7 @@ def _balanced_degree(ls: tuple[int, ...], tree) -> int:
     return left_inter[-1] if left_inter else ls[0]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _balanced_tree_tensor(ls: tuple[int, ...], tree) -> np.ndarray:
     """Unit-norm tensor of a balanced tree, ``[2l_1+1, ..., 2l_nu+1]``."""
     h = (len(ls) + 1) // 2
@@ -749,7 +749,7 @@ def _balanced_tree_tensor(ls: tuple[int, ...], tree) -> np.ndarray:
     return t.reshape(tuple(2 * l + 1 for l in ls))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _balanced_coeffs_cached(ls, labs, parity) -> tuple[np.ndarray, tuple]:
     paths = _reduced_cached(ls, labs, parity)[0]
     trees = _balanced_trees_cached(ls)
@@ -831,7 +831,7 @@ def n_coupling_paths(
     return int(coupling_tensors(ls, labels, parity, symmetrize).shape[0])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _coupling_tensors_torch_cached(ls, labs, parity, dtype, device):
     u = _reduced_cached(ls, labs, parity)[0]
     return torch.as_tensor(np.array(u), dtype=dtype, device=device)

@@ -58,7 +58,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -256,7 +256,7 @@ class ProductBasisPlan:
         return flat.index_select(1, inverse)  # [N, n_features], label order
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cg_block(
     l1: int, l2: int, degrees: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:

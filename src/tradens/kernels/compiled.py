@@ -42,10 +42,22 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["compiled_available", "gauss_grid_radial", "pair_density", "pair_forces", "set_compiled", "triangle_slab",
-           "use_compiled"]
+__all__ = [
+    "compiled_available",
+    "gauss_grid_radial",
+    "pair_density",
+    "pair_forces",
+    "set_compiled",
+    "triangle_slab",
+    "use_compiled",
+]
 
-_ENABLED = os.environ.get("TRADENS_COMPILED", "1").strip().lower() not in ("0", "false", "no", "off")
+_ENABLED = os.environ.get("TRADENS_COMPILED", "1").strip().lower() not in (
+    "0",
+    "false",
+    "no",
+    "off",
+)
 _NUMBA = None  # module, False when unavailable, None before the first try
 
 
@@ -77,8 +89,10 @@ def use_compiled(*tensors: torch.Tensor) -> bool:
     """Whether the compiled kernels serve these tensors (CPU, float32/64, no autograd, numba present)."""
     if not _ENABLED or not compiled_available():
         return False
-    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
-               for t in tensors)
+    return all(
+        t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
+        for t in tensors
+    )
 
 
 _TRIANGLE = None
@@ -91,8 +105,9 @@ def _triangle_kernel():
         sqrt2 = math.sqrt(2.0)
 
         @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "nsz", "arcp"})
-        def kernel(uv, ab, rhat, scale, x, vec, row_start, centre_slot, out, strain, with_strain,
-                   normalize):  # pragma: no cover - compiled
+        def kernel(
+            uv, ab, rhat, scale, x, vec, row_start, centre_slot, out, strain, with_strain, normalize
+        ):  # pragma: no cover - compiled
             # uv [E, 4, L, K] (beta, delta_xyz); ab [E, 2, L, K] (B, A); rhat [E, 3]; scale [E, L]
             # x [R, Fc]; vec [E, 3]; row_start [R + 1], centre_slot [R] (local slots)
             # out [E, 3, F]; strain [R, 3, 3, F]
@@ -100,7 +115,9 @@ def _triangle_kernel():
             n_l, n_k = uv.shape[2], uv.shape[3]
             n_core = x.shape[1]
             n_features = out.shape[2]
-            acc = np.empty((4, n_features), out.dtype)  # sum, r_x, r_y, r_z weighted sums of the row
+            acc = np.empty(
+                (4, n_features), out.dtype
+            )  # sum, r_x, r_y, r_z weighted sums of the row
             t = np.empty(n_core, out.dtype)  # dv of one (slot, axis) in GAP's (a, b <= a, l) order
             tmp = np.empty((n_l, n_k), out.dtype)  # one channel a: [l, b]
             alpha = np.empty((n_l, n_k), out.dtype)
@@ -138,7 +155,9 @@ def _triangle_kernel():
                                 dl = delta[l]
                                 tl = tmp[l]
                                 for b in range(a + 1):
-                                    tl[b] = sqrt2 * (aa * bl[b] + bb * al[b] + gg * dl[b] + dd * gl[b])
+                                    tl[b] = sqrt2 * (
+                                        aa * bl[b] + bb * al[b] + gg * dl[b] + dd * gl[b]
+                                    )
                                 tl[a] *= 1.0 / sqrt2
                             for b in range(a + 1):
                                 for l in range(n_l):
@@ -177,7 +196,9 @@ def _triangle_kernel():
     return _TRIANGLE
 
 
-def triangle_slab(uv, ab, rhat, scale, x, vec, row_start, centre_slot, out, strain, normalize: bool) -> None:
+def triangle_slab(
+    uv, ab, rhat, scale, x, vec, row_start, centre_slot, out, strain, normalize: bool
+) -> None:
     """Tensor-coupled Jacobian slab, normalisation, centre entries and strain in one pass (compiled).
 
     For slot ``e`` and axis ``a`` with ``alpha = A scale rhat_a`` and ``gamma = B
@@ -216,8 +237,15 @@ def triangle_slab(uv, ab, rhat, scale, x, vec, row_start, centre_slot, out, stra
     if strain is None:
         strain = out.new_empty(1, 3, 3, out.shape[2])
     arrays = [t.detach().to(dtype).contiguous().numpy() for t in (uv, ab, rhat, scale, x, vec)]
-    kernel(*arrays, row_start.contiguous().numpy(), centre_slot.contiguous().numpy(), out.numpy(),
-           strain.numpy(), with_strain, bool(normalize))
+    kernel(
+        *arrays,
+        row_start.contiguous().numpy(),
+        centre_slot.contiguous().numpy(),
+        out.numpy(),
+        strain.numpy(),
+        with_strain,
+        bool(normalize),
+    )
 
 
 _PAIR_FORCES = None
@@ -229,7 +257,9 @@ def _pair_forces_kernel():
         numba = _numba()
 
         @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "nsz", "arcp"})
-        def kernel(ab, centre, g, harmonics, vec, c_lm, c_lower, c_axis, c_value, out):  # pragma: no cover
+        def kernel(
+            ab, centre, g, harmonics, vec, c_lm, c_lower, c_axis, c_value, out
+        ):  # pragma: no cover
             # ab [p, 2, L, K] (Q, Q'); centre [p] rows of g; g [row, lm, K]; harmonics [p, lm];
             # vec [p, 3]; solid-harmonic gradient coefficients (c_lm, c_lower, c_axis, c_value) [nnz];
             # out [p, 3]
@@ -296,8 +326,12 @@ def _solid_gradient_entries(l_max: int):
                 lower.append((l - 1) * (l - 1) + mp)
                 axis.append(a)
                 value.append(float(c[mp, a, m]))
-        _SOLID[l_max] = (np.array(lm, dtype=np.int64), np.array(lower, dtype=np.int64),
-                         np.array(axis, dtype=np.int64), np.array(value, dtype=np.float64))
+        _SOLID[l_max] = (
+            np.array(lm, dtype=np.int64),
+            np.array(lower, dtype=np.int64),
+            np.array(axis, dtype=np.int64),
+            np.array(value, dtype=np.float64),
+        )
     return _SOLID[l_max]
 
 
@@ -328,10 +362,18 @@ def pair_forces(ab, centre, g, harmonics, vectors, out) -> None:
     n_l = ab.shape[2]
     c_lm, c_lower, c_axis, c_value = _solid_gradient_entries(n_l - 1)
     dtype = out.dtype
-    kernel(ab.detach().to(dtype).contiguous().numpy(), centre.contiguous().numpy(),
-           g.detach().to(dtype).contiguous().numpy(), harmonics.to(dtype).contiguous().numpy(),
-           vectors.to(dtype).contiguous().numpy(), c_lm, c_lower, c_axis, c_value.astype(out.numpy().dtype),
-           out.numpy())
+    kernel(
+        ab.detach().to(dtype).contiguous().numpy(),
+        centre.contiguous().numpy(),
+        g.detach().to(dtype).contiguous().numpy(),
+        harmonics.to(dtype).contiguous().numpy(),
+        vectors.to(dtype).contiguous().numpy(),
+        c_lm,
+        c_lower,
+        c_axis,
+        c_value.astype(out.numpy().dtype),
+        out.numpy(),
+    )
 
 
 _GAUSS_GRID = None
@@ -343,8 +385,9 @@ def _gauss_grid_kernel():
         numba = _numba()
 
         @numba.njit(cache=True, nogil=True, fastmath={"contract", "nsz", "arcp"})
-        def kernel(r, taper, d_taper, grid, alpha, threshold, table, origin, species, blocks, mixed,
-                   out):  # pragma: no cover - compiled
+        def kernel(
+            r, taper, d_taper, grid, alpha, threshold, table, origin, species, blocks, mixed, out
+        ):  # pragma: no cover - compiled
             # r, taper, d_taper [p]; grid [a]; table [k, L + 1] power-series coefficients;
             # unmixed: out [p, 2L, a] (values, then r-derivatives);
             # mixed: out [p, 2L, K] = rho [p, 2L, a] @ blocks[species[p]] with blocks [S, a, K]
@@ -387,7 +430,9 @@ def _gauss_grid_kernel():
                             if n_bessel > 1:
                                 bessel[1] = (1.0 + e2) * inverse - bessel[0] / x
                             for l in range(2, n_bessel):
-                                bessel[l] = bessel[l - 2] - (2 * l - 1) * (2.0 * inverse) * bessel[l - 1]
+                                bessel[l] = (
+                                    bessel[l - 2] - (2 * l - 1) * (2.0 * inverse) * bessel[l - 1]
+                                )
                     for l in range(n_l):
                         value = bessel[l] * gauss
                         slope = l / rp - 2.0 * alpha * rp
@@ -407,8 +452,19 @@ def _gauss_grid_kernel():
     return _GAUSS_GRID
 
 
-def gauss_grid_radial(r, grid, alpha: float, threshold: float, table, out, *, taper, d_taper,
-                      species=None, blocks=None) -> None:
+def gauss_grid_radial(
+    r,
+    grid,
+    alpha: float,
+    threshold: float,
+    table,
+    out,
+    *,
+    taper,
+    d_taper,
+    species=None,
+    blocks=None,
+) -> None:
     """GAP's Gaussian-grid radial primitive per pair and its ``r``-derivative, optionally mixed (compiled).
 
     ``rho[p, l, a] = w_p exp(-alpha (r - r_a)^2) exp(-x) i_l(x)`` with ``x =
@@ -443,16 +499,28 @@ def gauss_grid_radial(r, grid, alpha: float, threshold: float, table, out, *, ta
     if table.shape[1] < n_l + 1:
         raise ValueError(f"the series table has {table.shape[1]} degrees, {n_l + 1} needed")
     mixed = blocks is not None
-    if mixed and (species is None or blocks.shape[1] != grid.shape[0] or blocks.shape[2] != out.shape[2]):
+    if mixed and (
+        species is None or blocks.shape[1] != grid.shape[0] or blocks.shape[2] != out.shape[2]
+    ):
         raise ValueError("mixing needs species [p] and blocks [S, a, K] matching grid and out")
 
     def array(t):
         return t.detach().to(dtype).contiguous().numpy()
 
-    kernel(array(r), array(taper), array(d_taper), array(grid), float(alpha), float(threshold),
-           table.to(torch.float64).contiguous().numpy(), bool(grid[0] == 0.0),
-           (species if mixed else r.new_zeros(1, dtype=torch.long)).contiguous().numpy(),
-           array(blocks) if mixed else np.zeros((1, 1, 1), out.numpy().dtype), mixed, out.numpy())
+    kernel(
+        array(r),
+        array(taper),
+        array(d_taper),
+        array(grid),
+        float(alpha),
+        float(threshold),
+        table.to(torch.float64).contiguous().numpy(),
+        bool(grid[0] == 0.0),
+        (species if mixed else r.new_zeros(1, dtype=torch.long)).contiguous().numpy(),
+        array(blocks) if mixed else np.zeros((1, 1, 1), out.numpy().dtype),
+        mixed,
+        out.numpy(),
+    )
 
 
 _PAIR_DENSITY = None
@@ -498,5 +566,9 @@ def pair_density(ab, centre, harmonics, out) -> None:
     """
     kernel = _pair_density_kernel()
     dtype = out.dtype
-    kernel(ab.detach().to(dtype).contiguous().numpy(), centre.contiguous().numpy(),
-           harmonics.detach().to(dtype).contiguous().numpy(), out.numpy())
+    kernel(
+        ab.detach().to(dtype).contiguous().numpy(),
+        centre.contiguous().numpy(),
+        harmonics.detach().to(dtype).contiguous().numpy(),
+        out.numpy(),
+    )

@@ -44,7 +44,7 @@ def _mapped(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         return None
     flat = torch.frombuffer(region, dtype=torch.uint8)  # keeps ``region`` alive
     offset = (-flat.data_ptr()) % _HUGE_PAGE
-    return flat[offset:offset + n_bytes].view(dtype).view(shape)
+    return flat[offset : offset + n_bytes].view(dtype).view(shape)
 
 
 def _allocate(shape: tuple[int, ...], dtype: torch.dtype, device, fallback) -> torch.Tensor:
@@ -56,11 +56,15 @@ def _allocate(shape: tuple[int, ...], dtype: torch.dtype, device, fallback) -> t
     return fallback(shape, dtype=dtype, device=device)
 
 
-def empty(*shape: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+def empty(
+    *shape: int, dtype: torch.dtype, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Uninitialised tensor ``shape``; large CPU buffers on huge pages (then zero-filled)."""
     return _allocate(shape, dtype, device, torch.empty)
 
 
-def zeros(*shape: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+def zeros(
+    *shape: int, dtype: torch.dtype, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Zero tensor ``shape``; large CPU buffers on huge pages (zeroed by the kernel, no fill pass)."""
     return _allocate(shape, dtype, device, torch.zeros)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ..systems.batch import as_batch
 from ..gradients.summed import soap_local_features, soap_summed_jacobian
+from ..systems.batch import as_batch
 
 __all__ = ["LinearBasis", "ProjectionBasis", "KernelBasis", "design_batches", "Design"]
 

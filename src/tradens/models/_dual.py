@@ -147,14 +147,10 @@ def dual_cross_validate(
     }
 
 
-def dual_final_fit(
-    store: EnergyRows, alpha: float, standardize: bool = False, joint: bool = False
-):
+def dual_final_fit(store: EnergyRows, alpha: float, standardize: bool = False, joint: bool = False):
     """Baseline, ``theta [D]``, training RMSEs and condition number on all structures."""
     rows, energy, fractions, weights = store.subset(np.arange(len(store.rows)))
-    theta, e0, condition = _solutions(
-        rows, energy, fractions, weights, [alpha], standardize, joint
-    )
+    theta, e0, condition = _solutions(rows, energy, fractions, weights, [alpha], standardize, joint)
     e0 = e0[:, 0] if e0.ndim == 2 else e0
     errors = (rows @ theta[:, 0]).numpy() + fractions @ e0 - energy
     training = {
@@ -195,9 +191,7 @@ def fit_dual(model, frames, targets, basis, species, weights, folds, n_folds, al
                 weights[s],
             )
     if n_folds > 1:
-        model.cv_results_ = dual_cross_validate(
-            store, folds, n_folds, alphas, standardize, joint
-        )
+        model.cv_results_ = dual_cross_validate(store, folds, n_folds, alphas, standardize, joint)
         model.alpha_ = float(alphas[int(np.nanargmin(model.cv_results_["energy_rmse"]))])
     else:
         model.cv_results_ = None

@@ -24,8 +24,8 @@ import math
 import numpy as np
 import torch
 
-from ..systems.neighbors import neighbor_list, pair_vectors
 from ..systems.batch import Batch
+from ..systems.neighbors import neighbor_list, pair_vectors
 
 __all__ = ["PairDensity", "Augmented"]
 
@@ -49,8 +49,16 @@ class PairDensity(torch.nn.Module):
         Seed of the random initial embedding (local generator).
     """
 
-    def __init__(self, species, *, channels: int = 4, n_basis: int = 12, cutoff: float = 5.0,
-                 r_min: float = 1.5, seed: int = 0):
+    def __init__(
+        self,
+        species,
+        *,
+        channels: int = 4,
+        n_basis: int = 12,
+        cutoff: float = 5.0,
+        r_min: float = 1.5,
+        seed: int = 0,
+    ):
         super().__init__()
         if channels < 1 or n_basis < 1:
             raise ValueError(f"channels and n_basis must be >= 1, got {channels}, {n_basis}")
@@ -68,7 +76,8 @@ class PairDensity(torch.nn.Module):
         table[list(self.species)] = torch.arange(len(self.species))
         self.register_buffer("index_of_number", table, persistent=False)
         self.register_buffer(
-            "centres", torch.linspace(self.r_min, self.cutoff, self.n_basis, dtype=torch.float64),
+            "centres",
+            torch.linspace(self.r_min, self.cutoff, self.n_basis, dtype=torch.float64),
             persistent=False,
         )
         self.width = (self.cutoff - self.r_min) / max(self.n_basis - 1, 1)
@@ -78,8 +87,13 @@ class PairDensity(torch.nn.Module):
         return self.channels * self.n_basis
 
     def config(self) -> dict:
-        return {"channels": self.channels, "n_basis": self.n_basis, "cutoff": self.cutoff,
-                "r_min": self.r_min, "species": list(self.species)}
+        return {
+            "channels": self.channels,
+            "n_basis": self.n_basis,
+            "cutoff": self.cutoff,
+            "r_min": self.r_min,
+            "species": list(self.species),
+        }
 
     def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
         """Embedding row of every atomic number (``S`` for unknown elements)."""
@@ -87,8 +101,9 @@ class PairDensity(torch.nn.Module):
         clipped = numbers.clamp(max=table.shape[0] - 1)
         return torch.where(numbers < table.shape[0] - 1, table[clipped], len(self.species))
 
-    def forward(self, batch: Batch, positions: torch.Tensor | None = None,
-                cells: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, batch: Batch, positions: torch.Tensor | None = None, cells: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``G [atom, P * B]`` (differentiable in positions, cells and the embedding)."""
         positions = batch.positions if positions is None else positions
         pairs = neighbor_list(batch, self.cutoff)
@@ -120,7 +135,9 @@ class Augmented(torch.nn.Module):
         super().__init__()
         hypers = representation.hypers
         if getattr(hypers, "average", False) or getattr(hypers, "center_species", None) is not None:
-            raise ValueError("pair densities need one feature row per atom (no average, all centres)")
+            raise ValueError(
+                "pair densities need one feature row per atom (no average, all centres)"
+            )
         self.inner = representation
         self.pair = pair
 
@@ -132,8 +149,9 @@ class Augmented(torch.nn.Module):
     def n_features(self) -> int:
         return int(self.inner.n_features) + self.pair.n_features
 
-    def forward(self, batch: Batch, positions: torch.Tensor | None = None,
-                cells: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, batch: Batch, positions: torch.Tensor | None = None, cells: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         values, rows = self.inner(batch, positions, cells)  # [atom, F], [atom]
         pair = self.pair(batch, positions, cells)  # [atom, P*B]
         return torch.cat([values, pair[rows]], dim=1), rows

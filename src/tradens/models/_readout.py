@@ -78,7 +78,9 @@ class Readout(torch.nn.Module):
             self.element_embedding = None
             self.element_linear = None
         if reference is not None:
-            self.reference = torch.nn.Parameter(torch.as_tensor(np.asarray(reference), dtype=torch.float64))
+            self.reference = torch.nn.Parameter(
+                torch.as_tensor(np.asarray(reference), dtype=torch.float64)
+            )
         else:
             self.reference = None
         act = {"silu": torch.nn.SiLU, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[activation]

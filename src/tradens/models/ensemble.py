@@ -74,7 +74,9 @@ class EnsemblePotential(PotentialBase):
         The first member's per-element reference energies (for information).
     """
 
-    def __init__(self, estimator=None, n_members: int = 4, seed: int = 0, vary_embedding: bool = False):
+    def __init__(
+        self, estimator=None, n_members: int = 4, seed: int = 0, vary_embedding: bool = False
+    ):
         self.estimator = estimator
         self.n_members = n_members
         self.seed = seed
@@ -82,7 +84,9 @@ class EnsemblePotential(PotentialBase):
 
     def _check_params(self) -> None:
         if self.estimator is None or not isinstance(self.estimator, PotentialBase):
-            raise ValueError(f"estimator must be a tradens potential, got {type(self.estimator).__name__}")
+            raise ValueError(
+                f"estimator must be a tradens potential, got {type(self.estimator).__name__}"
+            )
         if "seed" not in self.estimator.get_params():
             raise ValueError(f"{type(self.estimator).__name__} has no seed parameter to vary")
         if isinstance(self.estimator, EnsemblePotential):
@@ -133,8 +137,15 @@ class EnsemblePotential(PotentialBase):
         self.species_ = getattr(members[0], "species_", None)
         return self
 
-    def predict(self, frames, *, forces: bool = True, stress: bool = True, batch_size: int = 16,
-                return_std: bool = False) -> dict:
+    def predict(
+        self,
+        frames,
+        *,
+        forces: bool = True,
+        stress: bool = True,
+        batch_size: int = 16,
+        return_std: bool = False,
+    ) -> dict:
         """Mean energies (eV), forces (eV/Å) and stress (eV/Å³) of the members.
 
         With ``return_std=True`` the dict also holds ``"energy_std"``
@@ -144,8 +155,10 @@ class EnsemblePotential(PotentialBase):
         """
         self._check_fitted()
         frames = _as_frames(frames)
-        predictions = [m.predict(frames, forces=forces, stress=stress, batch_size=batch_size)
-                       for m in self.members_]
+        predictions = [
+            m.predict(frames, forces=forces, stress=stress, batch_size=batch_size)
+            for m in self.members_
+        ]
         out = {}
         for key in predictions[0]:
             stack = np.stack([p[key] for p in predictions])  # [member, ...]
@@ -175,8 +188,11 @@ class EnsemblePotential(PotentialBase):
             meta, member_arrays = member._get_state()
             members.append({"class": name, **meta})
             arrays.update({f"member{j}/{key}": value for key, value in member_arrays.items()})
-        params = {"n_members": int(self.n_members), "seed": int(self.seed),
-                  "vary_embedding": bool(self.vary_embedding)}
+        params = {
+            "n_members": int(self.n_members),
+            "seed": int(self.seed),
+            "vary_embedding": bool(self.vary_embedding),
+        }
         return {"params": params, "fitted": {"members": members}}, arrays
 
     @classmethod
@@ -189,7 +205,9 @@ class EnsemblePotential(PotentialBase):
             if member_meta.get("class") not in classes:
                 raise ValueError(f"unknown ensemble member class {member_meta.get('class')!r}")
             prefix = f"member{j}/"
-            member_arrays = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+            member_arrays = {
+                key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)
+            }
             members.append(classes[member_meta["class"]]._from_state(member_meta, member_arrays))
         model = cls(estimator=_clone(members[0]), **meta["params"])
         model.members_ = members

@@ -39,13 +39,18 @@ FORMAT_VERSION = 1
 
 def _model_classes() -> dict:
     from .baseline import ElementBaseline
+    from .ensemble import EnsemblePotential
     from .kernel import SparseKernelPotential
     from .linear import LinearPotential
     from .projection import CompressedLeastSquares
 
-    from .ensemble import EnsemblePotential
-
-    classes = [ElementBaseline, LinearPotential, SparseKernelPotential, CompressedLeastSquares, EnsemblePotential]
+    classes = [
+        ElementBaseline,
+        LinearPotential,
+        SparseKernelPotential,
+        CompressedLeastSquares,
+        EnsemblePotential,
+    ]
     try:
         from .learned import LearnedPotential
 

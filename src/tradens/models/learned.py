@@ -38,8 +38,8 @@ import math
 import numpy as np
 import torch
 
-from ..kernels.determinism import deterministic
 from ..gradients.api import energy_forces_stress
+from ..kernels.determinism import deterministic
 from ..systems.batch import _as_frames, as_batch
 from ._base import PotentialBase
 from ._data import read_targets, species_of, structure_weights
@@ -591,7 +591,9 @@ class LearnedPotential(PotentialBase):
             species, arrays["reference_energies"]
         )
         if meta["fitted"].get("pair") is not None:
-            representation = Augmented(representation, pair_from_state(meta["fitted"]["pair"], arrays))
+            representation = Augmented(
+                representation, pair_from_state(meta["fitted"]["pair"], arrays)
+            )
         model.representation_ = representation
         readout = Readout(
             int(representation.n_features),
@@ -608,7 +610,9 @@ class LearnedPotential(PotentialBase):
         }
         missing, unexpected = readout.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"inv_scale", "scaled"}:  # files before feature scaling
-            raise ValueError(f"readout state does not match: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"readout state does not match: missing {missing}, unexpected {unexpected}"
+            )
         model.readout_ = readout
         model.best_epoch_ = meta["fitted"]["best_epoch"]
         model.history_ = meta["fitted"]["history"]

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..invariants.product_basis import ace_product_basis_plan
 from ..density.embeddings import random_weights
 from ..density.expansion import SpeciesMap, expand_density
-from .features import Features, compute_in_batches
-from ..hypers import Cutoff, Density, RadialBasis, _count, from_dict, register
-from ..systems.neighbors import neighbor_list, pair_vectors
 from ..density.radial import make_radial_basis
+from ..hypers import Cutoff, Density, RadialBasis, _count, from_dict, register
+from ..invariants.product_basis import ace_product_basis_plan
 from ..systems.batch import Batch
+from ..systems.neighbors import neighbor_list, pair_vectors
+from .features import Features, compute_in_batches
 
 __all__ = ["AceHypers", "ACE"]
 
@@ -105,19 +105,25 @@ class AceHypers:
                 object.__setattr__(self, name, from_dict(value, expected=cls))
         species = tuple(int(z) for z in self.species)
         if not species or len(set(species)) != len(species) or min(species) < 1:
-            raise ValueError(f"species must be distinct atomic numbers >= 1, got {list(self.species)}")
+            raise ValueError(
+                f"species must be distinct atomic numbers >= 1, got {list(self.species)}"
+            )
         object.__setattr__(self, "species", species)
         _count("nu_max", self.nu_max)
         if self.nu_max > 4:
             raise ValueError(f"nu_max must be <= 4, got {self.nu_max}")
         l_max = (self.l_max,) * self.nu_max if isinstance(self.l_max, int) else tuple(self.l_max)
         if len(l_max) != self.nu_max or any(not isinstance(l, int) or l < 0 for l in l_max):
-            raise ValueError(f"l_max must give one degree >= 0 per order 1..{self.nu_max}, got {self.l_max}")
+            raise ValueError(
+                f"l_max must give one degree >= 0 per order 1..{self.nu_max}, got {self.l_max}"
+            )
         object.__setattr__(self, "l_max", l_max)
         if isinstance(self.channels, (list, tuple)):
             channels = tuple(self.channels)
             if len(channels) != self.nu_max:
-                raise ValueError(f"channels must give one K per order 1..{self.nu_max}, got {channels}")
+                raise ValueError(
+                    f"channels must give one K per order 1..{self.nu_max}, got {channels}"
+                )
             for k in channels:
                 _count("channels (K)", k)
             object.__setattr__(self, "channels", channels)
@@ -133,9 +139,12 @@ class AceHypers:
             modes = tuple(self.mode)
             if len(modes) != self.nu_max or any(m not in ("diagonal", "full") for m in modes):
                 raise ValueError(
-                    f"mode must be 'diagonal', 'full' or one of them per order 1..{self.nu_max}, got {self.mode!r}")
+                    f"mode must be 'diagonal', 'full' or one of them per order 1..{self.nu_max}, got {self.mode!r}"
+                )
             if self.weights in ("given", "onehot"):
-                raise ValueError(f"a per-order mode needs per-order embeddings, not weights={self.weights!r}")
+                raise ValueError(
+                    f"a per-order mode needs per-order embeddings, not weights={self.weights!r}"
+                )
             object.__setattr__(self, "mode", modes)
         elif self.mode not in ("diagonal", "full"):
             raise ValueError(f"mode must be 'diagonal' or 'full', got {self.mode!r}")
@@ -177,8 +186,14 @@ class ACE(torch.nn.Module):
             hypers = AceHypers(**kwargs)
         self.hypers = h = hypers
         S, N = len(h.species), h.radial.n_max
-        self.radial_basis = make_radial_basis(h.radial.kind, n_max=N, l_max=max(h.l_max), cutoff=h.cutoff.radius,
-                                              sigma=h.density.sigma, error_exponent=h.radial.error_exponent)
+        self.radial_basis = make_radial_basis(
+            h.radial.kind,
+            n_max=N,
+            l_max=max(h.l_max),
+            cutoff=h.cutoff.radius,
+            sigma=h.density.sigma,
+            error_exponent=h.radial.error_exponent,
+        )
         self.species_map = SpeciesMap(h.species, "error", remedy="add them to the species list")
         self.center_all_species = bool(h.density.center_all_species)
         # one embedding shared by all orders, or one per order
@@ -196,7 +211,9 @@ class ACE(torch.nn.Module):
             elif h.weights == "given":
                 matrix = np.asarray(h.matrix, dtype=np.float64)
                 if matrix.shape != (S * N, K):
-                    raise ValueError(f"given embedding must have shape {(S * N, K)}, got {matrix.shape}")
+                    raise ValueError(
+                        f"given embedding must have shape {(S * N, K)}, got {matrix.shape}"
+                    )
             else:
                 matrix = random_weights("radial+element", S, N, K, seed)
             value = torch.as_tensor(matrix, dtype=torch.float64)
@@ -206,9 +223,15 @@ class ACE(torch.nn.Module):
                 self.register_buffer(f"embedding{index}", value)
             degree = np.tile(np.arange(N), S) if h.weights == "onehot" else None
             plan = ace_product_basis_plan(
-                K, max(orders), h.l_max[: max(orders)], mode=modes[max(orders) - 1], parity=h.parity,
+                K,
+                max(orders),
+                h.l_max[: max(orders)],
+                mode=modes[max(orders) - 1],
+                parity=h.parity,
                 channel_degree=degree if h.max_degree is not None else None,
-                max_degree=h.max_degree, w_L=h.w_L)
+                max_degree=h.max_degree,
+                w_L=h.w_L,
+            )
             keep = np.array([label.nu in orders for label in plan.labels])
             self.groups.append((f"embedding{index}", plan, torch.as_tensor(np.nonzero(keep)[0])))
 
@@ -230,10 +253,14 @@ class ACE(torch.nn.Module):
     def feature_names(self) -> list[str]:
         """Readable name of every column, e.g. ``"nu3.k5-5-5.l1-1-2.p0"``."""
         labels = self.feature_labels()
-        return [f"nu{n}.k{k}.l{l}.p{p}" for n, k, l, p in zip(labels["nu"], labels["k"], labels["l"], labels["path"])]
+        return [
+            f"nu{n}.k{k}.l{l}.p{p}"
+            for n, k, l, p in zip(labels["nu"], labels["k"], labels["l"], labels["path"])
+        ]
 
-    def atomic_base(self, batch: Batch, positions: torch.Tensor | None = None,
-                    cells: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def atomic_base(
+        self, batch: Batch, positions: torch.Tensor | None = None, cells: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Mixed atomic bases ``A [atom, K, lm]``, one per embedding (differentiable).
 
         Each is computed per pair (``A = sum_j W[z_j n, k] R_nl Y_lm``) without
@@ -245,28 +272,59 @@ class ACE(torch.nn.Module):
         species_index = self.species_map(batch.numbers)  # [atom]
         bases = []
         for name, _, _ in self.groups:
-            embedding = getattr(self, name).to(dtype=vectors.dtype, device=vectors.device)  # [S*N, K]
-            bases.append(expand_density(
-                batch, pairs, vectors, species_index, n_species=len(h.species), radial=self.radial_basis,
-                l_max=max(h.l_max), cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
-                center_weight=h.density.center_weight, center_all_species=self.center_all_species,
-                weights=embedding,
-            ))  # [atom, K, lm]
+            embedding = getattr(self, name).to(
+                dtype=vectors.dtype, device=vectors.device
+            )  # [S*N, K]
+            bases.append(
+                expand_density(
+                    batch,
+                    pairs,
+                    vectors,
+                    species_index,
+                    n_species=len(h.species),
+                    radial=self.radial_basis,
+                    l_max=max(h.l_max),
+                    cutoff=h.cutoff.radius,
+                    cutoff_width=h.cutoff.width,
+                    center_weight=h.density.center_weight,
+                    center_all_species=self.center_all_species,
+                    weights=embedding,
+                )
+            )  # [atom, K, lm]
         return bases
 
-    def forward(self, batch: Batch, positions: torch.Tensor | None = None,
-                cells: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, batch: Batch, positions: torch.Tensor | None = None, cells: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable features ``[atom, feature]`` and the atom index of each row."""
         bases = self.atomic_base(batch, positions, cells)
-        blocks = [plan(base)[:, keep.to(base.device)] for base, (_, plan, keep) in zip(bases, self.groups)]
+        blocks = [
+            plan(base)[:, keep.to(base.device)] for base, (_, plan, keep) in zip(bases, self.groups)
+        ]
         values = torch.cat(blocks, dim=1)  # [atom, feature]
         if self.hypers.normalize:
             norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
             values = values / torch.where(norm > 0, norm, torch.ones_like(norm))
         return values, torch.arange(batch.n_atoms, device=values.device)
 
-    def compute(self, systems, *, output: str = "numpy", dtype: torch.dtype | None = None,
-                device=None, batch_size: int = 64, progress: bool = False) -> Features:
+    def compute(
+        self,
+        systems,
+        *,
+        output: str = "numpy",
+        dtype: torch.dtype | None = None,
+        device=None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> Features:
         """Features of one or many structures (same contract as :meth:`tradens.SOAP.compute`)."""
-        return compute_in_batches(self, systems, output=output, dtype=dtype, device=device,
-                                  batch_size=batch_size, progress=progress, desc="ACE")
+        return compute_in_batches(
+            self,
+            systems,
+            output=output,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            desc="ACE",
+        )

@@ -50,10 +50,18 @@ class Features:
 
     def numpy(self) -> Features:
         """A copy with numpy arrays (detached, on the CPU)."""
+
         def conv(x):
             return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        return Features(conv(self.values), conv(self.structure), conv(self.center), conv(self.numbers),
-                        dict(self.labels), list(self.names))
+
+        return Features(
+            conv(self.values),
+            conv(self.structure),
+            conv(self.center),
+            conv(self.numbers),
+            dict(self.labels),
+            list(self.names),
+        )
 
     def pooled(self, how: str = "mean") -> np.ndarray | torch.Tensor:
         """Per-structure features ``[structure, feature]`` by ``"mean"`` or ``"sum"`` over rows."""
@@ -70,8 +78,18 @@ class Features:
         return out.numpy() if isinstance(self.values, np.ndarray) else out
 
 
-def compute_in_batches(representation, systems, *, output: str, dtype, device, batch_size: int,
-                       progress: bool, desc: str, averaged: bool = False) -> Features:
+def compute_in_batches(
+    representation,
+    systems,
+    *,
+    output: str,
+    dtype,
+    device,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    averaged: bool = False,
+) -> Features:
     """Run ``representation.forward`` over batches of structures and collect :class:`Features`.
 
     ``forward(batch)`` must return ``(values [row, feature], rows)`` where ``rows``
@@ -88,8 +106,10 @@ def compute_in_batches(representation, systems, *, output: str, dtype, device, b
     frames = _as_frames(systems)
     parts, structure, center, numbers = [], [], [], []
     with torch.no_grad(), deterministic(device):
-        for start in tqdm(range(0, len(frames), batch_size), desc=desc, unit="batch", disable=not progress):
-            batch = as_batch(frames[start:start + batch_size], dtype=dtype, device=device)
+        for start in tqdm(
+            range(0, len(frames), batch_size), desc=desc, unit="batch", disable=not progress
+        ):
+            batch = as_batch(frames[start : start + batch_size], dtype=dtype, device=device)
             values, rows = representation.forward(batch)
             parts.append(values)
             if averaged:
@@ -102,6 +122,12 @@ def compute_in_batches(representation, systems, *, output: str, dtype, device, b
                 center.append(rows - offsets[batch.structure[rows]])
                 numbers.append(batch.numbers[rows])
     values = parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy of a large single batch
-    result = Features(values, torch.cat(structure), torch.cat(center), torch.cat(numbers),
-                      labels=representation.feature_labels(), names=representation.feature_names())
+    result = Features(
+        values,
+        torch.cat(structure),
+        torch.cat(center),
+        torch.cat(numbers),
+        labels=representation.feature_labels(),
+        names=representation.feature_names(),
+    )
     return result.numpy() if output == "numpy" else result

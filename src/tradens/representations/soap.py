@@ -23,15 +23,15 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ..kernels import memory as _memory
 from ..density.angular import l_of_lm
 from ..density.embeddings import expand_weights, gap_weights, random_weights
 from ..density.expansion import SpeciesMap, expand_density
-from .features import Features, compute_in_batches
-from ..hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers
-from ..systems.neighbors import neighbor_list, pair_vectors
 from ..density.radial import make_radial_basis
+from ..hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers
+from ..kernels import memory as _memory
 from ..systems.batch import Batch
+from ..systems.neighbors import neighbor_list, pair_vectors
+from .features import Features, compute_in_batches
 
 __all__ = ["SOAP", "PairPlan", "pair_plan", "power_spectrum"]
 
@@ -62,17 +62,33 @@ def _plan(pairs: list[tuple[int, int, float]], k1: int, k2: int) -> PairPlan:
     structure = "generic"
     if k1 == k2 and len(pairs) == k1 * (k1 + 1) // 2:
         rows, cols = np.tril_indices(k1)
-        if (np.array_equal(first, rows) and np.array_equal(second, cols)
-                and np.array_equal(factor, np.where(rows == cols, 1.0, SQRT2))):
+        if (
+            np.array_equal(first, rows)
+            and np.array_equal(second, cols)
+            and np.array_equal(factor, np.where(rows == cols, 1.0, SQRT2))
+        ):
             structure = "triangle"
-    if k1 == k2 and len(pairs) == k1 and np.array_equal(first, np.arange(k1)) \
-            and np.array_equal(second, first) and np.all(factor == 1.0):
+    if (
+        k1 == k2
+        and len(pairs) == k1
+        and np.array_equal(first, np.arange(k1))
+        and np.array_equal(second, first)
+        and np.all(factor == 1.0)
+    ):
         structure = "diagonal"
     return PairPlan(first, second, factor, dense=len(pairs) * 4 > k1 * k2, structure=structure)
 
 
-def pair_plan(*, mode: str | None, coupling: str, symmetric: bool, n_species: int, n_max: int,
-              channels: int = 0, diagonal_radial: bool = False) -> PairPlan:
+def pair_plan(
+    *,
+    mode: str | None,
+    coupling: str,
+    symmetric: bool,
+    n_species: int,
+    n_max: int,
+    channels: int = 0,
+    diagonal_radial: bool = False,
+) -> PairPlan:
     """GAP's pair order for every SOAP variant (see ``docs/gap-compatibility.md``).
 
     Parameters
@@ -92,8 +108,12 @@ def pair_plan(*, mode: str | None, coupling: str, symmetric: bool, n_species: in
     S, N, K = n_species, n_max, channels
     if mode is None:
         k1 = S * N
-        pairs = [(a, b, 1.0 if a == b else SQRT2) for a in range(k1) for b in range(a + 1)
-                 if not diagonal_radial or a % N == b % N]
+        pairs = [
+            (a, b, 1.0 if a == b else SQRT2)
+            for a in range(k1)
+            for b in range(a + 1)
+            if not diagonal_radial or a % N == b % N
+        ]
         return _plan(pairs, k1, k1)
     k1 = {"radial+element": K, "element": K * N, "radial": K * S}[mode]
     if coupling == "tensor":
@@ -105,11 +125,19 @@ def pair_plan(*, mode: str | None, coupling: str, symmetric: bool, n_species: in
     if mode == "radial+element":
         return _plan([(k, k, 1.0) for k in range(K)], k1, k1)
     if mode == "element":
-        pairs = [(k * N + a, k * N + b, SQRT2_FLOAT32 if symmetric and a != b else 1.0)
-                 for k in range(K) for a in range(N) for b in range(a + 1 if symmetric else N)]
+        pairs = [
+            (k * N + a, k * N + b, SQRT2_FLOAT32 if symmetric and a != b else 1.0)
+            for k in range(K)
+            for a in range(N)
+            for b in range(a + 1 if symmetric else N)
+        ]
         return _plan(pairs, k1, k1)
-    pairs = [(s * K + k, t * K + k, SQRT2_FLOAT32 if symmetric and s != t else 1.0)
-             for s in range(S) for t in range(s + 1 if symmetric else S) for k in range(K)]
+    pairs = [
+        (s * K + k, t * K + k, SQRT2_FLOAT32 if symmetric and s != t else 1.0)
+        for s in range(S)
+        for t in range(s + 1 if symmetric else S)
+        for k in range(K)
+    ]
     return _plan(pairs, k1, k1)
 
 
@@ -137,8 +165,8 @@ def power_spectrum(y1: torch.Tensor, y2: torch.Tensor, plan: PairPlan, l_max: in
         out = _memory.empty(y1.shape[0], len(plan) * n_l, dtype=y1.dtype, device=y1.device)
         _triangle_products(y1, out, l_max, normalize=False, sigma0=None)
         return out
-    blocks1 = [y1[:, :, l * l:(l + 1) * (l + 1)] for l in range(n_l)]  # [row, K1, 2l+1] each
-    blocks2 = blocks1 if y2 is y1 else [y2[:, :, l * l:(l + 1) * (l + 1)] for l in range(n_l)]
+    blocks1 = [y1[:, :, l * l : (l + 1) * (l + 1)] for l in range(n_l)]  # [row, K1, 2l+1] each
+    blocks2 = blocks1 if y2 is y1 else [y2[:, :, l * l : (l + 1) * (l + 1)] for l in range(n_l)]
     return power_spectrum_blocks(blocks1, blocks2, plan)
 
 
@@ -150,8 +178,10 @@ def power_spectrum_blocks(blocks1: list, blocks2: list, plan: PairPlan) -> torch
     for every slice (the forces path uses this).
     """
     if plan.structure == "diagonal":  # [row, K, l], l fastest
-        columns = [(a * b).sum(-1) * (1.0 / math.sqrt(2 * l + 1))
-                   for l, (a, b) in enumerate(zip(blocks1, blocks2, strict=True))]
+        columns = [
+            (a * b).sum(-1) * (1.0 / math.sqrt(2 * l + 1))
+            for l, (a, b) in enumerate(zip(blocks1, blocks2, strict=True))
+        ]
         return torch.stack(columns, dim=-1).reshape(blocks1[0].shape[0], -1)
     device, dtype = blocks1[0].device, blocks1[0].dtype
     first = torch.as_tensor(plan.first, device=device)
@@ -184,7 +214,9 @@ def _needs_graph(*tensors: torch.Tensor) -> bool:
 def _degree_matrix(l_max: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``[lm, l]``: ``(2l+1)^{-1/2}`` where ``lm`` has degree ``l``, else 0."""
     lm_to_l = l_of_lm(l_max)
-    scale = torch.tensor([1.0 / math.sqrt(2 * l + 1) for l in range(l_max + 1)], dtype=torch.float64)
+    scale = torch.tensor(
+        [1.0 / math.sqrt(2 * l + 1) for l in range(l_max + 1)], dtype=torch.float64
+    )
     matrix = torch.zeros(lm_to_l.shape[0], l_max + 1, dtype=torch.float64)
     matrix[torch.arange(lm_to_l.shape[0]), lm_to_l] = scale[lm_to_l]
     return matrix.to(dtype=dtype, device=device)
@@ -196,8 +228,15 @@ def _diagonal_products(y1: torch.Tensor, y2: torch.Tensor, l_max: int) -> torch.
     return torch.matmul(product, _degree_matrix(l_max, y1.dtype, y1.device))  # [row, K, l]
 
 
-def _triangle_products(y: torch.Tensor, out: torch.Tensor, l_max: int, *, normalize: bool,
-                       sigma0: float | None, workspace_bytes: int = 16 * 2**20) -> None:
+def _triangle_products(
+    y: torch.Tensor,
+    out: torch.Tensor,
+    l_max: int,
+    *,
+    normalize: bool,
+    sigma0: float | None,
+    workspace_bytes: int = 16 * 2**20,
+) -> None:
     """Write the symmetric ``b <= a`` products of ``y`` into ``out`` (no autograd).
 
     ``out [row, P*(l_max+1) (+1)]`` receives, in GAP's layout, the values
@@ -213,7 +252,9 @@ def _triangle_products(y: torch.Tensor, out: torch.Tensor, l_max: int, *, normal
     dtype, device = y.dtype, y.device
     scale = [1.0 / math.sqrt(2 * l + 1) for l in range(n_l)]
     lm_to_l = l_of_lm(l_max)
-    lm_scale = torch.tensor([math.sqrt(SQRT2 * scale[l]) for l in lm_to_l.tolist()], dtype=torch.float64)
+    lm_scale = torch.tensor(
+        [math.sqrt(SQRT2 * scale[l]) for l in lm_to_l.tolist()], dtype=torch.float64
+    )
     lm_scale = lm_scale.to(dtype=dtype, device=device)  # [lm]
     n_blocks = max(1, math.ceil(n_channels / 48))
     block = math.ceil(n_channels / n_blocks)
@@ -225,30 +266,32 @@ def _triangle_products(y: torch.Tensor, out: torch.Tensor, l_max: int, *, normal
     # few channels: the [2l+1, 2l+1] Gram matrices for the norm cost as much as the products
     few = n_channels <= 2 * (l_max + 1) ** 2
     for start in range(0, n_rows, chunk):
-        yc = y[start:start + chunk]  # [m, K, lm]
+        yc = y[start : start + chunk]  # [m, K, lm]
         m = yc.shape[0]
         if normalize and not few:
             norm2 = torch.zeros(m, dtype=dtype, device=device)
             for l in range(n_l):
-                part = yc[:, :, l * l:(l + 1) * (l + 1)]  # [m, K, 2l+1]
+                part = yc[:, :, l * l : (l + 1) * (l + 1)]  # [m, K, 2l+1]
                 small = torch.bmm(part.transpose(1, 2), part)  # [m, 2l+1, 2l+1]
                 norm2 = norm2 + small.square().sum((1, 2)) * scale[l] ** 2
             inverse = torch.where(norm2 > 0, norm2.rsqrt(), torch.ones_like(norm2))  # [m]
             ys = yc * (lm_scale[None, None, :] * inverse.sqrt()[:, None, None])
         else:
             ys = yc * lm_scale[None, None, :]  # [m, K, lm]
-        dest = out[start:start + m]  # [m, F]
+        dest = out[start : start + m]  # [m, F]
         for a0, a1 in blocks:
-            gram = workspace[:n_l * m * (a1 - a0) * a1].view(n_l, m, a1 - a0, a1)  # [l, m, a, b]
+            gram = workspace[: n_l * m * (a1 - a0) * a1].view(n_l, m, a1 - a0, a1)  # [l, m, a, b]
             for l in range(n_l):
-                part = ys[:, :, l * l:(l + 1) * (l + 1)]  # [m, K, 2l+1]
+                part = ys[:, :, l * l : (l + 1) * (l + 1)]  # [m, K, 2l+1]
                 torch.bmm(part[:, a0:a1], part[:, :a1].transpose(1, 2), out=gram[l])
             gram[:, :, :, a0:a1].diagonal(dim1=2, dim2=3).mul_(1.0 / SQRT2)  # f_aa = 1
             by_row = gram.permute(1, 2, 3, 0)  # [m, a, b, l]
             for a in range(a0, a1):
-                dest[:, offsets[a]:offsets[a + 1]].view(m, a + 1, n_l).copy_(by_row[:, a - a0, :a + 1, :])
+                dest[:, offsets[a] : offsets[a + 1]].view(m, a + 1, n_l).copy_(
+                    by_row[:, a - a0, : a + 1, :]
+                )
         if normalize and few:  # few channels: the row norm straight from the values
-            values = dest[:, :offsets[-1]]
+            values = dest[:, : offsets[-1]]
             norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
             values.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
         if sigma0 is not None:
@@ -294,17 +337,30 @@ class SOAP(torch.nn.Module):
             hypers = SoapHypers(**_coerce(dict(hypers)))
         self.hypers = hypers
         h = hypers
-        self.radial_basis = make_radial_basis(h.radial.kind, n_max=h.radial.n_max, l_max=h.l_max,
-                                              cutoff=h.cutoff.radius, sigma=h.density.sigma,
-                                              error_exponent=h.radial.error_exponent)
+        self.radial_basis = make_radial_basis(
+            h.radial.kind,
+            n_max=h.radial.n_max,
+            l_max=h.l_max,
+            cutoff=h.cutoff.radius,
+            sigma=h.density.sigma,
+            error_exponent=h.radial.error_exponent,
+        )
         self.species_map = SpeciesMap(h.species, h.unknown_species)
-        self.center_all_species = (h.n_species == 1) if h.density.center_all_species is None \
+        self.center_all_species = (
+            (h.n_species == 1)
+            if h.density.center_all_species is None
             else h.density.center_all_species
+        )
         mix = h.mixing
-        self.plan = pair_plan(mode=None if mix is None else mix.mode, coupling=h.coupling,
-                              symmetric=True if mix is None else mix.symmetric, n_species=h.n_species,
-                              n_max=h.radial.n_max, channels=0 if mix is None else mix.channels,
-                              diagonal_radial=h.diagonal_radial)
+        self.plan = pair_plan(
+            mode=None if mix is None else mix.mode,
+            coupling=h.coupling,
+            symmetric=True if mix is None else mix.symmetric,
+            n_species=h.n_species,
+            n_max=h.radial.n_max,
+            channels=0 if mix is None else mix.channels,
+            diagonal_radial=h.diagonal_radial,
+        )
         self.register_buffer("weights1", None)
         self.register_buffer("weights2", None)
         self.fixed_matrices = None  # (W1, W2) override, used for GAP's nu_R/nu_S/Z_map
@@ -359,8 +415,11 @@ class SOAP(torch.nn.Module):
             return list(cached[1])
         names = self.channel_names()
         labels = self.feature_labels()
-        out = [f"{names[a]}.{names[b]}.l{l}" for a, b, l in
-               zip(labels["channel_1"], labels["channel_2"], labels["l"]) if l >= 0]
+        out = [
+            f"{names[a]}.{names[b]}.l{l}"
+            for a, b, l in zip(labels["channel_1"], labels["channel_2"], labels["l"])
+            if l >= 0
+        ]
         if self.hypers.covariance_sigma0 is not None:
             out.append("covariance_sigma0")
         self.__dict__["_feature_names_cache"] = (self.plan, tuple(out))
@@ -375,17 +434,25 @@ class SOAP(torch.nn.Module):
         if self.weights1 is None:
             return None, None
         h = self.hypers
-        w1 = expand_weights(h.mixing.mode, self.weights1.to(dtype=dtype, device=device), h.n_species,
-                            h.radial.n_max)
+        w1 = expand_weights(
+            h.mixing.mode, self.weights1.to(dtype=dtype, device=device), h.n_species, h.radial.n_max
+        )
         if self.weights2 is None:
             return w1, w1
-        w2 = expand_weights(h.mixing.mode, self.weights2.to(dtype=dtype, device=device), h.n_species,
-                            h.radial.n_max)
+        w2 = expand_weights(
+            h.mixing.mode, self.weights2.to(dtype=dtype, device=device), h.n_species, h.radial.n_max
+        )
         return w1, w2
 
-    def forward(self, batch: Batch, positions: torch.Tensor | None = None,
-                cells: torch.Tensor | None = None, *, row_chunk: int = 256,
-                out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        batch: Batch,
+        positions: torch.Tensor | None = None,
+        cells: torch.Tensor | None = None,
+        *,
+        row_chunk: int = 256,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable features of a batch.
 
         Parameters
@@ -420,9 +487,17 @@ class SOAP(torch.nn.Module):
         else:
             weights = torch.cat([w1, w2], dim=1)  # [S*N, K1+K2]
         density = expand_density(
-            batch, pairs, vectors, species_index, n_species=h.n_species, radial=self.radial_basis,
-            l_max=h.l_max, cutoff=h.cutoff.radius, cutoff_width=h.cutoff.width,
-            center_weight=h.density.center_weight, center_all_species=self.center_all_species,
+            batch,
+            pairs,
+            vectors,
+            species_index,
+            n_species=h.n_species,
+            radial=self.radial_basis,
+            l_max=h.l_max,
+            cutoff=h.cutoff.radius,
+            cutoff_width=h.cutoff.width,
+            center_weight=h.density.center_weight,
+            center_all_species=self.center_all_species,
             weights=weights,
         )  # [atom, K, lm] (K = S*N unmixed)
         rows = self.center_rows(batch)
@@ -430,17 +505,23 @@ class SOAP(torch.nn.Module):
             density = density[rows]  # [row, K, lm]
         if h.average:
             structure = batch.structure[rows]
-            summed = torch.zeros((batch.n_structures,) + density.shape[1:], dtype=dtype, device=device)
+            summed = torch.zeros(
+                (batch.n_structures,) + density.shape[1:], dtype=dtype, device=device
+            )
             density = summed.index_add(0, structure, density)  # [structure, K, lm]
             rows = torch.arange(batch.n_structures, device=device)
         if weights is None or w2 is w1:
             y1 = y2 = density
         else:
-            y1, y2 = density[:, :w1.shape[1]], density[:, w1.shape[1]:]  # [row, K1, lm], [row, K2, lm]
+            y1, y2 = (
+                density[:, : w1.shape[1]],
+                density[:, w1.shape[1] :],
+            )  # [row, K1, lm], [row, K2, lm]
         return self._products(y1, y2, row_chunk=row_chunk, out=out), rows
 
-    def _products(self, y1: torch.Tensor, y2: torch.Tensor, *, row_chunk: int,
-                  out: torch.Tensor | None) -> torch.Tensor:
+    def _products(
+        self, y1: torch.Tensor, y2: torch.Tensor, *, row_chunk: int, out: torch.Tensor | None
+    ) -> torch.Tensor:
         """Normalised power spectrum ``[row, feature]`` of mixed densities, in chunks of rows."""
         h = self.hypers
         n_rows, dtype, device = y1.shape[0], y1.dtype, y1.device
@@ -449,19 +530,22 @@ class SOAP(torch.nn.Module):
             out = _memory.empty(n_rows, self.n_features, dtype=dtype, device=device)
         if _use_triangle(self.plan, y1, y2) and out.stride(-1) == 1:
             with torch.profiler.record_function("soap/power_spectrum"):
-                _triangle_products(y1, out, h.l_max, normalize=h.normalize, sigma0=h.covariance_sigma0)
+                _triangle_products(
+                    y1, out, h.l_max, normalize=h.normalize, sigma0=h.covariance_sigma0
+                )
             return out
         chunks = []
         for start in range(0, n_rows, row_chunk):
             with torch.profiler.record_function("soap/power_spectrum"):
-                values = power_spectrum(y1[start:start + row_chunk], y2[start:start + row_chunk],
-                                        self.plan, h.l_max)  # [chunk, F']
+                values = power_spectrum(
+                    y1[start : start + row_chunk], y2[start : start + row_chunk], self.plan, h.l_max
+                )  # [chunk, F']
             if out is not None:
                 if h.normalize:
                     norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
                     values = values / torch.where(norm > 0, norm, torch.ones_like(norm))
                 stop = start + values.shape[0]
-                out[start:stop, :values.shape[1]] = values
+                out[start:stop, : values.shape[1]] = values
                 if h.covariance_sigma0 is not None:
                     out[start:stop, -1] = h.covariance_sigma0
                 continue
@@ -489,9 +573,16 @@ class SOAP(torch.nn.Module):
         wanted = torch.as_tensor(self.hypers.center_species, device=batch.numbers.device)
         return torch.isin(batch.numbers, wanted).nonzero().squeeze(1)
 
-    def compute(self, systems, *, output: str = "numpy", dtype: torch.dtype | None = None,
-                device: torch.device | str | None = None, batch_size: int = 64,
-                progress: bool = False) -> Features:
+    def compute(
+        self,
+        systems,
+        *,
+        output: str = "numpy",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> Features:
         """Features of one or many structures.
 
         Parameters
@@ -513,9 +604,17 @@ class SOAP(torch.nn.Module):
             ``values [row, feature]`` with ``structure``, ``center`` and
             ``numbers`` of each row, ``labels`` and ``names`` of each column.
         """
-        return compute_in_batches(self, systems, output=output, dtype=dtype, device=device,
-                                  batch_size=batch_size, progress=progress, desc="SOAP",
-                                  averaged=self.hypers.average)
+        return compute_in_batches(
+            self,
+            systems,
+            output=output,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            desc="SOAP",
+            averaged=self.hypers.average,
+        )
 
 
 def _coerce(kwargs: dict) -> dict:
@@ -523,7 +622,12 @@ def _coerce(kwargs: dict) -> dict:
     out = dict(kwargs)
     if isinstance(out.get("cutoff"), (int, float)):
         out["cutoff"] = Cutoff(radius=float(out["cutoff"]))
-    for key, cls in (("cutoff", Cutoff), ("density", Density), ("radial", RadialBasis), ("mixing", Mixing)):
+    for key, cls in (
+        ("cutoff", Cutoff),
+        ("density", Density),
+        ("radial", RadialBasis),
+        ("mixing", Mixing),
+    ):
         value = out.get(key)
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k != "type"}
@@ -539,19 +643,28 @@ def _free_weights(mix: Mixing, h: SoapHypers) -> list[np.ndarray]:
         return [np.eye(K)] * n_densities
     if mix.weights == "gap":
         species = [0] if h.species is None else list(h.species)
-        return [gap_weights(mix.mode, species, N, K, mix_shift=mix.seed, density=d)
-                for d in range(1, n_densities + 1)]
+        return [
+            gap_weights(mix.mode, species, N, K, mix_shift=mix.seed, density=d)
+            for d in range(1, n_densities + 1)
+        ]
     if mix.weights == "random":
-        return [random_weights(mix.mode, S, N, K, mix.seed + 1000003 * (d - 1))
-                for d in range(1, n_densities + 1)]
+        return [
+            random_weights(mix.mode, S, N, K, mix.seed + 1000003 * (d - 1))
+            for d in range(1, n_densities + 1)
+        ]
     from ..density.embeddings import free_weight_shape
+
     shape = free_weight_shape(mix.mode, S, N, K)
-    matrices = [np.asarray(mix.matrix, dtype=np.float64)] if mix.symmetric else \
-        [np.asarray(m, dtype=np.float64) for m in mix.matrix]
+    matrices = (
+        [np.asarray(mix.matrix, dtype=np.float64)]
+        if mix.symmetric
+        else [np.asarray(m, dtype=np.float64) for m in mix.matrix]
+    )
     for m in matrices:
         if m.shape != shape:
-            raise ValueError(f"given mixing matrix must have shape {shape} for mode {mix.mode!r}, "
-                             f"got {m.shape}")
+            raise ValueError(
+                f"given mixing matrix must have shape {shape} for mode {mix.mode!r}, got {m.shape}"
+            )
     if len(matrices) != n_densities:
         raise ValueError("symmetric=False needs a pair of given matrices")
     return matrices

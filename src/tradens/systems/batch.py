@@ -74,14 +74,20 @@ def _system_arrays(frame, index: int):
     except ImportError:  # pragma: no cover - ase is a dependency
         ase = None
     if ase is not None and isinstance(frame, ase.Atoms):
-        return (frame.get_positions(), frame.get_atomic_numbers(), np.asarray(frame.get_cell()[:]),
-                np.asarray(frame.get_pbc()))
+        return (
+            frame.get_positions(),
+            frame.get_atomic_numbers(),
+            np.asarray(frame.get_cell()[:]),
+            np.asarray(frame.get_pbc()),
+        )
     if isinstance(frame, System):
         return frame.positions, frame.numbers, frame.cell, frame.pbc
     if isinstance(frame, dict):
         unknown = set(frame) - {"positions", "numbers", "cell", "pbc"}
         if unknown:
-            raise ValueError(f"structure {index}: unknown keys {sorted(unknown)} (expected positions, numbers, cell, pbc)")
+            raise ValueError(
+                f"structure {index}: unknown keys {sorted(unknown)} (expected positions, numbers, cell, pbc)"
+            )
         return frame["positions"], frame["numbers"], frame.get("cell"), frame.get("pbc", False)
     raise TypeError(
         f"structure {index}: expected ase.Atoms, tradens.System or a dict of arrays, got {type(frame).__name__}"
@@ -91,6 +97,7 @@ def _system_arrays(frame, index: int):
 def _as_frames(systems) -> list:
     try:
         import ase
+
         if isinstance(systems, ase.Atoms):
             return [systems]
     except ImportError:  # pragma: no cover
@@ -105,7 +112,9 @@ def _as_frames(systems) -> list:
     raise TypeError(f"expected a structure or a list of structures, got {type(systems).__name__}")
 
 
-def as_batch(systems, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Batch:
+def as_batch(
+    systems, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> Batch:
     """Validate and concatenate structures into a :class:`Batch`.
 
     Parameters
@@ -133,9 +142,15 @@ def as_batch(systems, *, dtype: torch.dtype | None = None, device: torch.device 
                 dtype = pos.dtype if pos.is_floating_point() else torch.float64
             if device is None:
                 device = pos.device
-        pos_t = pos if isinstance(pos, torch.Tensor) else torch.as_tensor(np.asarray(pos, dtype=np.float64))
+        pos_t = (
+            pos
+            if isinstance(pos, torch.Tensor)
+            else torch.as_tensor(np.asarray(pos, dtype=np.float64))
+        )
         if pos_t.ndim != 2 or pos_t.shape[1] != 3:
-            raise ValueError(f"structure {index}: positions must have shape [n_atoms, 3], got {tuple(pos_t.shape)}")
+            raise ValueError(
+                f"structure {index}: positions must have shape [n_atoms, 3], got {tuple(pos_t.shape)}"
+            )
         num_np = np.asarray(num.detach().cpu() if isinstance(num, torch.Tensor) else num)
         if num_np.ndim != 1 or num_np.shape[0] != pos_t.shape[0]:
             raise ValueError(
@@ -148,16 +163,27 @@ def as_batch(systems, *, dtype: torch.dtype | None = None, device: torch.device 
         if cell is None:
             cell_t = torch.zeros(3, 3, dtype=torch.float64)
         else:
-            cell_t = cell if isinstance(cell, torch.Tensor) else torch.as_tensor(np.asarray(cell, dtype=np.float64))
+            cell_t = (
+                cell
+                if isinstance(cell, torch.Tensor)
+                else torch.as_tensor(np.asarray(cell, dtype=np.float64))
+            )
         if cell_t.shape != (3, 3):
-            raise ValueError(f"structure {index}: cell must have shape [3, 3], got {tuple(cell_t.shape)}")
+            raise ValueError(
+                f"structure {index}: cell must have shape [3, 3], got {tuple(cell_t.shape)}"
+            )
         if not bool(torch.isfinite(cell_t).all()):
             raise ValueError(f"structure {index}: cell contains NaN or inf")
         pbc_np = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
         if pbc_np.any():
             cell64 = cell_t.detach().to("cpu", torch.float64)
-            if abs(float(torch.linalg.det(cell64))) < 1e-10 * max(float(cell64.abs().max()), 1.0) ** 3:
-                raise ValueError(f"structure {index}: the cell is singular (zero volume) but pbc={pbc_np.tolist()}")
+            if (
+                abs(float(torch.linalg.det(cell64)))
+                < 1e-10 * max(float(cell64.abs().max()), 1.0) ** 3
+            ):
+                raise ValueError(
+                    f"structure {index}: the cell is singular (zero volume) but pbc={pbc_np.tolist()}"
+                )
         positions.append(pos_t)
         numbers.append(torch.as_tensor(num_np.astype(np.int64)))
         cells.append(cell_t)

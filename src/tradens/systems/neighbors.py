@@ -92,8 +92,12 @@ def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
     )
 
 
-def pair_vectors(batch: Batch, pairs: Pairs, positions: torch.Tensor | None = None,
-                 cells: torch.Tensor | None = None) -> torch.Tensor:
+def pair_vectors(
+    batch: Batch,
+    pairs: Pairs,
+    positions: torch.Tensor | None = None,
+    cells: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Interatomic vectors ``r_ij [pair, 3]`` in Å, differentiable in positions and cells.
 
     ``positions`` and ``cells`` default to the batch's; pass strained copies to
