@@ -218,7 +218,7 @@ def _block(
     ty_rows, u_rows, x_rows = ty[a0:a1], u[a0:a1], x_values[a0:a1]
     out = gradient[a0:a1]
     out += x_rows[:, None, :] * torch.einsum("qkm,qdkm->qd", u_rows, g_mix)[:, :, None]
-    voigt_s -= torch.einsum("qf,qkm,qdkm->df", x_rows, u_rows, h_mix)
+    voigt_s -= torch.einsum("qkm,qdkm->qd", u_rows, h_mix).T @ x_rows  # [6, F']
     # ---- per degree: neighbour term sum_q B(W_{s_a}^T dphi_q, ty_{i_q}) (padded batched GEMM,
     # mixed once per atom) minus the centre term B(G_a, ty_a); virial sum_a B(H_a, ty_a)
     padded = torch.empty(n_rows * nb, n_flat, dtype=dtype, device=device)
