@@ -17,29 +17,28 @@ density coefficients, so for every pair
 (``[pair, 3, F]``), which the callers contract and scatter onto atoms
 (``+`` on ``j``, ``-`` on ``i``) and onto the virial (``sum_p r_p (x) dE/dr_p``).
 
-Why not autograd for ``d phi/dr``: forward-mode AD through the radial basis is
-6-10x slower than its evaluation and dominates a force fit. The derivatives
-used here are analytic: ``dR/dr`` from the Bessel identity
-``i_l' = (l i_{l-1} + (l+1) i_{l+1})/(2l+1)`` (GAP grid basis) or the spline
-derivative (GTO basis), and ``grad Y_lm`` from the linear map between the
-gradients of solid harmonics of degree ``l`` and those of degree ``l - 1``
-(built once by autograd and least squares, exact to round-off). Every piece is
-checked against autograd of :class:`tradens.SOAP` in ``tests/test_models_jacobian.py``.
+The derivatives of the pair basis ``d phi/dr`` (:func:`pair_basis_gradient`)
+are analytic and come from :mod:`tradens.density.derivatives` (radial terms
+with their ``r``-derivatives, harmonic gradients); forward-mode AD through the
+radial basis would be 6-10x slower than its evaluation. :func:`soap_local_features`
+yields the per-pair feature derivatives for bases that are not a linear map
+of the summed features (kernels, per-element weights); the structure-summed
+Jacobian of :mod:`tradens.gradients.summed` never forms them. Checked against
+autograd of :class:`tradens.SOAP` in ``tests/test_models_jacobian.py``.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 
-from ..density.angular import l_of_lm, spherical_harmonics
+from ..density.angular import l_of_lm
+from ..density.derivatives import harmonics_and_gradient, radial_terms
 from ..density.expansion import expand_density
-from ..density.radial import GaussianGridBasis, GtoBasis, cosine_cutoff, scaled_spherical_in
 from ..systems.neighbors import neighbor_list, pair_vectors
 
-__all__ = ["soap_local_features", "check_soap_for_potentials"]
+__all__ = ["soap_local_features", "check_soap_for_potentials", "pair_basis_gradient"]
 
 
 def check_soap_for_potentials(soap) -> None:
@@ -53,107 +52,31 @@ def check_soap_for_potentials(soap) -> None:
         )
 
 
-# ------------------------------------------------------------------ radial part
-def _radial_with_derivative(radial, r: torch.Tensor):
-    """``R [pair, n, l]`` and ``dR/dr [pair, n, l]`` (1/Å)."""
-    if isinstance(radial, GaussianGridBasis):
-        alpha = radial.alpha
-        grid = radial._grid.to(dtype=r.dtype, device=r.device)  # [a]
-        transform = radial._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
-        l_max = radial.l_max
-        x = 2.0 * alpha * r[:, None] * grid[None, :]  # [pair, a]
-        gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [pair, a]
-        s = scaled_spherical_in(x, l_max + 1)  # [pair, a, l+2], exp(-x) i_l(x)
-        ls = torch.arange(l_max + 1, dtype=r.dtype, device=r.device)  # [l]
-        lower = torch.cat(
-            [torch.zeros_like(s[..., :1]), s[..., :l_max]], dim=-1
-        )  # s_{l-1}, [pair, a, l]
-        upper = s[..., 1 : l_max + 2]  # s_{l+1}
-        d_bessel = (ls * lower + (ls + 1) * upper) / (2 * ls + 1)  # exp(-x) i_l'(x)
-        value = gauss[:, :, None] * s[..., : l_max + 1]  # [pair, a, l]
-        deriv = (
-            2.0
-            * alpha
-            * gauss[:, :, None]
-            * (grid[None, :, None] * d_bessel - r[:, None, None] * s[..., : l_max + 1])
-        )
-        return (
-            torch.einsum("pal,an->pnl", value, transform),
-            torch.einsum("pal,an->pnl", deriv, transform),
-        )
-    if isinstance(radial, GtoBasis):
-        return radial.values_and_derivatives(r)
-    # any other basis: forward-mode autograd (slower, always correct)
-    import torch.autograd.forward_ad as fwad
+# ------------------------------------------------------------------ the pair basis
+def pair_basis_gradient(soap, vectors: torch.Tensor) -> torch.Tensor:
+    """``d phi_nlm(r) / d r [pair, 3, lm, N]`` (1/Å) at pair vectors ``vectors [pair, 3]`` (Å).
 
-    with fwad.dual_level():
-        dual = fwad.make_dual(r, torch.ones_like(r))
-        value, tangent = fwad.unpack_dual(radial(dual))
-    return value, tangent
-
-
-def _cutoff_with_derivative(r: torch.Tensor, cutoff: float, width: float):
-    value = cosine_cutoff(r, cutoff, width)
-    if width <= 0.0:
-        return value, torch.zeros_like(r)
-    t = (r - cutoff + width) / width
-    inside = (t > 0.0) & (t < 1.0)
-    deriv = torch.where(
-        inside, -0.5 * math.pi / width * torch.sin(math.pi * t.clamp(0.0, 1.0)), torch.zeros_like(r)
-    )
-    return value, deriv
-
-
-# ------------------------------------------------------------------ angular part
-@lru_cache(maxsize=16)
-def _solid_gradient_map(l_max: int) -> torch.Tensor:
-    """``G [3, lm, lm]`` with ``grad S_lm = sum_m' G[:, lm, (l-1)m'] S_(l-1)m'``.
-
-    ``S_lm(x) = |x|^l Y_lm(x/|x|)`` are the solid harmonics (homogeneous
-    polynomials), so the gradient of degree ``l`` is a linear combination of
-    degree ``l - 1``. The map is fitted by least squares on autograd gradients
-    at random points and checked to round-off.
+    ``phi_nlm(r) = f_c(r) R_nl(r) Y_lm(r_hat)`` is the unmixed pair basis of
+    the density (neighbour element not applied), so
+    ``dphi = (f_c R_nl)' Y_lm r_hat + f_c R_nl grad Y_lm``. The radial terms
+    with their ``r``-derivatives and the harmonic gradients come from
+    :func:`tradens.density.derivatives.radial_terms` and
+    :func:`~tradens.density.derivatives.harmonics_and_gradient`.
     """
-    n_lm = (l_max + 1) ** 2
-    out = torch.zeros(3, n_lm, n_lm, dtype=torch.float64)
-    generator = torch.Generator().manual_seed(12345)
-    points = torch.randn(8 * (2 * l_max + 1) + 16, 3, generator=generator, dtype=torch.float64)
-    points.requires_grad_(True)
-    with torch.enable_grad():
-        radius = torch.linalg.vector_norm(points, dim=1, keepdim=True)  # [q, 1]
-        ls = l_of_lm(l_max).to(torch.float64)  # [lm]
-        solid = spherical_harmonics(points, l_max) * radius**ls  # [q, lm]
-        _fill_gradient_map(out, points, solid, l_max)
-    return out
-
-
-def _fill_gradient_map(
-    out: torch.Tensor, points: torch.Tensor, solid: torch.Tensor, l_max: int
-) -> None:
-    for l in range(1, l_max + 1):
-        lower = solid[:, (l - 1) ** 2 : l * l].detach()  # [q, 2l-1]
-        for m in range(2 * l + 1):
-            lm = l * l + m
-            (grad,) = torch.autograd.grad(solid[:, lm].sum(), points, retain_graph=True)  # [q, 3]
-            coefficients, *_ = torch.linalg.lstsq(lower, grad.detach())  # [2l-1, 3]
-            residual = (lower @ coefficients - grad).abs().max().item()
-            if residual > 1e-9 * max(1.0, grad.abs().max().item()):
-                raise RuntimeError(
-                    f"solid-harmonic gradient map failed at l={l} (residual {residual:.2e})"
-                )
-            out[:, lm, (l - 1) ** 2 : l * l] = coefficients.T
-
-
-def _harmonics_with_gradient(vectors: torch.Tensor, l_max: int):
-    """``Y [pair, lm]`` and ``dY/dr [pair, 3, lm]`` (1/Å)."""
-    r = torch.linalg.vector_norm(vectors, dim=1)  # [pair]
-    unit = vectors / r[:, None]  # [pair, 3]
-    harmonics = spherical_harmonics(vectors, l_max)  # [pair, lm]
-    gmap = _solid_gradient_map(l_max).to(dtype=vectors.dtype, device=vectors.device)  # [3, lm, lm]
-    ls = l_of_lm(l_max, vectors.device).to(vectors.dtype)  # [lm]
-    grad = torch.einsum("dab,pb->pda", gmap, harmonics)  # [pair, 3, lm]
-    grad = grad - ls[None, None, :] * unit[:, :, None] * harmonics[:, None, :]
-    return harmonics, grad / r[:, None, None]
+    l_max = soap.hypers.l_max
+    r = torch.linalg.vector_norm(vectors, dim=1)  # [p]
+    terms, transform = radial_terms(soap, r, pair_major=True)  # [p, L, 2, c], [c, N] or None
+    if transform is not None:
+        terms = terms @ transform  # [p, L, 2, N]
+    lm_to_l = l_of_lm(l_max, vectors.device)
+    terms = terms.index_select(1, lm_to_l)  # [p, lm, 2, N]: f_c R, (f_c R)'
+    harmonics, d_harmonics = harmonics_and_gradient(vectors, l_max)  # [p, lm], [p, 3, lm]
+    unit = vectors / r[:, None]  # [p, 3]
+    n_pairs, n_lm, n = vectors.shape[0], harmonics.shape[1], terms.shape[3]
+    out = torch.empty(n_pairs, 3, n_lm, n, dtype=vectors.dtype, device=vectors.device)
+    radial_part = terms[:, :, 1] * harmonics[:, :, None]  # [p, lm, N]
+    torch.mul(radial_part[:, None], unit[:, :, None, None], out=out)
+    return out.addcmul_(terms[:, None, :, 0], d_harmonics[:, :, :, None])  # [p, 3, lm, N]
 
 
 # ------------------------------------------------------------------ features and pair derivatives
@@ -249,53 +172,10 @@ class _Context:
         self.keep = (neighbor_species >= 0).nonzero().squeeze(1)  # pairs with a known neighbour
         self.neighbor_species = neighbor_species
 
-    def pair_dphi(self, sel: torch.Tensor) -> torch.Tensor:
-        """``d phi_p / d r_p [p, lm, 3, N]`` of the pair basis (neighbour species not applied)."""
-        return self.pair_dphi_of(self.vectors[sel])
-
-    def pair_dphi_of(self, vec: torch.Tensor, direction_major: bool = False) -> torch.Tensor:
-        """``d phi(r) / d r`` at pair vectors ``vec [p, 3]`` (Å), 1/Å.
-
-        Layout ``[p, lm, 3, N]``, or ``[p, 3, lm, N]`` with ``direction_major``.
-        """
-        h = self.hypers
-        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
-        radial, d_radial = _radial_with_derivative(self.soap.radial_basis, r)  # [p, n, l]
-        taper, d_taper = _cutoff_with_derivative(r, h.cutoff.radius, h.cutoff.width)  # [p]
-        rt = (radial * taper[:, None, None])[:, :, self.lm_to_l].transpose(1, 2)  # [p, lm, n]
-        d_rt = (d_radial * taper[:, None, None] + radial * d_taper[:, None, None])[
-            :, :, self.lm_to_l
-        ]
-        d_rt = d_rt.transpose(1, 2)  # [p, lm, n]
-        harmonics, d_harmonics = _harmonics_with_gradient(vec, h.l_max)  # [p, lm], [p, 3, lm]
-        unit = vec / r[:, None]  # [p, 3]
-        n_p, n_lm, n = vec.shape[0], harmonics.shape[1], rt.shape[2]
-        if direction_major:
-            out = torch.empty(n_p, 3, n_lm, n, dtype=vec.dtype, device=vec.device)
-            torch.mul((d_rt * harmonics[:, :, None])[:, None], unit[:, :, None, None], out=out)
-            return out.addcmul_(rt[:, None], d_harmonics[:, :, :, None])  # [p, 3, lm, n]
-        out = torch.empty(n_p, n_lm, 3, n, dtype=vec.dtype, device=vec.device)
-        torch.mul((d_rt * harmonics[:, :, None])[:, :, None, :], unit[:, None, :, None], out=out)
-        return out.addcmul_(
-            rt[:, :, None, :], d_harmonics.transpose(1, 2)[:, :, :, None]
-        )  # [p, lm, 3, n]
-
-    def pair_dy(self, sel: torch.Tensor):
+    def pair_dy(self, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``dy1, dy2 [p, 3, K, lm]``: derivatives of the mixed density of ``i_p`` by ``r_p``."""
-        h = self.hypers
-        vec, s_j = self.vectors[sel], self.neighbor_species[sel]
-        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
-        radial, d_radial = _radial_with_derivative(self.soap.radial_basis, r)  # [p, n, l]
-        taper, d_taper = _cutoff_with_derivative(r, h.cutoff.radius, h.cutoff.width)  # [p]
-        rt = radial * taper[:, None, None]
-        d_rt = d_radial * taper[:, None, None] + radial * d_taper[:, None, None]
-        harmonics, d_harmonics = _harmonics_with_gradient(vec, h.l_max)  # [p, lm], [p, 3, lm]
-        unit = vec / r[:, None]
-        lm_to_l = self.lm_to_l
-        d_phi = (
-            d_rt[:, None, :, lm_to_l] * unit[:, :, None, None] * harmonics[:, None, None, :]
-            + rt[:, None, :, lm_to_l] * d_harmonics[:, :, None, :]
-        )  # [p, 3, n, lm]
+        d_phi = pair_basis_gradient(self.soap, self.vectors[sel])  # [p, 3, lm, N]
+        s_j = self.neighbor_species[sel]  # [p], known elements only
         dy1 = _mix(d_phi, s_j, self.blocks1)  # [p, 3, K1, lm]
         dy2 = dy1 if self.symmetric else _mix(d_phi, s_j, self.blocks2)
         return dy1, dy2
@@ -353,11 +233,7 @@ def soap_local_features(soap, batch, *, pair_chunk: int = 512, derivatives: bool
 
 
 def _mix(d_phi: torch.Tensor, species: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """``dy [p, 3, K, lm] = W_{s_j}^T dphi`` (``blocks [S, N, K]``), grouped by species."""
-    out = torch.empty(
-        d_phi.shape[0], 3, blocks.shape[2], d_phi.shape[3], dtype=d_phi.dtype, device=d_phi.device
-    )
-    for s in torch.unique(species).tolist():
-        rows = (species == s).nonzero().squeeze(1)
-        out[rows] = torch.einsum("pdnm,nk->pdkm", d_phi[rows], blocks[s])
-    return out
+    """``dy [p, 3, K, lm] = W_{s_j}^T dphi`` of ``dphi [p, 3, lm, N]``, ``blocks [S, N, K]``."""
+    n_pairs, _, n_lm, n = d_phi.shape
+    mixed = torch.bmm(d_phi.reshape(n_pairs, 3 * n_lm, n), blocks[species])  # [p, 3 lm, K]
+    return mixed.reshape(n_pairs, 3, n_lm, -1).transpose(2, 3)

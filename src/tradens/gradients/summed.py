@@ -1,47 +1,78 @@
-"""Summed feature Jacobians of SOAP for linear potentials.
+"""Structure-summed SOAP Jacobians: the force and virial design rows of linear potentials.
 
 For ``E = theta . sum_i X_i`` the force rows of a structure are
 ``-d(sum_i X_i)/dx_a [atom, 3, F]`` and the stress rows come from the virial
 ``sum_p r_p (x) d(sum_i X_i)/dr_p [3, 3, F]``. :func:`soap_summed_jacobian`
-forms both without ``[pair, 3, F]`` intermediates, using that ``dX_i/dr_p``
-is bilinear in the pair's density derivative and the centre's density (see
-:mod:`tradens.gradients.pair_terms` for the per-pair pieces and
-``docs/models.md`` for the derivation). Checked against autograd in
-``tests/test_models_jacobian.py``.
+is the one dispatcher of this product (recorded as ``"summed"`` in
+:mod:`tradens.gradients.paths`); :func:`_summed_analytic` is its torch
+implementation for every SOAP that can define a potential (full, tensor or
+element-wise reduced, symmetric or asymmetric mixing, any radial basis,
+unknown neighbour elements). It never forms ``[pair, 3, F]`` intermediates:
+
+``dX_i/dr_p`` is bilinear in the pair's mixed density derivative
+``dy_p = W_{s_j}^T dphi(r_p)`` and the centre's density ``y_i``. Per block of
+atoms (across structure boundaries, buffers allocated once per batch) the
+*incoming* pairs ``q`` (``j_q = a``) of each atom give every term from one
+evaluation of ``dphi`` per pair:
+
+* neighbour term ``sum_{q: j_q = a} B(W_{s_a}^T dphi_q, y_{i_q})``: one padded
+  batched GEMM ``sum_q dphi_q y_{i_q}^T`` per degree (inner dimension
+  ``neighbours x (2l+1)``), mixed once per atom;
+* centre terms ``G_a = sum_{p: i_p = a} dy_p`` and the virial moments
+  ``H_a = sum_p sym(r_p (x) dy_p)`` from the reverse pairs (the list is full:
+  ``p = (a, b, r)`` has ``q = (b, a, -r)`` and ``dphi(-r) = (-1)^(l+1) dphi(r)``),
+  summed per (atom, element of the other atom) by one sparse product and
+  mixed by one GEMM;
+* normalisation ``X . dP / |P|`` through the projection vectors ``u``.
+
+An asymmetric mixing (``W1 != W2``) runs the same code on the concatenated
+channels ``[W1, W2]``. The per-pair maths (radial basis and taper with their
+``r``-derivatives, harmonics and their gradient) comes from
+:mod:`tradens.density.derivatives` via
+:func:`tradens.gradients.pair_terms.pair_basis_gradient`. Checked against
+autograd in ``tests/test_models_jacobian.py``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from . import paths
 from .pair_terms import (
     _Context,
-    _ps_derivative,
     check_soap_for_potentials,
+    pair_basis_gradient,
     soap_local_features,
 )
-from .summed_blocks import fast_path_applies, structure_summed_jacobian
 
 __all__ = ["soap_summed_jacobian", "soap_local_features", "check_soap_for_potentials"]
 
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+_FULL = [0, 5, 4, 5, 1, 3, 4, 3, 2]  # Voigt index of every (a, b), row-major
 
-def soap_summed_jacobian(soap, batch):
-    """Gradient and virial of the summed features of every structure.
 
-    Uses that ``d X_i / d r_p`` is bilinear in ``dy_p = W_{s_j}^T dphi_p`` and
-    the centre's own density ``y_i``. Sums over the pairs of a centre
-    (centre term, virial) are sparse-dense products; sums over the pairs
-    whose neighbour is a given atom ``j`` share ``W_{s_j}`` and become one
-    matrix product per atom and ``l`` (inner dimension
-    ``neighbours x (2l+1)``) on the small ``dphi`` (``N`` instead of ``K``
-    channels), mixed afterwards.
+def soap_summed_jacobian(
+    soap, batch, *, atom_chunk: int = 24
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features, gradient and virial of the summed features of every structure.
+
+    Parameters
+    ----------
+    soap : tradens.SOAP
+        Every atom a centre, not averaged (:func:`check_soap_for_potentials`).
+    batch : tradens.Batch
+        The structures.
+    atom_chunk : int
+        Atoms per block (memory ``~ atom_chunk * neighbours * 6 * lm * N``
+        doubles, allocated once per call).
 
     Returns
     -------
     X : torch.Tensor
-        ``[atom, F]`` features.
+        ``[atom, F]`` features, as ``soap.forward(batch)``.
     gradient : torch.Tensor
         ``[atom, 3, F]``: ``d (sum_i X_i) / d x_a`` (the force design rows are
         its negative), 1/Å.
@@ -49,185 +80,248 @@ def soap_summed_jacobian(soap, batch):
         ``[structure, 3, 3, F]``: ``sum_p r_p (x) d(sum_i X_i)/d r_p``, the
         derivative by a (symmetric) strain.
     """
+    if not isinstance(atom_chunk, int) or atom_chunk < 1:
+        raise ValueError(f"atom_chunk must be a positive int, got {atom_chunk!r}")
     ctx = _Context(soap, batch)
-    h, plan, sym = ctx.hypers, soap.plan, ctx.symmetric
-    dtype, device = batch.positions.dtype, batch.positions.device
-    n_atoms, n_lm = batch.n_atoms, (h.l_max + 1) ** 2
-    scale = 1.0 / ctx.norm if h.normalize else torch.ones_like(ctx.norm)  # [atom, 1]
-    ty1 = ctx.y1 * scale[:, :, None]  # [atom, K1, lm], y / |P|
-    ty2 = ty1 if sym else ctx.y2 * scale[:, :, None]
-    blocks = [ctx.blocks1] if sym else [ctx.blocks1, ctx.blocks2]
     with torch.no_grad():
-        u1, u2 = _projection_vectors(ctx, plan, h.l_max)  # [atom, K, lm], / |P|
-        if fast_path_applies(ctx):
-            gradient, voigt = structure_summed_jacobian(ctx, plan, batch, u1 + u2)
-            virial = voigt[:, _FULL]  # [structure, 9, F']
-            if ctx.extra:
-                gradient = torch.cat([gradient, torch.zeros_like(gradient[..., :1])], dim=-1)
-                virial = torch.cat([virial, torch.zeros_like(virial[..., :1])], dim=-1)
-            return ctx.features, gradient, virial.reshape(batch.n_structures, 3, 3, -1)
-        keep = ctx.keep[
-            torch.argsort(ctx.pairs.j[ctx.keep], stable=True)
-        ]  # pairs sorted by neighbour
-        i_all, j_all, vec = ctx.pairs.i[keep], ctx.pairs.j[keep], ctx.vectors[keep]
-        species = ctx.neighbor_species[keep]
-        n_pairs = keep.shape[0]
-        d_phi = ctx.pair_dphi(keep)  # [p, lm, 3, N]
-        dys = [_mix_lm(d_phi, species, b) for b in blocks]  # [p, lm, 3, K]
-        # centre terms G_i = sum_p dy_p and H_i = sum_p r_p (x) dy_p, as one sparse product
-        rows = (4 * i_all[:, None] + torch.arange(4, device=device)).reshape(-1)  # [p*4]
-        values = torch.cat([vec, torch.ones_like(vec[:, :1])], dim=1).reshape(-1)  # [p*4]
-        columns = torch.arange(n_pairs, device=device).repeat_interleave(4)
-        gather = torch.sparse_coo_tensor(
-            torch.stack([rows, columns]), values, (4 * n_atoms, n_pairs), check_invariants=False
-        )
-        gs, hs = [], []
-        for dy in dys:
-            k = dy.shape[3]
-            summed = torch.sparse.mm(gather, dy.reshape(n_pairs, -1)).reshape(
-                n_atoms, 4, n_lm, 3, k
-            )
-            gs.append(summed[:, 3].permute(0, 2, 3, 1))  # [atom, 3, K, lm]
-            # the virial of an invariant is symmetric: only its 6 Voigt components are formed
-            hv = torch.stack(
-                [0.5 * (summed[:, a, :, b] + summed[:, b, :, a]) for a, b in _VOIGT]
-            )  # [6, atom, lm, K]
-            hs.append(hv.permute(1, 0, 3, 2))  # [atom, 6, K, lm]
-        g1, g2, h1, h2 = gs[0], gs[-1], hs[0], hs[-1]
-        centre = _ps_derivative(g1, ty1, g2, ty2, plan, h.l_max, sym)  # [atom, 3, F']
-        gradient = ctx.x_values[:, None, :] * _dot(u1, u2, g1, g2)[:, :, None] - centre
-        virial_atom = _ps_derivative(h1, ty1, h2, ty2, plan, h.l_max, sym)  # [atom, 6, F']
-        virial_atom = virial_atom - ctx.x_values[:, None, :] * _dot(u1, u2, h1, h2)[:, :, None]
-        voigt = torch.zeros(batch.n_structures, 6, virial_atom.shape[2], dtype=dtype, device=device)
-        voigt.index_add_(0, batch.structure, virial_atom)
-        virial = voigt[:, _FULL]  # [structure, 9, F']
-        del gs, hs, g1, g2, h1, h2, centre, virial_atom
-        # neighbour terms: sum_{p: j_p = a} B(dy_p, ty_{i_p}) - X_{i_p} <u_{i_p}, dy_p>
-        gradient += _neighbour_bilinear(
-            d_phi, blocks, ty1, ty2, i_all, j_all, ctx.species_index, n_atoms, plan, h.l_max, sym
-        )
-        if h.normalize:
-            s_p = _pair_dot(u1 + u2 if sym else u1, dys[0], i_all)  # [p, 3]
-            if not sym:
-                s_p = s_p + _pair_dot(u2, dys[1], i_all)
-            index = torch.stack(
-                [
-                    (3 * j_all[:, None] + torch.arange(3, device=device)).reshape(-1),
-                    i_all.repeat_interleave(3),
-                ]
-            )
-            weights = torch.sparse_coo_tensor(
-                index, s_p.reshape(-1), (3 * n_atoms, n_atoms), check_invariants=False
-            )
-            gradient -= torch.sparse.mm(weights, ctx.x_values).reshape(n_atoms, 3, -1)
-        if ctx.extra:
-            gradient = torch.cat([gradient, torch.zeros_like(gradient[..., :1])], dim=-1)
-            virial = torch.cat([virial, torch.zeros_like(virial[..., :1])], dim=-1)
+        gradient, voigt = _summed_analytic(ctx, soap.plan, batch, atom_chunk)
+    paths.record("summed", "analytic")
+    virial = voigt[:, _FULL]  # [structure, 9, F']
+    if ctx.extra:  # the constant sigma0 column has no derivative
+        gradient = torch.cat([gradient, torch.zeros_like(gradient[..., :1])], dim=-1)
+        virial = torch.cat([virial, torch.zeros_like(virial[..., :1])], dim=-1)
     return ctx.features, gradient, virial.reshape(batch.n_structures, 3, 3, -1)
 
 
-_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-_FULL = [0, 5, 4, 5, 1, 3, 4, 3, 2]  # Voigt index of every (a, b), row-major
+def _summed_analytic(
+    ctx: _Context, plan, batch, atom_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient ``[atom, 3, F']`` and Voigt virial ``[structure, 6, F']`` of ``sum_i X_i``.
 
-
-def _pair_dot(u: torch.Tensor, dy: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """``<u_{i_p}, dy_p>`` over K and lm: ``u [atom, K, lm]``, ``dy [p, lm, 3, K]``: ``[p, 3]``."""
-    p, n_lm, _, k = dy.shape
-    ut = u.transpose(1, 2).contiguous()[centres]  # [p, lm, K]
-    products = torch.bmm(dy.reshape(p * n_lm, 3, k), ut.reshape(p * n_lm, k, 1))  # [p*lm, 3, 1]
-    return products.reshape(p, n_lm, 3).sum(1)
-
-
-def _mix_lm(d_phi: torch.Tensor, species: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """``dy [p, lm, 3, K] = dphi [p, lm, 3, N] @ W_{s_j} [N, K]``."""
-    weights = blocks[species]  # [p, N, K]
-    p, n_lm, _, n = d_phi.shape
-    return torch.bmm(d_phi.reshape(p, n_lm * 3, n), weights).reshape(p, n_lm, 3, -1)
-
-
-def _neighbour_bilinear(
-    d_phi,
-    blocks,
-    ty1,
-    ty2,
-    i_all,
-    j_all,
-    species_index,
-    n_atoms: int,
-    plan,
-    l_max: int,
-    sym: bool,
-    atom_chunk: int = 128,
-) -> torch.Tensor:
-    """``sum_{p: j_p = a} B(dy_p, ty_{i_p}) [atom, 3, F']``; pairs must be sorted by ``j``.
-
-    ``dy_p = W_{s_a}^T dphi_p`` for every such pair, so ``sum_p dphi_p ty_{i_p}^T``
-    is formed first (padded batched GEMMs) and mixed once per atom.
+    ``F'`` excludes the ``sigma0`` column. See the module docstring.
     """
-    dtype, device = ty1.dtype, ty1.device
+    h = ctx.hypers
+    l_max = h.l_max
+    dtype, device = batch.positions.dtype, batch.positions.device
+    n_atoms, n_lm = batch.n_atoms, (l_max + 1) ** 2
+    scale = 1.0 / ctx.norm if h.normalize else torch.ones_like(ctx.norm)  # [atom, 1]
+    u1, u2 = _projection_vectors(ctx, plan, l_max)  # [atom, K1, lm], [atom, K2, lm]
+    if ctx.symmetric:
+        ty = ctx.y1 * scale[:, :, None]  # [atom, C, lm], y / |P|
+        u, blocks, offset = u1 + u2, ctx.blocks1, 0
+    else:  # channels [K1 | K2]
+        ty = torch.cat([ctx.y1, ctx.y2], dim=1) * scale[:, :, None]
+        u = torch.cat([u1, u2], dim=1)
+        blocks, offset = torch.cat([ctx.blocks1, ctx.blocks2], dim=2), ctx.y1.shape[1]
+    n_species, n_max, n_c = blocks.shape
+    # one zero block for elements outside the representation (no density contribution)
+    blocks = torch.cat([blocks, blocks.new_zeros(1, n_max, n_c)])  # [S+1, N, C]
+    species = torch.where(ctx.species_index >= 0, ctx.species_index, n_species)  # [atom]
     first = torch.as_tensor(plan.first, device=device)
-    second = torch.as_tensor(plan.second, device=device)
+    second = torch.as_tensor(plan.second, device=device) + offset
+    n_out = len(plan) * (l_max + 1)
+    # flat [C, C] positions of the two products dy_k y_k' (T[k, k']) and y_k dy_k' (T[k', k])
+    pos_a, pos_b = first * n_c + second, second * n_c + first  # [P]
+    directions = torch.arange(9, device=device)[:, None] * (n_c * n_c)  # [9, 1]
+    centre_index = torch.cat([(directions + pos_a).reshape(-1), (directions + pos_b).reshape(-1)])
+    # the neighbour product comes out as [C (k'), 3, C (k)]: position k' 3C + d C + k
+    d3 = torch.arange(3, device=device)[:, None] * n_c
+    neighbour_index = torch.cat(
+        [
+            (second * 3 * n_c + d3 + first).reshape(-1),
+            (first * 3 * n_c + d3 + second).reshape(-1),
+        ]
+    )  # [2 * 3P]
     factor = torch.as_tensor(plan.factor, dtype=dtype, device=device)
-    k1, k2, n = ty1.shape[1], ty2.shape[1], d_phi.shape[3]
-    flat, flat_t = first * k2 + second, second * k2 + first
+    degree_scales = [factor / math.sqrt(2 * l + 1) for l in range(l_max + 1)]  # [P] each
+    parity = 1.0 - 2.0 * torch.remainder(ctx.lm_to_l.to(dtype) + 1.0, 2.0)  # (-1)^(l+1), [lm]
+
+    order = torch.argsort(ctx.pairs.j, stable=True)  # the incoming pairs of every atom, contiguous
+    i_all, j_all = ctx.pairs.i[order], ctx.pairs.j[order]
+    vec_all = ctx.vectors[order]
     counts = torch.bincount(j_all, minlength=n_atoms)
     ends = torch.cumsum(counts, 0)
-    starts = (ends - counts).tolist()
-    ends = ends.tolist()
-    out = torch.zeros(n_atoms, 3, len(plan) * (l_max + 1), dtype=dtype, device=device)
+    starts = ends - counts
+    slots = torch.arange(j_all.shape[0], device=device) - starts[j_all]  # place among a's pairs
+    starts_list, ends_list, counts_list = starts.tolist(), ends.tolist(), counts.tolist()
+    work = _Workspace(
+        min(atom_chunk, n_atoms),
+        max(counts_list, default=0),
+        n_lm,
+        n_max,
+        n_c,
+        dtype,
+        device,
+    )
+    terms = _BlockTerms(
+        ty_t=ty.transpose(1, 2).contiguous(),  # [atom, lm, C]
+        u_t=u.transpose(1, 2).contiguous(),  # [atom, lm, C]
+        x_values=ctx.x_values,  # [atom, F']
+        blocks=blocks,
+        species=species,
+        parity=parity,
+        centre_index=centre_index,
+        neighbour_index=neighbour_index,
+        degree_scales=degree_scales,
+        normalize=bool(h.normalize),
+    )
+    gradient = torch.zeros(n_atoms, 3, n_out, dtype=dtype, device=device)
+    voigt = torch.zeros(batch.n_structures, 6, n_out, dtype=dtype, device=device)
     for a0 in range(0, n_atoms, atom_chunk):
         a1 = min(a0 + atom_chunk, n_atoms)
-        lo, hi = starts[a0], ends[a1 - 1]
+        lo, hi = starts_list[a0], ends_list[a1 - 1]
         if hi == lo:
             continue
-        n_rows, centres = a1 - a0, i_all[lo:hi]
-        rows = j_all[lo:hi] - a0
-        cols = (
-            torch.arange(lo, hi, device=device)
-            - torch.as_tensor(starts, device=device)[j_all[lo:hi]]
+        rows = j_all[lo:hi] - a0  # [q]
+        d_phi = pair_basis_gradient(ctx.soap, vec_all[lo:hi])  # [q, 3, lm, N]
+        nb = max(counts_list[a0:a1])  # most incoming pairs of an atom in the block
+        out = _block(
+            terms, work, a0, a1, rows, slots[lo:hi], i_all[lo:hi], vec_all[lo:hi], d_phi, nb
+        )  # [row, 9, F']
+        gradient[a0:a1] += out[:, :3]
+        voigt.index_add_(0, batch.structure[a0:a1], out[:, 3:])
+    return gradient, voigt
+
+
+@dataclass
+class _BlockTerms:
+    """Per-batch quantities shared by every block (see :func:`_summed_analytic`)."""
+
+    ty_t: torch.Tensor  # [atom, lm, C], y / |P|
+    u_t: torch.Tensor  # [atom, lm, C], projection vectors
+    x_values: torch.Tensor  # [atom, F']
+    blocks: torch.Tensor  # [S+1, N, C]
+    species: torch.Tensor  # [atom], S for elements outside the representation
+    parity: torch.Tensor  # [lm], (-1)^(l+1)
+    centre_index: torch.Tensor  # [2 * 9P]
+    neighbour_index: torch.Tensor  # [2 * 3P]
+    degree_scales: list[torch.Tensor]  # L x [P]
+    normalize: bool
+
+
+class _Workspace:
+    """Buffers of the largest block, allocated once per batch and reused by every block."""
+
+    def __init__(
+        self,
+        n_rows: int,
+        n_neighbours: int,
+        n_lm: int,
+        n_max: int,
+        n_c: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        size = max(n_rows * n_neighbours, 1)
+        self.padded = torch.empty(size * n_lm * 3 * n_max, dtype=dtype, device=device)
+        self.density = torch.empty(size * n_lm * n_c, dtype=dtype, device=device)
+
+    def padded_view(self, n_rows: int, n_lm: int, nb: int, width: int) -> torch.Tensor:
+        """Zeroed ``[row, lm, nb, width]`` view of the pair-derivative buffer."""
+        return self.padded[: n_rows * n_lm * nb * width].view(n_rows, n_lm, nb, width).zero_()
+
+    def density_view(self, n_rows: int, n_lm: int, nb: int, width: int) -> torch.Tensor:
+        """Zeroed ``[row, lm, nb, C]`` view of the centre-density buffer."""
+        return self.density[: n_rows * n_lm * nb * width].view(n_rows, n_lm, nb, width).zero_()
+
+
+def _block(
+    t: _BlockTerms,
+    work: _Workspace,
+    a0: int,
+    a1: int,
+    rows: torch.Tensor,
+    slots: torch.Tensor,
+    centres: torch.Tensor,
+    vec: torch.Tensor,
+    d_phi: torch.Tensor,
+    nb: int,
+) -> torch.Tensor:
+    """``[row, 9, F']``: gradient (3) and virial (6 Voigt) rows of atoms ``a0:a1``.
+
+    ``rows, slots, centres [q]``: atom (minus ``a0``), place among its incoming
+    pairs and centre ``i_q`` of every incoming pair, whose vector ``r_q`` is
+    ``vec [q, 3]`` (Å) and basis derivative ``d_phi [q, 3, lm, N]`` (1/Å).
+    """
+    dtype, device = vec.dtype, vec.device
+    n_rows, n_pairs = a1 - a0, vec.shape[0]
+    _, _, n_lm, n_max = d_phi.shape
+    n_c = t.blocks.shape[2]
+    flat_phi = d_phi.reshape(n_pairs, 3 * n_lm * n_max)
+    # ---- centre terms G (3) and H (6 Voigt) from the reverse pairs (r_p = -r_q), summed per
+    # (atom, element of the other atom) by one sparse product, then mixed by one GEMM
+    other = t.species[centres]  # [q]
+    present, bucket_of = torch.unique(other, return_inverse=True)
+    n_present = present.shape[0]
+    bucket = rows * n_present + bucket_of  # [q]
+    gather = torch.sparse_coo_tensor(
+        torch.stack(
+            [
+                (4 * bucket[:, None] + torch.arange(4, device=device)).reshape(-1),
+                torch.arange(n_pairs, device=device).repeat_interleave(4),
+            ]
+        ),
+        torch.cat([torch.ones_like(vec[:, :1]), -vec], dim=1).reshape(-1),
+        (4 * n_rows * n_present, n_pairs),
+        check_invariants=False,
+    )
+    buckets = torch.sparse.mm(gather, flat_phi).reshape(n_rows, n_present, 4, 3, n_lm, n_max)
+    moments = buckets[:, :, 1:]  # [row, S', 3 (r), 3 (d), lm, N]
+    nine = torch.stack(
+        [buckets[:, :, 0, d] for d in range(3)]
+        + [0.5 * (moments[:, :, a, b] + moments[:, :, b, a]) for a, b in _VOIGT],
+        dim=3,
+    )  # [row, S', lm, 9, N]
+    nine = nine.permute(0, 2, 3, 1, 4).reshape(n_rows * n_lm * 9, n_present * n_max)
+    mixed = nine @ t.blocks[present].reshape(n_present * n_max, n_c)  # [row*lm*9, C]
+    mixed = mixed.reshape(n_rows, n_lm, 9, n_c).mul_(t.parity[:, None, None])  # [row, lm, 9, C]
+    x_rows = t.x_values[a0:a1]  # [row, F']
+    projection = torch.einsum("rmc,rmdc->rd", t.u_t[a0:a1], mixed)  # [row, 9]: <u_a, G_a | H_a>
+    # ---- neighbour term sum_q B(W_{s_a}^T dphi_q, ty_{i_q}): padded batched GEMMs per degree
+    padded = work.padded_view(n_rows, n_lm, nb, 3 * n_max)  # [row, lm, nb, 3N]
+    padded[rows, :, slots] = (
+        d_phi.reshape(n_pairs, 3, n_lm, n_max).transpose(1, 2).reshape(n_pairs, n_lm, 3 * n_max)
+    )
+    dens = work.density_view(n_rows, n_lm, nb, n_c)  # [row, lm, nb, C]
+    dens[rows, :, slots] = t.ty_t.index_select(0, centres)
+    w_rows = t.blocks[t.species[a0:a1]]  # [row, N, C]
+    ty_rows = t.ty_t[a0:a1]  # [row, lm, C]
+    n_l = len(t.degree_scales)
+    out = torch.empty(n_rows, 9, len(t.degree_scales[0]), n_l, dtype=dtype, device=device)
+    for l, scale in enumerate(t.degree_scales):
+        block, width = slice(l * l, (l + 1) * (l + 1)), 2 * l + 1
+        a = padded[:, block].reshape(n_rows, width * nb, 3 * n_max)
+        c = dens[:, block].reshape(n_rows, width * nb, n_c)
+        summed = torch.bmm(c.transpose(1, 2), a)  # [row, C (k'), 3N]: sum_q ty_{i_q} dphi_q^T
+        neighbour = torch.bmm(summed.view(n_rows, 3 * n_c, n_max), w_rows)  # [row, C*3, C]
+        neighbour = neighbour.view(n_rows, -1).index_select(1, t.neighbour_index)
+        g = mixed[:, block].reshape(n_rows, width, 9 * n_c).transpose(1, 2)  # [row, 9C, 2l+1]
+        centre = torch.bmm(g, ty_rows[:, block]).view(n_rows, -1)  # [row, 9 C C]
+        centre = centre.index_select(1, t.centre_index).view(n_rows, 2, 9, -1).sum(1)
+        centre[:, :3] -= neighbour.view(n_rows, 2, 3, -1).sum(1)
+        out[..., l] = centre.mul_(scale)  # [row, 9, P]: -grad (3), virial (6)
+    out = out.view(n_rows, 9, -1)
+    out[:, :3].neg_()  # neighbour - B(G_a, ty_a)
+    out[:, :3].addcmul_(projection[:, :3, None], x_rows[:, None, :])  # + X_a <u_a, G_a>
+    out[:, 3:].addcmul_(projection[:, 3:, None], x_rows[:, None, :], value=-1.0)
+    if t.normalize:  # -sum_q <u_{i_q}, W_{s_a}^T dphi_q> X_{i_q}
+        w_pairs = w_rows.index_select(0, rows)  # [q, N, C]
+        wu = torch.bmm(t.u_t.index_select(0, centres), w_pairs.transpose(1, 2))  # [q, lm, N]
+        s_q = torch.bmm(
+            d_phi.reshape(n_pairs, 3, n_lm * n_max), wu.reshape(n_pairs, n_lm * n_max, 1)
+        )  # [q, 3, 1]
+        c0, c1 = int(centres.min()), int(centres.max()) + 1
+        weights = torch.zeros(n_rows, 3, c1 - c0, dtype=dtype, device=device)
+        weights.index_put_(
+            (rows[:, None], torch.arange(3, device=device)[None, :], (centres - c0)[:, None]),
+            s_q[:, :, 0],
+            accumulate=True,
         )
-        nb = int(counts[a0:a1].max())
-        w1 = blocks[0][species_index[a0:a1].clamp(min=0)]  # [row, N, K1]
-        w2 = blocks[-1][species_index[a0:a1].clamp(min=0)]  # [row, N, K2]
-
-        def pad(
-            values, n_rows=n_rows, nb=nb, rows=rows, cols=cols
-        ):  # [q, lm, ...] -> [row, lm, nb, ...]
-            padded = torch.zeros(
-                (n_rows, values.shape[1], nb) + values.shape[2:], dtype=dtype, device=device
-            )
-            padded[rows, :, cols] = values
-            return padded
-
-        d = pad(d_phi[lo:hi].reshape(hi - lo, -1, 3 * n))  # [row, lm, nb, 3N]
-        c2 = pad(ty2[centres].transpose(1, 2))  # [row, lm, nb, K2]
-        c1 = c2 if sym else pad(ty1[centres].transpose(1, 2))  # [row, lm, nb, K1]
-        columns = []
-        for l in range(l_max + 1):
-            block, width = slice(l * l, (l + 1) * (l + 1)), 2 * l + 1
-            a = d[:, block].reshape(n_rows, width * nb, 3 * n)
-            t = torch.bmm(
-                a.transpose(1, 2), c2[:, block].reshape(n_rows, width * nb, k2)
-            )  # [row, 3N, K2]
-            t = torch.einsum("rna,rdnb->rdab", w1, t.reshape(n_rows, 3, n, k2)).reshape(
-                n_rows, 3, k1 * k2
-            )
-            if sym:
-                values = t.index_select(2, flat) + t.index_select(2, flat_t)
-            else:
-                t2 = torch.bmm(
-                    c1[:, block].reshape(n_rows, width * nb, k1).transpose(1, 2), a
-                )  # [row, K1, 3N]
-                t2 = torch.einsum(
-                    "radn,rnb->rdab", t2.reshape(n_rows, k1, 3, n), w2
-                )  # [row, 3, K1, K2]
-                values = (t + t2.reshape(n_rows, 3, k1 * k2)).index_select(2, flat)
-            columns.append(values * (factor / math.sqrt(width)))
-        out[a0:a1] = torch.stack(columns, dim=-1).reshape(n_rows, 3, -1)
+        out[:, :3] -= (weights.view(n_rows * 3, c1 - c0) @ t.x_values[c0:c1]).view(n_rows, 3, -1)
     return out
 
 
-def _projection_vectors(ctx, plan, l_max: int):
+def _projection_vectors(ctx: _Context, plan, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``u1, u2 [atom, K, lm]`` with ``X . dP = <u1, dy1> + <u2, dy2>``, divided by ``|P|``.
 
     Zero when the features are not normalised (no projection term).
@@ -254,11 +348,4 @@ def _projection_vectors(ctx, plan, l_max: int):
         block = slice(l * l, (l + 1) * (l + 1))
         u1[:, :, block] = torch.bmm(q[:, l], y2[:, :, block])  # [atom, K1, 2l+1]
         u2[:, :, block] = torch.bmm(q[:, l].transpose(1, 2), y1[:, :, block])  # [atom, K2, 2l+1]
-    u1 = u1 / ctx.norm[:, :, None]
-    u2 = u2 / ctx.norm[:, :, None]
-    return u1, u2
-
-
-def _dot(u1, u2, d1, d2) -> torch.Tensor:
-    """``<u1, d1> + <u2, d2>`` over channels and lm: ``[q, directions]``."""
-    return torch.einsum("qkm,qdkm->qd", u1, d1) + torch.einsum("qkm,qdkm->qd", u2, d2)
+    return u1 / ctx.norm[:, :, None], u2 / ctx.norm[:, :, None]
