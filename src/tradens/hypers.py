@@ -25,9 +25,18 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
-def _count(name: str, value: int, minimum: int = 1) -> None:
+# Sane upper bounds (far above any published setting; memory is checked separately, see
+# tradens.kernels.budget): radial functions, angular degree, mixed channels.
+MAX_N = 256
+MAX_L = 20
+MAX_CHANNELS = 2**20
+
+
+def _count(name: str, value: int, minimum: int = 1, maximum: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +101,7 @@ class RadialBasis:
         ``"gaussian_grid"`` is GAP's EQUISPACED_GAUSS; ``"gto"`` are
         orthonormalised Gaussian-type orbitals.
     n_max : int
-        Number of radial functions (a count).
+        Number of radial functions (a count), 1..256.
     error_exponent : float
         GAP ``basis_error_exponent`` (grid extent of ``"gaussian_grid"``).
     """
@@ -106,7 +115,7 @@ class RadialBasis:
             raise ValueError(
                 f"radial basis kind must be 'gaussian_grid' or 'gto', got {self.kind!r}"
             )
-        _count("n_max", self.n_max)
+        _count("n_max", self.n_max, maximum=MAX_N)
         _positive("error_exponent", self.error_exponent)
 
 
@@ -121,7 +130,9 @@ class Mixing:
         R+Z, GAP ``R_mix Z_mix``), species only (GAP ``Z_mix``) or radial only
         (GAP ``R_mix``). See :mod:`tradens.density.embeddings` for the layouts.
     channels : int
-        Number of mixed channels ``K`` (GAP ``K``).
+        Number of mixed channels ``K`` (GAP ``K``), 1..2**20; a configuration
+        whose channel pairs or weights exceed the available memory is refused
+        when the representation is built (:mod:`tradens.kernels.budget`).
     weights : {"random", "gap", "given", "onehot"}
         Source of the weights: a seeded torch Gaussian, GAP's generator (bit
         for bit, ``seed`` is GAP's ``mix_shift``), a user matrix
@@ -153,7 +164,7 @@ class Mixing:
             raise ValueError(
                 f"mixing mode must be 'radial+element', 'element' or 'radial', got {self.mode!r}"
             )
-        _count("channels (K)", self.channels)
+        _count("channels (K)", self.channels, maximum=MAX_CHANNELS)
         if self.weights not in ("random", "gap", "given", "onehot"):
             raise ValueError(
                 f"mixing weights must be 'random', 'gap', 'given' or 'onehot', got {self.weights!r}"
@@ -232,9 +243,7 @@ class SoapHypers:
                 )
         if isinstance(self.mixing, dict):
             object.__setattr__(self, "mixing", from_dict(self.mixing, expected=Mixing))
-        _count("l_max", self.l_max, minimum=0)
-        if self.l_max > 20:
-            raise ValueError(f"l_max must be <= 20, got {self.l_max}")
+        _count("l_max", self.l_max, minimum=0, maximum=MAX_L)
         if self.species is not None:
             species = tuple(int(z) for z in self.species)
             if not species or min(species) < 1 or len(set(species)) != len(species):
@@ -244,6 +253,14 @@ class SoapHypers:
             object.__setattr__(self, "species", species)
         if self.center_species is not None:
             object.__setattr__(self, "center_species", tuple(int(z) for z in self.center_species))
+        if self.covariance_sigma0 is not None and (
+            not isinstance(self.covariance_sigma0, (int, float))
+            or isinstance(self.covariance_sigma0, bool)
+            or not math.isfinite(self.covariance_sigma0)
+        ):
+            raise ValueError(
+                f"covariance_sigma0 must be a finite number or None, got {self.covariance_sigma0!r}"
+            )
         if self.coupling not in ("tensor", "elementwise"):
             raise ValueError(f"coupling must be 'tensor' or 'elementwise', got {self.coupling!r}")
         if self.unknown_species not in ("error", "skip"):
@@ -263,7 +280,8 @@ class SoapHypers:
             }[self.mixing.mode]
             if self.mixing.channels != expected:
                 raise ValueError(
-                    f"one-hot {self.mixing.mode} mixing needs channels={expected}, got {self.mixing.channels}"
+                    f"one-hot {self.mixing.mode} mixing needs channels={expected}, "
+                    f"got {self.mixing.channels}"
                 )
 
     @property

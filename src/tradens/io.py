@@ -25,6 +25,34 @@ FEATURE_FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------- atomic writes
+def check_output(path: str | os.PathLike, what: str = "output file") -> None:
+    """Raise unless a file can be written at ``path`` (checked before any work is done).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the directory of ``path`` does not exist.
+    IsADirectoryError
+        If ``path`` is a directory.
+    PermissionError
+        If the directory (or an existing file) is not writable.
+    """
+    path = Path(path)
+    if str(path) in ("", "."):
+        raise FileNotFoundError(f"{what}: empty file name")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {str(path)!r} is a directory; give a file name")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"cannot write {what} {str(path)!r}: directory {str(directory)!r} does not exist"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        raise PermissionError(f"cannot write {what} {str(path)!r}: permission denied")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to ``path``; move it onto ``path`` on success.
@@ -45,8 +73,7 @@ def atomic_path(path: str | os.PathLike):
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"output directory {str(directory)!r} does not exist")
+    check_output(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tradens-tmp-", suffix="-" + path.name)
     os.close(fd)
     try:
@@ -134,16 +161,59 @@ def read_frames(path: str | os.PathLike, index: str = ":", format: str | None = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist")
+    position = _integer_index(index)
+    if position is not None and position < 0:
+        # ASE reads a negative index past the start as the first structure: check it here
+        count = _count_frames(path, format)
+        if count is not None and -position > count:
+            raise ValueError(
+                f"index {index!r} is out of range: {str(path)!r} has {count} structures "
+                f"(valid: {-count}..{count - 1})"
+            )
     try:
         frames = ase.io.read(str(path), index=index, format=format)
+    except (StopIteration, IndexError) as error:
+        if position is None:
+            raise ValueError(
+                f"cannot read structures from {str(path)!r} (index {index!r})"
+            ) from None
+        count = _count_frames(path, format)
+        known = f"has {count} structures (valid: {-count}..{count - 1})" if count else "is shorter"
+        raise ValueError(
+            f"index {index!r} is past the end of {str(path)!r}, which {known}"
+        ) from error
     except Exception as error:  # ASE raises many exception types for bad files
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot read structures from {str(path)!r}: {message}") from None
+        raise ValueError(
+            f"cannot read structures from {str(path)!r} (index {index!r}): {message}"
+        ) from None
     if not isinstance(frames, list):
         frames = [frames]
     if not frames:
         raise ValueError(f"no structures in {str(path)!r} (index {index!r})")
     return frames
+
+
+def _integer_index(index) -> int | None:
+    """The integer of an ASE index given as an int or an integer string, else None."""
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        return int(index)
+    if isinstance(index, str):
+        try:
+            return int(index.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _count_frames(path: Path, format: str | None) -> int | None:
+    """Number of structures in a file (reads it all), or None if it cannot be read."""
+    import ase.io
+
+    try:
+        return sum(1 for _ in ase.io.iread(str(path), index=":", format=format))
+    except Exception:  # the read itself reports the real error
+        return None
 
 
 def write_frames(path: str | os.PathLike, frames: list) -> None:

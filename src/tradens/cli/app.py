@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"unrecognized arguments: {' '.join(extra)} (see 'tradens {name} --help')"
             )
         args.extra_args = [e for e in extra if e != "--"]
+        _check_outputs(args)
         code = _resolve(spec.run)(args)
         return 0 if code is None else int(code)
     except KeyboardInterrupt:
@@ -247,6 +248,29 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+# argparse destinations that name files a subcommand writes: checked before any work
+OUTPUT_OPTIONS = {
+    "output": "--output",
+    "json": "--json",
+    "json_out": "--json",
+    "indices": "--indices",
+    "chemiscope": "--chemiscope",
+}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail at once (not after the computation) when an output file cannot be written."""
+    from ..io import check_output
+
+    for dest, option in OUTPUT_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            try:
+                check_output(value, f"{option} file")
+            except OSError as error:
+                raise CLIError(str(error)) from None
 
 
 def _one_line(error: BaseException) -> str:

@@ -13,6 +13,7 @@ import tradens
 
 from ..io import (
     feature_format,
+    read_hypers,
     write_features,
 )
 from .common import (
@@ -27,8 +28,10 @@ from .common import (
     describe,
     features_for,
     full_soap_size,
+    is_plain_soap,
     load_frames,
     per_level,
+    soap_hypers,
     species_of,
     symbols,
     timed,
@@ -127,15 +130,23 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
 def run_info(args) -> int:
     import json
 
+    from ..kernels.budget import available_memory
+    from ..representations.soap import soap_size
+
     frames, _ = load_frames(args, required=False)
-    calculator, _ = build_calculator(args, frames)
-    h = calculator.hypers
     n_atoms = (
         args.atoms if args.atoms is not None else (sum(len(a) for a in frames) if frames else 1000)
     )
     if n_atoms < 1:
         raise CLIError(f"--atoms must be >= 1, got {n_atoms}")
-    n = calculator.n_features
+    if is_plain_soap(args):
+        # counted from the hypers: nothing is allocated, however large the configuration
+        h = soap_hypers(args, frames, base=read_hypers(args.hypers) if args.hypers else None)
+        n = soap_size(h)[1]
+    else:
+        calculator, _ = build_calculator(args, frames)
+        h = calculator.hypers
+        n = calculator.n_features
     full = full_soap_size(h)
     info = {
         "hypers": describe(h),
@@ -150,6 +161,11 @@ def run_info(args) -> int:
         coefficients = h.n_species * h.radial.n_max * (h.l_max + 1) ** 2
         info["density_coefficients_per_atom"] = coefficients
         info["full_soap_bytes_float64"] = 8 * full * n_atoms
+    available = available_memory()
+    info["available_bytes"] = available
+    fits = available is None or info["feature_bytes_float32"] <= available
+    info["fits_in_memory_float64"] = available is None or info["feature_bytes_float64"] <= available
+    info["fits_in_memory_float32"] = fits
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -172,6 +188,16 @@ def run_info(args) -> int:
             f"({_size(8 * info['density_coefficients_per_atom'])} per atom while computing, "
             "float64)"
         )
+    if available is not None:
+        print(f"available memory       {_size(available)}")
+        if not info["fits_in_memory_float64"]:
+            print(
+                f"does not fit           the features of {n_atoms} atoms need more than the "
+                "available memory"
+                + (" in float64 (float32 would fit: --dtype float32)" if fits else "")
+                + "; compute fewer structures at a time"
+                + ("" if fits else ", or use fewer channels K or a mixing instead of the full SOAP")
+            )
     return 0
 
 

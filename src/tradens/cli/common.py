@@ -241,13 +241,27 @@ def build_calculator(args, frames=None, *, base: dict | None = None):
         base = read_hypers(args.hypers)
     if base is not None and base.get("type", "SoapHypers") != "SoapHypers":
         return _other_calculator(args, base, frames)
+    hypers = soap_hypers(args, frames, base=base)
+    return tradens.SOAP(hypers), tradens.to_dict(hypers)
+
+
+def soap_hypers(args, frames=None, *, base: dict | None = None):
+    """The SOAP hypers requested by the flags (and ``base``), without building the calculator."""
     data = hypers_dict(args, base=base)
     if "species" not in data:
         if frames is None:
             raise CLIError("give --species (or structures to take the elements from)")
         data["species"] = species_of(frames)
-    hypers = tradens.from_dict(data, expected=tradens.SoapHypers)
-    return tradens.SOAP(hypers), tradens.to_dict(hypers)
+    return tradens.from_dict(data, expected=tradens.SoapHypers)
+
+
+def is_plain_soap(args) -> bool:
+    """Whether ``args`` describe SOAP hypers by flags or a SoapHypers file (no GAP string)."""
+    if getattr(args, "gap", None):
+        return False
+    if getattr(args, "hypers", None):
+        return read_hypers(args.hypers).get("type", "SoapHypers") == "SoapHypers"
+    return True
 
 
 def _other_calculator(args, base: dict, frames):

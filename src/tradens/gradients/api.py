@@ -107,7 +107,9 @@ def _batches(systems, batch_size: int, dtype, device):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(frames), batch_size):
-        yield as_batch(frames[start : start + batch_size], dtype=dtype, device=device)
+        yield as_batch(
+            frames[start : start + batch_size], dtype=dtype, device=device, first_index=start
+        )
 
 
 # ----------------------------------------------------------------------------- model path

@@ -86,6 +86,32 @@ def _bool(key: str, value: str) -> bool:
     raise ValueError(f"keyword {key!r} expects T or F, got {value!r}")
 
 
+def _check_balanced(text: str) -> None:
+    """Raise a ValueError naming the position of an unbalanced brace or quote."""
+    depth, opened, quote = 0, -1, -1
+    for position, char in enumerate(text):
+        if quote >= 0:
+            if char == '"':
+                quote = -1
+            continue
+        if char == '"':
+            quote = position
+        elif char == "{":
+            if depth:
+                raise ValueError(f"nested '{{' at position {position} of the descriptor string")
+            depth, opened = 1, position
+        elif char == "}":
+            if not depth:
+                raise ValueError(
+                    f"unbalanced '}}' at position {position} of the descriptor string: {text!r}"
+                )
+            depth = 0
+    if quote >= 0:
+        raise ValueError(f"unclosed '\"' at position {quote} of the descriptor string: {text!r}")
+    if depth:
+        raise ValueError(f"unclosed '{{' at position {opened} of the descriptor string: {text!r}")
+
+
 def parse_args_str(args_str: str) -> dict:
     """Parse a GAP ``soap`` descriptor string into a dict (lower-case keys).
 
@@ -95,6 +121,9 @@ def parse_args_str(args_str: str) -> dict:
         For a descriptor other than ``soap``, an unknown or misspelled keyword
         (named in the message), a malformed value or a missing mandatory one.
     """
+    if not isinstance(args_str, str):
+        raise TypeError(f"the descriptor must be a string, got {type(args_str).__name__}")
+    _check_balanced(args_str)
     tokens = re.findall(r"(\S+?)=\{([^}]*)\}|(\S+?)=(\"[^\"]*\"|\S+)|(\S+)", args_str.strip())
     if not tokens:
         raise ValueError("empty descriptor string")
@@ -104,6 +133,8 @@ def parse_args_str(args_str: str) -> dict:
             f"only the 'soap' descriptor is supported, got {first or args_str.split()[0]!r}"
         )
     parsed: dict = {}
+    given: dict[str, str] = {}
+    spelled: dict[str, str] = {}  # keyword as the user wrote it
     for brace_key, brace_value, key, value, bare in tokens[1:]:
         if bare:
             key, value = bare, "T"
@@ -112,6 +143,10 @@ def parse_args_str(args_str: str) -> dict:
         name = _ALIASES.get(key.lower(), key.lower())
         if name not in _DEFAULTS:
             raise ValueError(f"unsupported or misspelled soap keyword {key!r}")
+        if name in given:
+            raise ValueError(f"soap keyword {key!r} is given twice ({given[name]!r} and {value!r})")
+        given[name] = value
+        spelled[name] = key
         value = value.strip('"')
         try:
             if name in _BOOLS:
@@ -131,6 +166,19 @@ def parse_args_str(args_str: str) -> dict:
     for name in _MANDATORY:
         if name not in parsed:
             raise ValueError(f"missing mandatory soap keyword {name!r}")
+    for name in _LISTS:
+        if name in parsed and not parsed[name]:
+            raise ValueError(
+                f"soap keyword {spelled[name]!r} needs at least one atomic number, got {{}}"
+            )
+    for name in ("n_species", "n_z"):
+        if parsed.get(name, 1) < 1:
+            raise ValueError(f"soap keyword {spelled[name]!r} must be >= 1, got {parsed[name]}")
+    for name in ("nu_r", "nu_s"):
+        if not 0 <= parsed.get(name, 2) <= 2:
+            raise ValueError(
+                f"soap keyword {spelled[name]!r} must be 0, 1 or 2, got {parsed[name]}"
+            )
     if parsed.get("n_species", 1) > 1 and "species_z" not in parsed:
         raise ValueError("missing mandatory parameter species_Z (needed when n_species > 1)")
     return {**_DEFAULTS, **parsed}
@@ -147,7 +195,7 @@ def _mix_mode(args: dict) -> str | None:
 
 
 def soap_from_gap(args_str: str) -> SOAP:
-    """A :class:`~tradens.representations.soap.SOAP` calculator equivalent to a GAP ``soap`` string."""
+    """A :class:`~tradens.representations.soap.SOAP` equivalent to a GAP ``soap`` string."""
     args = parse_args_str(args_str)
     species = args["species_z"]
     if len(species) != args["n_species"]:
@@ -243,7 +291,12 @@ def _install_compression(soap: SOAP, args: dict) -> None:
 
 
 def _group_matrix(grouping: str, species: list[int], n_max: int) -> np.ndarray:
-    groups = [[int(z) for z in g.split()] for g in grouping.split(",")]
+    try:
+        groups = [[int(z) for z in g.split()] for g in grouping.split(",")]
+    except ValueError:
+        raise ValueError(f"Z_map groups must be atomic numbers, got {grouping!r}") from None
+    if any(not g for g in groups):
+        raise ValueError(f"Z_map has an empty group: {grouping!r}")
     matrix = np.zeros((len(species), len(groups)))
     for g, members in enumerate(groups):
         for z in members:

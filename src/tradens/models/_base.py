@@ -136,6 +136,7 @@ class PotentialBase:
                         frames[start : start + batch_size],
                         dtype=self._dtype(),
                         device=self._device(),
+                        first_index=start,
                     )
                     values, rows = representation(batch)
                     per_row = self._atom_energy(values, batch.numbers[rows])

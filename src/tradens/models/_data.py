@@ -78,6 +78,22 @@ def _lookup(frame, key: str, per_atom: bool):
     return None
 
 
+def _numeric(value, structure: int, key: str, what: str, *, array: bool = False):
+    """``value`` as a float (or float64 array); a ValueError names the structure and key."""
+    try:
+        if array:
+            return np.asarray(value, dtype=np.float64)
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        return float(np.asarray(value, dtype=np.float64).reshape(()))
+    except (TypeError, ValueError):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(
+            f"structure {structure}: the {what} label {key!r} is not numeric: {shown}"
+        ) from None
+
+
 def read_targets(
     systems,
     *,
@@ -108,12 +124,12 @@ def read_targets(
     for s, frame in enumerate(frames):
         value = _lookup(frame, energy_key, per_atom=False)
         if value is not None:
-            energy[s] = float(value)
+            energy[s] = _numeric(value, s, energy_key, "energy")
             if not np.isfinite(energy[s]):
                 raise ValueError(f"structure {s}: energy is not finite ({value!r})")
         value = _lookup(frame, forces_key, per_atom=True)
         if value is not None:
-            value = np.asarray(value, dtype=np.float64)
+            value = _numeric(value, s, forces_key, "forces", array=True)
             if value.shape != (n_atoms[s], 3):
                 raise ValueError(
                     f"structure {s}: forces must have shape ({n_atoms[s]}, 3), got {value.shape}"
@@ -121,7 +137,7 @@ def read_targets(
             forces[offsets[s] : offsets[s + 1]] = value
         value = _lookup(frame, stress_key, per_atom=False)
         if value is not None:
-            stress[s] = voigt(value)
+            stress[s] = voigt(_numeric(value, s, stress_key, "stress", array=True))
     return Targets(energy, forces, stress, n_atoms, offsets)
 
 

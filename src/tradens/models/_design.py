@@ -183,7 +183,9 @@ def design_batches(
     """Yield ``(start, batch, Design)`` for consecutive batches of ``frames``."""
     kind = _representation_kind(representation)
     for start in range(0, len(frames), batch_size):
-        batch = as_batch(frames[start : start + batch_size], dtype=dtype, device=device)
+        batch = as_batch(
+            frames[start : start + batch_size], dtype=dtype, device=device, first_index=start
+        )
         if not (forces or stress):
             with torch.no_grad():
                 x, rows = representation.forward(batch)

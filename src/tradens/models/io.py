@@ -123,10 +123,15 @@ def save(model, path: str | os.PathLike) -> str:
     ------
     ValueError
         If the model is not fitted or of an unknown class.
+    FileNotFoundError, IsADirectoryError, PermissionError
+        If ``path`` cannot be written (missing directory, a directory, no permission).
     """
+    from ..io import check_output
+
     name = type(model).__name__
     if name not in _model_classes():
         raise ValueError(f"cannot save a {name}; known models: {sorted(_model_classes())}")
+    check_output(path, "model file")
     model._check_fitted()
     meta, arrays = model._get_state()
     metadata = {
@@ -161,19 +166,48 @@ def save(model, path: str | os.PathLike) -> str:
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The JSON metadata of a model file (checked for format and version)."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"model file {name!r} does not exist")
     try:
         with zipfile.ZipFile(path) as archive:
-            metadata = json.loads(archive.read("metadata.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
-        raise ValueError(f"{os.fspath(path)!r} is not a tradens model file ({error})") from None
+            raw = archive.read("metadata.json")
+    except zipfile.BadZipFile as error:
+        raise ValueError(
+            f"{name!r} is not a tradens model file (not a zip archive: {error})"
+        ) from None
+    except KeyError:
+        raise ValueError(
+            f"{name!r} is not a tradens model file (no metadata.json member)"
+        ) from None
+    except (zipfile.LargeZipFile, OSError, EOFError, RuntimeError) as error:
+        raise ValueError(
+            f"model file {name!r}: member 'metadata.json' is unreadable ({error})"
+        ) from None
+    try:
+        metadata = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"model file {name!r}: member 'metadata.json' is not valid JSON ({error})"
+        ) from None
+    if not isinstance(metadata, dict):
+        raise ValueError(
+            f"model file {name!r}: member 'metadata.json' must hold a JSON object, "
+            f"got {type(metadata).__name__}"
+        )
     if metadata.get("format") != FORMAT:
         raise ValueError(
-            f"{os.fspath(path)!r} is not a tradens model file (format {metadata.get('format')!r})"
+            f"{name!r} is not a tradens model file (format {metadata.get('format')!r})"
         )
     version = metadata.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(
+            f"model file {name!r}: 'format_version' must be an integer, got {version!r} "
+            f"({type(version).__name__}); the file is damaged or was not written by tradens"
+        )
     if version != FORMAT_VERSION:
         raise ValueError(
-            f"{os.fspath(path)!r} uses model format version {version}, but this tradens "
+            f"{name!r} uses model format version {version}, but this tradens "
             f"({__version__}) reads version {FORMAT_VERSION}; load it with the tradens version "
             f"that wrote it "
             f"({metadata.get('tradens_version', 'unknown')}) and refit or re-save"
@@ -181,12 +215,35 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return metadata
 
 
+def _read_arrays(path: str | os.PathLike) -> dict:
+    """The arrays of a model file's ``arrays.npz`` member, with a clear error if damaged."""
+    name = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            raw = archive.read("arrays.npz")
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except KeyError:
+        raise ValueError(f"model file {name!r} has no 'arrays.npz' member") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as error:
+        raise ValueError(
+            f"model file {name!r}: member 'arrays.npz' is damaged ({type(error).__name__}: {error})"
+        ) from None
+
+
 def load(path: str | os.PathLike):
-    """Read a model written by :func:`save`."""
+    """Read a model written by :func:`save`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If it is not a tradens model file, a member is damaged, or it has
+        another format version (the message names the file and the member).
+    """
     metadata = read_metadata(path)
-    with zipfile.ZipFile(path) as archive:
-        with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+    arrays = _read_arrays(path)
     classes = _model_classes()
     if metadata.get("class") not in classes:
         raise ValueError(f"unknown model class {metadata.get('class')!r}; known: {sorted(classes)}")

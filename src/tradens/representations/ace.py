@@ -25,7 +25,16 @@ import torch
 from ..density.embeddings import random_weights
 from ..density.expansion import SpeciesMap, expand_density
 from ..density.radial import make_radial_basis
-from ..hypers import Cutoff, Density, RadialBasis, _count, from_dict, register
+from ..hypers import (
+    MAX_CHANNELS,
+    MAX_L,
+    Cutoff,
+    Density,
+    RadialBasis,
+    _count,
+    from_dict,
+    register,
+)
 from ..invariants.product_basis import ace_product_basis_plan
 from ..systems.batch import Batch
 from ..systems.neighbors import neighbor_list, pair_vectors
@@ -113,10 +122,14 @@ class AceHypers:
         if self.nu_max > 4:
             raise ValueError(f"nu_max must be <= 4, got {self.nu_max}")
         l_max = (self.l_max,) * self.nu_max if isinstance(self.l_max, int) else tuple(self.l_max)
-        if len(l_max) != self.nu_max or any(not isinstance(l, int) or l < 0 for l in l_max):
+        if len(l_max) != self.nu_max or any(
+            not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in l_max
+        ):
             raise ValueError(
                 f"l_max must give one degree >= 0 per order 1..{self.nu_max}, got {self.l_max}"
             )
+        if max(l_max) > MAX_L:
+            raise ValueError(f"l_max must be <= {MAX_L}, got {self.l_max}")
         object.__setattr__(self, "l_max", l_max)
         if isinstance(self.channels, (list, tuple)):
             channels = tuple(self.channels)
@@ -125,10 +138,10 @@ class AceHypers:
                     f"channels must give one K per order 1..{self.nu_max}, got {channels}"
                 )
             for k in channels:
-                _count("channels (K)", k)
+                _count("channels (K)", k, maximum=MAX_CHANNELS)
             object.__setattr__(self, "channels", channels)
         else:
-            _count("channels (K)", self.channels)
+            _count("channels (K)", self.channels, maximum=MAX_CHANNELS)
         if self.weights not in ("random", "given", "onehot"):
             raise ValueError(f"weights must be 'random', 'given' or 'onehot', got {self.weights!r}")
         if (self.weights == "given") != (self.matrix is not None):
@@ -139,7 +152,8 @@ class AceHypers:
             modes = tuple(self.mode)
             if len(modes) != self.nu_max or any(m not in ("diagonal", "full") for m in modes):
                 raise ValueError(
-                    f"mode must be 'diagonal', 'full' or one of them per order 1..{self.nu_max}, got {self.mode!r}"
+                    f"mode must be 'diagonal', 'full' or one of them per order 1..{self.nu_max}, "
+                    f"got {self.mode!r}"
                 )
             if self.weights in ("given", "onehot"):
                 raise ValueError(
@@ -156,6 +170,37 @@ class AceHypers:
     def modes(self) -> tuple[str, ...]:
         """Product mode of every order ``nu = 1..nu_max``."""
         return self.mode if isinstance(self.mode, tuple) else (self.mode,) * self.nu_max
+
+
+def _check_construction_memory(h: AceHypers) -> None:
+    """Refuse hypers whose embedding or product basis certainly would not fit in memory.
+
+    The estimate is a lower bound (so a configuration that fits is never
+    refused): the embedding matrices ``[S*N, K]``, the channel tuples of every
+    ``mode="full"`` order (``C(K, nu)`` of ``nu`` indices at least) and one
+    label per channel and ``l`` at ``nu = 2`` (about 100 bytes each).
+    """
+    import math
+
+    from ..kernels.budget import check_memory
+
+    S, N = len(h.species), h.radial.n_max
+    per_order = h.channels if isinstance(h.channels, tuple) else (h.channels,) * h.nu_max
+    if h.weights == "onehot":
+        per_order = (S * N,) * h.nu_max
+    nbytes = 0
+    for nu, (K, mode, l_max) in enumerate(zip(per_order, h.modes(), h.l_max, strict=True), 1):
+        nbytes += S * N * K * 8  # embedding (float64)
+        if nu >= 2:
+            nbytes += K * (l_max + 1) * 100 if mode == "diagonal" else 0
+        if nu >= 2 and mode == "full":
+            nbytes += math.comb(K, nu) * nu * 8  # distinct channel tuples [n, nu] int64
+    check_memory(
+        nbytes,
+        f"ACE with K={h.channels}, S={S}, n_max={N}, nu_max={h.nu_max}, mode={h.mode!r}",
+        "use fewer channels K, mode='diagonal' (tensor-reduced) instead of 'full', a smaller "
+        "nu_max or l_max",
+    )
 
 
 class ACE(torch.nn.Module):
@@ -185,6 +230,7 @@ class ACE(torch.nn.Module):
                 kwargs["cutoff"] = Cutoff(radius=float(kwargs["cutoff"]))
             hypers = AceHypers(**kwargs)
         self.hypers = h = hypers
+        _check_construction_memory(h)
         S, N = len(h.species), h.radial.n_max
         self.radial_basis = make_radial_basis(
             h.radial.kind,
@@ -255,7 +301,9 @@ class ACE(torch.nn.Module):
         labels = self.feature_labels()
         return [
             f"nu{n}.k{k}.l{l}.p{p}"
-            for n, k, l, p in zip(labels["nu"], labels["k"], labels["l"], labels["path"])
+            for n, k, l, p in zip(
+                labels["nu"], labels["k"], labels["l"], labels["path"], strict=True
+            )
         ]
 
     def atomic_base(
@@ -299,7 +347,8 @@ class ACE(torch.nn.Module):
         """Differentiable features ``[atom, feature]`` and the atom index of each row."""
         bases = self.atomic_base(batch, positions, cells)
         blocks = [
-            plan(base)[:, keep.to(base.device)] for base, (_, plan, keep) in zip(bases, self.groups)
+            plan(base)[:, keep.to(base.device)]
+            for base, (_, plan, keep) in zip(bases, self.groups, strict=True)
         ]
         values = torch.cat(blocks, dim=1)  # [atom, feature]
         if self.hypers.normalize:
@@ -316,6 +365,7 @@ class ACE(torch.nn.Module):
         device=None,
         batch_size: int = 64,
         progress: bool = False,
+        min_distance: float | None = None,
     ) -> Features:
         """Features of one or many structures (same contract as :meth:`tradens.SOAP.compute`)."""
         return compute_in_batches(
@@ -327,4 +377,5 @@ class ACE(torch.nn.Module):
             batch_size=batch_size,
             progress=progress,
             desc="ACE",
+            min_distance=min_distance,
         )

@@ -78,6 +78,49 @@ class Features:
         return out.numpy() if isinstance(self.values, np.ndarray) else out
 
 
+def _frame_atoms(frame) -> int:
+    """Atom count of one input structure without validating it (0 where unknown)."""
+    try:
+        if isinstance(frame, dict):
+            return int(np.shape(frame.get("positions", ()))[0])
+        positions = getattr(frame, "positions", None)
+        return int(np.shape(positions)[0]) if positions is not None else 0
+    except (IndexError, TypeError, ValueError):
+        return 0
+
+
+def _check_compute_memory(representation, frames, batch_size, dtype, device, averaged) -> None:
+    """Refuse a ``compute`` whose estimated memory exceeds the available memory."""
+    estimate = getattr(representation, "memory_estimate", None)
+    if estimate is None:
+        return
+    from ..kernels.budget import check_memory
+
+    counts = [_frame_atoms(frame) for frame in frames]
+    n_rows = len(frames) if averaged else sum(counts)
+    batch_atoms = max(
+        (sum(counts[s : s + batch_size]) for s in range(0, len(counts), batch_size)), default=0
+    )
+    dtype = torch.float64 if dtype is None else dtype
+    n_features = representation.n_features
+    check_memory(
+        estimate(n_rows, batch_atoms, dtype),
+        f"{type(representation).__name__} features of {len(frames)} structures "
+        f"({n_rows} rows x {n_features} features, {str(dtype).replace('torch.', '')})",
+        "compute fewer structures at a time (or use a smaller batch_size), use "
+        "dtype=torch.float32, fewer mixed channels K, or a mixing instead of the full SOAP",
+        device,
+    )
+
+
+def check_batch_size(batch_size: object) -> None:
+    """Raise a ValueError unless ``batch_size`` is an integer >= 1 (structures per batch)."""
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
+        raise TypeError(f"batch_size must be an integer (structures per batch), got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (structures per batch), got {batch_size}")
+
+
 def compute_in_batches(
     representation,
     systems,
@@ -89,27 +132,38 @@ def compute_in_batches(
     progress: bool,
     desc: str,
     averaged: bool = False,
+    min_distance: float | None = None,
 ) -> Features:
     """Run ``representation.forward`` over batches of structures and collect :class:`Features`.
 
     ``forward(batch)`` must return ``(values [row, feature], rows)`` where ``rows``
     are atom indices into the batch, or structure indices when ``averaged``.
-    Shared by every representation's ``compute``.
+    Shared by every representation's ``compute``. ``min_distance`` (Å) goes to
+    :func:`~tradens.systems.batch.as_batch` (``None``: its default).
     """
     from tqdm.auto import tqdm
 
     from ..kernels.determinism import deterministic
-    from ..systems.batch import _as_frames, as_batch
+    from ..systems.batch import DEFAULT_MIN_DISTANCE, _as_frames, as_batch
 
     if output not in ("numpy", "torch"):
         raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+    check_batch_size(batch_size)
     frames = _as_frames(systems)
+    min_distance = DEFAULT_MIN_DISTANCE if min_distance is None else min_distance
+    _check_compute_memory(representation, frames, batch_size, dtype, device, averaged)
     parts, structure, center, numbers = [], [], [], []
     with torch.no_grad(), deterministic(device):
         for start in tqdm(
             range(0, len(frames), batch_size), desc=desc, unit="batch", disable=not progress
         ):
-            batch = as_batch(frames[start : start + batch_size], dtype=dtype, device=device)
+            batch = as_batch(
+                frames[start : start + batch_size],
+                dtype=dtype,
+                device=device,
+                min_distance=min_distance,
+                first_index=start,
+            )
             values, rows = representation.forward(batch)
             parts.append(values)
             if averaged:

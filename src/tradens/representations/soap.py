@@ -33,7 +33,7 @@ from ..systems.batch import Batch
 from ..systems.neighbors import neighbor_list, pair_vectors
 from .features import Features, compute_in_batches
 
-__all__ = ["SOAP", "PairPlan", "pair_plan", "power_spectrum"]
+__all__ = ["SOAP", "PairPlan", "pair_plan", "plan_size", "power_spectrum", "soap_size"]
 
 SQRT2 = math.sqrt(2.0)
 SQRT2_FLOAT32 = float(np.float32(SQRT2))  # GAP keeps element-wise factors in single precision
@@ -55,12 +55,21 @@ class PairPlan:
         return int(self.first.shape[0])
 
 
-def _plan(pairs: list[tuple[int, int, float]], k1: int, k2: int) -> PairPlan:
-    array = np.array(pairs, dtype=np.float64).reshape(-1, 3)
-    first, second = array[:, 0].astype(np.int64), array[:, 1].astype(np.int64)
-    factor = array[:, 2].copy()
+def _plan(pairs, k1: int, k2: int) -> PairPlan:
+    """A :class:`PairPlan` from ``(a, b, factor)`` triples or an array ``[pair, 3]``."""
+    array = np.asarray(pairs, dtype=np.float64).reshape(-1, 3)
+    return _plan_arrays(
+        array[:, 0].astype(np.int64), array[:, 1].astype(np.int64), array[:, 2].copy(), k1, k2
+    )
+
+
+def _plan_arrays(
+    first: np.ndarray, second: np.ndarray, factor: np.ndarray, k1: int, k2: int
+) -> PairPlan:
+    """A :class:`PairPlan` from its columns ``[pair]``, with its structure recognised."""
+    n = first.shape[0]
     structure = "generic"
-    if k1 == k2 and len(pairs) == k1 * (k1 + 1) // 2:
+    if k1 == k2 and n == k1 * (k1 + 1) // 2:
         rows, cols = np.tril_indices(k1)
         if (
             np.array_equal(first, rows)
@@ -70,13 +79,50 @@ def _plan(pairs: list[tuple[int, int, float]], k1: int, k2: int) -> PairPlan:
             structure = "triangle"
     if (
         k1 == k2
-        and len(pairs) == k1
+        and n == k1
         and np.array_equal(first, np.arange(k1))
         and np.array_equal(second, first)
         and np.all(factor == 1.0)
     ):
         structure = "diagonal"
-    return PairPlan(first, second, factor, dense=len(pairs) * 4 > k1 * k2, structure=structure)
+    return PairPlan(first, second, factor, dense=n * 4 > k1 * k2, structure=structure)
+
+
+def _triangle(k: int, off_diagonal: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``b <= a < k`` in row order, factor 1 on the diagonal and ``off_diagonal`` off it."""
+    first, second = np.tril_indices(k)  # [pair]
+    factor = np.where(first == second, 1.0, off_diagonal)
+    return first.astype(np.int64), second.astype(np.int64), factor
+
+
+def _square(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every ``(a, b)`` of ``k x k`` channels, ``a`` slowest, factor 1."""
+    first = np.repeat(np.arange(k, dtype=np.int64), k)
+    second = np.tile(np.arange(k, dtype=np.int64), k)
+    return first, second, np.ones(k * k)
+
+
+def plan_size(
+    *,
+    mode: str | None,
+    coupling: str,
+    symmetric: bool,
+    n_species: int,
+    n_max: int,
+    channels: int = 0,
+    diagonal_radial: bool = False,
+) -> int:
+    """Number of pairs :func:`pair_plan` would list, without listing them (same arguments)."""
+    S, N, K = n_species, n_max, channels
+    if mode is None:
+        return N * S * (S + 1) // 2 if diagonal_radial else S * N * (S * N + 1) // 2
+    k1 = {"radial+element": K, "element": K * N, "radial": K * S}[mode]
+    if coupling == "tensor":
+        return k1 * (k1 + 1) // 2 if symmetric else k1 * k1
+    if mode == "radial+element":
+        return K
+    inner = N if mode == "element" else S
+    return K * (inner * (inner + 1) // 2 if symmetric else inner * inner)
 
 
 def pair_plan(
@@ -108,37 +154,30 @@ def pair_plan(
     S, N, K = n_species, n_max, channels
     if mode is None:
         k1 = S * N
-        pairs = [
-            (a, b, 1.0 if a == b else SQRT2)
-            for a in range(k1)
-            for b in range(a + 1)
-            if not diagonal_radial or a % N == b % N
-        ]
-        return _plan(pairs, k1, k1)
+        first, second, factor = _triangle(k1, SQRT2)
+        if diagonal_radial:
+            keep = first % N == second % N
+            first, second, factor = first[keep], second[keep], factor[keep]
+        return _plan_arrays(first, second, factor, k1, k1)
     k1 = {"radial+element": K, "element": K * N, "radial": K * S}[mode]
     if coupling == "tensor":
-        if symmetric:
-            pairs = [(a, b, 1.0 if a == b else SQRT2) for a in range(k1) for b in range(a + 1)]
-        else:
-            pairs = [(a, b, 1.0) for a in range(k1) for b in range(k1)]
-        return _plan(pairs, k1, k1)
+        columns = _triangle(k1, SQRT2) if symmetric else _square(k1)
+        return _plan_arrays(*columns, k1, k1)
     if mode == "radial+element":
-        return _plan([(k, k, 1.0) for k in range(K)], k1, k1)
+        diagonal = np.arange(K, dtype=np.int64)
+        return _plan_arrays(diagonal, diagonal.copy(), np.ones(K), k1, k1)
     if mode == "element":
-        pairs = [
-            (k * N + a, k * N + b, SQRT2_FLOAT32 if symmetric and a != b else 1.0)
-            for k in range(K)
-            for a in range(N)
-            for b in range(a + 1 if symmetric else N)
-        ]
-        return _plan(pairs, k1, k1)
-    pairs = [
-        (s * K + k, t * K + k, SQRT2_FLOAT32 if symmetric and s != t else 1.0)
-        for s in range(S)
-        for t in range(s + 1 if symmetric else S)
-        for k in range(K)
-    ]
-    return _plan(pairs, k1, k1)
+        # (k*N + a, k*N + b) for k, then a, then b (b <= a when symmetric)
+        a, b, factor = _triangle(N, SQRT2_FLOAT32) if symmetric else _square(N)
+        k = np.repeat(np.arange(K, dtype=np.int64), a.shape[0])  # [pair]
+        first, second = k * N + np.tile(a, K), k * N + np.tile(b, K)
+        return _plan_arrays(first, second, np.tile(factor, K), k1, k1)
+    # radial: (s*K + k, t*K + k) for s, then t (t <= s when symmetric), then k
+    s_, t_, factor = _triangle(S, SQRT2_FLOAT32) if symmetric else _square(S)
+    k = np.tile(np.arange(K, dtype=np.int64), s_.shape[0])  # [pair]
+    first = np.repeat(s_, K) * K + k
+    second = np.repeat(t_, K) * K + k
+    return _plan_arrays(first, second, np.repeat(factor, K), k1, k1)
 
 
 def power_spectrum(y1: torch.Tensor, y2: torch.Tensor, plan: PairPlan, l_max: int) -> torch.Tensor:
@@ -171,7 +210,7 @@ def power_spectrum(y1: torch.Tensor, y2: torch.Tensor, plan: PairPlan, l_max: in
 
 
 def power_spectrum_blocks(blocks1: list, blocks2: list, plan: PairPlan) -> torch.Tensor:
-    """:func:`power_spectrum` from the densities split by degree, ``[row, K, 2l+1]`` for ``l = 0..l_max``.
+    """:func:`power_spectrum` from the densities split by degree, ``[row, K, 2l+1]`` per ``l``.
 
     With the blocks as autograd leaves, the backward pass writes each block's
     gradient directly instead of filling a zero tensor of the whole density
@@ -337,6 +376,7 @@ class SOAP(torch.nn.Module):
             hypers = SoapHypers(**_coerce(dict(hypers)))
         self.hypers = hypers
         h = hypers
+        _check_construction_memory(h)
         self.radial_basis = make_radial_basis(
             h.radial.kind,
             n_max=h.radial.n_max,
@@ -382,6 +422,26 @@ class SOAP(torch.nn.Module):
         extra = 0 if self.hypers.covariance_sigma0 is None else 1
         return len(self.plan) * (self.hypers.l_max + 1) + extra
 
+    def memory_estimate(self, n_rows: int, batch_atoms: int, dtype: torch.dtype) -> int:
+        """Bytes a :meth:`compute` of ``n_rows`` output rows allocates (estimate).
+
+        The output ``[row, feature]``, the column names and labels, and the
+        working set of one batch of ``batch_atoms`` atoms: the density
+        coefficients ``[atom, K, lm]`` (unmixed and mixed) and one chunk of
+        power-spectrum rows.
+        """
+        h = self.hypers
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        n_lm = (h.l_max + 1) ** 2
+        unmixed = h.n_species * h.radial.n_max
+        k1 = max(self.plan.first.max(initial=0), self.plan.second.max(initial=0)) + 1
+        output = n_rows * self.n_features * itemsize
+        columns = self.n_features * (3 * 8 + 64)  # labels and names
+        density = batch_atoms * (unmixed + 2 * k1) * n_lm * itemsize
+        chunk = min(batch_atoms, 256) * self.n_features * itemsize * 2
+        mixing = unmixed * 2 * k1 * itemsize
+        return int(output + columns + density + chunk + mixing)
+
     def feature_labels(self) -> dict[str, np.ndarray]:
         """``{"channel_1", "channel_2", "l"}`` arrays describing every column."""
         n_l = self.hypers.l_max + 1
@@ -417,7 +477,7 @@ class SOAP(torch.nn.Module):
         labels = self.feature_labels()
         out = [
             f"{names[a]}.{names[b]}.l{l}"
-            for a, b, l in zip(labels["channel_1"], labels["channel_2"], labels["l"])
+            for a, b, l in zip(labels["channel_1"], labels["channel_2"], labels["l"], strict=True)
             if l >= 0
         ]
         if self.hypers.covariance_sigma0 is not None:
@@ -557,7 +617,7 @@ class SOAP(torch.nn.Module):
         return torch.cat(chunks, dim=0) if len(chunks) > 1 else chunks[0]
 
     def _finish_products(self, values: torch.Tensor) -> torch.Tensor:
-        """Raw products ``[row, F']`` -> features ``[row, F]``: normalisation and the sigma0 column."""
+        """Raw products ``[row, F']`` -> features ``[row, F]``: normalisation, sigma0 column."""
         h = self.hypers
         if h.normalize:
             norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
@@ -582,6 +642,7 @@ class SOAP(torch.nn.Module):
         device: torch.device | str | None = None,
         batch_size: int = 64,
         progress: bool = False,
+        min_distance: float | None = None,
     ) -> Features:
         """Features of one or many structures.
 
@@ -597,6 +658,9 @@ class SOAP(torch.nn.Module):
             Structures per batch.
         progress : bool
             Show a tqdm progress bar.
+        min_distance : float, optional
+            Two atoms closer than this (Å) are an error naming them (default
+            1e-6 Å, see :func:`~tradens.systems.batch.as_batch`; 0: no check).
 
         Returns
         -------
@@ -614,7 +678,59 @@ class SOAP(torch.nn.Module):
             progress=progress,
             desc="SOAP",
             averaged=self.hypers.average,
+            min_distance=min_distance,
         )
+
+
+def soap_size(hypers: SoapHypers) -> tuple[int, int]:
+    """``(stored channel pairs, features per row)`` of SOAP hypers, counted without building them.
+
+    GAP's ``nu_R``/``nu_S``/``Z_map`` compressions (installed by
+    :func:`tradens.quip.soap_from_gap` after construction) are not included.
+    """
+    h = hypers
+    mix = h.mixing
+    pairs = plan_size(
+        mode=None if mix is None else mix.mode,
+        coupling=h.coupling,
+        symmetric=True if mix is None else mix.symmetric,
+        n_species=h.n_species,
+        n_max=h.radial.n_max,
+        channels=0 if mix is None else mix.channels,
+        diagonal_radial=h.diagonal_radial,
+    )
+    return pairs, pairs * (h.l_max + 1) + (0 if h.covariance_sigma0 is None else 1)
+
+
+def _check_construction_memory(h: SoapHypers) -> None:
+    """Refuse hypers whose pair plan or mixing weights would not fit in memory."""
+    pairs, features = soap_size(h)
+    nbytes = pairs * 24  # PairPlan: first, second, factor [pair]
+    if h.mixing is not None:
+        S, N, K = h.n_species, h.radial.n_max, h.mixing.channels
+        free = {"radial+element": S * N, "element": S, "radial": N}[h.mixing.mode] * K
+        if h.mixing.weights == "onehot":
+            free = K * K
+        nbytes += free * 8 * (1 if h.mixing.symmetric else 2) * 2  # float64, with a copy
+    from ..kernels.budget import check_memory
+
+    check_memory(
+        nbytes,
+        f"SOAP with {features} features per atom ({pairs} channel pairs: {_describe_size(h)})",
+        _SUGGESTION,
+    )
+
+
+_SUGGESTION = (
+    "use fewer mixed channels K, a mixing (tensor reduction) instead of the full SOAP, "
+    "coupling='elementwise', or smaller n_max/l_max"
+)
+
+
+def _describe_size(h: SoapHypers) -> str:
+    mix = h.mixing
+    kind = "full SOAP" if mix is None else f"{mix.mode} mixing K={mix.channels} ({h.coupling})"
+    return f"{kind}, S={h.n_species}, n_max={h.radial.n_max}, l_max={h.l_max}"
 
 
 def _coerce(kwargs: dict) -> dict:

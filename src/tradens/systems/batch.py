@@ -10,17 +10,27 @@ disconnected graph of all structures (positions in Å):
 :func:`as_batch` accepts an ``ase.Atoms``, a :class:`System`, a list of either,
 or a dict of arrays, validates them and never modifies its inputs (arrays are
 copied).
+
+Positions are stored relative to the first atom of their structure (a rigid
+translation, invisible to every representation), computed in float64 before
+any cast: float32 features are then the same wherever the structure sits (at
+1e8 Å a float32 coordinate has a resolution of 8 Å).
+
+Cells: a periodic direction needs a lattice vector, and the periodic vectors
+must be linearly independent. A non-periodic direction may have a zero vector
+(as ASE builds 2D and 1D systems, e.g. ``ase.build.graphene(vacuum=None)``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["System", "Batch", "as_batch"]
+__all__ = ["System", "Batch", "as_batch", "DEFAULT_MIN_DISTANCE"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,9 @@ class Batch:
     cells: torch.Tensor  # [structure, 3, 3]
     pbc: torch.Tensor  # [structure, 3] bool
     offsets: list[int]  # first atom of each structure, plus the total at the end
+    # pairs closer than this (Å) are an error in :func:`~tradens.systems.neighbors.neighbor_list`
+    min_distance: float = 1e-6
+    first_index: int = 0  # index of structure 0 of this batch in the caller's list (messages)
 
     @property
     def n_structures(self) -> int:
@@ -86,11 +99,13 @@ def _system_arrays(frame, index: int):
         unknown = set(frame) - {"positions", "numbers", "cell", "pbc"}
         if unknown:
             raise ValueError(
-                f"structure {index}: unknown keys {sorted(unknown)} (expected positions, numbers, cell, pbc)"
+                f"structure {index}: unknown keys {sorted(unknown)} "
+                "(expected positions, numbers, cell, pbc)"
             )
         return frame["positions"], frame["numbers"], frame.get("cell"), frame.get("pbc", False)
     raise TypeError(
-        f"structure {index}: expected ase.Atoms, tradens.System or a dict of arrays, got {type(frame).__name__}"
+        f"structure {index}: expected ase.Atoms, tradens.System or a dict of arrays, "
+        f"got {type(frame).__name__}"
     )
 
 
@@ -112,8 +127,40 @@ def _as_frames(systems) -> list:
     raise TypeError(f"expected a structure or a list of structures, got {type(systems).__name__}")
 
 
+DEFAULT_MIN_DISTANCE = 1e-6  # Å; far below any physical interatomic distance (H2: 0.74 Å)
+
+
+def _check_cell(index: int, cell: torch.Tensor, pbc: np.ndarray) -> None:
+    """Raise unless the periodic lattice vectors of ``cell [3, 3]`` are independent."""
+    if not pbc.any():
+        return
+    cell64 = cell.detach().to("cpu", torch.float64)
+    periodic = cell64[torch.as_tensor(pbc)]  # [n_periodic, 3]
+    norms = torch.linalg.vector_norm(periodic, dim=1)  # [n_periodic]
+    if bool((norms == 0).any()):
+        zero = [d for d in range(3) if pbc[d] and float(cell64[d].norm()) == 0.0]
+        raise ValueError(
+            f"structure {index}: the cell is singular: cell vector(s) {zero} are zero along "
+            "periodic direction(s) "
+            f"(pbc={pbc.tolist()}); give the lattice vector or make the direction non-periodic"
+        )
+    unit = periodic / norms[:, None]  # [n_periodic, 3]
+    # volume (3D), area (2D) of the normalised periodic vectors; 1 for orthogonal ones
+    measure = float(torch.linalg.det(unit @ unit.T)) if unit.shape[0] > 1 else 1.0
+    if measure < 1e-20:
+        raise ValueError(
+            f"structure {index}: the cell is singular: its periodic vectors are linearly "
+            f"dependent (pbc={pbc.tolist()}, cell={cell64.tolist()})"
+        )
+
+
 def as_batch(
-    systems, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    systems,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    min_distance: float = DEFAULT_MIN_DISTANCE,
+    first_index: int = 0,
 ) -> Batch:
     """Validate and concatenate structures into a :class:`Batch`.
 
@@ -126,16 +173,33 @@ def as_batch(
         position tensors, else float64.
     device : torch.device or str, optional
         Device. Defaults to that of torch position tensors, else CPU.
+    min_distance : float
+        Smallest allowed distance between two atoms (or an atom and a periodic
+        image), Å. Closer pairs (two atoms at the same place, which no
+        potential can describe) make the neighbour list raise a ``ValueError``
+        naming them. Default 1e-6 Å; 0 turns the check off.
+    first_index : int
+        Index of the first structure in the caller's list, added to the
+        structure indices in error messages (for callers that batch a list).
 
     Raises
     ------
     ValueError
-        On wrong shapes, non-finite positions or cells, a singular cell along
-        a periodic direction, or an empty list.
+        On wrong shapes, non-finite positions or cells, a structure without
+        atoms, periodic cell vectors that are zero or linearly dependent, or
+        an empty list.
     """
+    if (
+        not isinstance(min_distance, (int, float))
+        or isinstance(min_distance, bool)
+        or not math.isfinite(min_distance)
+        or min_distance < 0
+    ):
+        raise ValueError(f"min_distance must be a finite number >= 0 (Å), got {min_distance!r}")
     frames = _as_frames(systems)
+    _check_index("first_index", first_index)
     positions, numbers, cells, pbcs, structure, offsets = [], [], [], [], [], [0]
-    for index, frame in enumerate(frames):
+    for index, frame in enumerate(frames, start=first_index):
         pos, num, cell, pbc = _system_arrays(frame, index)
         if isinstance(pos, torch.Tensor):
             if dtype is None:
@@ -149,12 +213,21 @@ def as_batch(
         )
         if pos_t.ndim != 2 or pos_t.shape[1] != 3:
             raise ValueError(
-                f"structure {index}: positions must have shape [n_atoms, 3], got {tuple(pos_t.shape)}"
+                f"structure {index}: positions must have shape [n_atoms, 3], "
+                f"got {tuple(pos_t.shape)}"
             )
+        if pos_t.shape[0] == 0:
+            raise ValueError(
+                f"structure {index} has no atoms: there is no environment to describe "
+                "(remove empty structures from the input)"
+            )
+        if not pos_t.is_floating_point():
+            pos_t = pos_t.to(torch.float64)
         num_np = np.asarray(num.detach().cpu() if isinstance(num, torch.Tensor) else num)
         if num_np.ndim != 1 or num_np.shape[0] != pos_t.shape[0]:
             raise ValueError(
-                f"structure {index}: numbers must have shape [{pos_t.shape[0]}], got {tuple(num_np.shape)}"
+                f"structure {index}: numbers must have shape [{pos_t.shape[0]}], "
+                f"got {tuple(num_np.shape)}"
             )
         if num_np.size and (not np.issubdtype(num_np.dtype, np.integer) or num_np.min() < 0):
             raise ValueError(f"structure {index}: atomic numbers must be non-negative integers")
@@ -174,31 +247,41 @@ def as_batch(
             )
         if not bool(torch.isfinite(cell_t).all()):
             raise ValueError(f"structure {index}: cell contains NaN or inf")
-        pbc_np = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
-        if pbc_np.any():
-            cell64 = cell_t.detach().to("cpu", torch.float64)
-            if (
-                abs(float(torch.linalg.det(cell64)))
-                < 1e-10 * max(float(cell64.abs().max()), 1.0) ** 3
-            ):
-                raise ValueError(
-                    f"structure {index}: the cell is singular (zero volume) but pbc={pbc_np.tolist()}"
-                )
+        try:
+            pbc_np = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+        except ValueError:
+            raise ValueError(
+                f"structure {index}: pbc must be a bool or 3 bools, got {pbc!r}"
+            ) from None
+        _check_cell(index, cell_t, pbc_np)
         positions.append(pos_t)
         numbers.append(torch.as_tensor(num_np.astype(np.int64)))
         cells.append(cell_t)
         pbcs.append(torch.as_tensor(pbc_np))
-        structure.append(torch.full((pos_t.shape[0],), index, dtype=torch.long))
+        structure.append(torch.full((pos_t.shape[0],), index - first_index, dtype=torch.long))
         offsets.append(offsets[-1] + pos_t.shape[0])
     dtype = dtype or torch.float64
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     return Batch(
-        positions=torch.cat([p.to(device=device, dtype=dtype) for p in positions]),
+        positions=torch.cat([_relative(p).to(device=device, dtype=dtype) for p in positions]),
         numbers=torch.cat(numbers).to(device),
         structure=torch.cat(structure).to(device),
         cells=torch.stack([c.to(device=device, dtype=dtype) for c in cells]),
         pbc=torch.stack(pbcs).to(device),
         offsets=offsets,
+        min_distance=float(min_distance),
+        first_index=first_index,
     )
+
+
+def _check_index(name: str, value: object) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def _relative(positions: torch.Tensor) -> torch.Tensor:
+    """``positions [atom, 3]`` minus the first atom's, in float64 (differentiable)."""
+    wide = positions.to(torch.float64)  # [atom, 3]
+    return wide - wide[:1].detach()  # [atom, 3]

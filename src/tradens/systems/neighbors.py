@@ -8,6 +8,10 @@ image). The interatomic vectors are then built in torch,
 
 from the batch's positions and cells, so autograd reaches both (forces and
 stress).
+
+Two atoms closer than ``batch.min_distance`` (including an atom and a periodic
+image of itself or of another atom) are an error: the list would otherwise
+silently drop a pair at distance zero.
 """
 
 from __future__ import annotations
@@ -64,10 +68,12 @@ def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
         if stop == start:
             continue
         periodic = pbc[s]
-        box = cells[s] if periodic.any() else np.zeros((3, 3))
+        box = _complete_box(cells[s], periodic) if periodic.any() else np.zeros((3, 3))
         i, j, shifts, distances = calculator.compute(
             points=positions[start:stop], box=box, periodic=periodic.tolist(), quantities="ijSd"
         )
+        if batch.min_distance > 0.0:
+            _check_min_distance(s + batch.first_index, i, j, shifts, distances, batch.min_distance)
         keep = (distances < cutoff) & (distances > 0.0)
         all_i.append(i[keep].astype(np.int64) + start)
         all_j.append(j[keep].astype(np.int64) + start)
@@ -89,6 +95,55 @@ def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
         i=torch.from_numpy(i).to(device),
         j=torch.from_numpy(j).to(device),
         shifts=torch.from_numpy(shifts).to(device),
+    )
+
+
+def _complete_box(cell: np.ndarray, periodic: np.ndarray) -> np.ndarray:
+    """``cell [3, 3]`` with degenerate non-periodic vectors replaced (for vesin only).
+
+    A 2D or 1D cell as ASE builds it has zero vectors along its non-periodic
+    directions; vesin needs an invertible box. The replacements span the
+    orthogonal complement of the periodic vectors; along a non-periodic
+    direction their length does not change any pair.
+    """
+    if abs(np.linalg.det(cell)) > 1e-10 * max(float(np.abs(cell).max()), 1.0) ** 3:
+        return cell
+    box = cell.copy()
+    lattice = cell[periodic]  # [n_periodic, 3]
+    scale = float(np.linalg.norm(lattice, axis=1).max())
+    # right singular vectors beyond the rank of the periodic vectors span their complement
+    _, _, vt = np.linalg.svd(lattice, full_matrices=True)  # vt [3, 3]
+    complement = vt[lattice.shape[0] :] * scale  # [3 - n_periodic, 3]
+    for row, d in enumerate(np.flatnonzero(~periodic)):
+        box[d] = complement[row]
+    return box
+
+
+def _check_min_distance(
+    structure: int,
+    i: np.ndarray,
+    j: np.ndarray,
+    shifts: np.ndarray,
+    distances: np.ndarray,
+    min_distance: float,
+) -> None:
+    """Raise a ValueError naming the first pair closer than ``min_distance`` (Å)."""
+    close = distances < min_distance  # [pair]
+    if not close.any():
+        return
+    self_pair = (i == j) & ~shifts.any(axis=1)
+    close &= ~self_pair
+    if not close.any():
+        return
+    candidates = np.flatnonzero(close)
+    p = int(candidates[np.argmin(distances[candidates])])  # the closest pair
+    a, b = sorted((int(i[p]), int(j[p])))
+    image = "" if not shifts[p].any() else f" (periodic image {shifts[p].tolist()})"
+    count = int(close.sum()) // 2
+    more = f"; {count - 1} more such pair(s)" if count > 1 else ""
+    raise ValueError(
+        f"structure {structure}: atoms {a} and {b}{image} are {float(distances[p]):.3g} Å apart, "
+        f"closer than min_distance={min_distance:g} Å (overlapping atoms){more}"
     )
 
 
