@@ -119,7 +119,15 @@ def parse_args_str(args_str: str) -> dict:
     ------
     ValueError
         For a descriptor other than ``soap``, an unknown or misspelled keyword
-        (named in the message), a malformed value or a missing mandatory one.
+        (named in the message), a malformed value, unbalanced braces or quotes,
+        or a missing mandatory keyword.
+    TypeError
+        If ``args_str`` is not a string.
+
+    Notes
+    -----
+    A keyword given twice (also through an alias such as
+    ``atom_gaussian_width``) takes its last value, as in GAP.
     """
     if not isinstance(args_str, str):
         raise TypeError(f"the descriptor must be a string, got {type(args_str).__name__}")
@@ -133,7 +141,6 @@ def parse_args_str(args_str: str) -> dict:
             f"only the 'soap' descriptor is supported, got {first or args_str.split()[0]!r}"
         )
     parsed: dict = {}
-    given: dict[str, str] = {}
     spelled: dict[str, str] = {}  # keyword as the user wrote it
     for brace_key, brace_value, key, value, bare in tokens[1:]:
         if bare:
@@ -143,9 +150,6 @@ def parse_args_str(args_str: str) -> dict:
         name = _ALIASES.get(key.lower(), key.lower())
         if name not in _DEFAULTS:
             raise ValueError(f"unsupported or misspelled soap keyword {key!r}")
-        if name in given:
-            raise ValueError(f"soap keyword {key!r} is given twice ({given[name]!r} and {value!r})")
-        given[name] = value
         spelled[name] = key
         value = value.strip('"')
         try:
