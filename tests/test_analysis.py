@@ -140,6 +140,13 @@ def test_invariant_to_similarity_transforms_and_chunking():
     other = information_imbalance(a, moved, memory=1)  # one row per chunk
     assert other.a_to_b == pytest.approx(reference.a_to_b, abs=1e-12)
     assert other.b_to_a == pytest.approx(reference.b_to_a, abs=1e-12)
+    # values, not only consistency: a space predicts itself (and its similarity transforms)
+    # perfectly, its k nearest neighbours have ranks 1..k, so Delta = (2/N) (k+1)/2 = (k+1)/N
+    for k in (1, 3):
+        same = information_imbalance(b, moved, k=k)
+        assert same.a_to_b == pytest.approx((k + 1) / len(b), abs=1e-15)
+        assert same.b_to_a == pytest.approx((k + 1) / len(b), abs=1e-15)
+    assert 0.05 < reference.a_to_b < reference.b_to_a < 1.0  # b is a noisy projection of a
 
 
 def test_inputs_unchanged_and_torch_input():

@@ -320,6 +320,30 @@ def test_radial_primitive_and_harmonics_paths_agree():
         rtol=1e-12,
         atol=1e-14,
     )
+    # values, independent of both paths: the primitive in closed form (scipy), e^{-x} i_l(x) =
+    # sqrt(pi / 2x) ive(l + 1/2, x), and the basis R = rho T reproducing it on the grid from
+    # radial functions phi_n that are orthonormal with weight s^2 (a scaled basis fails one of them)
+    from scipy import integrate, special
+
+    grid, alpha = basis._grid.numpy(), basis.alpha
+    x = 2 * alpha * r.numpy()[:, None] * grid[None, :]  # [p, a]
+    gauss = weight.numpy()[:, None] * np.exp(-alpha * (r.numpy()[:, None] - grid[None, :]) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for l in range(7):
+            bessel = np.sqrt(np.pi / (2 * x)) * special.ive(l + 0.5, x)
+            closed = gauss * np.where(x > 0, bessel, float(l == 0))  # [p, a]
+            np.testing.assert_allclose(fast[l].numpy(), closed, rtol=1e-10, atol=1e-300)
+    overlap = np.exp(-alpha * (grid[:, None] - grid[None, :]) ** 2)  # [a, b]
+    lower = overlap @ transform.numpy()  # L = C T
+    s = np.linspace(0.0, grid.max() + 6.0, 20001)  # 12 Gaussian widths beyond the grid
+    phi = np.exp(-alpha * (s[:, None] - grid[None, :]) ** 2) @ np.linalg.inv(lower).T  # [q, n]
+    gram = integrate.trapezoid(phi[:, :, None] * phi[:, None, :] * s[:, None, None] ** 2, s, axis=0)
+    np.testing.assert_allclose(gram, np.eye(8), atol=1e-7)
+    on_grid = overlap @ np.linalg.inv(lower).T  # phi_n(grid_a) = (C L^-T)[a, n]
+    for l in range(7):
+        reproduced = radial[:, :, l].numpy() @ on_grid.T  # [p, a]
+        closed = fast[l].numpy() / weight.numpy()[:, None]
+        np.testing.assert_allclose(reproduced, closed, rtol=1e-8, atol=1e-12)
     vectors = torch.randn(300, 3, dtype=torch.float64)
     with torch.no_grad():
         plain = spherical_harmonics(vectors, 6)

@@ -21,7 +21,12 @@ __all__ = ["Cutoff", "Density", "RadialBasis", "Mixing", "SoapHypers", "to_dict"
 
 
 def _positive(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
@@ -57,7 +62,11 @@ class Cutoff:
 
     def __post_init__(self):
         _positive("cutoff radius", self.radius)
-        if not isinstance(self.width, (int, float)) or not 0.0 <= self.width <= self.radius:
+        if (
+            not isinstance(self.width, (int, float))
+            or isinstance(self.width, bool)
+            or not 0.0 <= self.width <= self.radius
+        ):
             raise ValueError(
                 f"cutoff width must be in [0, radius={self.radius}], got {self.width!r}"
             )
@@ -85,8 +94,10 @@ class Density:
 
     def __post_init__(self):
         _positive("atom sigma", self.sigma)
-        if not isinstance(self.center_weight, (int, float)) or not math.isfinite(
-            self.center_weight
+        if (
+            not isinstance(self.center_weight, (int, float))
+            or isinstance(self.center_weight, bool)
+            or not math.isfinite(self.center_weight)
         ):
             raise ValueError(f"center_weight must be a finite number, got {self.center_weight!r}")
 

@@ -19,6 +19,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -132,24 +133,32 @@ def parse_args_str(args_str: str) -> dict:
     if not isinstance(args_str, str):
         raise TypeError(f"the descriptor must be a string, got {type(args_str).__name__}")
     _check_balanced(args_str)
-    tokens = re.findall(r"(\S+?)=\{([^}]*)\}|(\S+?)=(\"[^\"]*\"|\S+)|(\S+)", args_str.strip())
-    if not tokens:
+    matches = list(
+        re.finditer(r"(\S+?)=\{([^}]*)\}|(\S+?)=(\"[^\"]*\"|\S+)|(\S+)", args_str.strip())
+    )
+    if not matches:
         raise ValueError("empty descriptor string")
-    first = tokens[0][4]
-    if first.lower() != "soap":
-        raise ValueError(
-            f"only the 'soap' descriptor is supported, got {first or args_str.split()[0]!r}"
-        )
+    first = matches[0].group(5)
+    if first is None or first.lower() != "soap":
+        raise ValueError(f"only the 'soap' descriptor is supported, got {args_str.split()[0]!r}")
     parsed: dict = {}
     spelled: dict[str, str] = {}  # keyword as the user wrote it
-    for brace_key, brace_value, key, value, bare in tokens[1:]:
+    for match in matches[1:]:
+        brace_key, brace_value, key, value, bare = match.groups()
+        token = match.group(0)
         if bare:
-            key, value = bare, "T"
+            key, value = bare, None
         elif brace_key:
             key, value = brace_key, brace_value
+        if "=" in key or not key:
+            raise ValueError(f"malformed token {token!r} in the descriptor string")
         name = _ALIASES.get(key.lower(), key.lower())
         if name not in _DEFAULTS:
-            raise ValueError(f"unsupported or misspelled soap keyword {key!r}")
+            raise ValueError(f"unsupported or misspelled soap keyword {key!r} (in {token!r})")
+        if value is None:
+            if name not in _BOOLS:
+                raise ValueError(f"soap keyword {key!r} needs a value ({key}=...)")
+            value = "T"
         spelled[name] = key
         value = value.strip('"')
         try:
@@ -163,6 +172,8 @@ def parse_args_str(args_str: str) -> dict:
                 parsed[name] = value
             else:
                 parsed[name] = float(value)
+                if not math.isfinite(parsed[name]):
+                    raise ValueError(f"bad value {value!r} for soap keyword {key!r} (not finite)")
         except ValueError as error:
             if "keyword" in str(error):
                 raise

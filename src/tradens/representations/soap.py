@@ -736,7 +736,7 @@ def _describe_size(h: SoapHypers) -> str:
 def _coerce(kwargs: dict) -> dict:
     """Accept numbers and dicts for the structured hypers."""
     out = dict(kwargs)
-    if isinstance(out.get("cutoff"), (int, float)):
+    if isinstance(out.get("cutoff"), (int, float)) and not isinstance(out["cutoff"], bool):
         out["cutoff"] = Cutoff(radius=float(out["cutoff"]))
     for key, cls in (
         ("cutoff", Cutoff),

@@ -16,6 +16,7 @@ silently drop a pair at distance zero.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,8 @@ def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
             continue
         periodic = pbc[s]
         box = _complete_box(cells[s], periodic) if periodic.any() else np.zeros((3, 3))
+        if periodic.any():
+            _check_pair_count(s + batch.first_index, stop - start, box, periodic, cutoff)
         i, j, shifts, distances = calculator.compute(
             points=positions[start:stop], box=box, periodic=periodic.tolist(), quantities="ijSd"
         )
@@ -117,6 +120,38 @@ def _complete_box(cell: np.ndarray, periodic: np.ndarray) -> np.ndarray:
     for row, d in enumerate(np.flatnonzero(~periodic)):
         box[d] = complement[row]
     return box
+
+
+PAIR_BYTES = 256  # working memory per neighbour pair (list, vectors, radial and angular terms)
+
+
+def _check_pair_count(
+    structure: int, n_atoms: int, box: np.ndarray, periodic: np.ndarray, cutoff: float
+) -> None:
+    """Refuse a periodic structure whose neighbour list would not fit in memory.
+
+    The number of pairs is bounded by ``n_atoms^2`` times the periodic images
+    within the cutoff, ``prod_d (2 ceil(cutoff / h_d) + 1)`` over periodic
+    directions ``d`` with lattice-plane spacings ``h_d`` (a cell much thinner
+    than the cutoff, or a cutoff much larger than the cell, has very many).
+    """
+    volume = abs(float(np.linalg.det(box)))
+    images = 1.0
+    for d in np.flatnonzero(periodic):
+        area = float(np.linalg.norm(np.cross(box[(d + 1) % 3], box[(d + 2) % 3])))
+        spacing = volume / area if area > 0 else 0.0
+        images *= 2.0 * math.ceil(cutoff / spacing) + 1.0 if spacing > 0 else math.inf
+    sphere = 4.0 / 3.0 * math.pi * cutoff**3  # pairs ~ n^2 sphere / volume for large images
+    expected = n_atoms * n_atoms * min(images, max(1.0, sphere / volume) * 8.0 + 27.0)
+    from ..kernels.budget import check_memory
+
+    check_memory(
+        expected * PAIR_BYTES,
+        f"structure {structure}: about {expected:.3g} neighbour pairs within the cutoff of "
+        f"{cutoff:g} Å (cell {np.round(box, 4).tolist()}, pbc={periodic.tolist()})",
+        "use a smaller cutoff or check the cell (a lattice-plane spacing far below the cutoff "
+        "means very many periodic images)",
+    )
 
 
 def _check_min_distance(
