@@ -94,6 +94,20 @@ def test_memory_estimate_matches_the_output():
     output = rows * soap.n_features * 8
     estimate = soap.memory_estimate(rows, 5, torch.float64)
     assert output <= estimate < output + 2**20  # the output plus a small working set
+    ace = ACE(cutoff=4.0, species=[28, 29], l_max=(0, 3, 2), channels=4, radial={"n_max": 3})
+    output = rows * ace.n_features * 4
+    assert output <= ace.memory_estimate(rows, 5, torch.float32) < output + 2**20
+
+
+def test_ace_compute_refuses_an_output_larger_than_memory(monkeypatch):
+    ace = ACE(cutoff=4.0, species=[28, 29], l_max=(0, 3, 2), channels=4, radial={"n_max": 3})
+    frames = [nickel(s) for s in range(4)]
+    needed = ace.memory_estimate(32, 8, torch.float64)
+    monkeypatch.setattr(budget, "available_memory", lambda device=None: needed - 1)
+    with pytest.raises(ValueError, match=r"ACE features of 4 structures \(32 rows x"):
+        ace.compute(frames, batch_size=1)
+    monkeypatch.setattr(budget, "available_memory", lambda device=None: 2**40)
+    assert ace.compute(frames, batch_size=1).values.shape == (32, ace.n_features)
 
 
 @pytest.mark.parametrize(

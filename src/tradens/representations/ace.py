@@ -286,6 +286,21 @@ class ACE(torch.nn.Module):
         """Number of feature columns."""
         return int(sum(len(keep) for _, _, keep in self.groups))
 
+    def memory_estimate(self, n_rows: int, batch_atoms: int, dtype: torch.dtype) -> int:
+        """Bytes a :meth:`compute` of ``n_rows`` output rows allocates (estimate).
+
+        The output ``[row, feature]``, the column names and labels, and for one
+        batch of ``batch_atoms`` atoms the mixed bases ``A [atom, K, lm]`` and
+        the features of the batch before concatenation.
+        """
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        n_lm = (max(self.hypers.l_max) + 1) ** 2
+        channels = sum(int(getattr(self, name).shape[1]) for name, _, _ in self.groups)
+        output = n_rows * self.n_features * itemsize
+        columns = self.n_features * (3 * 8 + 64)
+        batch = batch_atoms * (channels * n_lm * 2 + 2 * self.n_features) * itemsize
+        return int(output + columns + batch)
+
     def feature_labels(self) -> dict[str, np.ndarray]:
         """Arrays ``nu``, ``k`` (first channel), ``l`` (l-tuple as text), ``path``."""
         labels = [plan.labels[i] for _, plan, keep in self.groups for i in keep.tolist()]

@@ -78,7 +78,7 @@ class Features:
         return out.numpy() if isinstance(self.values, np.ndarray) else out
 
 
-def _frame_atoms(frame) -> int:
+def _frame_atoms(frame: object) -> int:
     """Atom count of one input structure without validating it (0 where unknown)."""
     try:
         if isinstance(frame, dict):
@@ -89,7 +89,14 @@ def _frame_atoms(frame) -> int:
         return 0
 
 
-def _check_compute_memory(representation, frames, batch_size, dtype, device, averaged) -> None:
+def _check_compute_memory(
+    representation: torch.nn.Module,
+    frames: list,
+    batch_size: int,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+    averaged: bool,
+) -> None:
     """Refuse a ``compute`` whose estimated memory exceeds the available memory."""
     estimate = getattr(representation, "memory_estimate", None)
     if estimate is None:
