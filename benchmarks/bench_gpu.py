@@ -140,7 +140,8 @@ def main(argv=None) -> int:
         cases = [c for c in cases if c in wanted]
     records = []
     print(
-        f"{'task':>9} {'variant':>8} {'dtype':>8} {args.device + ' s':>9} {'cpu s':>8} {'ratio':>7} "
+        f"{'task':>9} {'variant':>8} {'dtype':>8} {args.device + ' s':>9} "
+        f"{'cpu s':>8} {'ratio':>7} "
         f"{'peak MB':>8} {'max|diff|':>10}",
         flush=True,
     )
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
         else:
             print(
                 f"{task:>9} {variant:>8} {dtype_name:>8} {record['device_s']:9.4f} "
-                f"{record.get('cpu_s', float('nan')):8.3f} {record.get('ratio', float('nan')):7.1f} "
+                f"{record.get('cpu_s', float('nan')):8.3f} "
+                f"{record.get('ratio', float('nan')):7.1f} "
                 f"{record['peak_mb']:8.0f} {record.get('max_abs_diff', float('nan')):10.2e}",
                 flush=True,
             )

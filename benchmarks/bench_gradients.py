@@ -31,9 +31,9 @@ Tasks (each case in its own subprocess; peak RSS = that process's ``VmHWM``)
 Protocol: one warm-up, then the median of ``--repeats`` (3) of wall and of CPU
 time (single-threaded work: CPU time is less sensitive to other jobs on a shared
 machine); one torch thread and ``*_NUM_THREADS=1``. Peak memory (MB = MiB) is
-the whole worker process (Python, torch, inputs, one output). Targets: TR-SOAP Jacobians >= 5x faster than quippy's
-gradients of the same descriptor; forces through the model path >= 3x cheaper
-than the full Jacobian.
+the whole worker process (Python, torch, inputs, one output). Targets: TR-SOAP
+Jacobians >= 5x faster than quippy's gradients of the same descriptor; forces
+through the model path >= 3x cheaper than the full Jacobian.
 
 Usage::
 
@@ -390,7 +390,8 @@ def main(argv=None) -> int:
     cases = build_cases(args)
     records = []
     print(
-        f"{'system':8s} {'S':>3s} {'variant':8s} {'task':17s} {'wall s':>9s} {'CPU s':>9s} {'peak MB':>8s} "
+        f"{'system':8s} {'S':>3s} {'variant':8s} {'task':17s} "
+        f"{'wall s':>9s} {'CPU s':>9s} {'peak MB':>8s} "
         f"{'rows':>8s} {'F':>6s}",
         flush=True,
     )
@@ -400,20 +401,24 @@ def main(argv=None) -> int:
         records.append(record)
         if result.get("ok"):
             print(
-                f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} {spec['task']:17s} "
-                f"{result['seconds']:9.3f} {result['cpu_seconds']:9.3f} {result['peak_rss_mb']:8.0f} {result['rows']:8d} "
+                f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} "
+                f"{spec['task']:17s} "
+                f"{result['seconds']:9.3f} {result['cpu_seconds']:9.3f} "
+                f"{result['peak_rss_mb']:8.0f} {result['rows']:8d} "
                 f"{result['features']:6d}",
                 flush=True,
             )
         else:
             print(
-                f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} {spec['task']:17s} "
+                f"{spec['system']:8s} {spec['elements']:3d} {spec['variant']:8s} "
+                f"{spec['task']:17s} "
                 f"FAILED: {result['error']}",
                 flush=True,
             )
     summary = ratios(records)
     print(
-        "\nratios (higher is better for tradens; _cpu: from CPU time, less sensitive to other load):"
+        "\nratios (higher is better for tradens; "
+        "_cpu: from CPU time, less sensitive to other load):"
     )
     for entry in summary:
         parts = [f"{k}={v:.2f}" for k, v in entry.items() if isinstance(v, float)]

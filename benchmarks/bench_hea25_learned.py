@@ -252,7 +252,8 @@ def main(argv=None):
         wall = time.perf_counter() - wall_start
         if args.device != "cpu":
             print(
-                f"  fold {fold}: learned fit {wall:.1f} s wall, {cpu['learned']:.1f} s CPU on {args.device}",
+                f"  fold {fold}: learned fit {wall:.1f} s wall, "
+                f"{cpu['learned']:.1f} s CPU on {args.device}",
                 flush=True,
             )
         for name, model in fits.items():
@@ -298,7 +299,8 @@ def main(argv=None):
                 f"{row.get('forces_c3', math.nan):7.0f} {row.get('forces_c4', math.nan):7.0f} "
                 f"{row['cpu_s']:7.1f} {row['best_epoch']:5d}"
                 + (
-                    f"  (validation: {row['val_energy']:.1f} meV/atom, {row['val_forces']:.0f} meV/A)"
+                    f"  (validation: {row['val_energy']:.1f} meV/atom, "
+                    f"{row['val_forces']:.0f} meV/A)"
                     if "val_energy" in row
                     else ""
                 ),
@@ -343,19 +345,19 @@ def summarise(totals, rows, json_path, options) -> None:
             **{f"energy_{k}": 1e3 * rms(v) for k, v in total.get("energy_by_class", {}).items()},
         }
         mean_cpu = np.mean([r["cpu_s"] for r in rows if r["model"] == name])
+        entry = summary[name]
         print(
-            f"{'all':>4} {name:>8} {summary[name]['energy']:9.1f} {summary[name]['forces_all']:8.0f} "
-            f"{summary[name].get('forces_no4', math.nan):8.0f} {summary[name].get('forces_c2', math.nan):7.0f} "
-            f"{summary[name].get('forces_c3', math.nan):7.0f} {summary[name].get('forces_c4', math.nan):7.0f} "
+            f"{'all':>4} {name:>8} {entry['energy']:9.1f} {entry['forces_all']:8.0f} "
+            f"{entry.get('forces_no4', math.nan):8.0f} {entry.get('forces_c2', math.nan):7.0f} "
+            f"{entry.get('forces_c3', math.nan):7.0f} {entry.get('forces_c4', math.nan):7.0f} "
             f"{mean_cpu:7.1f}"
         )
         print(
             f"{'':>4} {'':>8} energy by class (meV/atom):",
             {k[7:]: round(v) for k, v in sorted(summary[name].items()) if k.startswith("energy_")},
         )
-    print(
-        f"total CPU of the learned fits: {sum(r['cpu_s'] for r in rows if r['model'] == 'learned'):.0f} s"
-    )
+    learned_cpu = sum(r["cpu_s"] for r in rows if r["model"] == "learned")
+    print(f"total CPU of the learned fits: {learned_cpu:.0f} s")
     if json_path is not None:
         json_path.write_text(
             json.dumps({"options": options, "rows": rows, "summary": summary}, indent=1)

@@ -1,4 +1,4 @@
-"""MEAM17 model study (issue #7): full SOAP vs TR-SOAP vs TR-ACE vs random projections.
+r"""MEAM17 model study (issue #7): full SOAP vs TR-SOAP vs TR-ACE vs random projections.
 
 Energy-only ridge exactly as :class:`tradens.models.LinearPotential` with
 ``baseline="joint"`` and ``solver="dual"`` (the library's own
@@ -24,12 +24,15 @@ linear, so this equals projecting every atom); its per-atom cost is timed by
 Run (one thread)::
 
     python benchmarks/bench_meam17_models.py features full soap '{}'
-    python benchmarks/bench_meam17_models.py features tr32 soap '{"mixing": {"channels": 32, "weights": "gap"}}'
-    python benchmarks/bench_meam17_models.py features ace64 ace '{"nu_max": 3, "l_max": [0, 4, 3], "channels": 64}'
-    python benchmarks/bench_meam17_models.py fit full tr32 ace64          # CV and test, raw and normalised
-    python benchmarks/bench_meam17_models.py rp 252 952 3696              # projections of the full SOAP
-    python benchmarks/bench_meam17_models.py projtime 252 952 3696        # per-atom projection cost
-    python benchmarks/bench_meam17_models.py ef ace64 ace '{...}' --forces-weight 0.1   # E+F ridge, CV + test
+    python benchmarks/bench_meam17_models.py features tr32 soap \
+        '{"mixing": {"channels": 32, "weights": "gap"}}'
+    python benchmarks/bench_meam17_models.py features ace64 ace \
+        '{"nu_max": 3, "l_max": [0, 4, 3], "channels": 64}'
+    python benchmarks/bench_meam17_models.py fit full tr32 ace64    # CV and test, raw, normalised
+    python benchmarks/bench_meam17_models.py rp 252 952 3696        # projections of the full SOAP
+    python benchmarks/bench_meam17_models.py projtime 252 952 3696  # per-atom projection cost
+    # E+F ridge, CV + test
+    python benchmarks/bench_meam17_models.py ef ace64 ace '{...}' --forces-weight 0.1
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ def load_frames(path):
 
 
 def build(kind: str, spec: dict, species):
-    """Representation with the full SOAP's cutoff (5 Å), unnormalised (sums of both kinds are cached)."""
+    """Representation with the full SOAP's cutoff (5 Å), unnormalised.
+
+    Sums of both kinds are cached.
+    """
     import tradens
     from tradens import SOAP
 
@@ -184,8 +190,10 @@ def baseline_rmse(comp, energy, train, test):
 def report(row):
     forces = f"  F test {1000 * row['forces_test']:6.0f} meV/Å" if "forces_test" in row else ""
     print(
-        f"{row['model']:34s} F={row['features']:6d}  CV {1000 * row['cv']:6.1f}  test {1000 * row['test']:6.1f}"
-        f"  alpha {row['alpha']:.0e}{' (grid edge)' if row['edge'] else ''}  fit {row['fit_cpu_s']:.1f} CPU s{forces}",
+        f"{row['model']:34s} F={row['features']:6d}  CV {1000 * row['cv']:6.1f}  "
+        f"test {1000 * row['test']:6.1f}"
+        f"  alpha {row['alpha']:.0e}{' (grid edge)' if row['edge'] else ''}  "
+        f"fit {row['fit_cpu_s']:.1f} CPU s{forces}",
         flush=True,
     )
     with open(Path(row.pop("cache")) / "fits.jsonl", "a") as stream:
@@ -266,7 +274,10 @@ def cmd_rp(args):
 
 
 def cmd_projtime(args):
-    """CPU time of projecting every atom's full SOAP (timed on the first structures, scaled to 1500)."""
+    """CPU time of projecting every atom's full SOAP.
+
+    Timed on the first structures, scaled to 1500.
+    """
     from tradens import SOAP
     from tradens.models import RandomProjection
     from tradens.systems import as_batch

@@ -109,7 +109,8 @@ def test_nu2_diagonal_equals_elementwise_tr_soap(alloy):
         k = int(labels["k"][column].split("-")[0])
         l = int(labels["l"][column].split("-")[0])
         np.testing.assert_allclose(b.values[:, column], p[:, k, l], rtol=1e-12, atol=1e-14)
-    # nu = 1 is the l = 0 radial density invariant: A_k00 = sqrt(4 pi)^-1-free projection sum_j W R Y00
+    # nu = 1 is the l = 0 radial density invariant:
+    # A_k00 = sqrt(4 pi)^-1-free projection sum_j W R Y00
     nu1 = np.nonzero(labels["nu"] == 1)[0]
     np.testing.assert_allclose(b.values[:, nu1] ** 2, p[:, :, 0], rtol=1e-12, atol=1e-14)
 
@@ -133,7 +134,7 @@ def test_full_onehot_nu2_is_the_full_soap(alloy):
     lookup = {
         (a, c, l): i
         for i, (a, c, l) in enumerate(
-            zip(soap_labels["channel_1"], soap_labels["channel_2"], soap_labels["l"])
+            zip(soap_labels["channel_1"], soap_labels["channel_2"], soap_labels["l"], strict=True)
         )
     }
     nu2 = np.nonzero(b.labels["nu"] == 2)[0]
@@ -150,7 +151,7 @@ def test_full_onehot_nu2_is_the_full_soap(alloy):
 def test_linear_independence_over_environments():
     rng = np.random.default_rng(0)
     frames = []
-    for seed in range(40):
+    for _ in range(40):
         positions = rng.normal(scale=1.3, size=(9, 3))
         frames.append(ase.Atoms(numbers=rng.choice(SPECIES, 9), positions=positions))
     ace = make(nu_max=4, l_max=(0, 3, 2, 1), channels=3)
@@ -202,7 +203,7 @@ def test_convergence_to_full_basis_on_hea25():
             coefficients, *_ = np.linalg.lstsq(tr, full, rcond=None)
             residuals[mode].append(np.linalg.norm(full - tr @ coefficients) / np.linalg.norm(full))
     for values in residuals.values():
-        assert all(b < a for a, b in zip(values, values[1:])), residuals
+        assert all(b < a for a, b in zip(values[:-1], values[1:], strict=True)), residuals
     assert residuals["full"][-1] < 1e-8  # K = S * n_max = 25 channels: exact
     assert residuals["full"][0] > 0.05
 

@@ -47,7 +47,7 @@ def brute_force_feature(A: np.ndarray, label: FeatureLabel, parity: str) -> np.n
         if coeff == 0.0:
             continue
         prod = np.full(A.shape[0], coeff)
-        for k, l, m in zip(label.k, label.l, ms):
+        for k, l, m in zip(label.k, label.l, ms, strict=True):
             prod = prod * A[:, k, l * l + m]
         out += prod
     return out

@@ -425,7 +425,8 @@ def test_select_writes_an_extxyz_subset(tmp_path, capsys, sample):
         ),
         (
             ["features", "{sample}", "-o", "x.npz", "--species", "Ni,Cu"],
-            "not in the species list [28, 29]; add them with --species or pass --unknown-species skip",
+            "not in the species list [28, 29]; "
+            "add them with --species or pass --unknown-species skip",
         ),
         (["features", "{sample}", "-o", "x.npz", "--species", "Qq"], "unknown element 'Qq'"),
         (["features", "{sample}", "-o", "x.txt"], "unknown feature file type"),

@@ -67,7 +67,7 @@ def _sym_power_character(n: int, l: int) -> np.ndarray:
 def expected_invariants(ls, labels) -> int:
     """dim of SO(3) invariants in the tensor product of Sym^{n}(V_l) over (label, l) groups."""
     groups: dict = {}
-    for lab, l in zip(labels, ls):
+    for lab, l in zip(labels, ls, strict=True):
         groups[(lab, l)] = groups.get((lab, l), 0) + 1
     char = np.ones_like(_THETA)
     for (_, l), n in groups.items():

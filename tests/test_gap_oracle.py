@@ -104,6 +104,9 @@ def test_many_elements_and_higher_degree():
     atoms.numbers = rng.choice(species, len(atoms))
     atoms.rattle(0.05, seed=2)
     species_str = " ".join(map(str, species))
-    base = f"soap cutoff=5.0 l_max=8 n_max=8 atom_sigma=0.5 n_species={len(species)} species_Z={{{species_str}}}"
+    base = (
+        "soap cutoff=5.0 l_max=8 n_max=8 atom_sigma=0.5 "
+        f"n_species={len(species)} species_Z={{{species_str}}}"
+    )
     _compare(base, atoms)
     _compare(f"{base} R_mix=T Z_mix=T sym_mix=T coupling=F K=16", atoms)

@@ -109,7 +109,7 @@ def check_against_finite_differences(rep, atoms, atom_ids, method="pair", strain
     return result
 
 
-# ----------------------------------------------------------------------------- Jacobians vs finite differences
+# ---------------------------------------------------------------- Jacobians vs finite differences
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -145,7 +145,7 @@ def test_strain_is_symmetric_for_invariant_features(alloy):
     torch.testing.assert_close(s, s.transpose(1, 2), atol=1e-12, rtol=0)
 
 
-# ----------------------------------------------------------------------------- closed-form pair derivatives
+# ---------------------------------------------------------------- closed-form pair derivatives
 
 
 @pytest.mark.parametrize("l_max", [1, 4, 8])
@@ -194,7 +194,7 @@ def test_closed_form_radial_derivative_matches_autograd(gap):
     )
 
 
-# ----------------------------------------------------------------------------- autograd reference, invariances
+# ---------------------------------------------------------------- autograd reference, invariances
 
 
 @pytest.mark.parametrize(
@@ -287,7 +287,7 @@ def test_bad_arguments():
         apply_strain(as_batch(atoms), torch.zeros(2, 3, 3))
 
 
-# ----------------------------------------------------------------------------- model path
+# ---------------------------------------------------------------- model path
 
 
 class _ModelCalculator(Calculator):
@@ -415,7 +415,7 @@ def test_forces_of_a_cell_smaller_than_the_cutoff_match_finite_differences(small
     assert_relative(out.stress[0] * small_cell.get_volume(), strain_numeric)
 
 
-# ----------------------------------------------------------------------------- learnable weights
+# ---------------------------------------------------------------- learnable weights
 
 
 def _tiny_system():
@@ -465,7 +465,7 @@ def test_gradcheck_learnable_weights_features_and_forces():
     assert torch.autograd.gradcheck(forces_and_stress, (w1, w2))
 
 
-# ----------------------------------------------------------------------------- ACE (any representation)
+# ---------------------------------------------------------------- ACE (any representation)
 
 
 def _ace_class():
@@ -509,7 +509,7 @@ def test_ace_gets_gradients_through_the_generic_path(triclinic):
     np.testing.assert_allclose(out.forces, forces.numpy(), atol=1e-10)
 
 
-# ----------------------------------------------------------------------------- benchmark smoke test
+# ---------------------------------------------------------------- benchmark smoke test
 
 
 def test_benchmark_script_smoke(tmp_path):

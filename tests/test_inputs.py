@@ -147,9 +147,16 @@ def test_neighbor_list_against_ase_brute_force(small_cell, triclinic):
             pairs = neighbor_list(as_batch(mixed), 4.0)
             i, j, shifts = ase_neighbor_list("ijS", mixed, 4.0)
             ours = sorted(
-                zip(pairs.i.tolist(), pairs.j.tolist(), map(tuple, pairs.shifts.tolist()))
+                zip(
+                    pairs.i.tolist(),
+                    pairs.j.tolist(),
+                    map(tuple, pairs.shifts.tolist()),
+                    strict=True,
+                )
             )
-            reference = sorted(zip(i.tolist(), j.tolist(), map(tuple, shifts.tolist())))
+            reference = sorted(
+                zip(i.tolist(), j.tolist(), map(tuple, shifts.tolist()), strict=True)
+            )
             assert ours == reference
             assert len(ours) > 10 * len(atoms)
 

@@ -1,4 +1,4 @@
-"""Large output buffers (``tradens.kernels.memory``): huge-page mappings behave like ordinary tensors."""
+"""Large output buffers (``tradens.kernels.memory``): huge-page mappings act like plain tensors."""
 
 import gc
 

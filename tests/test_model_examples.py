@@ -1,4 +1,4 @@
-"""The model examples (learning curves, NVE) run on the bundled MEAM17 sample and report sane numbers."""
+"""The model examples (learning curves, NVE) run on the bundled MEAM17 sample, sane numbers."""
 
 from __future__ import annotations
 
@@ -60,10 +60,12 @@ def test_learning_curves_example_writes_curves_for_every_family(tmp_path):
     for r in results:
         assert np.isfinite(r["energy"]) and r["energy"] > 0, r
         assert r["n_train"] in (12, 24)
-    # feature counts are the representations' own: TR-SOAP (tensor) grows as K^2, not with the elements
+    # feature counts are the representations' own:
+    # TR-SOAP (tensor) grows as K^2, not with the elements
     sizes = sorted({r["features"] for r in results if r["family"] == "TR-SOAP (tensor)"})
     assert len(sizes) == 2 and sizes[1] > 3 * sizes[0]
-    # the random projections have exactly the sizes of the tensor-coupled TR-SOAPs they are compared with
+    # the random projections have exactly the sizes of the tensor-coupled TR-SOAPs
+    # they are compared with
     tr_sizes = {r["features"] for r in results if r["family"] == "TR-SOAP (tensor)"}
     assert {r["features"] for r in results if r["family"] == "random projection"} <= tr_sizes
 
@@ -72,7 +74,8 @@ def test_md_nve_example_conserves_energy():
     out = run("md_nve.py", "--data", str(SAMPLE), "--train", "24", "--steps", "40")
     result = json.loads(out[out.index("{") :])
     assert result["steps"] == 40 and result["atoms"] > 0
-    # velocity Verlet at 1 fs with a smooth potential: far below thermal energies (~40 meV/atom at 300 K)
+    # velocity Verlet at 1 fs with a smooth potential:
+    # far below thermal energies (~40 meV/atom at 300 K)
     assert abs(result["drift_meV_per_atom_per_ps"]) < 5.0
     assert result["max_excursion_meV_per_atom"] < 5.0
     assert result["mean_temperature_K"] > 10.0

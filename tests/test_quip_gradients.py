@@ -1,4 +1,4 @@
-"""``tradens.quip.Descriptor.calc(atoms, grad=True)`` against quippy-ase 0.10.3 (test-only oracle)."""
+"""``tradens.quip.Descriptor.calc(atoms, grad=True)`` against quippy-ase 0.10.3 (test oracle)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_summed_rows_are_the_atom_jacobian():
     d = Descriptor(BASE + MIXED["z-sym-tensor"])
     out = d.calc(atoms, grad=True)
     jacobian = np.zeros((2, 2, 3, d.dimensions()))
-    for (i, j), row in zip(out["grad_index_0based"], out["grad_data"]):
+    for (i, j), row in zip(out["grad_index_0based"], out["grad_data"], strict=True):
         jacobian[i, j] += row
     h = 1e-5
     for j in range(2):

@@ -52,7 +52,8 @@ def test_spherical_harmonics_orthonormal_and_against_scipy():
     y = spherical_harmonics(torch.tensor(xyz), l_max).numpy()  # [q, lm]
     gram = (y * w[:, None]).T @ y
     np.testing.assert_allclose(gram, np.eye((l_max + 1) ** 2), atol=1e-12)
-    # against scipy's complex harmonics: Y_{l,m>0} = sqrt2 (-1)^m Re Y_l^m, Y_{l,-m} = sqrt2 (-1)^m Im Y_l^m
+    # against scipy's complex harmonics:
+    # Y_{l,m>0} = sqrt2 (-1)^m Re Y_l^m, Y_{l,-m} = sqrt2 (-1)^m Im Y_l^m
     theta, azimuth = np.arccos(xyz[:, 2]), np.arctan2(xyz[:, 1], xyz[:, 0])
     for l in (0, 3, 12):
         for m in range(-l, l + 1):

@@ -1,4 +1,6 @@
-"""The analytic SOAP vector-Jacobian product of ``energy_forces_stress`` (:mod:`tradens.gradients.soap_forces`).
+"""The analytic SOAP vector-Jacobian product of ``energy_forces_stress``.
+
+The implementation lives in :mod:`tradens.gradients.soap_forces`.
 
 Forces, virial and stress of the analytic path are compared with the autograd
 path (``method="autograd"``, one reverse pass through the whole SOAP) for every
@@ -132,7 +134,7 @@ def test_small_chunks_split_centres(alloy, implementation):
     whole = soap_energy_and_gradients(rep, model, batch)
     for chunk in (1, 7, 100):
         parts = soap_energy_and_gradients(rep, model, batch, pair_chunk=chunk)
-        for a, b in zip(whole, parts):
+        for a, b in zip(whole, parts, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
 
 

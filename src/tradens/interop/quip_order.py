@@ -35,7 +35,7 @@ __all__ = ["quip_pair_order"]
 
 
 def _subcells(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, connect_cutoff: float):
-    """Subcell counts ``[3]``, the subcell of every atom ``[atom, 3]`` and ``map_shift [atom, 3]``."""
+    """Subcell counts ``[3]``, each atom's subcell ``[atom, 3]`` and ``map_shift [atom, 3]``."""
     n_atoms = positions.shape[0]
     if abs(np.linalg.det(cell)) < 1e-12:
         zeros = np.zeros((n_atoms, 3), dtype=np.int64)

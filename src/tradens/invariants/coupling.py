@@ -542,8 +542,8 @@ def _label_preserving_permutations(
     perms = []
     for choice in itertools.product(*[itertools.permutations(g) for g in multi]):
         perm = list(range(nu))
-        for group, permuted in zip(multi, choice):
-            for src, dst in zip(group, permuted):
+        for group, permuted in zip(multi, choice, strict=True):
+            for src, dst in zip(group, permuted, strict=True):
                 perm[src] = dst
         perms.append(tuple(perm))
     return perms
@@ -713,7 +713,7 @@ def _chain_tensor(ls: tuple[int, ...], inter: tuple[int, ...]) -> np.ndarray:
         return np.ones((1,))
     t = np.eye(2 * ls[0] + 1)  # [m1, M]
     current = ls[0]
-    for l, L in zip(ls[1:], inter):
+    for l, L in zip(ls[1:], inter, strict=True):
         t = np.einsum("...a,abc->...bc", t, _real_cg_cached(current, l, L))  # [..., m, M']
         current = L
     return t

@@ -185,7 +185,7 @@ class ProductBasisPlan:
             ``[atoms, n_features]``, same dtype/device as ``A``;
             differentiable with respect to ``A``.
         """
-        n_atoms = _check_A(A)[0]
+        _check_A(A)
         if A.shape[1] != self.n_channels:
             raise ValueError(f"A has {A.shape[1]} channels, the plan expects {self.n_channels}")
         l_max_a = math.isqrt(A.shape[2]) - 1
@@ -235,7 +235,7 @@ class ProductBasisPlan:
                 cg = _cg_block(prev_l, ls[-1], degrees, dtype, device)  # [a*b, sum(2L+1)]
                 out = outer @ cg  # [N, nK, sum(2L+1)]
                 pieces = out.split([2 * L + 1 for L in degrees], dim=-1)
-                for L, piece in zip(degrees, pieces):
+                for L, piece in zip(degrees, pieces, strict=True):
                     chain_cache[(cols, ls, inter[:-1] + (L,))] = piece  # [N, nK, 2L+1]
             return chain_cache[key]
 

@@ -66,5 +66,5 @@ def empty(
 def zeros(
     *shape: int, dtype: torch.dtype, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Zero tensor ``shape``; large CPU buffers on huge pages (zeroed by the kernel, no fill pass)."""
+    """Zero tensor ``shape``; large CPU buffers on huge pages (kernel-zeroed, no fill pass)."""
     return _allocate(shape, dtype, device, torch.zeros)
