@@ -7,6 +7,8 @@ per-element baseline first and keep it, and predict energies (eV), forces
 :func:`save` / :func:`load`; run MD through :class:`tradens.calculator.TradensCalculator`.
 """
 
+from ._cache import DesignCache
+from ._report import FitReport, FitWarning, PropertyErrors
 from .baseline import ElementBaseline
 from .ensemble import EnsemblePotential
 from .io import load, save
@@ -17,10 +19,14 @@ from .projection import CompressedLeastSquares, RandomProjection
 
 __all__ = [
     "CompressedLeastSquares",
+    "DesignCache",
     "ElementBaseline",
     "EnsemblePotential",
+    "FitReport",
+    "FitWarning",
     "LearnedPotential",
     "LinearPotential",
+    "PropertyErrors",
     "RandomProjection",
     "SparseKernelPotential",
     "load",

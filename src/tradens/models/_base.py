@@ -19,7 +19,7 @@ import torch
 
 from ..kernels.determinism import deterministic
 from ..systems.batch import _as_frames
-from ._data import read_targets
+from ._data import check_labels, label_keys, periodic_3d, read_targets
 
 __all__ = ["PotentialBase", "rmse_report"]
 
@@ -199,13 +199,35 @@ class PotentialBase:
             ``"energy"`` (eV/atom), ``"forces"`` (eV/Å, per Cartesian
             component) and ``"stress"`` (eV/Å^3, per Voigt component); NaN
             where no labels exist.
+
+        Raises
+        ------
+        ValueError
+            When no label is found, or a key other than the default matches
+            no structure (naming the keys present and the closest one).
         """
         frames = _as_frames(frames)
         targets = read_targets(
             frames, energy_key=energy_key, forces_key=forces_key, stress_key=stress_key
         )
-        want_forces = bool(np.isfinite(targets.forces).any())
-        want_stress = bool(np.isfinite(targets.stress).any())
+        keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
+        found = check_labels(
+            frames,
+            targets,
+            keys,
+            {p: True for p in keys},
+            share=1e-12,  # any labelled structure counts; a named key must match something
+            periodic=periodic_3d(frames),
+            optional=("energy", "forces", "stress"),
+        )
+        if not found:
+            present = ", ".join(label_keys(frames)) or "none"
+            raise ValueError(
+                f"no labels to score against: no structure has energy {energy_key!r}, forces "
+                f"{forces_key!r} or stress {stress_key!r}; keys present: {present}"
+            )
+        want_forces = "forces" in found
+        want_stress = "stress" in found
         predicted = self.predict(frames, forces=want_forces, stress=want_stress)
         return rmse_report(predicted, targets)
 

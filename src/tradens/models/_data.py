@@ -10,13 +10,26 @@ convention ``sigma = (1/V) dE/d(epsilon)`` and Voigt order
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..systems.batch import _as_frames, _system_arrays
 
-__all__ = ["Targets", "read_targets", "composition", "voigt", "fold_ids", "structure_weights"]
+__all__ = [
+    "Targets",
+    "read_targets",
+    "check_labels",
+    "label_keys",
+    "composition",
+    "voigt",
+    "fold_ids",
+    "structure_weights",
+]
+
+#: The label keys used when none are given (ASE's calculator names).
+DEFAULT_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
 
 
 @dataclass
@@ -113,7 +126,8 @@ def read_targets(
     Raises
     ------
     ValueError
-        If a force array has the wrong shape or a label is not finite.
+        If a label is not a number (naming the structure and the key), a force
+        array has the wrong shape or an energy is not finite.
     """
     frames = _as_frames(systems)
     n_atoms = np.array([len(_system_arrays(f, s)[1]) for s, f in enumerate(frames)], dtype=np.int64)
@@ -126,19 +140,152 @@ def read_targets(
         if value is not None:
             energy[s] = _numeric(value, s, energy_key, "energy")
             if not np.isfinite(energy[s]):
-                raise ValueError(f"structure {s}: energy is not finite ({value!r})")
+                raise ValueError(f"structure {s}: energy {energy_key!r} is not finite ({value!r})")
         value = _lookup(frame, forces_key, per_atom=True)
         if value is not None:
             value = _numeric(value, s, forces_key, "forces", array=True)
             if value.shape != (n_atoms[s], 3):
                 raise ValueError(
-                    f"structure {s}: forces must have shape ({n_atoms[s]}, 3), got {value.shape}"
+                    f"structure {s}: forces {forces_key!r} must have shape ({n_atoms[s]}, 3), "
+                    f"got {value.shape}"
                 )
             forces[offsets[s] : offsets[s + 1]] = value
         value = _lookup(frame, stress_key, per_atom=False)
         if value is not None:
             stress[s] = voigt(_numeric(value, s, stress_key, "stress", array=True))
     return Targets(energy, forces, stress, n_atoms, offsets)
+
+
+def label_keys(systems) -> dict[str, int]:
+    """Every label-like key of ``systems`` and the number of structures that have it.
+
+    Keys of ``atoms.info``, of ``atoms.arrays`` (without ``numbers`` and
+    ``positions``) and of an attached calculator's ``results``.
+    """
+    counts: dict[str, int] = {}
+    for frame in _as_frames(systems):
+        keys = set(getattr(frame, "info", None) or ())
+        keys.update(k for k in (getattr(frame, "arrays", None) or ()) if k not in _NOT_LABELS)
+        keys.update(getattr(getattr(frame, "calc", None), "results", None) or ())
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+_NOT_LABELS = {"numbers", "positions"}
+
+
+def _available(counts: dict[str, int], n: int) -> str:
+    if not counts:
+        return "the structures have no labels at all (no info, arrays or calculator results)"
+    shown = [k if c == n else f"{k} ({c} of {n})" for k, c in counts.items()]
+    return "keys present: " + ", ".join(shown)
+
+
+def _suggestion(key: str, counts: dict[str, int]) -> str:
+    close = difflib.get_close_matches(key, list(counts), n=1, cutoff=0.5)
+    if not close:  # case-insensitive containment ("forces" in "REF_forces")
+        close = [k for k in counts if key.lower() in k.lower() or k.lower() in key.lower()][:1]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _labelled(targets: Targets, prop: str) -> np.ndarray:
+    """``[structure]`` whether each structure has a finite label of ``prop``."""
+    n = len(targets.n_atoms)
+    if prop == "energy":
+        return np.isfinite(targets.energy)
+    if prop == "forces":
+        return np.array([targets.has_forces(s) for s in range(n)], dtype=bool)
+    return np.array([targets.has_stress(s) for s in range(n)], dtype=bool)
+
+
+def check_labels(
+    systems,
+    targets: Targets,
+    keys: dict[str, str | None],
+    wanted: dict[str, bool],
+    *,
+    share: float = 1.0,
+    periodic: np.ndarray | None = None,
+    optional: tuple[str, ...] = ("forces", "stress"),
+) -> dict[str, int]:
+    """Check that every label a fit uses exists; return the properties to fit and their counts.
+
+    A property is *wanted* when its weight is not zero and its key is not
+    ``None``. A wanted property must be found in at least ``share`` of the
+    structures (stress: of the structures periodic in 3D); a key that was named
+    (not the default ``"energy"``, ``"forces"``, ``"stress"``) and is found in no
+    structure, or a missing energy, is an error that lists the keys present and
+    suggests the closest one. A default forces or stress key found nowhere is
+    skipped (data without forces or stress).
+
+    Parameters
+    ----------
+    systems : list of ase.Atoms
+        The structures the targets came from (for the list of keys).
+    targets : Targets
+        Their labels, from :func:`read_targets`.
+    keys : dict
+        ``{"energy": key, "forces": key, "stress": key}``.
+    wanted : dict
+        ``{property: bool}``: whether the fit uses the property.
+    share : float
+        Smallest share of structures (0 < share <= 1) that must carry each
+        wanted label.
+    periodic : numpy.ndarray, optional
+        ``[structure]`` whether a structure is periodic in 3D (stress can only
+        exist there); default: all.
+    optional : tuple of str
+        Properties whose *default* key may be found nowhere (they are then
+        left out instead of raising).
+
+    Returns
+    -------
+    dict
+        ``{property: number of labelled structures}`` of the properties to fit.
+
+    Raises
+    ------
+    ValueError
+        Naming the property, the key looked for, how many structures have
+        it, the keys present and the closest key.
+    """
+    if not isinstance(share, (int, float)) or not 0.0 < share <= 1.0:
+        raise ValueError(f"label_share must be a number in (0, 1], got {share!r}")
+    n = len(targets.n_atoms)
+    periodic = np.ones(n, dtype=bool) if periodic is None else np.asarray(periodic, dtype=bool)
+    out: dict[str, int] = {}
+    counts = None
+    for prop in ("energy", "forces", "stress"):
+        key = keys.get(prop)
+        if key is None or not wanted.get(prop, False):
+            continue
+        have = _labelled(targets, prop)
+        eligible = periodic if prop == "stress" else np.ones(n, dtype=bool)
+        found, total = int(have.sum()), int(eligible.sum())
+        if found == 0:
+            if key == DEFAULT_KEYS[prop] and prop in optional:
+                continue  # data without forces / stress: fit without them
+            if total == 0:  # stress asked for, but no structure is periodic in 3D
+                raise ValueError(f"stress key {key!r} given, but no structure is periodic in 3D")
+            counts = label_keys(systems) if counts is None else counts
+            raise ValueError(
+                f"no structure has a {prop} label under the key {key!r} "
+                f"({n} structures searched in atoms.info, atoms.arrays and calculator "
+                f"results); {_available(counts, n)}{_suggestion(key, counts)}"
+            )
+        if found < share * total - 1e-9:
+            missing = np.nonzero(eligible & ~have)[0]
+            shown = ", ".join(str(s) for s in missing[:5]) + (", ..." if missing.size > 5 else "")
+            raise ValueError(
+                f"{prop} label {key!r} found in {found} of {total} structures "
+                f"({100.0 * found / total:.1f}%; missing in structures {shown}); "
+                f"label_share={share:g} requires {int(np.ceil(share * total - 1e-9))}. "
+                f"Fit with the partial labels by passing label_share={found / total:.2f} "
+                f"(CLI: --label-share), or leave the property out with a weight of 0"
+            )
+        out[prop] = found
+    return out
 
 
 def composition(systems, species) -> np.ndarray:
@@ -208,3 +355,15 @@ def structure_weights(frames, sample_weight, config_weights, config_key) -> np.n
             key = getattr(frame, "info", {}).get(config_key)
             weights[s] *= float(config_weights.get(key, config_weights.get("default", 1.0)))
     return weights
+
+
+def periodic_3d(systems) -> np.ndarray:
+    """``[structure]`` whether each structure is periodic along all three cell vectors."""
+    frames = _as_frames(systems)
+    out = np.zeros(len(frames), dtype=bool)
+    for s, frame in enumerate(frames):
+        _, _, cell, pbc = _system_arrays(frame, s)
+        pbc = np.broadcast_to(np.asarray(False if pbc is None else pbc, dtype=bool), (3,))
+        if cell is not None and bool(pbc.all()):
+            out[s] = abs(float(np.linalg.det(np.asarray(cell, dtype=np.float64)))) > 0
+    return out

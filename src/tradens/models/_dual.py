@@ -26,7 +26,14 @@ from ._data import composition
 from ._design import design_batches
 from ._solve import fill_unseen
 
-__all__ = ["EnergyRows", "dual_cross_validate", "dual_final_fit", "fit_dual"]
+__all__ = [
+    "EnergyRows",
+    "dual_cross_validate",
+    "dual_final_fit",
+    "dual_rows",
+    "dual_trivial_errors",
+    "fit_dual",
+]
 
 
 class EnergyRows:
@@ -161,26 +168,45 @@ def dual_final_fit(store: EnergyRows, alpha: float, standardize: bool = False, j
     return e0, theta[:, 0], training, float(condition[0])
 
 
-def fit_dual(model, frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives):
-    """Energy-only fit of a :class:`~tradens.models.LinearPotential` in the row space."""
-    if derivatives:
-        raise ValueError(
-            "solver='dual' fits energies only; set forces_weight=0 and stress_weight=0"
-        )
-    if not isinstance(model._regularizer(basis), (str, type(None))):
-        raise ValueError("solver='dual' supports ridge models only")
-    joint = model.baseline == "joint"
-    standardize = model._regularizer(basis) == "diagonal"
+def dual_trivial_errors(store: EnergyRows, folds: np.ndarray, n_folds: int) -> dict:
+    """``{"energy": (train, validation)}`` RMSEs (eV/atom) of the per-element baseline alone."""
+
+    def rmse(train_idx, test_idx) -> tuple[float, float]:
+        _, energy, fractions, weights = store.subset(train_idx)
+        e0 = _baseline(fractions, energy, weights)
+        _, energy, fractions, weights = store.subset(test_idx)
+        return float((weights * (fractions @ e0 - energy) ** 2).sum()), float(weights.sum())
+
+    everything = np.arange(len(store.rows))
+    sse, count = rmse(everything, everything)
+    train = float(np.sqrt(sse / count)) if count > 0 else float("nan")
+    validation = float("nan")
+    if n_folds > 1:
+        total = [0.0, 0.0]
+        for k in range(n_folds):
+            test = np.nonzero(folds == k)[0]
+            if store.subset(test)[0].shape[0] == 0:
+                continue
+            sse, count = rmse(np.nonzero(folds != k)[0], test)
+            total[0] += sse
+            total[1] += count
+        validation = float(np.sqrt(total[0] / total[1])) if total[1] > 0 else float("nan")
+    return {"energy": (train, validation)}
+
+
+def dual_rows(model, frames, targets, basis, species, weights) -> EnergyRows:
+    """Per-atom energy rows of every structure for an energy-only dual fit."""
     store = EnergyRows(len(frames))
     fractions = composition(frames, species) / targets.n_atoms[:, None]
-    for start, batch, design in design_batches(
+    batches = design_batches(
         model.representation,
         basis,
         frames,
         forces=False,
         stress=False,
         batch_size=model.batch_size,
-    ):
+    )
+    for start, batch, design in model._progress(batches, len(frames)):
         for local in range(batch.n_structures):
             s = start + local
             store.add(
@@ -190,12 +216,23 @@ def fit_dual(model, frames, targets, basis, species, weights, folds, n_folds, al
                 fractions[s],
                 weights[s],
             )
+    return store
+
+
+def fit_dual(model, store: EnergyRows, folds: np.ndarray, n_folds: int, alphas) -> tuple:
+    """Energy-only ridge of a :class:`~tradens.models.LinearPotential` in the row space.
+
+    Sets ``cv_results_`` and ``alpha_`` on ``model`` and returns
+    ``(e0, theta, training, condition)`` of the final fit.
+    """
+    if not isinstance(model._regularizer(model.basis_), (str, type(None))):
+        raise ValueError("solver='dual' supports ridge models only")
+    joint = model.baseline == "joint"
+    standardize = model._regularizer(model.basis_) == "diagonal"
     if n_folds > 1:
         model.cv_results_ = dual_cross_validate(store, folds, n_folds, alphas, standardize, joint)
         model.alpha_ = float(alphas[int(np.nanargmin(model.cv_results_["energy_rmse"]))])
     else:
         model.cv_results_ = None
         model.alpha_ = float(alphas[0])
-    e0, theta, training, condition = dual_final_fit(store, model.alpha_, standardize, joint)
-    model._finish(species, e0, theta, training, condition, basis)
-    return model
+    return dual_final_fit(store, model.alpha_, standardize, joint)

@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["FoldStatistics", "solve_path", "PROPERTIES"]
+__all__ = ["FoldStatistics", "solve_path", "trivial_errors", "PROPERTIES"]
 
 PROPERTIES = ("energy", "forces", "stress")
 
@@ -344,3 +344,43 @@ def final_fit(
     for p, (errors, count) in _errors(theta, stats, e0).items():
         training[p] = float(np.sqrt(errors[0] / count)) if count > 0 else float("nan")
     return e0, theta[:, 0], training, float(condition[0])
+
+
+def _trivial_sse(stats: dict, e0: np.ndarray) -> dict:
+    """Weighted squared errors and counts of the trivial predictor (``theta = 0``)."""
+    zero = torch.zeros(stats["xc"].shape[0], 1, dtype=torch.float64)
+    return {p: (float(errors[0]), count) for p, (errors, count) in _errors(zero, stats, e0).items()}
+
+
+def trivial_errors(fold_stats: FoldStatistics) -> dict:
+    """RMSEs of the trivial predictor: per-element baseline energies, zero forces and stress.
+
+    Returns
+    -------
+    dict
+        ``{property: (train_rmse, validation_rmse)}``: on all folds, and pooled over the
+        validation folds with the baseline refitted on the other folds (NaN without
+        cross-validation or labels).
+    """
+    everything = fold_stats.merged(range(fold_stats.n_folds))
+    train = _trivial_sse(everything, baseline_from(everything))
+    sse = {p: 0.0 for p in PROPERTIES}
+    counts = {p: 0.0 for p in PROPERTIES}
+    if fold_stats.n_folds > 1:
+        folds = range(fold_stats.n_folds)
+        for k in folds:
+            validation = fold_stats.merged([k])
+            if sum(validation["count"].values()) == 0:
+                continue
+            training = fold_stats.merged([j for j in folds if j != k])
+            for p, (error, count) in _trivial_sse(validation, baseline_from(training)).items():
+                sse[p] += error
+                counts[p] += count
+    out = {}
+    for p in PROPERTIES:
+        error, count = train[p]
+        out[p] = (
+            float(np.sqrt(error / count)) if count > 0 else float("nan"),
+            float(np.sqrt(sse[p] / counts[p])) if counts[p] > 0 else float("nan"),
+        )
+    return out

@@ -16,8 +16,9 @@ The weights are the projected-process (subset-of-regressors) solution
         K_{MN} \\Lambda^{-1} y ,
 
 where ``K_NM`` stacks energy, force and stress rows (``Lambda^{-1}`` are the
-per-property weights of :mod:`tradens.models._solve`: ``w_p = 1/sigma_p`` with
-GAP's ``default_sigma``) and ``alpha`` is chosen by cross-validation. The
+per-property weights of :mod:`tradens.models._solve`: ``w_p = 1/sigma_p`` as
+GAP's ``default_sigma``; by default ``sigma_p`` is the trivial predictor's RMSE)
+and ``alpha`` is chosen by cross-validation. The
 normal matrix is whitened by the Cholesky factor of ``K_MM`` (plus jitter)
 before the eigen-solution.
 """
@@ -54,8 +55,9 @@ class SparseKernelPotential(LinearPotential):
     per_element : bool
         Separate sparse points and kernels per centre element.
     alphas, cv, energy_weight, forces_weight, stress_weight, config_weights, config_key, energy_key,
-    forces_key, stress_key, baseline, cv_metric, batch_size, seed, progress
-        As :class:`~tradens.models.LinearPotential`.
+    forces_key, stress_key, label_share, baseline, cv_metric, batch_size, seed, progress
+        As :class:`~tradens.models.LinearPotential` (default property weights from the
+        data; ``fit_report_``, ``precompute`` and ``fit_features`` as there).
 
     Attributes
     ----------
@@ -78,14 +80,15 @@ class SparseKernelPotential(LinearPotential):
         per_element: bool = False,
         alphas=DEFAULT_ALPHAS,
         cv=5,
-        energy_weight: float = 1.0,
-        forces_weight: float = 0.1,
-        stress_weight: float = 1.0,
+        energy_weight: float | None = None,
+        forces_weight: float | None = None,
+        stress_weight: float | None = None,
         config_weights=None,
         config_key: str = "config_type",
         energy_key: str = "energy",
         forces_key: str = "forces",
         stress_key: str = "stress",
+        label_share: float = 1.0,
         baseline: str = "first",
         cv_metric: str = "loss",
         batch_size: int = 8,
@@ -106,6 +109,7 @@ class SparseKernelPotential(LinearPotential):
             energy_key=energy_key,
             forces_key=forces_key,
             stress_key=stress_key,
+            label_share=label_share,
             baseline=baseline,
             cv_metric=cv_metric,
             batch_size=batch_size,
@@ -160,13 +164,16 @@ class SparseKernelPotential(LinearPotential):
     def _regularizer(self, basis):
         return basis.regularizer()
 
-    def fit(self, frames, sample_weight=None, groups=None):
-        """Select sparse points, then fit baseline and weights; returns ``self``."""
+    def precompute(self, frames, sample_weight=None, groups=None):
+        """Select sparse points and reduce the kernel design (see ``LinearPotential``)."""
         self._frames = _as_frames(frames)
         try:
-            return super().fit(self._frames, sample_weight=sample_weight, groups=groups)
+            return super().precompute(self._frames, sample_weight=sample_weight, groups=groups)
         finally:
             del self._frames
+
+    def _cache_params(self) -> tuple[str, ...]:
+        return (*super()._cache_params(), "n_sparse", "zeta", "selection", "max_candidates")
 
     # ------------------------------------------------------------------ io
     def _fitted_state(self):

@@ -42,12 +42,53 @@ from ..gradients.api import energy_forces_stress
 from ..kernels.determinism import deterministic
 from ..systems.batch import _as_frames, as_batch
 from ._base import PotentialBase
-from ._data import read_targets, species_of, structure_weights
+from ._data import check_labels, periodic_3d, read_targets, species_of, structure_weights
 from ._pair_density import Augmented, PairDensity, pair_from_state, pair_state
 from ._readout import Readout, concat_targets, learnable_copy
+from ._report import FitReport, PropertyErrors, warn_about
 from .baseline import ElementBaseline
 
-__all__ = ["LearnedPotential", "Readout"]
+__all__ = ["LearnedPotential", "Readout", "PRESETS"]
+
+#: Named configurations for :meth:`LearnedPotential.preset`: ``"representation"`` (the
+#: keyword arguments of :class:`tradens.ACE` or :class:`tradens.SOAP`, without ``species``)
+#: and ``"model"`` (the settings that differ from the class defaults).
+PRESETS: dict[str, dict] = {
+    # the HEA25 benchmark's choice (benchmarks/bench_hea25_learned.py, docs/models.md): 5-fold CV
+    # on 90 HEA25 structures, chosen on the inner validation splits
+    "hea25": {
+        "representation": {
+            "type": "ACE",
+            "cutoff": {"radius": 5.0, "width": 1.0},
+            "nu_max": 3,
+            "l_max": (0, 3, 2),
+            "channels": 8,
+            "radial": {"kind": "gto", "n_max": 6},
+            "density": {"sigma": 0.5, "center_weight": 0.0},
+            "normalize": False,
+            "seed": 0,
+        },
+        "model": {
+            "pair_channels": 4,
+            "pair_basis": 16,
+            "pair_r_min": 1.0,
+            "scale_features": True,
+            "train_reference": True,
+            "forces_weight": 3.0,
+            "stress_weight": 10.0,
+            "forces_loss": "huber",
+            "forces_delta": 2.0,
+            "learning_rate": 1e-2,
+            "weight_decay": 3e-3,
+            "max_epochs": 80,
+            "patience": 30,
+            "batch_size": 4,
+            "validation_fraction": 0.15,
+            "ema": 0.99,
+            "ridge_alpha": None,
+        },
+    },
+}
 
 
 class LearnedPotential(PotentialBase):
@@ -118,6 +159,8 @@ class LearnedPotential(PotentialBase):
         Seed of the split, the initialisation and the batch order.
     verbose : bool
         Print one line per epoch.
+    progress : bool
+        Show a progress bar over the epochs (validation loss as postfix).
 
     Attributes
     ----------
@@ -134,6 +177,17 @@ class LearnedPotential(PotentialBase):
         (eV/atom), ``val_forces_rmse`` (eV/Å), ``learning_rate``.
     best_epoch_ : int
         Epoch whose parameters were kept.
+    fit_report_ : FitReport
+        Training and validation RMSE of every trained property beside the
+        trivial predictor's (baseline energies, zero forces and stress) for
+        the kept parameters; a :class:`~tradens.models.FitWarning` is raised
+        when the model is worse than the trivial predictor on one of them.
+
+    Examples
+    --------
+    The HEA25 benchmark configuration (``PRESETS["hea25"]``)::
+
+        model = LearnedPotential.preset("hea25", species=species).fit(frames)
     """
 
     def __init__(
@@ -171,6 +225,7 @@ class LearnedPotential(PotentialBase):
         device: str = "auto",
         seed: int = 0,
         verbose: bool = False,
+        progress: bool = False,
     ):
         self.representation = representation
         self.hidden = hidden
@@ -204,6 +259,52 @@ class LearnedPotential(PotentialBase):
         self.device = device
         self.seed = seed
         self.verbose = verbose
+        self.progress = progress
+
+    @classmethod
+    def preset(cls, name: str, representation=None, *, species=None, **overrides):
+        """A model with a named configuration (``PRESETS``).
+
+        Parameters
+        ----------
+        name : str
+            ``"hea25"``: the HEA25 learned-embedding configuration of
+            ``benchmarks/bench_hea25_learned.py`` (TR-ACE, K = 8, nu <= 3,
+            cutoff 5 Å, GTO radial basis; 4 learned pair densities; Huber force
+            loss, force weight 3 and stress weight 10; Adam 1e-2 with weight
+            decay 3e-3, EMA 0.99; 80 epochs).
+        representation : SOAP or ACE, optional
+            Use this representation instead of the preset's.
+        species : sequence of int
+            Elements of the preset's representation (required without
+            ``representation``).
+        **overrides
+            Constructor arguments that replace the preset's.
+
+        Returns
+        -------
+        LearnedPotential
+            Unfitted.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+        config = PRESETS[name]
+        if representation is None:
+            if species is None:
+                raise ValueError(
+                    f"preset {name!r} builds its own representation: give species (atomic "
+                    "numbers of the data) or a representation"
+                )
+            from .. import ACE, SOAP
+
+            options = dict(config["representation"])
+            kind = {"ACE": ACE, "SOAP": SOAP}[options.pop("type")]
+            representation = kind(species=[int(z) for z in species], **options)
+        valid = set(cls._param_names()) - {"representation"}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown LearnedPotential parameter(s) {unknown}")
+        return cls(representation, **{**config["model"], **overrides})
 
     # ------------------------------------------------------------------ helpers
     def _torch_device(self) -> torch.device:
@@ -386,6 +487,18 @@ class LearnedPotential(PotentialBase):
         self._check_params()
         learnable_copy(self.representation)  # fails early without an embedding
         frames = _as_frames(frames)
+        label_keys = {
+            "energy": self.energy_key,
+            "forces": self.forces_key,
+            "stress": self.stress_key,
+        }
+        check_labels(
+            frames,
+            read_targets(frames, **{f"{p}_key": k for p, k in label_keys.items()}),
+            label_keys,
+            {p: getattr(self, f"{p}_weight") > 0 for p in label_keys},
+            periodic=periodic_3d(frames),
+        )
         weights_all = structure_weights(frames, sample_weight, self.config_weights, self.config_key)
         torch.manual_seed(self.seed)
         generator = np.random.default_rng(self.seed)
@@ -427,7 +540,12 @@ class LearnedPotential(PotentialBase):
         average = [p.detach().clone() for p in params] if self.ema > 0 else None
         best = (math.inf, None, 0)
         self.history_ = []
-        for epoch in range(self.max_epochs):
+        epochs = range(self.max_epochs)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            epochs = tqdm(epochs, desc="epochs", unit="epoch")
+        for epoch in epochs:
             order = generator.permutation(len(train))
             running, train_sums = 0.0, {}
             for k in range(0, len(train), self.batch_size):
@@ -469,6 +587,8 @@ class LearnedPotential(PotentialBase):
                 "learning_rate": optimiser.param_groups[0]["lr"],
             }
             self.history_.append(record)
+            if self.progress:
+                epochs.set_postfix(val_loss=f"{val_loss:.4g}", best=best[2])
             if self.verbose:
                 print(
                     " ".join(
@@ -487,7 +607,60 @@ class LearnedPotential(PotentialBase):
             self.baseline_.set_reference(
                 species, self.readout_.reference.detach().cpu().numpy().copy()
             )
+        self.fit_report_ = self._report(train, val, train_w, val_w, keys)
+        warn_about(self.fit_report_, stacklevel=4)
         return self
+
+    def _report(self, train, val, train_w, val_w, keys) -> FitReport:
+        """Training and validation RMSEs of the kept model beside the trivial predictor's."""
+        weights = {
+            "energy": self.energy_weight,
+            "forces": self.forces_weight,
+            "stress": self.stress_weight,
+        }
+        rows = []
+        split = {}
+        for name, frames, w in (("train", train, train_w), ("validation", val, val_w)):
+            targets = read_targets(frames, **keys)
+            want = {p: weights[p] > 0 for p in weights}
+            predicted = self.predict(frames, forces=want["forces"], stress=want["stress"])
+            trivial = {
+                "energy": self.baseline_.predict_energy(frames),
+                "forces": np.zeros_like(targets.forces),
+                "stress": np.zeros_like(targets.stress),
+            }
+            split[name] = (targets, predicted, trivial, w)
+        for p in ("energy", "forces", "stress"):
+            if weights[p] <= 0:
+                continue
+            values = {}
+            for name, (targets, predicted, trivial, w) in split.items():
+                values[name] = (
+                    _weighted_rmse(predicted.get(p), targets, p, w),
+                    _weighted_rmse(trivial[p], targets, p, w),
+                )
+            labelled = _count_labelled(split["train"][0], p) + _count_labelled(
+                split["validation"][0], p
+            )
+            if labelled == 0:
+                continue
+            rows.append(
+                PropertyErrors(
+                    name=p,
+                    key=str(keys[f"{p}_key"]),
+                    n_labels=labelled,
+                    weight=float(weights[p]),
+                    train_rmse=values["train"][0],
+                    validation_rmse=values["validation"][0],
+                    trivial_train_rmse=values["train"][1],
+                    trivial_validation_rmse=values["validation"][1],
+                )
+            )
+        return FitReport(
+            model=type(self).__name__,
+            validation=f"held-out ({len(val)})",
+            properties=tuple(rows),
+        )
 
     def _initial_readout(self, train, weights) -> Readout:
         """Readout whose linear part is the energy-only ridge solution on the initial features."""
@@ -617,6 +790,34 @@ class LearnedPotential(PotentialBase):
         model.best_epoch_ = meta["fitted"]["best_epoch"]
         model.history_ = meta["fitted"]["history"]
         return model
+
+
+def _count_labelled(targets, prop: str) -> int:
+    n = len(targets.n_atoms)
+    if prop == "energy":
+        return int(np.isfinite(targets.energy).sum())
+    check = targets.has_forces if prop == "forces" else targets.has_stress
+    return sum(1 for s in range(n) if check(s))
+
+
+def _weighted_rmse(predicted, targets, prop: str, weights) -> float:
+    """Structure-weighted RMSE of ``predicted`` against the labels of ``prop`` (NaN if none)."""
+    if predicted is None:
+        return math.nan
+    w = np.asarray(weights, dtype=np.float64)
+    if prop == "energy":
+        error = (np.asarray(predicted) - targets.energy) / targets.n_atoms  # [structure]
+        row_w = w
+    elif prop == "forces":
+        error = np.asarray(predicted) - targets.forces  # [atom, 3]
+        row_w = np.repeat(w, targets.n_atoms)[:, None] * np.ones((1, 3))
+    else:
+        error = np.asarray(predicted) - targets.stress  # [structure, 6]
+        row_w = w[:, None] * np.ones((1, 6))
+    ok = np.isfinite(error)
+    if not ok.any() or row_w[ok].sum() <= 0:
+        return math.nan
+    return float(np.sqrt((row_w[ok] * error[ok] ** 2).sum() / row_w[ok].sum()))
 
 
 def _swap(params, values):

@@ -24,14 +24,29 @@ from tqdm.auto import tqdm
 
 from ..systems.batch import _as_frames
 from ._base import PotentialBase
-from ._data import composition, fold_ids, read_targets, species_of, structure_weights
+from ._cache import CACHE_PARAMS, DesignCache
+from ._data import (
+    check_labels,
+    composition,
+    fold_ids,
+    periodic_3d,
+    read_targets,
+    species_of,
+    structure_weights,
+)
 from ._design import LinearBasis, ProjectionBasis, design_batches
-from ._solve import FoldStatistics, cross_validate, final_fit
+from ._report import TOLERANCE, FitReport, PropertyErrors, warn_about
+from ._solve import PROPERTIES, FoldStatistics, cross_validate, final_fit, trivial_errors
 from .baseline import ElementBaseline
 
-__all__ = ["LinearPotential", "DEFAULT_ALPHAS"]
+__all__ = ["LinearPotential", "DEFAULT_ALPHAS", "DesignCache"]
 
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-9, 1, 11))
+#: Relative regularisations cross-validated by default: 1e-9 .. 10, four per decade.
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-9, 1, 41))
+
+#: How often a default (data-derived) property weight is raised when the fit is worse than the
+#: trivial predictor on that property, and by which factor each time.
+RECOVERY_ROUNDS, RECOVERY_FACTOR = 4, 3.0
 
 
 class LinearPotential(PotentialBase):
@@ -48,10 +63,16 @@ class LinearPotential(PotentialBase):
     cv : int or None
         Number of folds (seeded shuffled K-fold over structures); ``None``
         fits once with ``alphas[0]``.
-    energy_weight, forces_weight, stress_weight : float
-        Weights of the mean squared errors of energies (per eV/atom), force
-        components (per eV/Å) and stress components (per eV/Å^3). 0 ignores a
-        property.
+    energy_weight, forces_weight, stress_weight : float or None
+        Weights ``w_p`` of the mean squared errors of energies (per eV/atom),
+        force components (per eV/Å) and stress components (per eV/Å^3); 0
+        ignores a property. ``None`` (default): from the data,
+        ``w_p = 1 / RMSE_p^0`` with ``RMSE_p^0`` the training RMSE of the
+        trivial predictor (per-element baseline energies, zero forces and
+        stress), so every property's term is its MSE relative to the trivial
+        predictor's; when the cross-validated error of such a property is
+        still worse than the trivial predictor's, its weight is raised
+        (x3, up to 4 times; ``fit_report_.notes`` says so).
     per_element : bool
         Separate weights for every centre element (``D = S F``).
     projection : RandomProjection, optional
@@ -62,7 +83,14 @@ class LinearPotential(PotentialBase):
     config_key : str
         Info key for ``config_weights``.
     energy_key, forces_key, stress_key : str
-        Where the labels are.
+        Where the labels are (``atoms.info`` / ``atoms.arrays``, then the
+        attached calculator's results). A label the fit uses must be found
+        in every structure (see ``label_share``), else ``fit`` raises a
+        ValueError naming the key, the keys present and the closest one.
+        Default forces/stress keys found in no structure are skipped.
+    label_share : float
+        Smallest share (0 < share <= 1) of the structures (for stress: of
+        those periodic in 3D) that must carry every label the fit uses.
     baseline : {"joint", "first"}
         ``"joint"`` (default): per-element reference energies fitted together
         with the weights, unregularised (the Schur complement of the
@@ -83,7 +111,8 @@ class LinearPotential(PotentialBase):
         ``"dual"``: energy rows kept in memory and solved in the
         ``structure x structure`` space (energies only;
         for very wide designs such as the full SOAP). ``"auto"`` picks
-        ``"dual"`` for energy-only fits with ``D > max(4000, structures)``.
+        ``"dual"`` for energy-only fits with more features than structures
+        (``D > structures``), the primal otherwise; ``solver_`` says which ran.
     cv_metric : {"loss", "energy", "forces", "stress"}
         What selects ``alpha``: the weighted validation loss, or one RMSE.
     batch_size : int
@@ -108,6 +137,25 @@ class LinearPotential(PotentialBase):
         Training RMSEs of the final fit.
     condition_number_ : float
         Of the regularised normal equations.
+    solver_ : str
+        ``"primal"`` or ``"dual"``: the solver that ran.
+    property_weights_ : dict
+        The weights ``w_p`` used (after any automatic raise).
+    fit_report_ : FitReport
+        Training and cross-validation RMSE of every fitted property beside the
+        trivial predictor's (``print(model.fit_report_)`` shows a table). A
+        :class:`~tradens.models.FitWarning` is raised when the model is worse
+        than the trivial predictor on a property or ``alpha_`` is at an edge of
+        ``alphas``.
+
+    Examples
+    --------
+    Refit with another regularisation grid without recomputing descriptors::
+
+        model = LinearPotential(soap)
+        cache = model.precompute(frames)
+        model.fit_features(cache)
+        model.set_params(alphas=np.logspace(-12, -6, 25)).fit_features(cache)
     """
 
     def __init__(
@@ -116,9 +164,9 @@ class LinearPotential(PotentialBase):
         *,
         alphas=DEFAULT_ALPHAS,
         cv=5,
-        energy_weight: float = 1.0,
-        forces_weight: float = 0.1,
-        stress_weight: float = 1.0,
+        energy_weight: float | None = None,
+        forces_weight: float | None = None,
+        stress_weight: float | None = None,
         per_element: bool = False,
         projection=None,
         config_weights=None,
@@ -126,6 +174,7 @@ class LinearPotential(PotentialBase):
         energy_key: str = "energy",
         forces_key: str = "forces",
         stress_key: str = "stress",
+        label_share: float = 1.0,
         baseline: str = "joint",
         standardize: bool = False,
         solver: str = "auto",
@@ -147,6 +196,7 @@ class LinearPotential(PotentialBase):
         self.energy_key = energy_key
         self.forces_key = forces_key
         self.stress_key = stress_key
+        self.label_share = label_share
         self.baseline = baseline
         self.standardize = standardize
         self.solver = solver
@@ -159,8 +209,10 @@ class LinearPotential(PotentialBase):
     def _validate(self):
         for name in ("energy_weight", "forces_weight", "stress_weight"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"{name} must be None or a finite number >= 0, got {value!r}")
         if self.energy_weight == 0 and self.forces_weight == 0 and self.stress_weight == 0:
             raise ValueError(
                 "at least one of energy_weight, forces_weight, stress_weight must be > 0"
@@ -210,74 +262,236 @@ class LinearPotential(PotentialBase):
         groups : array-like, optional
             ``[structure]`` fold labels (one fold per distinct label),
             overriding ``cv``.
+
+        Raises
+        ------
+        ValueError
+            When a label the fit uses is missing (see ``energy_key``).
         """
-        alphas = self._validate()
+        cache = self.precompute(frames, sample_weight=sample_weight, groups=groups)
+        return self._fit_cache(cache, stacklevel=3)
+
+    def precompute(self, frames, sample_weight=None, groups=None) -> DesignCache:
+        """Descriptors of ``frames`` reduced to what every fit needs (see ``fit_features``).
+
+        Parameters
+        ----------
+        frames, sample_weight, groups
+            As :meth:`fit`.
+
+        Returns
+        -------
+        DesignCache
+            Per-fold sufficient statistics (``D x D`` per fold and property,
+            float64) or, for the dual solver, the energy rows.
+        """
+        self._validate()
         frames = _as_frames(frames)
+        keys = {"energy": self.energy_key, "forces": self.forces_key, "stress": self.stress_key}
         targets = read_targets(
             frames,
             energy_key=self.energy_key,
             forces_key=self.forces_key,
             stress_key=self.stress_key,
         )
+        wanted = {p: getattr(self, f"{p}_weight") != 0 for p in PROPERTIES}
+        labels = check_labels(
+            frames, targets, keys, wanted, share=self.label_share, periodic=periodic_3d(frames)
+        )
+        skipped = {
+            p: f"no labels under {keys[p]!r}"
+            for p in PROPERTIES
+            if wanted[p] and keys[p] is not None and p not in labels
+        }
+        if not labels:
+            raise ValueError(f"nothing to fit: {skipped or 'all property weights are 0'}")
         species = species_of(frames, self.representation)
         weights = structure_weights(frames, sample_weight, self.config_weights, self.config_key)
         folds, n_folds = fold_ids(len(frames), self.cv, groups, self.seed)
-        if n_folds == 1 and alphas.size > 1:
-            alphas = alphas[:1]
         basis = self._make_basis(self._n_features(frames), species)
-        use_forces = self.forces_weight > 0 and bool(np.isfinite(targets.forces).any())
-        use_stress = self.stress_weight > 0 and bool(np.isfinite(targets.stress).any())
-        wide = basis.n_outputs > max(4000, len(frames)) and not (use_forces or use_stress)
-        if self.solver == "dual" or (self.solver == "auto" and wide):
-            derivatives = use_forces or use_stress
-            return self._fit_dual(
-                frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives
+        use_forces, use_stress = "forces" in labels, "stress" in labels
+        derivatives = use_forces or use_stress
+        if self.solver == "dual" and derivatives:
+            raise ValueError(
+                "solver='dual' fits energies only; set forces_weight=0 and stress_weight=0"
             )
-        stats = self._accumulate(
-            frames, targets, basis, species, weights, folds, n_folds, use_forces, use_stress
+        ridge = isinstance(self._regularizer(basis), (str, type(None)))
+        dual = self.solver == "dual" or (
+            self.solver == "auto" and ridge and not derivatives and basis.n_outputs > len(frames)
         )
-        prop_weights = {
-            "energy": self.energy_weight,
-            "forces": self.forces_weight,
-            "stress": self.stress_weight,
-        }
-        if n_folds > 1:
-            self.cv_results_ = cross_validate(
-                stats,
-                prop_weights,
-                alphas,
-                self._regularizer(basis),
-                joint=self.baseline == "joint",
-            )
-            metric = "loss" if self.cv_metric == "loss" else f"{self.cv_metric}_rmse"
-            scores = self.cv_results_[metric]
-            if np.isnan(scores).all():
-                raise ValueError(f"cv_metric={self.cv_metric!r} but no such labels in the data")
-            self.alpha_ = float(alphas[int(np.nanargmin(scores))])
+        if dual:
+            from ._dual import dual_rows
+
+            statistics = dual_rows(self, frames, targets, basis, species, weights)
         else:
-            self.cv_results_ = None
-            self.alpha_ = float(alphas[0])
-        e0, theta, training, condition = final_fit(
-            stats,
-            prop_weights,
-            self.alpha_,
-            self._regularizer(basis),
-            joint=self.baseline == "joint",
+            statistics = self._accumulate(
+                frames, targets, basis, species, weights, folds, n_folds, use_forces, use_stress
+            )
+        fitted = {
+            name: getattr(self, name)
+            for name in ("projection_", "sparse_points_", "sparse_numbers_")
+            if hasattr(self, name)
+        }
+        return DesignCache(
+            solver="dual" if dual else "primal",
+            statistics=statistics,
+            species=species,
+            basis=basis,
+            folds=folds,
+            n_folds=n_folds,
+            labels=labels,
+            skipped=skipped,
+            n_structures=len(frames),
+            params={name: getattr(self, name) for name in self._cache_params()},
+            representation=self.representation,
+            fitted=fitted,
         )
-        self._finish(species, e0, theta, training, condition, basis)
+
+    def _cache_params(self) -> tuple[str, ...]:
+        return (*CACHE_PARAMS, "projection")
+
+    def fit_features(self, cache: DesignCache):
+        """Fit from a :class:`DesignCache` of :meth:`precompute`; returns ``self``.
+
+        Only the regularisation grid ``alphas``, the property weights,
+        ``baseline``, ``standardize`` and ``cv_metric`` may differ from when
+        the cache was computed; the descriptors are not recomputed.
+        """
+        return self._fit_cache(cache, stacklevel=3)
+
+    def _fit_cache(self, cache: DesignCache, stacklevel: int):
+        if not isinstance(cache, DesignCache):
+            raise TypeError(
+                f"fit_features takes the DesignCache of precompute(frames), got "
+                f"{type(cache).__name__}"
+            )
+        alphas = self._validate()
+        cache.check(self)
+        for name, value in cache.fitted.items():
+            setattr(self, name, value)
+        if cache.n_folds == 1 and alphas.size > 1:
+            alphas = alphas[:1]
+        self.basis_ = cache.basis
+        labels = {p: n for p, n in cache.labels.items() if getattr(self, f"{p}_weight") != 0}
+        if not labels:
+            raise ValueError("nothing to fit: every property in the cache has weight 0")
+        notes: list[str] = []
+        if cache.solver == "dual":
+            from ._dual import dual_trivial_errors, fit_dual
+
+            trivial = dual_trivial_errors(cache.statistics, cache.folds, cache.n_folds)
+            weights, _ = self._property_weights(labels, trivial)
+            e0, theta, training, condition = fit_dual(
+                self, cache.statistics, cache.folds, cache.n_folds, alphas
+            )
+        else:
+            trivial = trivial_errors(cache.statistics)
+            weights, e0, theta, training, condition = self._solve_primal(
+                cache.statistics, labels, trivial, alphas, notes
+            )
+        self.solver_ = cache.solver
+        self.property_weights_ = weights
+        self._finish(cache.species, e0, theta, training, condition, cache.basis)
+        self.fit_report_ = self._report(cache, labels, trivial, training, alphas, notes)
+        warn_about(self.fit_report_, stacklevel=stacklevel + 1)
         return self
+
+    def _property_weights(self, labels: dict, trivial: dict) -> tuple[dict, set]:
+        """``w_p`` of every property (0 when not fitted) and the set of data-derived ones."""
+        out, auto = {}, set()
+        for p in PROPERTIES:
+            given = getattr(self, f"{p}_weight")
+            if p not in labels:
+                out[p] = 0.0
+            elif given is None:
+                rms = trivial.get(p, (np.nan, np.nan))[0]
+                out[p] = 1.0 / rms if np.isfinite(rms) and rms > 0 else 1.0
+                auto.add(p)
+            else:
+                out[p] = float(given)
+        return out, auto
+
+    def _solve_primal(self, stats, labels, trivial, alphas, notes):
+        """Cross-validate (raising data-derived weights while worse than trivial), then fit."""
+        weights, auto = self._property_weights(labels, trivial)
+        joint = self.baseline == "joint"
+        regularizer = self._regularizer(self.basis_)
+        for attempt in range(RECOVERY_ROUNDS + 1):
+            if stats.n_folds > 1:
+                results = cross_validate(stats, weights, alphas, regularizer, joint=joint)
+                metric = "loss" if self.cv_metric == "loss" else f"{self.cv_metric}_rmse"
+                scores = results[metric]
+                if np.isnan(scores).all():
+                    raise ValueError(f"cv_metric={self.cv_metric!r} but no such labels in the data")
+                best = int(np.nanargmin(scores))
+                alpha = float(alphas[best])
+                errors = {p: results[f"{p}_rmse"][best] for p in labels}
+                reference = {p: trivial[p][1] for p in labels}
+            else:
+                results, alpha = None, float(alphas[0])
+            fitted = final_fit(stats, weights, alpha, regularizer, joint=joint)
+            if stats.n_folds == 1:
+                errors = dict(fitted[2])
+                reference = {p: trivial[p][0] for p in labels}
+            worse = [p for p in sorted(auto) if errors[p] > reference[p] * (1.0 + TOLERANCE)]
+            # raising every weight alike changes nothing: only a trade-off can be recovered
+            if not worse or len(worse) == len(labels) or attempt == RECOVERY_ROUNDS:
+                break
+            for p in worse:
+                weights[p] *= RECOVERY_FACTOR
+            notes.append(
+                f"{', '.join(worse)} worse than the trivial predictor with the default weights: "
+                f"weight x{RECOVERY_FACTOR:g} ({', '.join(f'{p} {weights[p]:.3g}' for p in worse)})"
+            )
+        self.cv_results_ = results
+        self.alpha_ = alpha
+        e0, theta, training, condition = fitted
+        return weights, e0, theta, training, condition
+
+    def _report(self, cache, labels, trivial, training, alphas, notes) -> FitReport:
+        keys = {"energy": self.energy_key, "forces": self.forces_key, "stress": self.stress_key}
+        rows = []
+        best = None
+        if self.cv_results_ is not None:
+            best = int(np.argmin(np.abs(np.asarray(self.cv_results_["alphas"]) - self.alpha_)))
+        for p in PROPERTIES:
+            if p not in labels:
+                continue
+            validation = (
+                float("nan") if best is None else float(self.cv_results_[f"{p}_rmse"][best])
+            )
+            rows.append(
+                PropertyErrors(
+                    name=p,
+                    key=str(keys[p]),
+                    n_labels=int(labels[p]),
+                    weight=float(self.property_weights_[p]),
+                    train_rmse=float(training[p]),
+                    validation_rmse=validation,
+                    trivial_train_rmse=float(trivial[p][0]),
+                    trivial_validation_rmse=float(trivial[p][1]),
+                )
+            )
+        return FitReport(
+            model=type(self).__name__,
+            validation=f"{cache.n_folds}-fold CV" if cache.n_folds > 1 else "none",
+            properties=tuple(rows),
+            alpha=float(self.alpha_),
+            alphas=tuple(float(a) for a in alphas),
+            solver=cache.solver,
+            skipped=dict(cache.skipped),
+            notes=tuple(notes),
+        )
+
+    def _progress(self, batches, n_structures: int):
+        """``batches`` with a progress bar when ``progress`` is set."""
+        if not self.progress:
+            return batches
+        total = -(-n_structures // self.batch_size)
+        return tqdm(batches, total=total, desc="descriptors", unit="batch")
 
     def _regularizer(self, basis):
         return "diagonal" if self.standardize else None
-
-    def _fit_dual(
-        self, frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives
-    ):
-        from ._dual import fit_dual
-
-        return fit_dual(
-            self, frames, targets, basis, species, weights, folds, n_folds, alphas, derivatives
-        )
 
     def _finish(self, species, e0, theta, training, condition, basis) -> None:
         self.baseline_ = ElementBaseline(species=species).set_reference(species, e0)
@@ -380,6 +594,10 @@ class LinearPotential(PotentialBase):
             if self.projection is not None
             else ("per_element" if self.per_element else "linear"),
         }
+        if getattr(self, "fit_report_", None) is not None:
+            meta["fit_report"] = self.fit_report_.to_dict()
+            meta["solver"] = self.solver_
+            meta["property_weights"] = self.property_weights_
         arrays = {
             "weights": np.asarray(self.weights_),
             "reference_energies": self.baseline_.reference_energies_,
@@ -402,6 +620,10 @@ class LinearPotential(PotentialBase):
         self._theta = torch.as_tensor(self.weights_)
         self.representation_ = representation
         self.cv_results_ = None
+        if meta.get("fit_report") is not None:  # files before 0.x have none
+            self.fit_report_ = FitReport.from_dict(meta["fit_report"])
+            self.solver_ = meta["solver"]
+            self.property_weights_ = dict(meta["property_weights"])
         if meta["basis"] == "projection":
             self.projection_ = self.projection
             self.projection_.components_ = np.asarray(arrays["projection"], dtype=np.float64)

@@ -107,8 +107,8 @@ class CompressedLeastSquares(PotentialBase):
         Projection matrix type.
     alpha : float
         Relative ridge for round-off only (ordinary least squares in the limit).
-    energy_weight, forces_weight, stress_weight : float
-        As :class:`~tradens.models.LinearPotential`.
+    energy_weight, forces_weight, stress_weight : float or None
+        As :class:`~tradens.models.LinearPotential` (``None``: from the data).
     energy_key, forces_key, stress_key : str
         Label keys.
     batch_size : int
@@ -132,9 +132,9 @@ class CompressedLeastSquares(PotentialBase):
         n_projections: int = 1,
         kind: str = "gaussian",
         alpha: float = 1e-10,
-        energy_weight: float = 1.0,
-        forces_weight: float = 0.1,
-        stress_weight: float = 1.0,
+        energy_weight: float | None = None,
+        forces_weight: float | None = None,
+        stress_weight: float | None = None,
         energy_key: str = "energy",
         forces_key: str = "forces",
         stress_key: str = "stress",
@@ -184,6 +184,7 @@ class CompressedLeastSquares(PotentialBase):
         self.baseline_ = self.members_[0].baseline_
         self.species_ = self.members_[0].species_
         self.representation_ = self.representation
+        self.fit_report_ = self.members_[0].fit_report_  # of the first projection
         return self
 
     def _atom_energy(self, values: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
