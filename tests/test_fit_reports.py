@@ -103,7 +103,7 @@ def test_partial_labels_need_a_stated_share(soap, consistent):
 def test_non_numeric_label_names_structure_and_key(soap, consistent):
     frames = _relabel(consistent, {"energy": "dft_energy"})
     frames[3].info["dft_energy"] = "n/a"
-    with pytest.raises(ValueError, match=r"structure 3: the energy label 'dft_energy' is not numeric"):
+    with pytest.raises(ValueError, match=r"structure 3: the energy label 'dft_energy' is not num"):
         LinearPotential(soap, cv=None, energy_key="dft_energy").fit(frames)
 
 
