@@ -130,7 +130,13 @@ class _Context:
             self.pairs = pairs = neighbor_list(batch, h.cutoff.radius)
             self.vectors = pair_vectors(batch, pairs)  # [pair, 3]
             self.species_index = soap.species_map(batch.numbers)  # [atom]
-            c = expand_density(
+            w1, w2 = soap.mixing_matrices(dtype, device)
+            self.symmetric = w2 is w1
+            if w1 is None:
+                weights = None  # full SOAP: the unmixed density, W = 1
+            else:  # mixed per pair, without forming the unmixed [atom, S*N, lm]
+                weights = w1 if self.symmetric else torch.cat([w1, w2], dim=1)
+            mixed = expand_density(
                 batch,
                 pairs,
                 self.vectors,
@@ -142,14 +148,13 @@ class _Context:
                 cutoff_width=h.cutoff.width,
                 center_weight=h.density.center_weight,
                 center_all_species=soap.center_all_species,
-            )  # [atom, S*N, lm]
-            w1, w2 = soap.mixing_matrices(dtype, device)
-            self.symmetric = w2 is w1
+                weights=weights,
+            )  # [atom, K, lm]
             if w1 is None:
-                w1 = w2 = torch.eye(c.shape[1], dtype=dtype, device=device)  # full SOAP
+                w1 = w2 = torch.eye(mixed.shape[1], dtype=dtype, device=device)
                 self.symmetric = True
-            self.y1 = torch.einsum("aIm,Ik->akm", c, w1)  # [atom, K1, lm]
-            self.y2 = self.y1 if self.symmetric else torch.einsum("aIm,Ik->akm", c, w2)
+            self.y1 = mixed[:, : w1.shape[1]]  # [atom, K1, lm]
+            self.y2 = self.y1 if self.symmetric else mixed[:, w1.shape[1] :]
             from ..representations.soap import power_spectrum
 
             p_values = power_spectrum(self.y1, self.y2, soap.plan, h.l_max)  # [atom, F']

@@ -142,7 +142,6 @@ def _summed_analytic(
     counts = torch.bincount(j_all, minlength=n_atoms)
     ends = torch.cumsum(counts, 0)
     starts = ends - counts
-    slots = torch.arange(j_all.shape[0], device=device) - starts[j_all]  # place among a's pairs
     starts_list, ends_list, counts_list = starts.tolist(), ends.tolist(), counts.tolist()
     work = _Workspace(
         min(atom_chunk, n_atoms),
@@ -167,17 +166,23 @@ def _summed_analytic(
     )
     gradient = torch.zeros(n_atoms, 3, n_out, dtype=dtype, device=device)
     voigt = torch.zeros(batch.n_structures, 6, n_out, dtype=dtype, device=device)
+    inside = torch.tensor([[0.5 * h.cutoff.radius, 0.0, 0.0]], dtype=dtype, device=device)
     for a0 in range(0, n_atoms, atom_chunk):
         a1 = min(a0 + atom_chunk, n_atoms)
         lo, hi = starts_list[a0], ends_list[a1 - 1]
         if hi == lo:
             continue
-        rows = j_all[lo:hi] - a0  # [q]
-        d_phi = pair_basis_gradient(ctx.soap, vec_all[lo:hi])  # [q, 3, lm, N]
-        nb = max(counts_list[a0:a1])  # most incoming pairs of an atom in the block
-        out = _block(
-            terms, work, a0, a1, rows, slots[lo:hi], i_all[lo:hi], vec_all[lo:hi], d_phi, nb
-        )  # [row, 9, F']
+        # the incoming pairs of every atom padded to nb slots: [row * nb], padding slots point
+        # at a dummy pair inside the cutoff whose derivative is zeroed below
+        nb = max(counts_list[a0:a1])
+        slot = torch.arange(nb, device=device)
+        valid = (slot[None, :] < counts[a0:a1, None]).reshape(-1)  # [row*nb]
+        index = (starts[a0:a1, None] + slot[None, :]).reshape(-1).clamp(max=hi - 1)
+        vec = torch.where(valid[:, None], vec_all[index], inside)  # [row*nb, 3]
+        centres = torch.where(valid, i_all[index], i_all[lo])  # [row*nb]
+        d_phi = pair_basis_gradient(ctx.soap, vec)  # [row*nb, 3, lm, N]
+        d_phi[~valid] = 0.0
+        out = _block(terms, work, a0, a1, nb, valid, centres, vec, d_phi)  # [row, 9, F']
         gradient[a0:a1] += out[:, :3]
         voigt.index_add_(0, batch.structure[a0:a1], out[:, 3:])
     return gradient, voigt
@@ -217,12 +222,12 @@ class _Workspace:
         self.density = torch.empty(size * n_lm * n_c, dtype=dtype, device=device)
 
     def padded_view(self, n_rows: int, n_lm: int, nb: int, width: int) -> torch.Tensor:
-        """Zeroed ``[row, lm, nb, width]`` view of the pair-derivative buffer."""
-        return self.padded[: n_rows * n_lm * nb * width].view(n_rows, n_lm, nb, width).zero_()
+        """``[row, lm, nb, width]`` view of the pair-derivative buffer (not initialised)."""
+        return self.padded[: n_rows * n_lm * nb * width].view(n_rows, n_lm, nb, width)
 
-    def density_view(self, n_rows: int, n_lm: int, nb: int, width: int) -> torch.Tensor:
-        """Zeroed ``[row, lm, nb, C]`` view of the centre-density buffer."""
-        return self.density[: n_rows * n_lm * nb * width].view(n_rows, n_lm, nb, width).zero_()
+    def density_flat(self, size: int) -> torch.Tensor:
+        """The first ``size`` elements of the centre-density buffer (not initialised)."""
+        return self.density[:size]
 
 
 def _block(
@@ -230,46 +235,48 @@ def _block(
     work: _Workspace,
     a0: int,
     a1: int,
-    rows: torch.Tensor,
-    slots: torch.Tensor,
+    nb: int,
+    valid: torch.Tensor,
     centres: torch.Tensor,
     vec: torch.Tensor,
     d_phi: torch.Tensor,
-    nb: int,
 ) -> torch.Tensor:
     """``[row, 9, F']``: gradient (3) and virial (6 Voigt) rows of atoms ``a0:a1``.
 
-    ``rows, slots, centres [q]``: atom (minus ``a0``), place among its incoming
-    pairs and centre ``i_q`` of every incoming pair, whose vector ``r_q`` is
-    ``vec [q, 3]`` (Å) and basis derivative ``d_phi [q, 3, lm, N]`` (1/Å).
+    The incoming pairs ``q`` of every atom are padded to ``nb`` slots
+    (``[row * nb]``, ``valid`` marks the real ones): centres ``i_q``, vectors
+    ``r_q`` ``vec [row*nb, 3]`` (Å) and basis derivatives
+    ``d_phi [row*nb, 3, lm, N]`` (1/Å, zero in padding slots).
     """
     dtype, device = vec.dtype, vec.device
-    n_rows, n_pairs = a1 - a0, vec.shape[0]
+    n_rows, n_slots = a1 - a0, vec.shape[0]
     _, _, n_lm, n_max = d_phi.shape
     n_c = t.blocks.shape[2]
-    flat_phi = d_phi.reshape(n_pairs, 3 * n_lm * n_max)
+    flat_phi = d_phi.view(n_slots, 3 * n_lm * n_max)
+    rows = torch.arange(n_rows, device=device).repeat_interleave(nb)  # [row*nb]
     # ---- centre terms G (3) and H (6 Voigt) from the reverse pairs (r_p = -r_q), summed per
     # (atom, element of the other atom) by one sparse product, then mixed by one GEMM
-    other = t.species[centres]  # [q]
+    other = t.species[centres]  # [row*nb]
     present, bucket_of = torch.unique(other, return_inverse=True)
     n_present = present.shape[0]
-    bucket = rows * n_present + bucket_of  # [q]
+    bucket = rows * n_present + bucket_of  # [row*nb]
+    moments = torch.cat([valid[:, None].to(dtype), -vec], dim=1)  # [row*nb, 4]: 1, -r_q
     gather = torch.sparse_coo_tensor(
         torch.stack(
             [
                 (4 * bucket[:, None] + torch.arange(4, device=device)).reshape(-1),
-                torch.arange(n_pairs, device=device).repeat_interleave(4),
+                torch.arange(n_slots, device=device).repeat_interleave(4),
             ]
         ),
-        torch.cat([torch.ones_like(vec[:, :1]), -vec], dim=1).reshape(-1),
-        (4 * n_rows * n_present, n_pairs),
+        moments.reshape(-1),
+        (4 * n_rows * n_present, n_slots),
         check_invariants=False,
     )
     buckets = torch.sparse.mm(gather, flat_phi).reshape(n_rows, n_present, 4, 3, n_lm, n_max)
-    moments = buckets[:, :, 1:]  # [row, S', 3 (r), 3 (d), lm, N]
+    second = buckets[:, :, 1:]  # [row, S', 3 (r), 3 (d), lm, N]
     nine = torch.stack(
         [buckets[:, :, 0, d] for d in range(3)]
-        + [0.5 * (moments[:, :, a, b] + moments[:, :, b, a]) for a, b in _VOIGT],
+        + [0.5 * (second[:, :, a, b] + second[:, :, b, a]) for a, b in _VOIGT],
         dim=3,
     )  # [row, S', lm, 9, N]
     nine = nine.permute(0, 2, 3, 1, 4).reshape(n_rows * n_lm * 9, n_present * n_max)
@@ -279,11 +286,14 @@ def _block(
     projection = torch.einsum("rmc,rmdc->rd", t.u_t[a0:a1], mixed)  # [row, 9]: <u_a, G_a | H_a>
     # ---- neighbour term sum_q B(W_{s_a}^T dphi_q, ty_{i_q}): padded batched GEMMs per degree
     padded = work.padded_view(n_rows, n_lm, nb, 3 * n_max)  # [row, lm, nb, 3N]
-    padded[rows, :, slots] = (
-        d_phi.reshape(n_pairs, 3, n_lm, n_max).transpose(1, 2).reshape(n_pairs, n_lm, 3 * n_max)
+    padded.view(n_rows, n_lm, nb, 3, n_max).copy_(
+        d_phi.view(n_rows, nb, 3, n_lm, n_max).permute(0, 3, 1, 2, 4)
     )
-    dens = work.density_view(n_rows, n_lm, nb, n_c)  # [row, lm, nb, C]
-    dens[rows, :, slots] = t.ty_t.index_select(0, centres)
+    lm = torch.arange(n_lm, device=device)
+    where = (centres.view(n_rows, 1, nb) * n_lm + lm[None, :, None]).reshape(-1)  # [row*lm*nb]
+    dens = torch.index_select(
+        t.ty_t.view(-1, n_c), 0, where, out=work.density_flat(where.shape[0] * n_c).view(-1, n_c)
+    ).view(n_rows, n_lm, nb, n_c)  # [row, lm, nb, C]: ty of the centre of every slot
     w_rows = t.blocks[t.species[a0:a1]]  # [row, N, C]
     ty_rows = t.ty_t[a0:a1]  # [row, lm, C]
     n_l = len(t.degree_scales)
@@ -305,11 +315,12 @@ def _block(
     out[:, :3].addcmul_(projection[:, :3, None], x_rows[:, None, :])  # + X_a <u_a, G_a>
     out[:, 3:].addcmul_(projection[:, 3:, None], x_rows[:, None, :], value=-1.0)
     if t.normalize:  # -sum_q <u_{i_q}, W_{s_a}^T dphi_q> X_{i_q}
-        w_pairs = w_rows.index_select(0, rows)  # [q, N, C]
-        wu = torch.bmm(t.u_t.index_select(0, centres), w_pairs.transpose(1, 2))  # [q, lm, N]
+        wu = torch.bmm(
+            t.u_t.index_select(0, centres).view(n_rows, nb * n_lm, n_c), w_rows.transpose(1, 2)
+        )  # [row, nb*lm, N]: (W_{s_a} u_{i_q})^T
         s_q = torch.bmm(
-            d_phi.reshape(n_pairs, 3, n_lm * n_max), wu.reshape(n_pairs, n_lm * n_max, 1)
-        )  # [q, 3, 1]
+            d_phi.view(n_slots, 3, n_lm * n_max), wu.view(n_slots, n_lm * n_max, 1)
+        )  # [row*nb, 3, 1], zero in padding slots
         c0, c1 = int(centres.min()), int(centres.max()) + 1
         weights = torch.zeros(n_rows, 3, c1 - c0, dtype=dtype, device=device)
         weights.index_put_(
