@@ -181,7 +181,9 @@ def _summed_analytic(
         vec = torch.where(valid[:, None], vec_all[index], inside)  # [row*nb, 3]
         centres = torch.where(valid, i_all[index], i_all[lo])  # [row*nb]
         d_phi = pair_basis_gradient(ctx.soap, vec)  # [row*nb, 3, lm, N]
-        d_phi[~valid] = 0.0
+        padding = (~valid).nonzero().squeeze(1)
+        if padding.numel():
+            d_phi.view(d_phi.shape[0], -1).index_fill_(0, padding, 0.0)
         out = _block(terms, work, a0, a1, nb, valid, centres, vec, d_phi)  # [row, 9, F']
         gradient[a0:a1] += out[:, :3]
         voigt.index_add_(0, batch.structure[a0:a1], out[:, 3:])
