@@ -143,7 +143,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``tradens`` parser with every registered subcommand."""
-    from .. import __version__
+    from .._version import __version__
 
     parser = _ArgumentParser(
         prog="tradens",

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-import tradens
-
+from ..hypers import SoapHypers, from_dict
 from ..io import (
     feature_format,
     read_hypers,
@@ -157,7 +156,7 @@ def run_info(args) -> int:
         "feature_bytes_float64": 8 * n * n_atoms,
         "feature_bytes_float32": 4 * n * n_atoms,
     }
-    if isinstance(h, tradens.SoapHypers):
+    if isinstance(h, SoapHypers):
         coefficients = h.n_species * h.radial.n_max * (h.l_max + 1) ** 2
         info["density_coefficients_per_atom"] = coefficients
         info["full_soap_bytes_float64"] = 8 * full * n_atoms
@@ -333,7 +332,7 @@ def run_map(args) -> int:
 
 def _short(hypers: dict) -> str:
     try:
-        return describe(tradens.from_dict({k: v for k, v in hypers.items() if k != "gap"}))
+        return describe(from_dict({k: v for k, v in hypers.items() if k != "gap"}))
     except (TypeError, ValueError, KeyError):
         return "features from file"
 

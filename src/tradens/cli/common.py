@@ -9,9 +9,10 @@ from importlib.resources import files
 
 import numpy as np
 
-import tradens
-
+from ..hypers import SoapHypers, from_dict, to_dict
 from ..io import read_features, read_frames, read_hypers
+from ..representations.ace import ACE
+from ..representations.soap import SOAP
 
 
 class CLIError(Exception):
@@ -218,9 +219,9 @@ def build_calculator(args, frames=None, *, base: dict | None = None):
 
     Returns
     -------
-    calculator : tradens.SOAP or tradens.ACE
+    calculator : SOAP or ACE
     hypers : dict
-        ``tradens.to_dict`` of its hypers (JSON-safe), plus ``"gap"`` when
+        ``to_dict`` of its hypers (JSON-safe), plus ``"gap"`` when
         built from a GAP string.
     """
     if getattr(args, "gap", None):
@@ -236,13 +237,13 @@ def build_calculator(args, frames=None, *, base: dict | None = None):
         from ..interop.quip import soap_from_gap
 
         calculator = soap_from_gap(args.gap)
-        return calculator, {**tradens.to_dict(calculator.hypers), "gap": args.gap}
+        return calculator, {**to_dict(calculator.hypers), "gap": args.gap}
     if base is None and getattr(args, "hypers", None):
         base = read_hypers(args.hypers)
     if base is not None and base.get("type", "SoapHypers") != "SoapHypers":
         return _other_calculator(args, base, frames)
     hypers = soap_hypers(args, frames, base=base)
-    return tradens.SOAP(hypers), tradens.to_dict(hypers)
+    return SOAP(hypers), to_dict(hypers)
 
 
 def soap_hypers(args, frames=None, *, base: dict | None = None):
@@ -252,7 +253,7 @@ def soap_hypers(args, frames=None, *, base: dict | None = None):
         if frames is None:
             raise CLIError("give --species (or structures to take the elements from)")
         data["species"] = species_of(frames)
-    return tradens.from_dict(data, expected=tradens.SoapHypers)
+    return from_dict(data, expected=SoapHypers)
 
 
 def is_plain_soap(args) -> bool:
@@ -272,7 +273,7 @@ def _other_calculator(args, base: dict, frames):
             f"{', '.join(given)} apply to SOAP hypers only; set them in the "
             f"{base['type']} file instead"
         )
-    representations = {"AceHypers": getattr(tradens, "ACE", None)}
+    representations = {"AceHypers": ACE}
     factory = representations.get(base["type"])
     if factory is None:
         raise CLIError(f"unknown hypers type {base['type']!r}; known: SoapHypers, AceHypers")
@@ -283,13 +284,13 @@ def _other_calculator(args, base: dict, frames):
         if frames is None:
             raise CLIError("give --species (or structures to take the elements from)")
         data["species"] = species_of(frames)
-    hypers = tradens.from_dict(data)
-    return factory(hypers), tradens.to_dict(hypers)
+    hypers = from_dict(data)
+    return factory(hypers), to_dict(hypers)
 
 
 def full_soap_size(hypers) -> int | None:
     """Features per atom of the full (unmixed) SOAP with the same S, N, l_max; None for non-SOAP."""
-    if not isinstance(hypers, tradens.SoapHypers):
+    if not isinstance(hypers, SoapHypers):
         return None
     sn = hypers.n_species * hypers.radial.n_max
     pairs = sn * (sn + 1) // 2
@@ -300,7 +301,7 @@ def full_soap_size(hypers) -> int | None:
 
 def describe(hypers) -> str:
     """A short human-readable summary of hypers."""
-    if isinstance(hypers, tradens.SoapHypers):
+    if isinstance(hypers, SoapHypers):
         mix = (
             "full SOAP"
             if hypers.mixing is None

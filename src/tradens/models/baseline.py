@@ -16,6 +16,7 @@ import torch
 from ..systems.batch import _as_frames
 from ._base import PotentialBase
 from ._data import composition, read_targets, species_of
+from .registry import register_model
 
 __all__ = ["ElementBaseline", "solve_reference_energies"]
 
@@ -51,6 +52,7 @@ def solve_reference_energies(
     return fill_unseen(solution, ((fractions > 0) & (w[:, None] > 0)).any(axis=0))
 
 
+@register_model
 class ElementBaseline(PotentialBase):
     """Energy as a sum of per-element reference energies.
 

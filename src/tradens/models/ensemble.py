@@ -17,6 +17,7 @@ import numpy as np
 
 from ..systems.batch import _as_frames
 from ._base import PotentialBase
+from .registry import model_classes, register_model
 
 __all__ = ["EnsemblePotential"]
 
@@ -47,6 +48,7 @@ def _reseeded(representation, offset: int):
     return type(representation)(from_dict(data)) if changed else representation
 
 
+@register_model
 class EnsemblePotential(PotentialBase):
     """Mean of ``n_members`` copies of ``estimator`` trained with different seeds.
 
@@ -178,12 +180,11 @@ class EnsemblePotential(PotentialBase):
 
     # ------------------------------------------------------------------ io
     def _get_state(self):
-        from .io import _model_classes
 
         members, arrays = [], {}
         for j, member in enumerate(self.members_):
             name = type(member).__name__
-            if name not in _model_classes():
+            if name not in model_classes():
                 raise ValueError(f"cannot save an ensemble member of type {name}")
             meta, member_arrays = member._get_state()
             members.append({"class": name, **meta})
@@ -197,9 +198,8 @@ class EnsemblePotential(PotentialBase):
 
     @classmethod
     def _from_state(cls, meta, arrays):
-        from .io import _model_classes
 
-        classes = _model_classes()
+        classes = model_classes()
         members = []
         for j, member_meta in enumerate(meta["fitted"]["members"]):
             if member_meta.get("class") not in classes:

@@ -26,93 +26,14 @@ import tempfile
 import zipfile
 
 import numpy as np
-import torch
 
 from .._version import __version__
-from ..hypers import from_dict, to_dict
+from .registry import model_classes
 
 __all__ = ["save", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "tradens-model"
 FORMAT_VERSION = 1
-
-
-def _model_classes() -> dict:
-    from .baseline import ElementBaseline
-    from .ensemble import EnsemblePotential
-    from .kernel import SparseKernelPotential
-    from .linear import LinearPotential
-    from .projection import CompressedLeastSquares
-
-    classes = [
-        ElementBaseline,
-        LinearPotential,
-        SparseKernelPotential,
-        CompressedLeastSquares,
-        EnsemblePotential,
-    ]
-    try:
-        from .learned import LearnedPotential
-
-        classes.append(LearnedPotential)
-    except ImportError:
-        pass
-    return {cls.__name__: cls for cls in classes}
-
-
-def _representation_classes() -> dict:
-    from ..representations.ace import ACE
-    from ..representations.soap import SOAP
-
-    return {"SOAP": SOAP, "ACE": ACE}
-
-
-# ------------------------------------------------------------------ representations
-def representation_state(representation, prefix: str = "representation") -> tuple[dict, dict]:
-    """JSON metadata and arrays of a representation (hypers + tensors)."""
-    name = type(representation).__name__
-    if name not in _representation_classes():
-        raise ValueError(
-            f"cannot save a representation of type {name}; "
-            f"known: {sorted(_representation_classes())}"
-        )
-    arrays = {
-        f"{prefix}/{key}": value.detach().cpu().numpy()
-        for key, value in representation.state_dict().items()
-        if value is not None
-    }
-    fixed = getattr(representation, "fixed_matrices", None)
-    if fixed is not None:
-        arrays.update(
-            {f"{prefix}.fixed/{k}": np.asarray(m.detach().cpu()) for k, m in enumerate(fixed)}
-        )
-    return {"class": name, "hypers": to_dict(representation.hypers)}, arrays
-
-
-def representation_from_state(meta: dict, arrays: dict, prefix: str = "representation"):
-    """Rebuild a representation saved by :func:`representation_state`."""
-    classes = _representation_classes()
-    if meta.get("class") not in classes:
-        raise ValueError(f"unknown representation class {meta.get('class')!r} in model file")
-    representation = classes[meta["class"]](from_dict(meta["hypers"]))
-    state = {
-        key[len(prefix) + 1 :]: torch.as_tensor(value)
-        for key, value in arrays.items()
-        if key.startswith(prefix + "/")
-    }
-    current = representation.state_dict()
-    missing = set(current) - set(state)
-    if missing:
-        raise ValueError(f"model file lacks representation arrays {sorted(missing)}")
-    with torch.no_grad():
-        for key, value in state.items():
-            if key not in current:
-                raise ValueError(f"model file has an unknown representation array {key!r}")
-            current[key].copy_(value.to(current[key].dtype))
-    fixed = sorted(key for key in arrays if key.startswith(prefix + ".fixed/"))
-    if fixed:
-        representation.fixed_matrices = tuple(torch.as_tensor(arrays[key]) for key in fixed)
-    return representation
 
 
 # ------------------------------------------------------------------ files
@@ -129,8 +50,8 @@ def save(model, path: str | os.PathLike) -> str:
     from ..io import check_output
 
     name = type(model).__name__
-    if name not in _model_classes():
-        raise ValueError(f"cannot save a {name}; known models: {sorted(_model_classes())}")
+    if name not in model_classes():
+        raise ValueError(f"cannot save a {name}; known models: {sorted(model_classes())}")
     check_output(path, "model file")
     model._check_fitted()
     meta, arrays = model._get_state()
@@ -244,7 +165,7 @@ def load(path: str | os.PathLike):
     """
     metadata = read_metadata(path)
     arrays = _read_arrays(path)
-    classes = _model_classes()
+    classes = model_classes()
     if metadata.get("class") not in classes:
         raise ValueError(f"unknown model class {metadata.get('class')!r}; known: {sorted(classes)}")
     return classes[metadata["class"]]._from_state(metadata, arrays)

@@ -32,10 +32,12 @@ from ..analysis.selection import cur_selection, farthest_point_sampling
 from ..systems.batch import _as_frames
 from ._design import KernelBasis
 from .linear import DEFAULT_ALPHAS, LinearPotential
+from .registry import register_model, representation_from_state
 
 __all__ = ["SparseKernelPotential"]
 
 
+@register_model
 class SparseKernelPotential(LinearPotential):
     """GAP-style sparse polynomial-kernel potential on energies, forces and stress.
 
@@ -198,7 +200,6 @@ class SparseKernelPotential(LinearPotential):
 
     @classmethod
     def _from_state(cls, meta, arrays):
-        from .io import representation_from_state
 
         representation = representation_from_state(meta["representation"], arrays)
         params = dict(meta["params"])

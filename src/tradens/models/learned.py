@@ -47,6 +47,7 @@ from ._pair_density import Augmented, PairDensity, pair_from_state, pair_state
 from ._readout import Readout, concat_targets, learnable_copy
 from ._report import FitReport, PropertyErrors, warn_about
 from .baseline import ElementBaseline
+from .registry import register_model, representation_from_state, representation_state
 
 __all__ = ["LearnedPotential", "Readout", "PRESETS"]
 
@@ -91,6 +92,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
+@register_model
 class LearnedPotential(PotentialBase):
     """Potential with a trained element embedding and readout.
 
@@ -725,7 +727,6 @@ class LearnedPotential(PotentialBase):
 
     # ------------------------------------------------------------------ io
     def _get_state(self):
-        from .io import representation_state
 
         inner = self.representation_
         pair = None
@@ -752,7 +753,6 @@ class LearnedPotential(PotentialBase):
 
     @classmethod
     def _from_state(cls, meta, arrays):
-        from .io import representation_from_state
 
         representation = representation_from_state(meta["representation"], arrays)
         params = dict(meta["params"])

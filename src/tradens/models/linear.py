@@ -38,6 +38,8 @@ from ._design import LinearBasis, ProjectionBasis, design_batches
 from ._report import TOLERANCE, FitReport, PropertyErrors, warn_about
 from ._solve import PROPERTIES, FoldStatistics, cross_validate, final_fit, trivial_errors
 from .baseline import ElementBaseline
+from .random_projection import RandomProjection
+from .registry import register_model, representation_from_state, representation_state
 
 __all__ = ["LinearPotential", "DEFAULT_ALPHAS", "DesignCache"]
 
@@ -49,6 +51,7 @@ DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-9, 1, 41))
 RECOVERY_ROUNDS, RECOVERY_FACTOR = 4, 3.0
 
 
+@register_model
 class LinearPotential(PotentialBase):
     """Ridge-regression potential, linear in (a basis of) per-atom features.
 
@@ -635,7 +638,6 @@ class LinearPotential(PotentialBase):
             )
 
     def _get_state(self):
-        from .io import representation_state
 
         rep_meta, arrays = representation_state(self.representation_)
         meta, fitted_arrays = self._fitted_state()
@@ -651,8 +653,6 @@ class LinearPotential(PotentialBase):
 
     @classmethod
     def _from_state(cls, meta, arrays):
-        from .io import representation_from_state
-        from .projection import RandomProjection
 
         representation = representation_from_state(meta["representation"], arrays)
         params = dict(meta["params"])
