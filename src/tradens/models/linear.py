@@ -159,6 +159,28 @@ class LinearPotential(PotentialBase):
         cache = model.precompute(frames)
         model.fit_features(cache)
         model.set_params(alphas=np.logspace(-12, -6, 25)).fit_features(cache)
+
+    A small fit (EMT energies and forces of rattled copper):
+
+    >>> import ase.build
+    >>> from ase.calculators.emt import EMT
+    >>> from ase.calculators.singlepoint import SinglePointCalculator
+    >>> from tradens import SOAP
+    >>> from tradens.models import LinearPotential
+    >>> frames = []
+    >>> for seed in range(8):
+    ...     atoms = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
+    ...     atoms.rattle(0.05, seed=seed)
+    ...     atoms.calc = EMT()
+    ...     energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    ...     atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+    ...     frames.append(atoms)
+    >>> soap = SOAP(cutoff=4.0, l_max=2, radial={"n_max": 3}, species=[29])
+    >>> model = LinearPotential(soap, alphas=(1e-6,), cv=None, stress_weight=0.0).fit(frames)
+    >>> model.predict(frames[:2])["forces"].shape  # two structures of 4 atoms
+    (8, 3)
+    >>> model.training_rmse_["energy"] < 0.01  # eV/atom
+    True
     """
 
     def __init__(
