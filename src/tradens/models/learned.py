@@ -297,7 +297,8 @@ class LearnedPotential(PotentialBase):
                     f"preset {name!r} builds its own representation: give species (atomic "
                     "numbers of the data) or a representation"
                 )
-            from .. import ACE, SOAP
+            from ..representations.ace import ACE
+            from ..representations.soap import SOAP
 
             options = dict(config["representation"])
             kind = {"ACE": ACE, "SOAP": SOAP}[options.pop("type")]
