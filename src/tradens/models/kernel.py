@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..analysis.selection import cur_selection, farthest_point_sampling
+from ..representations.base import Representation
 from ..systems.batch import _as_frames
 from ._design import KernelBasis
 from .linear import DEFAULT_ALPHAS, LinearPotential
@@ -73,7 +74,7 @@ class SparseKernelPotential(LinearPotential):
 
     def __init__(
         self,
-        representation,
+        representation: Representation,
         *,
         n_sparse: int = 200,
         zeta: float = 2.0,

@@ -40,6 +40,7 @@ import torch
 
 from ..gradients.api import energy_forces_stress
 from ..kernels.determinism import deterministic
+from ..representations.base import Representation
 from ..systems.batch import _as_frames, as_batch
 from ._base import PotentialBase
 from ._data import check_labels, periodic_3d, read_targets, species_of, structure_weights
@@ -194,7 +195,7 @@ class LearnedPotential(PotentialBase):
 
     def __init__(
         self,
-        representation,
+        representation: Representation,
         *,
         hidden=(),
         activation: str = "silu",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..representations.base import Representation
 from ..systems.batch import _as_frames
 from ._base import PotentialBase
 from ._cache import CACHE_PARAMS, DesignCache
@@ -185,7 +186,7 @@ class LinearPotential(PotentialBase):
 
     def __init__(
         self,
-        representation,
+        representation: Representation,
         *,
         alphas=DEFAULT_ALPHAS,
         cv=5,

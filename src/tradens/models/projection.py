@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..representations.base import Representation
 from ..systems.batch import _as_frames
 from ._base import PotentialBase
 from .linear import LinearPotential
@@ -62,7 +63,7 @@ class CompressedLeastSquares(PotentialBase):
 
     def __init__(
         self,
-        representation,
+        representation: Representation,
         n_components: int,
         *,
         n_projections: int = 1,

@@ -12,13 +12,14 @@ Representations are rebuilt from a fixed table (:class:`~tradens.SOAP`,
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from ..hypers import from_dict, to_dict
 from ..representations.ace import ACE
+from ..representations.base import Representation
 from ..representations.soap import SOAP
 
 __all__ = [
@@ -60,7 +61,7 @@ def representation_classes() -> dict[str, type]:
 
 
 def representation_state(
-    representation: Any, prefix: str = "representation"
+    representation: Representation, prefix: str = "representation"
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """JSON metadata and arrays of a representation (hypers + tensors)."""
     name = type(representation).__name__
@@ -84,7 +85,7 @@ def representation_state(
 
 def representation_from_state(
     meta: dict, arrays: dict[str, np.ndarray], prefix: str = "representation"
-) -> Any:
+) -> Representation:
     """Rebuild a representation saved by :func:`representation_state`."""
     classes = representation_classes()
     if meta.get("class") not in classes:
