@@ -169,3 +169,45 @@ def write_json_atomically(path: str | os.PathLike, data: dict) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+#: Environment variable naming the shared data folder (the one with ``hea25/``, ``meam17/``).
+DATA_VARIABLE = "TRADENS_DATA"
+
+
+def data_candidates(relative: str) -> list[Path]:
+    """Where the shared data file ``relative`` is looked for, in order.
+
+    ``$TRADENS_DATA/relative``, then ``<repo>/../shared/data/relative`` (the
+    documented layout: ``shared/`` next to the checkout), then
+    ``<repo>/shared/data/relative`` (``shared/`` inside the checkout).
+    """
+    root = Path(__file__).resolve().parents[1]
+    out = []
+    if os.environ.get(DATA_VARIABLE):
+        out.append(Path(os.environ[DATA_VARIABLE]) / relative)
+    out.append(root.parent / "shared" / "data" / relative)
+    out.append(root / "shared" / "data" / relative)
+    return out
+
+
+def shared_data(relative: str) -> Path:
+    """The first existing candidate of :func:`data_candidates`, else the first one.
+
+    The path is only returned (not checked) so that ``--help`` works anywhere;
+    :func:`require_data` gives the error.
+    """
+    candidates = data_candidates(relative)
+    return next((p for p in candidates if p.exists()), candidates[0])
+
+
+def require_data(path: str | os.PathLike, relative: str) -> Path:
+    """``path`` if it exists, else a SystemExit naming every place that was searched."""
+    path = Path(path)
+    if path.exists():
+        return path
+    tried = ", ".join(str(p) for p in dict.fromkeys([path, *data_candidates(relative)]))
+    raise SystemExit(
+        f"data file not found: {path} (tried {tried}); set {DATA_VARIABLE} to the shared data "
+        "folder or pass --data"
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,10 @@ from tradens import SOAP
 from tradens.gradients import paths
 from tradens.models import ElementBaseline, LinearPotential
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "meam17" / "meam17_dev.xyz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import require_data, shared_data  # noqa: E402
+
+DATA = shared_data("meam17/meam17_dev.xyz")  # $TRADENS_DATA, ../shared/data or shared/data
 
 
 def main(argv=None):
@@ -49,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    frames = ase.io.read(args.data, ":")
+    frames = ase.io.read(require_data(args.data, "meam17/meam17_dev.xyz"), ":")
     if args.all:
         args.structures, args.test = len(frames), 0
     order = np.random.default_rng(0).permutation(len(frames))

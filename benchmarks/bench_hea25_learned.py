@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -39,8 +40,16 @@ import numpy as np
 import torch
 
 from tradens.models import ElementBaseline, EnsemblePotential, LearnedPotential
+from tradens.models.learned import PRESETS
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hea25" / "hea25_dev.xyz"
+# the defaults below are the public preset LearnedPotential.preset("hea25") (docs/models.md)
+PRESET = PRESETS["hea25"]["model"]
+PRESET_REP = PRESETS["hea25"]["representation"]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import require_data, shared_data  # noqa: E402
+
+DATA = shared_data("hea25/hea25_dev.xyz")  # $TRADENS_DATA, ../shared/data or shared/data
 
 
 def species(frames) -> list[int]:
@@ -133,23 +142,24 @@ def rms(total) -> float:
     return math.sqrt(total[0] / total[1]) if total[1] else math.nan
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The options; their defaults are the ``hea25`` preset."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only-folds", type=int, nargs="*", default=None)
     parser.add_argument("--fold-seed", type=int, default=0)
     parser.add_argument("--representation", choices=("ace", "soap"), default="ace")
-    parser.add_argument("--cutoff", type=float, default=5.0)
-    parser.add_argument("--channels", type=int, default=8)
-    parser.add_argument("--n-max", type=int, default=6)
-    parser.add_argument("--l-max", type=int, default=3)
+    parser.add_argument("--cutoff", type=float, default=PRESET_REP["cutoff"]["radius"])
+    parser.add_argument("--channels", type=int, default=PRESET_REP["channels"])
+    parser.add_argument("--n-max", type=int, default=PRESET_REP["radial"]["n_max"])
+    parser.add_argument("--l-max", type=int, default=PRESET_REP["l_max"][1])
     parser.add_argument("--hidden", type=int, nargs="*", default=[])
     parser.add_argument("--element-features", type=int, default=0)
-    parser.add_argument("--pair-channels", type=int, default=4)
-    parser.add_argument("--pair-basis", type=int, default=16)
+    parser.add_argument("--pair-channels", type=int, default=PRESET["pair_channels"])
+    parser.add_argument("--pair-basis", type=int, default=PRESET["pair_basis"])
     parser.add_argument("--pair-cutoff", type=float, default=None)
-    parser.add_argument("--pair-r-min", type=float, default=1.0)
+    parser.add_argument("--pair-r-min", type=float, default=PRESET["pair_r_min"])
     parser.add_argument("--no-scale-features", action="store_true")
     parser.add_argument("--fixed-reference", action="store_true")
     parser.add_argument(
@@ -159,18 +169,18 @@ def main(argv=None):
         "(for choosing options without looking at the test folds)",
     )
     parser.add_argument("--energy-weight", type=float, default=1.0)
-    parser.add_argument("--forces-weight", type=float, default=3.0)
-    parser.add_argument("--stress-weight", type=float, default=10.0)
-    parser.add_argument("--forces-loss", choices=("mse", "huber"), default="huber")
+    parser.add_argument("--forces-weight", type=float, default=PRESET["forces_weight"])
+    parser.add_argument("--stress-weight", type=float, default=PRESET["stress_weight"])
+    parser.add_argument("--forces-loss", choices=("mse", "huber"), default=PRESET["forces_loss"])
     parser.add_argument("--forces-delta", type=float, default=2.0)
-    parser.add_argument("--learning-rate", type=float, default=1e-2)
+    parser.add_argument("--learning-rate", type=float, default=PRESET["learning_rate"])
     parser.add_argument("--embedding-learning-rate", type=float, default=None)
-    parser.add_argument("--weight-decay", type=float, default=3e-3)
-    parser.add_argument("--max-epochs", type=int, default=80)
+    parser.add_argument("--weight-decay", type=float, default=PRESET["weight_decay"])
+    parser.add_argument("--max-epochs", type=int, default=PRESET["max_epochs"])
     parser.add_argument("--patience", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--validation-fraction", type=float, default=0.15)
-    parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--batch-size", type=int, default=PRESET["batch_size"])
+    parser.add_argument("--validation-fraction", type=float, default=PRESET["validation_fraction"])
+    parser.add_argument("--ema", type=float, default=PRESET["ema"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--ensemble",
@@ -187,10 +197,14 @@ def main(argv=None):
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    frames = ase.io.read(args.data, index=":")
+    frames = ase.io.read(require_data(args.data, "hea25/hea25_dev.xyz"), index=":")
     all_species = species(frames)
     order = np.random.default_rng(args.fold_seed).permutation(len(frames))
     fold_of = np.empty(len(frames), dtype=int)
@@ -223,7 +237,7 @@ def main(argv=None):
         if args.validate_only:
             rep = make_representation(args.representation, all_species, args)
             start = time.process_time()
-            model = LearnedPotential(rep, **model_options(args)).fit(train)
+            model = LearnedPotential.preset("hea25", rep, **model_options(args)).fit(train)
             best = model.history_[model.best_epoch_]
             print(
                 f"fold {fold}: validation E {1e3 * best['val_energy_rmse']:.1f} meV/atom, "
@@ -244,7 +258,7 @@ def main(argv=None):
         cpu = {"baseline": time.process_time() - start}
         rep = make_representation(args.representation, all_species, args)
         start, wall_start = time.process_time(), time.perf_counter()
-        learned = LearnedPotential(rep, **model_options(args))
+        learned = LearnedPotential.preset("hea25", rep, **model_options(args))
         if args.ensemble > 1:  # committee of seeds seed .. seed + M - 1, mean prediction
             learned = EnsemblePotential(learned, n_members=args.ensemble, seed=args.seed)
         fits["learned"] = learned.fit(train)

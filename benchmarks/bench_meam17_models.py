@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -48,13 +49,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "meam17" / "meam17_dev.xyz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import require_data, shared_data  # noqa: E402
+
+DATA = shared_data("meam17/meam17_dev.xyz")  # $TRADENS_DATA, ../shared/data or shared/data
 
 
 def load_frames(path):
     import ase.io
 
-    return ase.io.read(str(path), ":")
+    return ase.io.read(str(require_data(path, "meam17/meam17_dev.xyz")), ":")
 
 
 def build(kind: str, spec: dict, species):

@@ -412,3 +412,32 @@ def _optional(module: str, what: str, hint: str):
         return importlib.import_module(module)
     except ImportError:
         raise ImportError(f"{what} needs the optional package {module!r} ({hint})") from None
+
+
+#: Bundled example files (``tradens/data``): name -> file.
+EXAMPLES = {"hea25": "hea25_sample.xyz", "meam17": "meam17_sample.xyz"}
+
+
+def example_path(name: str = "hea25") -> str:
+    """Path of a bundled, labelled example file.
+
+    Parameters
+    ----------
+    name : {"hea25", "meam17"}
+        ``"hea25"``: 12 high-entropy-alloy structures with 19 elements (of
+        HEA25's 25), DFT energies (eV), forces (eV/Å) and stress (eV/Å^3)
+        under the keys ``energy``, ``forces``, ``stress``; ``"meam17"``: 40
+        structures of the synthetic MEAM17 set (17 elements), same keys.
+
+    Examples
+    --------
+    >>> import ase.io
+    >>> from tradens.io import example_path
+    >>> len(ase.io.read(example_path("hea25"), ":"))
+    12
+    """
+    if name not in EXAMPLES:
+        raise ValueError(f"unknown example {name!r}; known: {sorted(EXAMPLES)}")
+    from importlib.resources import files
+
+    return str(files("tradens") / "data" / EXAMPLES[name])

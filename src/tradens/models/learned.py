@@ -79,11 +79,9 @@ PRESETS: dict[str, dict] = {
             "forces_weight": 3.0,
             "stress_weight": 10.0,
             "forces_loss": "huber",
-            "forces_delta": 2.0,
             "learning_rate": 1e-2,
             "weight_decay": 3e-3,
             "max_epochs": 80,
-            "patience": 30,
             "batch_size": 4,
             "validation_fraction": 0.15,
             "ema": 0.99,
@@ -748,6 +746,8 @@ class LearnedPotential(PotentialBase):
             "best_epoch": self.best_epoch_,
             "history": self.history_,
         }
+        if getattr(self, "fit_report_", None) is not None:
+            fitted["fit_report"] = self.fit_report_.to_dict()
         if pair is not None:
             fitted["pair"], pair_arrays = pair_state(pair)
             arrays.update(pair_arrays)
@@ -791,6 +791,8 @@ class LearnedPotential(PotentialBase):
         model.readout_ = readout
         model.best_epoch_ = meta["fitted"]["best_epoch"]
         model.history_ = meta["fitted"]["history"]
+        if meta["fitted"].get("fit_report") is not None:
+            model.fit_report_ = FitReport.from_dict(meta["fitted"]["fit_report"])
         return model
 
 
