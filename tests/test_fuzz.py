@@ -24,7 +24,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tradens import SOAP  # noqa: E402
+from tradens import ACE, SOAP  # noqa: E402
 from tradens.interop.quip import _ALIASES, _DEFAULTS  # noqa: E402
 from tradens.quip import Descriptor  # noqa: E402
 from tradens.testing import (  # noqa: E402
@@ -112,6 +112,70 @@ def test_random_structures(atoms, dtype):
         # float32 agrees with float64 wherever the structure sits
         single = soap.compute(atoms, dtype=torch.float32).values
         np.testing.assert_allclose(single, values, atol=2e-4, rtol=0)
+
+
+@FUZZ
+@given(atoms=structures())
+def test_random_structures_ace(atoms):
+    ace = ACE(
+        cutoff=3.0, species=SPECIES, nu_max=3, l_max=(0, 2, 2), channels=3, radial={"n_max": 2}
+    )
+    try:
+        values = ace.compute(atoms).values
+    except (ValueError, TypeError) as error:
+        assert _names_the_input(str(error)), str(error)
+        return
+    assert values.shape == (len(atoms), ace.n_features) and np.isfinite(values).all()
+    # pseudoscalar invariants (odd sum of l) are proper-rotation invariant only
+    assert_rotation_invariant(ace, atoms, atol=1e-7)
+    assert_permutation_covariant(ace, atoms, atol=1e-7)
+
+
+ACE_VALID = {
+    "nu_max": st.integers(1, 4),
+    "l_max": st.integers(0, 3),
+    "channels": st.integers(1, 4),
+    "mode": st.sampled_from(["diagonal", "full"]),
+    "parity": st.sampled_from(["all", "even"]),
+}
+ACE_INVALID = {
+    "nu_max": (st.sampled_from([0, 5, -1, 2.0, "3", None]), ("nu_max",)),
+    "l_max": (st.sampled_from([-1, 21, 1.5, "2", None]), ("l_max",)),
+    "channels": (st.sampled_from([0, -2, 2.5, "4", 2**20 + 1, True]), ("channels",)),
+    "mode": (st.sampled_from(["diagnal", "", 1]), ("mode",)),
+    "parity": (st.sampled_from(["odd", "evn", None]), ("parity",)),
+}
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_ace_hypers(data):
+    values = {name: data.draw(strategy) for name, strategy in ACE_VALID.items()}
+    bad = data.draw(st.sampled_from([None, *ACE_INVALID]))
+    if bad is not None:
+        values[bad] = data.draw(ACE_INVALID[bad][0])
+    nu = values["nu_max"] if isinstance(values["nu_max"], int) else 3
+    l_max = values["l_max"]
+    try:
+        ace = ACE(
+            cutoff=3.0,
+            species=[1, 8, 28],
+            radial={"n_max": 2},
+            nu_max=values["nu_max"],
+            l_max=(l_max,) * max(nu, 1) if isinstance(l_max, int) else l_max,
+            channels=values["channels"],
+            mode=values["mode"],
+            parity=values["parity"],
+        )
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        assert bad is not None, f"valid ACE hypers {values} refused: {message}"
+        assert any(word in message for word in ACE_INVALID[bad][1]), (bad, values[bad], message)
+        return
+    assert bad is None, f"invalid {bad}={values[bad]!r} accepted"
+    x = ace.compute(MOLECULE).values
+    assert x.shape == (3, ace.n_features) and np.isfinite(x).all()
+    assert_rotation_invariant(ace, MOLECULE, atol=1e-9)
 
 
 # ------------------------------------------------------------------ hypers

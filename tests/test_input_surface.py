@@ -347,3 +347,25 @@ def test_cli_checks_output_locations_before_computing(args, tmp_path, capsys, mo
 
 def test_public_names():
     assert tradens.systems.batch.DEFAULT_MIN_DISTANCE == 1e-6
+
+
+@pytest.mark.parametrize(
+    "species, message",
+    [
+        (28, "species must be a list of atomic numbers"),
+        ("NiCu", "species must be a list of atomic numbers"),
+        ([28.5], "species must be a list of atomic numbers"),
+        ([28, 28], "species must be distinct"),
+    ],
+)
+def test_species_types(species, message):
+    with pytest.raises(ValueError, match=message):
+        small(species=species)
+    with pytest.raises(ValueError, match=message):
+        ACE(cutoff=4.0, species=species, channels=2)
+    assert small(species=[28.0, 29]).hypers.species == (28, 29)  # integral floats are fine
+
+
+def test_ace_l_max_of_the_wrong_type():
+    with pytest.raises(ValueError, match="l_max must be an integer or one integer per order"):
+        ACE(cutoff=4.0, species=[28], l_max=1.5, channels=2)

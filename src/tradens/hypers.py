@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = ["Cutoff", "Density", "RadialBasis", "Mixing", "SoapHypers", "to_dict", "from_dict"]
 
 
@@ -186,6 +188,29 @@ class Mixing:
             object.__setattr__(self, "matrix", _freeze(self.matrix))
 
 
+def _atomic_numbers(name: str, value: object) -> tuple[int, ...]:
+    """``value`` as a tuple of distinct atomic numbers >= 1; a ValueError names ``name``."""
+    try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
+        numbers = tuple(value)  # type: ignore[arg-type]
+        if any(
+            isinstance(z, (bool, np.bool_))
+            or not isinstance(z, (int, np.integer, float, np.floating))
+            or not float(z).is_integer()
+            for z in numbers
+        ):
+            raise TypeError
+        numbers = tuple(int(z) for z in numbers)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a list of atomic numbers (integers), got {value!r}"
+        ) from None
+    if not numbers or min(numbers) < 1 or len(set(numbers)) != len(numbers):
+        raise ValueError(f"{name} must be distinct atomic numbers >= 1, got {list(numbers)}")
+    return numbers
+
+
 def _freeze(value):
     if hasattr(value, "tolist"):
         value = value.tolist()
@@ -256,14 +281,11 @@ class SoapHypers:
             object.__setattr__(self, "mixing", from_dict(self.mixing, expected=Mixing))
         _count("l_max", self.l_max, minimum=0, maximum=MAX_L)
         if self.species is not None:
-            species = tuple(int(z) for z in self.species)
-            if not species or min(species) < 1 or len(set(species)) != len(species):
-                raise ValueError(
-                    f"species must be distinct atomic numbers >= 1, got {list(self.species)}"
-                )
-            object.__setattr__(self, "species", species)
+            object.__setattr__(self, "species", _atomic_numbers("species", self.species))
         if self.center_species is not None:
-            object.__setattr__(self, "center_species", tuple(int(z) for z in self.center_species))
+            object.__setattr__(
+                self, "center_species", _atomic_numbers("center_species", self.center_species)
+            )
         if self.covariance_sigma0 is not None and (
             not isinstance(self.covariance_sigma0, (int, float))
             or isinstance(self.covariance_sigma0, bool)

@@ -31,6 +31,7 @@ from ..hypers import (
     Cutoff,
     Density,
     RadialBasis,
+    _atomic_numbers,
     _count,
     from_dict,
     register,
@@ -112,16 +113,20 @@ class AceHypers:
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, from_dict(value, expected=cls))
-        species = tuple(int(z) for z in self.species)
-        if not species or len(set(species)) != len(species) or min(species) < 1:
-            raise ValueError(
-                f"species must be distinct atomic numbers >= 1, got {list(self.species)}"
-            )
+        species = _atomic_numbers("species", self.species)
         object.__setattr__(self, "species", species)
         _count("nu_max", self.nu_max)
         if self.nu_max > 4:
             raise ValueError(f"nu_max must be <= 4, got {self.nu_max}")
-        l_max = (self.l_max,) * self.nu_max if isinstance(self.l_max, int) else tuple(self.l_max)
+        if isinstance(self.l_max, int) and not isinstance(self.l_max, bool):
+            l_max = (self.l_max,) * self.nu_max
+        elif isinstance(self.l_max, (list, tuple)):
+            l_max = tuple(self.l_max)
+        else:
+            raise ValueError(
+                f"l_max must be an integer or one integer per order 1..{self.nu_max}, "
+                f"got {self.l_max!r}"
+            )
         if len(l_max) != self.nu_max or any(
             not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in l_max
         ):

@@ -114,8 +114,8 @@ def _check_compute_memory(
         estimate(n_rows, batch_atoms, dtype),
         f"{type(representation).__name__} features of {len(frames)} structures "
         f"({n_rows} rows x {n_features} features, {str(dtype).replace('torch.', '')})",
-        "compute fewer structures at a time (or use a smaller batch_size), use "
-        "dtype=torch.float32, fewer mixed channels K, or a mixing instead of the full SOAP",
+        "compute fewer structures per call, use dtype=torch.float32 (command line: "
+        "--dtype float32), fewer mixed channels K, or a mixing instead of the full SOAP",
         device,
     )
 
