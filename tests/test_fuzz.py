@@ -126,9 +126,11 @@ def test_random_structures_ace(atoms):
         assert _names_the_input(str(error)), str(error)
         return
     assert values.shape == (len(atoms), ace.n_features) and np.isfinite(values).all()
+    # unnormalised: thin periodic cells give large values, so the tolerance scales with them;
     # pseudoscalar invariants (odd sum of l) are proper-rotation invariant only
-    assert_rotation_invariant(ace, atoms, atol=1e-7)
-    assert_permutation_covariant(ace, atoms, atol=1e-7)
+    atol = 1e-7 * max(1.0, float(np.abs(values).max()))
+    assert_rotation_invariant(ace, atoms, atol=atol)
+    assert_permutation_covariant(ace, atoms, atol=atol)
 
 
 ACE_VALID = {

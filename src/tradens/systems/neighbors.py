@@ -109,7 +109,11 @@ def _complete_box(cell: np.ndarray, periodic: np.ndarray) -> np.ndarray:
     orthogonal complement of the periodic vectors; along a non-periodic
     direction their length does not change any pair.
     """
-    if abs(np.linalg.det(cell)) > 1e-10 * max(float(np.abs(cell).max()), 1.0) ** 3:
+    norms = np.linalg.norm(cell, axis=1)  # [3]
+    if norms.min() > 0:
+        unit = cell / norms[:, None]
+        if abs(np.linalg.det(unit)) > 1e-6:  # well conditioned: vesin gets the cell as it is
+            return cell
         return cell
     box = cell.copy()
     lattice = cell[periodic]  # [n_periodic, 3]
@@ -135,14 +139,23 @@ def _check_pair_count(
     directions ``d`` with lattice-plane spacings ``h_d`` (a cell much thinner
     than the cutoff, or a cutoff much larger than the cell, has very many).
     """
-    volume = abs(float(np.linalg.det(box)))
+    lattice = box[periodic]  # [k, 3]: only periodic vectors make images
+
+    def measure(vectors: np.ndarray) -> float:  # length, area or volume they span
+        return (
+            math.sqrt(max(float(np.linalg.det(vectors @ vectors.T)), 0.0)) if len(vectors) else 1.0
+        )
+
+    total = measure(lattice)
     images = 1.0
-    for d in np.flatnonzero(periodic):
-        area = float(np.linalg.norm(np.cross(box[(d + 1) % 3], box[(d + 2) % 3])))
-        spacing = volume / area if area > 0 else 0.0
+    for d in range(len(lattice)):
+        rest = measure(np.delete(lattice, d, axis=0))
+        spacing = total / rest if rest > 0 else 0.0  # distance between lattice planes (lines)
         images *= 2.0 * math.ceil(cutoff / spacing) + 1.0 if spacing > 0 else math.inf
-    sphere = 4.0 / 3.0 * math.pi * cutoff**3  # pairs ~ n^2 sphere / volume for large images
-    expected = n_atoms * n_atoms * min(images, max(1.0, sphere / volume) * 8.0 + 27.0)
+    if len(lattice) == 3 and total > 0:  # pairs ~ n^2 sphere / volume for many images
+        sphere = 4.0 / 3.0 * math.pi * cutoff**3
+        images = min(images, max(1.0, sphere / total) * 8.0 + 27.0)
+    expected = n_atoms * n_atoms * images
     from ..kernels.budget import check_memory
 
     check_memory(
