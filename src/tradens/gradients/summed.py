@@ -149,6 +149,7 @@ def _summed_analytic(
         n_lm,
         n_max,
         n_c,
+        n_out,
         dtype,
         device,
     )
@@ -216,12 +217,14 @@ class _Workspace:
         n_lm: int,
         n_max: int,
         n_c: int,
+        n_out: int,
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
         size = max(n_rows * n_neighbours, 1)
         self.padded = torch.empty(size * n_lm * 3 * n_max, dtype=dtype, device=device)
         self.density = torch.empty(size * n_lm * n_c, dtype=dtype, device=device)
+        self.output = torch.empty(n_rows * 9 * n_out, dtype=dtype, device=device)
 
     def padded_view(self, n_rows: int, n_lm: int, nb: int, width: int) -> torch.Tensor:
         """``[row, lm, nb, width]`` view of the pair-derivative buffer (not initialised)."""
@@ -299,7 +302,7 @@ def _block(
     w_rows = t.blocks[t.species[a0:a1]]  # [row, N, C]
     ty_rows = t.ty_t[a0:a1]  # [row, lm, C]
     n_l = len(t.degree_scales)
-    out = torch.empty(n_rows, 9, len(t.degree_scales[0]), n_l, dtype=dtype, device=device)
+    out = work.output[: n_rows * 9 * len(t.degree_scales[0]) * n_l].view(n_rows, 9, -1, n_l)
     for l, scale in enumerate(t.degree_scales):
         block, width = slice(l * l, (l + 1) * (l + 1)), 2 * l + 1
         a = padded[:, block].reshape(n_rows, width * nb, 3 * n_max)

@@ -208,7 +208,8 @@ def design_batches(
                 batch.n_structures, phi.shape[1], dtype=phi.dtype, device=phi.device
             )
             energy.index_add_(0, batch.structure, phi)
-            yield start, batch, Design(energy, -basis.map_sum(gradient), basis.map_sum(virial))
+            force_rows = basis.map_sum(gradient).neg_()  # in place: no second [atom, 3, D] copy
+            yield start, batch, Design(energy, force_rows, basis.map_sum(virial))
         elif kind == "soap":
             yield start, batch, _pairwise_design(representation, basis, batch)
         else:
