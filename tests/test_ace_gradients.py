@@ -10,7 +10,8 @@ from test_gradients import check_against_finite_differences
 
 from tradens import as_batch
 from tradens.gradients import descriptor_gradients
-from tradens.gradients.ace_pairs import ace_pair_applies, ace_pair_gradients
+from tradens.gradients.ace_pairs import ace_pair_gradients
+from tradens.gradients.api import jacobian_path
 from tradens.representations.ace import ACE
 
 BASE = dict(
@@ -34,7 +35,7 @@ def ace_of(variant: str) -> ACE:
 def test_pair_path_equals_jvps(variant, system, request):
     atoms = request.getfixturevalue(system)
     ace = ace_of(variant)
-    assert ace_pair_applies(ace)
+    assert jacobian_path(ace) == "ace-pair"
     pair = descriptor_gradients(ace, atoms, method="pair")
     jvp = descriptor_gradients(ace, atoms, method="jvp")
     assert torch.equal(pair.index, jvp.index)
@@ -49,7 +50,7 @@ def test_finite_differences_and_auto_dispatch(triclinic):
     ace = ace_of("normalised")
     check_against_finite_differences(ace, triclinic, atom_ids=[0, 2], method="auto")
     full = ACE(**{**BASE, "nu_max": 3, "l_max": (0, 2, 2), "channels": 3, "mode": "full"})
-    assert not ace_pair_applies(full)  # channel tuples: the JVP path
+    assert jacobian_path(full) == "jvp"  # channel tuples: the JVP path
     with pytest.raises(ValueError, match="channel-diagonal ACE"):
         descriptor_gradients(full, triclinic, method="pair")
 

@@ -172,14 +172,14 @@ def test_closed_form_harmonic_gradients_match_autograd(l_max):
     ],
 )
 def test_closed_form_radial_derivative_matches_autograd(gap):
-    from tradens.density.derivatives import radial_with_derivative, rowwise_jacobian
+    from tradens.density.derivatives import rowwise_jacobian
     from tradens.density.radial import cosine_cutoff
     from tradens.quip import soap_from_gap
 
     soap = soap_from_gap(gap)
     h = soap.hypers
     r = torch.linspace(0.05, h.cutoff.radius - 1e-6, 500, dtype=torch.float64)
-    radial, derivative = radial_with_derivative(soap, r)
+    radial, derivative = soap.expansion.radial_with_derivative(r)
     reference_values, reference = rowwise_jacobian(
         lambda x: (
             soap.radial_basis(x[:, 0])

@@ -21,10 +21,10 @@ from conftest import SPECIES, make_alloy
 
 import tradens.kernels.compiled
 from tradens import SOAP
-from tradens.density.derivatives import radial_terms, rowwise_jacobian
+from tradens.density.derivatives import rowwise_jacobian
 from tradens.density.radial import cosine_cutoff
 from tradens.gradients import energy_forces_stress
-from tradens.gradients.soap_forces import soap_vjp_applies
+from tradens.gradients.api import forces_path
 
 HYPERS = dict(cutoff=4.0, l_max=3, radial={"n_max": 4}, species=list(SPECIES))
 VARIANTS = {
@@ -180,8 +180,8 @@ def test_finite_differences_of_the_energy(variant):
 
 def test_dispatch_and_fallbacks(alloy):
     rep = soap_of("rz-sym-tensor")
-    assert soap_vjp_applies(rep, create_graph=False)
-    assert not soap_vjp_applies(rep, create_graph=True)
+    assert forces_path(rep, create_graph=False) == "soap-analytic"
+    assert forces_path(rep, create_graph=True) == "autograd"
     with pytest.raises(ValueError, match="method"):
         energy_forces_stress(rep, model_of(rep.n_features), alloy, method="bogus")
     with pytest.raises(ValueError, match="analytic"):
@@ -213,10 +213,10 @@ def test_radial_terms_equal_autograd(kind):
         ),
         r[:, None],
     )  # [p, N, L], [p, 1, N, L]
-    for pair_major in (False, True):
-        terms, transform = radial_terms(rep, r, pair_major=pair_major)
-        if pair_major:
-            terms = terms.transpose(0, 1)
+    for layout in ("degree", "pair"):
+        terms, transform = rep.expansion.radial_terms(r, layout=layout)
+        if layout == "pair":  # [p, 2, L, c] -> [L, p, 2, c]
+            terms = terms.permute(2, 0, 1, 3)
         if transform is not None:
             terms = torch.matmul(terms, transform)  # [L, p, 2, N]
         torch.testing.assert_close(terms[:, :, 0].permute(1, 2, 0), values, rtol=0, atol=1e-14)

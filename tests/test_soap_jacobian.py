@@ -18,12 +18,7 @@ import torch
 from conftest import SPECIES, make_alloy
 
 from tradens import SOAP, as_batch
-from tradens.density.derivatives import (
-    harmonics_and_gradient,
-    harmonics_with_gradient,
-    radial_primitive_with_derivative,
-    radial_with_derivative,
-)
+from tradens.density.derivatives import harmonics_and_gradient, harmonics_with_gradient
 from tradens.gradients import descriptor_gradients
 from tradens.gradients.soap_jacobian import fast_structure
 from tradens.gradients.soap_pairs import soap_pair_gradients
@@ -159,8 +154,8 @@ def test_radial_primitive_derivative_equals_closed_form(l_max, width, implementa
     r = torch.linspace(
         0.05, 5.2, 97, dtype=torch.float64
     )  # power series at small r; beyond the cutoff
-    radial, d_radial = radial_with_derivative(soap, r)  # [p, N, L]
-    primitive, transform = radial_primitive_with_derivative(soap, r)  # [p, 2L, a]
+    radial, d_radial = soap.expansion.radial_with_derivative(r)  # [p, N, L]
+    primitive, transform = soap.expansion.radial_primitive(r)  # [p, 2L, a]
     n_l = radial.shape[2]
     torch.testing.assert_close(
         (primitive[:, :n_l] @ transform).transpose(1, 2), radial, atol=1e-15, rtol=0
@@ -170,7 +165,7 @@ def test_radial_primitive_derivative_equals_closed_form(l_max, width, implementa
     )
     assert d_radial.abs().max() > 1e-3
     assert np.isfinite(primitive.numpy()).all()
-    single, _ = radial_primitive_with_derivative(soap, r.float())
+    single, _ = soap.expansion.radial_primitive(r.float())
     assert single.dtype == torch.float32
     torch.testing.assert_close(single.double(), primitive, atol=2e-6, rtol=1e-5)
 

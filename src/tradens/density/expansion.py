@@ -1,4 +1,4 @@
-"""The neighbour density expansion.
+"""The neighbour density expansion: :class:`DensityExpansion`, its stages, and the coefficients.
 
 For centre ``i`` the smeared neighbour density of species ``s`` is expanded as
 
@@ -12,22 +12,40 @@ with every periodic image ``j`` within the cutoff (``R`` from
 ``f_c``). The result is dense over the unmixed channels ``I = s*N + n``:
 ``c [atom, S*N, (l_max+1)^2]``. Mixing into ``K`` channels is a matrix product
 with ``W [S*N, K1]`` (:mod:`tradens.density.embeddings`).
+
+Stages
+------
+A :class:`DensityExpansion` (built by every representation from its hypers,
+``representation.expansion``) is the one object that every representation and
+every derivative path goes through:
+
+1. :meth:`DensityExpansion.pairs` — the neighbour list of a batch (computed
+   once per batch and passed down), :meth:`DensityExpansion.vectors` — the
+   pair vectors ``r_ij [pair, 3]``, differentiable in positions and cells;
+2. :meth:`DensityExpansion.pair_terms` — per pair: tapered radial values,
+   harmonics and, with ``derivatives=True``, their ``r``-derivatives (the maths
+   of :mod:`tradens.density.derivatives`); :meth:`DensityExpansion.mixed_radial`
+   mixes the radial terms by neighbour species;
+3. :meth:`DensityExpansion.coefficients` — ``c [atom, S*N, lm]`` or the mixed
+   ``A [atom, K, lm]`` (:func:`expand_density`), centre term included.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..kernels import memory as _memory
 from ..systems.batch import Batch
-from ..systems.neighbors import Pairs
+from ..systems.neighbors import Pairs, neighbor_list, pair_vectors
+from . import derivatives as _derivatives
 from .angular import _spherical_harmonics_by_degree, l_of_lm, spherical_harmonics
-from .radial import cosine_cutoff
+from .radial import cosine_cutoff, taper_with_derivative
 
-__all__ = ["SpeciesMap", "UnknownSpeciesError", "expand_density"]
+__all__ = ["DensityExpansion", "PairTerms", "SpeciesMap", "UnknownSpeciesError", "expand_density"]
 
 _UNMIXED_PER_PAIR = 32  # largest S*N computed per pair without mixing
 
@@ -101,6 +119,159 @@ class SpeciesMap:
             missing = sorted({int(z) for z in numbers[index < 0].cpu().tolist()})
             raise UnknownSpeciesError(missing, self.species, self.remedy)
         return index
+
+
+class PairTerms(NamedTuple):
+    """Per-pair terms of a density expansion (:meth:`DensityExpansion.pair_terms`)."""
+
+    distances: torch.Tensor  # [p] |r| (Å)
+    radial: torch.Tensor  # [p, N, L] tapered radial basis f_c R
+    harmonics: torch.Tensor  # [p, lm] real spherical harmonics Y(rhat)
+    d_radial: torch.Tensor | None  # [p, N, L] d(f_c R)/dr (1/Å), with derivatives=True
+    d_harmonics: torch.Tensor | None  # [p, 3, lm] dY/dr (1/Å), with derivatives=True
+
+
+class DensityExpansion:
+    """The atomic density expansion of a representation, stage by stage (see the module docstring).
+
+    Parameters
+    ----------
+    radial : radial basis
+        ``r [pair] -> R [pair, N, L]`` with ``n_max``, ``l_max`` and ``center_values``.
+    species_map : SpeciesMap
+        Atomic numbers -> species channels.
+    l_max : int
+        Largest angular degree.
+    cutoff, cutoff_width : float
+        Cutoff radius and cosine taper width, Å.
+    center_weight : float
+        Weight of the centre atom's own Gaussian.
+    center_all_species : bool
+        Put the centre term in every species channel (else only the centre's own).
+    """
+
+    def __init__(
+        self,
+        radial,
+        species_map: SpeciesMap,
+        *,
+        l_max: int,
+        cutoff: float,
+        cutoff_width: float,
+        center_weight: float,
+        center_all_species: bool,
+    ):
+        self.radial, self.species_map = radial, species_map
+        self.l_max, self.cutoff, self.cutoff_width = int(l_max), float(cutoff), float(cutoff_width)
+        self.center_weight, self.center_all_species = float(center_weight), bool(center_all_species)
+
+    @property
+    def n_species(self) -> int:
+        """Number of species channels ``S``."""
+        return self.species_map.n_species
+
+    @property
+    def n_max(self) -> int:
+        """Number of radial functions ``N``."""
+        return int(self.radial.n_max)
+
+    # ---- stage 1: neighbours
+    def pairs(self, batch: Batch) -> Pairs:
+        """Neighbour pairs within the cutoff (once per batch; pass them down)."""
+        return neighbor_list(batch, self.cutoff)
+
+    def vectors(
+        self,
+        batch: Batch,
+        pairs: Pairs,
+        positions: torch.Tensor | None = None,
+        cells: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Pair vectors ``r_ij [pair, 3]`` (Å), differentiable in ``positions`` and ``cells``."""
+        return pair_vectors(batch, pairs, positions, cells)
+
+    # ---- stage 2: per-pair terms and their r-derivatives
+    def pair_terms(self, vectors: torch.Tensor, *, derivatives: bool = False) -> PairTerms:
+        """Tapered radial terms and harmonics of pair vectors ``[p, 3]`` (and ``r``-derivatives)."""
+        r = torch.linalg.vector_norm(vectors, dim=1)  # [p]
+        if not derivatives:
+            taper = cosine_cutoff(r, self.cutoff, self.cutoff_width)  # [p]
+            radial = self.radial(r) * taper[:, None, None]  # [p, N, L]
+            return PairTerms(r, radial, spherical_harmonics(vectors, self.l_max), None, None)
+        radial, d_radial = self.radial_with_derivative(r)  # [p, N, L]
+        harmonics, d_harmonics = _derivatives.harmonics_and_gradient(vectors, self.l_max)
+        return PairTerms(r, radial, harmonics, d_radial, d_harmonics)
+
+    def taper(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cosine taper ``[p]`` and its ``r``-derivative (1/Å)."""
+        return taper_with_derivative(r, self.cutoff, self.cutoff_width)
+
+    def radial_terms(self, r: torch.Tensor, *, layout: str = "pair"):
+        """:func:`tradens.density.derivatives.radial_terms` of this expansion's basis and taper."""
+        return _derivatives.radial_terms(
+            self.radial, r, self.cutoff, self.cutoff_width, layout=layout
+        )
+
+    def radial_with_derivative(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tapered radial basis ``[p, N, L]`` and its ``r``-derivative (1/Å)."""
+        return _derivatives.radial_with_derivative(self.radial, r, self.cutoff, self.cutoff_width)
+
+    def radial_primitive(self, r: torch.Tensor):
+        """Gaussian-grid primitive ``[p, 2L, a]`` and ``T [a, N]`` (None for other bases)."""
+        return _derivatives.radial_primitive(self.radial, r, self.cutoff, self.cutoff_width)
+
+    def mixed_radial(self, weights: torch.Tensor) -> _derivatives.MixedRadial:
+        """Mixed radial terms ``Q, Q' [p, 2L, K]`` by neighbour species, mixing ``W [S*N, K]``."""
+        return _derivatives.MixedRadial(
+            self.radial, self.cutoff, self.cutoff_width, weights, self.n_species
+        )
+
+    # ---- stage 3: coefficients
+    def coefficients(
+        self,
+        batch: Batch,
+        pairs: Pairs,
+        vectors: torch.Tensor,
+        *,
+        weights: torch.Tensor | None = None,
+        species_index: torch.Tensor | None = None,
+        pair_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """``c [atom, S*N, lm]``, or the mixed ``A [atom, K, lm]`` with ``weights [S*N, K]``.
+
+        See :func:`expand_density`; ``species_index`` defaults to the batch's.
+        """
+        if species_index is None:
+            species_index = self.species_map(batch.numbers)
+        return expand_density(
+            batch,
+            pairs,
+            vectors,
+            species_index,
+            n_species=self.n_species,
+            radial=self.radial,
+            l_max=self.l_max,
+            cutoff=self.cutoff,
+            cutoff_width=self.cutoff_width,
+            center_weight=self.center_weight,
+            center_all_species=self.center_all_species,
+            pair_chunk=pair_chunk,
+            weights=weights,
+        )
+
+    def centre_term(
+        self, species_index: torch.Tensor, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """The centre atom's own Gaussian in the ``l = 0`` coefficients, ``[atom, S*N]``."""
+        return centre_term(
+            self.radial,
+            species_index,
+            n_species=self.n_species,
+            center_weight=self.center_weight,
+            center_all_species=self.center_all_species,
+            dtype=dtype,
+            device=device,
+        )
 
 
 def expand_density(

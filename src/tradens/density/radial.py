@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "taper_with_derivative",
     "cosine_cutoff",
     "scaled_spherical_in",
     "GaussianGridBasis",
@@ -50,6 +51,23 @@ def cosine_cutoff(r: torch.Tensor, cutoff: float, width: float) -> torch.Tensor:
         return (r < cutoff).to(r.dtype)
     t = ((r - cutoff + width) / width).clamp(0.0, 1.0)
     return 0.5 * (torch.cos(math.pi * t) + 1.0) * (r < cutoff).to(r.dtype)
+
+
+def taper_with_derivative(
+    r: torch.Tensor, cutoff: float, width: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cosine_cutoff` and its ``r``-derivative (1/Å), both shaped like ``r``.
+
+    ``f'(r) = -pi/(2 width) sin(pi (r - cutoff + width) / width)`` inside the
+    taper, zero elsewhere (and everywhere for ``width = 0``). The one
+    implementation of the taper derivative: every derivative path uses it.
+    """
+    taper = cosine_cutoff(r, cutoff, width)
+    if width <= 0.0:
+        return taper, torch.zeros_like(r)
+    t = ((r - cutoff + width) / width).clamp(0.0, 1.0)
+    d_taper = -0.5 * math.pi / width * torch.sin(math.pi * t) * (r < cutoff).to(r.dtype)
+    return taper, d_taper
 
 
 # -------------------------------------------------------------------------------------

@@ -34,21 +34,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..density.derivatives import harmonics_and_gradient, radial_with_derivative
-from ..density.expansion import expand_density
-from ..systems.neighbors import neighbor_list, pair_vectors
+from ..density.derivatives import harmonics_and_gradient
 from .results import DescriptorGradients, _atom_entries
 
-__all__ = ["ace_pair_applies", "ace_pair_gradients"]
-
-
-def ace_pair_applies(representation) -> bool:
-    """Whether the analytic path serves ``representation`` (an ACE with channel-diagonal products only)."""
-    from ..representations.ace import ACE
-
-    if not isinstance(representation, ACE) or type(representation).forward is not ACE.forward:
-        return False
-    return all(mode == "diagonal" for mode in representation.hypers.modes())
+__all__ = ["ace_pair_gradients"]
 
 
 def _slots(plan, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -119,7 +108,9 @@ def _base_gradients(
     return values, out
 
 
-def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> DescriptorGradients:
+def ace_pair_gradients(
+    ace, batch, *, strain: bool, chunk_bytes: int, pairs=None
+) -> DescriptorGradients:
     """Atom-resolved Jacobians of a channel-diagonal ACE (see the module docstring).
 
     Parameters
@@ -132,22 +123,25 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
         Also return ``d values / d eps [row, 3, 3, F]``.
     chunk_bytes : int
         Working memory of the padded per-pair terms of one chunk of centres.
+    pairs : Pairs, optional
+        The batch's neighbour pairs when already known.
     """
     h = ace.hypers
     dtype, device = batch.positions.dtype, batch.positions.device
     n_atoms = batch.n_atoms
     l_max = max(h.l_max)
     n_l = l_max + 1
+    expansion = ace.expansion
     with torch.no_grad():
-        pairs = neighbor_list(batch, h.cutoff.radius)
-        vectors = pair_vectors(batch, pairs, batch.positions, batch.cells)  # [pair, 3]
+        if pairs is None:
+            pairs = expansion.pairs(batch)
+        vectors = expansion.vectors(batch, pairs, batch.positions, batch.cells)  # [pair, 3]
         species_index = ace.species_map(batch.numbers)  # [atom]
         known = (species_index[pairs.j] >= 0).nonzero().squeeze(1)
         order = known[torch.argsort(pairs.i[known], stable=True)]  # pairs by centre
         pair_i, pair_j, vec = pairs.i[order], pairs.j[order], vectors[order]
         pair_species = species_index[pair_j]  # [p]
         r = torch.linalg.vector_norm(vec, dim=1)  # [p]
-        radial, d_radial = radial_with_derivative(ace, r)  # [p, N, L] (tapered), d/dr
         harmonics, d_harmonics = harmonics_and_gradient(vec, l_max)  # [p, lm], [p, 3, lm]
         rhat = vec / r[:, None]
         lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=device)
@@ -160,26 +154,15 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
         for name, plan, keep in ace.groups:
             weights = getattr(ace, name).detach().to(dtype=dtype, device=device)  # [S*N, K]
             n_k = weights.shape[1]
-            base = expand_density(
-                batch,
-                pairs,
-                vectors,
-                species_index,
-                n_species=len(h.species),
-                radial=ace.radial_basis,
-                l_max=l_max,
-                cutoff=h.cutoff.radius,
-                cutoff_width=h.cutoff.width,
-                center_weight=h.density.center_weight,
-                center_all_species=ace.center_all_species,
-                weights=weights,
+            base = expansion.coefficients(
+                batch, pairs, vectors, weights=weights, species_index=species_index
             )  # [atom, K, lm]
             channel, slot, n_slots = _slots(plan, keep)
             values, g = _base_gradients(
                 plan, keep, base, channel, slot, n_slots
             )  # [atom, F], [atom, K, P, lm]
             n_features = values.shape[1]
-            blocks = weights.view(len(h.species), -1, n_k)  # [S, N, K]
+            mixer = expansion.mixed_radial(weights)
             jacobian = torch.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
             strain_jacobian = (
                 torch.zeros(n_atoms, 3, 3, n_features, dtype=dtype, device=device)
@@ -199,10 +182,10 @@ def ace_pair_gradients(ace, batch, *, strain: bool, chunk_bytes: int) -> Descrip
                 rank = (
                     torch.arange(p0, p1, device=device) - starts[pair_i[sel]]
                 )  # [q] place in the centre's list
-                # mixed radial terms Q, Q' [q, L, K] of the chunk's pairs (weights of the neighbour species)
-                mixing = blocks[pair_species[sel]]  # [q, N, K]
-                q = torch.einsum("pnl,pnk->pkl", radial[sel], mixing)  # [q, K, L]
-                dq = torch.einsum("pnl,pnk->pkl", d_radial[sel], mixing)
+                # mixed radial terms Q, Q' of the chunk's pairs (weights of the neighbour species)
+                mixed = mixer(r[sel], pair_species[sel])  # [q, 2L, K]: Q then Q'
+                q = mixed[:, :n_l].transpose(1, 2)  # [q, K, L]
+                dq = mixed[:, n_l:].transpose(1, 2)
                 # dA/dr [q, K, 3, lm] = Q' rhat Y + Q dY
                 d_base = (
                     dq[:, :, None, lm_to_l]

@@ -14,6 +14,29 @@ so every pair vector becomes ``r' = r (1 + eps)`` and, for any invariant ``X``,
 ``dX/d eps_ab = sum_p r_pa dX/dr_pb`` (sum over the pair vectors of the
 environment). ASE's stress is ``(1/V) dE/d eps``; the virial is ``-dE/d eps``.
 
+Derivative paths
+----------------
+Each product has one dispatcher here and one capability check that names the
+path serving a representation (:func:`forces_path`, :func:`jacobian_path`);
+the dispatcher records the path it took in :mod:`tradens.gradients.paths`:
+
+===========  ===================  ===================================================
+product      path                 implementation
+===========  ===================  ===================================================
+forces       ``"soap-analytic"``  :mod:`.soap_forces` (SOAP, first derivatives; the
+                                  compiled pair kernels are an option inside it)
+forces       ``"autograd"``       one reverse pass (any module; the reference)
+jacobian     ``"soap-symmetric"`` :mod:`.soap_jacobian` (symmetric mixed SOAP with
+                                  ``triangle``/``diagonal`` products; compiled slab)
+jacobian     ``"soap-pair"``      :mod:`.soap_pairs` (every other SOAP)
+jacobian     ``"ace-pair"``       :mod:`.ace_pairs` (channel-diagonal ACE)
+jacobian     ``"jvp"``            :mod:`.reference` (any module; the reference)
+===========  ===================  ===================================================
+
+Every analytic path takes its per-pair terms from the representation's
+:class:`~tradens.density.expansion.DensityExpansion` (neighbours computed once
+per batch by the dispatcher and passed down).
+
 Three entry points
 ------------------
 :func:`energy_forces_stress`
@@ -43,8 +66,16 @@ import math
 import torch
 
 from ..kernels.determinism import deterministic
+from ..representations.ace import ACE
+from ..representations.soap import SOAP
 from ..systems.batch import Batch, as_batch
+from .ace_pairs import ace_pair_gradients
+from .paths import record as record_path
+from .reference import jvp_gradients
 from .results import DescriptorGradients, ModelOutput, _averaged
+from .soap_forces import soap_energy_and_gradients
+from .soap_jacobian import fast_structure
+from .soap_pairs import soap_pair_gradients
 
 __all__ = [
     "DescriptorGradients",
@@ -52,7 +83,89 @@ __all__ = [
     "apply_strain",
     "descriptor_gradients",
     "energy_forces_stress",
+    "forces_path",
+    "jacobian_path",
 ]
+
+
+# ----------------------------------------------------------------------------- capabilities
+
+
+def _plain(representation, cls: type) -> bool:
+    """``representation`` is a ``cls`` whose ``forward`` is not overridden."""
+    return isinstance(representation, cls) and type(representation).forward is cls.forward
+
+
+def forces_path(representation, *, create_graph: bool = False, method: str = "auto") -> str:
+    """The path of :func:`energy_forces_stress` for ``representation``: the one capability check.
+
+    ``"soap-analytic"`` for a :class:`~tradens.representations.soap.SOAP` (not
+    subclassed with another ``forward``) without ``create_graph``, else
+    ``"autograd"``. ``method="autograd"`` forces the reference; ``method=
+    "analytic"`` raises a ValueError where the analytic path does not serve.
+    """
+    if method not in ("auto", "analytic", "autograd"):
+        raise ValueError(f"method must be 'auto', 'analytic' or 'autograd', got {method!r}")
+    analytic = not create_graph and _plain(representation, SOAP)
+    if method == "analytic" and not analytic:
+        raise ValueError(
+            "method='analytic' needs a SOAP representation and create_graph=False; "
+            "use method='autograd'"
+        )
+    return "soap-analytic" if analytic and method != "autograd" else "autograd"
+
+
+def jacobian_path(
+    representation,
+    *,
+    images: bool = False,
+    method: str = "auto",
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> str:
+    """The path of :func:`descriptor_gradients` for ``representation``: the one capability check.
+
+    ``"soap-symmetric"`` (symmetric mixed SOAP whose products are all ``b <= a``
+    channel pairs or the matching channels, not averaged), ``"soap-pair"``
+    (any other SOAP), ``"ace-pair"`` (ACE with channel-diagonal products,
+    without ``images``), else ``"jvp"``. ``method="jvp"`` forces the reference;
+    ``method="pair"`` raises a ValueError where no analytic path serves.
+    ``dtype`` and ``device`` are those of the batch (they decide whether both
+    densities of a SOAP are the same tensor).
+    """
+    if method not in ("auto", "pair", "jvp"):
+        raise ValueError(f"method must be 'auto', 'pair' or 'jvp', got {method!r}")
+    if _plain(representation, SOAP):
+        analytic = _soap_jacobian_kind(representation, dtype, device)
+    elif (
+        _plain(representation, ACE)
+        and all(mode == "diagonal" for mode in representation.hypers.modes())
+        and not images
+    ):
+        analytic = "ace-pair"
+    else:
+        analytic = None
+    if method == "pair" and analytic is None:
+        raise ValueError(
+            "method='pair' is implemented for SOAP and channel-diagonal ACE (without "
+            f"images=True), got {type(representation).__name__}; use method='jvp'"
+        )
+    if method == "jvp" or analytic is None:
+        if images:
+            raise ValueError(
+                "images=True needs per-pair derivatives: only method='pair' (SOAP) provides them"
+            )
+        return "jvp"
+    return analytic
+
+
+def _soap_jacobian_kind(
+    soap: SOAP, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+) -> str:
+    """``"soap-symmetric"`` where the fast symmetric path serves this SOAP, else ``"soap-pair"``."""
+    w1, w2 = soap.mixing_matrices(dtype, torch.device(device))
+    symmetric = w1 is None or w2 is w1
+    return "soap-symmetric" if fast_structure(soap, symmetric, w1) is not None else "soap-pair"
 
 
 # ----------------------------------------------------------------------------- strain
@@ -167,16 +280,7 @@ def energy_forces_stress(
         raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
     if create_graph and output != "torch":
         raise ValueError("create_graph=True needs output='torch' (numpy arrays carry no graph)")
-    if method not in ("auto", "analytic", "autograd"):
-        raise ValueError(f"method must be 'auto', 'analytic' or 'autograd', got {method!r}")
-    from .soap_forces import soap_energy_and_gradients, soap_vjp_applies
-
-    analytic = method != "autograd" and soap_vjp_applies(representation, create_graph)
-    if method == "analytic" and not analytic:
-        raise ValueError(
-            "method='analytic' needs a SOAP representation and create_graph=False; "
-            "use method='autograd'"
-        )
+    path = forces_path(representation, create_graph=create_graph, method=method)
     parts: dict[str, list] = {
         "energy": [],
         "forces": [],
@@ -187,9 +291,9 @@ def energy_forces_stress(
     offset = 0
     with deterministic(systems.positions.device if isinstance(systems, Batch) else device):
         for batch in _batches(systems, batch_size, dtype, device):
-            if analytic:
+            if path == "soap-analytic":
                 energy, d_positions, d_strain = soap_energy_and_gradients(
-                    representation, model_fn, batch
+                    representation, model_fn, batch, pairs=representation.expansion.pairs(batch)
                 )
                 _append(parts, batch, energy, d_positions, d_strain, offset)
                 offset += batch.n_structures
@@ -229,6 +333,7 @@ def energy_forces_stress(
                 offset,
             )
             offset += batch.n_structures
+    record_path("forces", path)
     result = {key: torch.cat(value) for key, value in parts.items()}
     if output == "numpy":
         result = {key: value.detach().cpu().numpy() for key, value in result.items()}
@@ -304,41 +409,35 @@ def descriptor_gradients(
     -------
     DescriptorGradients
     """
-    from ..representations.soap import SOAP
-
     if method not in ("auto", "pair", "jvp"):
         raise ValueError(f"method must be 'auto', 'pair' or 'jvp', got {method!r}")
-    if isinstance(systems, Batch):
-        batch = systems
-    else:
-        batch = as_batch(systems, dtype=dtype, device=device)
+    batch = systems if isinstance(systems, Batch) else as_batch(systems, dtype=dtype, device=device)
+    device = batch.positions.device
+    path = jacobian_path(
+        representation, images=images, method=method, dtype=batch.positions.dtype, device=device
+    )
     if chunk_bytes is None:
-        chunk_bytes = (16 if batch.positions.device.type == "cpu" else 256) * 2**20
-    with deterministic(batch.positions.device):
-        from .ace_pairs import ace_pair_applies, ace_pair_gradients
-
-        ace_pair = ace_pair_applies(representation)
-        if method == "auto":
-            method = "pair" if isinstance(representation, SOAP) or ace_pair else "jvp"
-        if method == "pair":
-            if ace_pair and not images:
-                return ace_pair_gradients(
-                    representation, batch, strain=strain, chunk_bytes=chunk_bytes
-                )
-            if not isinstance(representation, SOAP):
-                raise ValueError(
-                    "method='pair' is implemented for SOAP and channel-diagonal ACE (without "
-                    f"images=True), got {type(representation).__name__}; use method='jvp'"
-                )
-            from .soap_pairs import soap_pair_gradients
-
-            return soap_pair_gradients(
-                representation, batch, strain=strain, images=images, chunk_bytes=chunk_bytes
+        chunk_bytes = (16 if device.type == "cpu" else 256) * 2**20
+    with deterministic(device):
+        if path == "jvp":
+            result = jvp_gradients(representation, batch, strain=strain, cutoff=cutoff)
+        elif path == "ace-pair":
+            result = ace_pair_gradients(
+                representation,
+                batch,
+                strain=strain,
+                chunk_bytes=chunk_bytes,
+                pairs=representation.expansion.pairs(batch),
             )
-        if images:
-            raise ValueError(
-                "images=True needs per-pair derivatives: only method='pair' (SOAP) provides them"
+        else:
+            result = soap_pair_gradients(
+                representation,
+                batch,
+                strain=strain,
+                images=images,
+                chunk_bytes=chunk_bytes,
+                fast=path == "soap-symmetric",
+                pairs=representation.expansion.pairs(batch),
             )
-        from .reference import jvp_gradients
-
-        return jvp_gradients(representation, batch, strain=strain, cutoff=cutoff)
+    record_path("jacobian", path)
+    return result

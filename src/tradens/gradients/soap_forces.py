@@ -20,7 +20,8 @@ the density. For pair ``p`` (centre ``i``, vector ``r``, neighbour species
             = rhat_a sum_lm (Z'_lm - l Z_lm / |r|) Y_lm + (1/|r|) sum_lm Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
 
 with ``Z_lm = sum_k G_iklm Q_kl`` and ``Z'`` from ``Q'``, using the solid
-harmonic gradients ``C_l`` of :mod:`tradens.density.derivatives`. ``Z`` is one
+harmonic gradients ``C_l``
+(:func:`tradens.density.derivatives.contract_harmonic_gradients`). ``Z`` is one
 batched matrix product per degree over the centres of a chunk (``G_i`` shared
 by the pairs of centre ``i``, neighbour lists padded to the longest of the
 chunk) in the mixed case, and a gather of ``G[i, s]`` with an elementwise
@@ -46,31 +47,18 @@ from typing import NamedTuple
 import torch
 
 from ..density.angular import spherical_harmonics
-from ..density.derivatives import _solid_gradient_matrices, radial_terms
-from ..density.expansion import centre_term, expand_density
+from ..density.derivatives import contract_harmonic_gradients, solid_gradient_matrices
 from ..kernels.compiled import pair_density, pair_forces, use_compiled
 from ..representations.soap import power_spectrum_blocks
-from ..systems.neighbors import neighbor_list, pair_vectors
 
-__all__ = ["soap_energy_and_gradients", "soap_vjp_applies"]
+__all__ = ["soap_energy_and_gradients"]
 
 PAIR_CHUNK = 4096  # pairs per chunk on the CPU (per-pair terms stay in cache)
 FUSED_BYTES = 512 * 2**20  # largest store of per-pair terms of the fused compiled path
 GRAM_BYTES = 32 * 2**20  # Gram blocks of one chunk of rows in the backward through the products
 
 
-def soap_vjp_applies(representation, create_graph: bool) -> bool:
-    """Whether the analytic path serves ``representation`` (SOAP, first derivatives only)."""
-    from ..representations.soap import SOAP
-
-    return (
-        not create_graph
-        and isinstance(representation, SOAP)
-        and type(representation).forward is SOAP.forward
-    )
-
-
-def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None = None):
+def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None = None, pairs=None):
     """Energies and ``dE/dx``, ``dE/d eps`` of ``E = sum_rows model_fn(X)`` for SOAP.
 
     Parameters
@@ -84,6 +72,8 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
     pair_chunk : int, optional
         Pairs per chunk (whole centres per chunk); default 4096 on the CPU,
         65536 elsewhere.
+    pairs : Pairs, optional
+        The batch's neighbour pairs when already known.
 
     Returns
     -------
@@ -96,9 +86,11 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
     """
     h = soap.hypers
     dtype, device = batch.positions.dtype, batch.positions.device
+    expansion = soap.expansion
     with torch.no_grad():
-        pairs = neighbor_list(batch, h.cutoff.radius)
-        vectors = pair_vectors(
+        if pairs is None:
+            pairs = expansion.pairs(batch)
+        vectors = expansion.vectors(
             batch, pairs, batch.positions.detach(), batch.cells.detach()
         )  # [pair, 3]
         species_index = soap.species_map(batch.numbers)  # [atom]
@@ -115,20 +107,9 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
         if fused is not None:
             density = fused.density  # [atom, Kt, lm]
         else:
-            density = expand_density(  # [atom, Kt, lm]
-                batch,
-                pairs,
-                vectors,
-                species_index,
-                n_species=h.n_species,
-                radial=soap.radial_basis,
-                l_max=h.l_max,
-                cutoff=h.cutoff.radius,
-                cutoff_width=h.cutoff.width,
-                center_weight=h.density.center_weight,
-                center_all_species=soap.center_all_species,
-                weights=weights,
-            )
+            density = expansion.coefficients(
+                batch, pairs, vectors, weights=weights, species_index=species_index
+            )  # [atom, Kt, lm]
         if h.average:
             structure_of_row = batch.structure[rows]
             y = density.new_zeros((batch.n_structures,) + density.shape[1:])
@@ -217,6 +198,7 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
                 fused.harmonics,
                 pair_vec,
                 d_pairs,
+                solid_gradient_matrices(h.l_max),
             )
         else:
             active = _active_pairs(pairs, species_index, rows, batch.n_atoms)
@@ -264,8 +246,6 @@ def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows)
     """
     if weights is None or not use_compiled(vectors, weights):
         return None
-    from .soap_jacobian import _Radial
-
     h = soap.hypers
     n_l, n_k = h.l_max + 1, weights.shape[1]
     n_lm = n_l * n_l
@@ -281,61 +261,18 @@ def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows)
     vec = vectors[order]  # [p, 3]
     # all pairs at once (the store is bounded by FUSED_BYTES): a few large kernels instead of many small
     ab = vec.new_empty(n_pairs, 2, n_l, n_k)  # [p, 2, L, Kt]: Q, Q'
-    _Radial(soap, weights)(torch.linalg.vector_norm(vec, dim=1), species, presorted=True, out=ab)
+    soap.expansion.mixed_radial(weights)(
+        torch.linalg.vector_norm(vec, dim=1), species, presorted=True, out=ab
+    )
     harmonics = spherical_harmonics(vec, h.l_max)  # [p, lm]
     centre = pairs.i[order]
     density_lm = vec.new_zeros(batch.n_atoms, n_lm, n_k)  # [atom, lm, Kt]
     pair_density(ab, centre, harmonics, density_lm)
     density = density_lm.transpose(1, 2).contiguous()  # [atom, Kt, lm]
     if h.density.center_weight != 0.0:
-        term = centre_term(
-            soap.radial_basis,
-            species_index,
-            n_species=h.n_species,
-            center_weight=h.density.center_weight,
-            center_all_species=soap.center_all_species,
-            dtype=vec.dtype,
-            device=vec.device,
-        )  # [atom, S*N]
+        term = soap.expansion.centre_term(species_index, vec.dtype, vec.device)  # [atom, S*N]
         density[:, :, 0] += term @ weights
     return _PairTerms(centre, pairs.j[order], vec, ab, harmonics, density)
-
-
-class _Harmonics:
-    """``dE/dr`` of a pair from ``Z``, ``Z'`` and the harmonics (solid harmonic gradients per degree)."""
-
-    def __init__(self, l_max: int, dtype: torch.dtype, device):
-        self.l_max = l_max
-        # C_l as [2l+1, 3 (2l-1)]: (Z_l @ C_l)[p, a, m'] = sum_m C_l[m', a, m] Z_lm
-        self.matrices = [
-            c.permute(2, 1, 0).reshape(2 * l + 1, -1).to(dtype=dtype, device=device)
-            for l, c in enumerate(_solid_gradient_matrices(l_max))
-            if l > 0
-        ]
-        self.degree = torch.tensor(
-            [l for l in range(l_max + 1) for _ in range(2 * l + 1)], dtype=dtype, device=device
-        )  # [lm]
-
-    def __call__(self, vec: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``dE/dr [p, 3]`` from pair vectors ``[p, 3]`` (Å) and ``z [p, 2, lm]`` (``Z`` then ``Z'``)."""
-        n_pairs = vec.shape[0]
-        r = torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 1]
-        inverse = 1.0 / r
-        harmonics = spherical_harmonics(vec, self.l_max)  # [p, lm]
-        zz, dz = z[:, 0], z[:, 1]  # [p, lm]
-        # along rhat: sum_lm (Z' - l Z / r) Y_lm
-        along = (
-            torch.addcmul(dz, zz, self.degree * inverse, value=-1.0)
-            .mul_(harmonics)
-            .sum(1, keepdim=True)
-        )
-        tangential = vec.new_zeros(n_pairs, 3)
-        for l in range(1, self.l_max + 1):  # sum_m Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
-            lowered = torch.mm(zz[:, l * l : (l + 1) * (l + 1)], self.matrices[l - 1]).view(
-                n_pairs, 3, 2 * l - 1
-            )
-            tangential.add_((lowered * harmonics[:, None, (l - 1) * (l - 1) : l * l]).sum(2))
-        return (vec * along + tangential).mul_(inverse)  # rhat along + tangential / r
 
 
 def pair_energy_gradients(
@@ -363,13 +300,13 @@ def pair_energy_gradients(
     """
     h = soap.hypers
     n_pairs = centre.shape[0]
-    dtype, device = vectors.dtype, vectors.device
+    device = vectors.device
     out = vectors.new_empty(n_pairs, 3)
     if n_pairs == 0:
         return out
     n_l, n_species = h.l_max + 1, h.n_species
-    harmonic_terms = _Harmonics(h.l_max, dtype, device)
-    transform = radial_terms(soap, vectors.new_ones(1))[1]  # [a, N] or None
+    expansion = soap.expansion
+    transform = expansion.radial_terms(vectors.new_ones(1))[1]  # [a, N] or None
     n_max = h.radial.n_max
     if weights is None:  # unmixed: the species block of G, [atom, S, N, lm]
         mix = None
@@ -395,8 +332,8 @@ def pair_energy_gradients(
         vec = vectors[sel]  # [p, 3]
         r = torch.linalg.vector_norm(vec, dim=1)  # [p]
         if mix is None:
-            terms = radial_terms(soap, r, pair_major=True)[0]  # [p, L, 2, c]
-            lm_terms = terms.transpose(1, 2)[:, :, _lm_to_l(n_l, device)]  # [p, 2, lm, c]
+            terms = expansion.radial_terms(r)[0]  # [p, 2, L, c]
+            lm_terms = terms[:, :, _lm_to_l(n_l, device)]  # [p, 2, lm, c]
             g_pair = g_blocks.index_select(0, centre[sel] * n_species + species[sel])  # [p, c, lm]
             z = torch.einsum("ptmc,pcm->ptm", lm_terms, g_pair)  # [p, 2, lm]
         else:
@@ -408,7 +345,7 @@ def pair_energy_gradients(
                 [g[first_centre + c0 : first_centre + c1] for g in g_degrees],
                 counts[c0:c1],
             )  # [p, 2, lm]
-        out[sel] = harmonic_terms(vec, z)
+        out[sel] = contract_harmonic_gradients(vec, z, h.l_max)
     return out
 
 
@@ -419,12 +356,11 @@ def _compiled_pair_gradients(
 
     Pairs are taken in neighbour-species order (one sort), so the mixed radial
     terms ``Q``, ``Q'`` of a chunk are one matrix product per species segment
-    (:class:`~tradens.gradients.soap_jacobian._Radial`); with ``Y`` and ``G`` the
+    (:class:`~tradens.density.derivatives.MixedRadial`); with ``Y`` and ``G`` the
     compiled loop gives ``dE/dr`` of every pair.
     """
-    from .soap_jacobian import _Radial
-
-    radial = _Radial(soap, weights)
+    radial = soap.expansion.mixed_radial(weights)
+    solid = solid_gradient_matrices(soap.hypers.l_max)
     n_l, n_k = soap.hypers.l_max + 1, weights.shape[1]
     g_lm = g_atom.transpose(1, 2).contiguous()  # [atom, lm, Kt]
     order = torch.argsort(species, stable=True)  # [p]
@@ -435,7 +371,9 @@ def _compiled_pair_gradients(
         vec = vectors[sel]  # [p, 3]
         r = torch.linalg.vector_norm(vec, dim=1)  # [p]
         ab = radial(r, species[sel], presorted=True).view(-1, 2, n_l, n_k)  # [p, 2, L, Kt]: Q, Q'
-        pair_forces(ab, centre[sel], g_lm, spherical_harmonics(vec, n_l - 1), vec, by_species[sel])
+        pair_forces(
+            ab, centre[sel], g_lm, spherical_harmonics(vec, n_l - 1), vec, by_species[sel], solid
+        )
     out = torch.empty_like(by_species)
     out[order] = by_species
     return out
@@ -484,7 +422,9 @@ def _contract_mixed(
     width = int(counts.max())
     order = torch.argsort(species, stable=True)  # pairs grouped by species
     sizes = torch.bincount(species, minlength=n_species).tolist()
-    terms = radial_terms(soap, r.index_select(0, order))[0]  # [L, p, 2, c], species order
+    terms = soap.expansion.radial_terms(r.index_select(0, order), layout="degree")[
+        0
+    ]  # [L, p, 2, c], species order
     n_l = terms.shape[0]
     q = terms.new_empty(n_l, n_pairs + 1, 2, n_k)  # [L, p+1, 2, Kt], pair p zero
     q[:, n_pairs] = 0.0

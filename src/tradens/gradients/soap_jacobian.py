@@ -48,12 +48,7 @@ import math
 
 import torch
 
-from ..density.derivatives import (
-    harmonics_and_gradient,
-    mixed_radial_primitive,
-    radial_primitive_with_derivative,
-    radial_with_derivative,
-)
+from ..density.derivatives import harmonics_and_gradient
 from ..kernels.compiled import triangle_slab, use_compiled
 
 __all__ = ["fast_structure", "write_jacobian"]
@@ -70,74 +65,6 @@ def fast_structure(soap, symmetric: bool, weights) -> str | None:
     if structure == "diagonal" or (structure == "triangle" and soap.plan.dense):
         return structure
     return None
-
-
-class _Radial:
-    """Mixed radial terms ``[pair, 2L, K]`` (``B`` then ``A``) of the pairs of one chunk."""
-
-    def __init__(self, soap, weights: torch.Tensor):
-        h = soap.hypers
-        self.soap = soap
-        self.n_species, self.n_l = h.n_species, h.l_max + 1
-        n_max = weights.shape[0] // h.n_species
-        blocks = weights.reshape(h.n_species, n_max, -1)  # [S, N, K]
-        probe = radial_primitive_with_derivative(soap, weights.new_ones(1))
-        self.grid = probe is not None
-        if self.grid:  # fold the grid transform into the mixing: [S, a, K]
-            blocks = torch.matmul(probe[1], blocks)
-        self.blocks = blocks.contiguous()
-
-    def __call__(
-        self,
-        r: torch.Tensor,
-        species: torch.Tensor,
-        presorted: bool = False,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``[p, 2L, K]`` for pair distances ``r [p]`` (Å) of neighbour species ``species [p]``.
-
-        ``presorted=True`` promises non-decreasing ``species`` (no reordering);
-        then ``out`` (contiguous, ``p * 2L * K`` elements) receives the result.
-        """
-        n_l = self.n_l
-        if out is not None and not presorted:
-            raise ValueError("out= needs presorted=True")
-        if self.grid:
-            target = None if out is None else out.view(r.shape[0], 2 * n_l, self.blocks.shape[2])
-            mixed = mixed_radial_primitive(
-                self.soap, r, species, self.blocks, out=target
-            )  # [p, 2L, K]
-            if mixed is not None:  # compiled: mixed per pair in the same pass, any order
-                return mixed
-            basis, _ = radial_primitive_with_derivative(self.soap, r)  # [p, 2L, a]
-        else:
-            radial, d_radial = radial_with_derivative(self.soap, r)  # [p, N, L]
-            basis = torch.cat([radial, d_radial], dim=2).transpose(1, 2).contiguous()  # [p, 2L, N]
-        n_pairs, n_c = basis.shape[0], basis.shape[2]
-        counts = torch.bincount(species, minlength=self.n_species).tolist()
-        if presorted:
-            by_species = basis.reshape(n_pairs * 2 * n_l, n_c)
-        else:
-            order = torch.argsort(species, stable=True)
-            by_species = basis.index_select(0, order).reshape(
-                n_pairs * 2 * n_l, n_c
-            )  # pairs sorted by species
-        if out is not None and presorted:
-            product = out.view(n_pairs * 2 * n_l, self.blocks.shape[2])  # [p 2L, K]
-        else:
-            product = basis.new_empty(n_pairs * 2 * n_l, self.blocks.shape[2])  # [p 2L, K]
-        start = 0
-        for s, count in enumerate(counts):
-            if count:
-                rows = slice(start * 2 * n_l, (start + count) * 2 * n_l)
-                torch.mm(by_species[rows], self.blocks[s], out=product[rows])
-                start += count
-        n_k = self.blocks.shape[2]
-        if presorted:
-            return product.view(n_pairs, 2 * n_l, n_k)
-        out = torch.empty_like(product).view(n_pairs, 2 * n_l, n_k)
-        out.index_copy_(0, order, product.view(n_pairs, 2 * n_l, n_k))  # (index_put is ~5x slower)
-        return out  # [p, 2L, K]
 
 
 def _symmetric_weights(
@@ -223,7 +150,7 @@ def write_jacobian(
     plan = soap.plan
     first = torch.as_tensor(plan.first, device=device)
     second = torch.as_tensor(plan.second, device=device)
-    radial = _Radial(soap, weights)
+    radial = soap.expansion.mixed_radial(weights)
     degree_scale = 1.0 / torch.sqrt(
         2.0 * torch.arange(n_l, dtype=dtype, device=device) + 1.0
     )  # [L]

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import torch
 
-from ..density.derivatives import radial_and_angular
-from ..density.expansion import expand_density
+from ..density.derivatives import harmonics_and_gradient
 from ..kernels import memory as _memory
 from ..representations.soap import SOAP, power_spectrum
 from ..systems.batch import Batch
-from ..systems.neighbors import neighbor_list, pair_vectors
+from ..systems.neighbors import Pairs
 from .results import DescriptorGradients, _atom_entries
 from .soap_jacobian import _small_launches_are_cheap, fast_structure, write_jacobian
 
@@ -43,37 +42,12 @@ __all__ = ["soap_pair_gradients"]
 BLOCK = 2048  # pairs per block of radial and angular terms
 
 
-def _mix(
-    weights: torch.Tensor | None, radial: torch.Tensor, species: torch.Tensor, n_species: int
-) -> torch.Tensor:
-    """``W[s_p]^T R_p [pair, K, c]`` from ``R [pair, N, c]`` and neighbour species ``[pair]``.
-
-    Pairs are grouped by species so that each species is one matrix product
-    (a batch of tiny per-pair products is far slower).
-    """
+def _species_block(radial: torch.Tensor, species: torch.Tensor, n_species: int) -> torch.Tensor:
+    """Unmixed SOAP: ``R [pair, N, c]`` in the block of its neighbour species, ``[pair, S*N, c]``."""
     n_pairs, n_max, n_c = radial.shape
-    if weights is None:  # unmixed: the block of species s
-        out = radial.new_zeros(n_pairs, n_species, n_max, n_c)
-        out[torch.arange(n_pairs, device=radial.device), species] = radial
-        return out.reshape(n_pairs, n_species * n_max, n_c)
-    blocks = weights.reshape(n_species, n_max, -1)  # [S, N, K]
-    order = torch.argsort(species, stable=True)
-    counts = torch.bincount(species, minlength=n_species).tolist()
-    by_species = (
-        radial[order].transpose(1, 2).reshape(-1, n_max)
-    )  # [p*c, N], pairs sorted by species
-    product = radial.new_empty(n_pairs * n_c, blocks.shape[2])  # [p*c, K]
-    start = 0
-    for s, count in enumerate(counts):
-        if count:
-            rows = slice(start * n_c, (start + count) * n_c)
-            torch.mm(by_species[rows], blocks[s], out=product[rows])
-            start += count
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(n_pairs, device=order.device)
-    return (
-        product.reshape(n_pairs, n_c, blocks.shape[2])[inverse].transpose(1, 2).contiguous()
-    )  # [p, K, c]
+    out = radial.new_zeros(n_pairs, n_species, n_max, n_c)
+    out[torch.arange(n_pairs, device=radial.device), species] = radial
+    return out.reshape(n_pairs, n_species * n_max, n_c)
 
 
 class _TangentPlan:
@@ -204,6 +178,7 @@ def soap_pair_gradients(
     chunk_bytes: int = 16 * 2**20,
     image_rank: torch.Tensor | None = None,
     fast: bool = True,
+    pairs: Pairs | None = None,
 ) -> DescriptorGradients:
     """Jacobians of SOAP features (see :func:`tradens.gradients.descriptor_gradients`).
 
@@ -211,7 +186,8 @@ def soap_pair_gradients(
     :func:`tradens.systems.neighbors.neighbor_list` within its row (0-based, after the
     centre entry); by default the neighbour-list order. ``fast=False`` forces
     the general per-pair path (tests) instead of :mod:`tradens.gradients.soap_jacobian`
-    for symmetric mixed SOAP.
+    for symmetric mixed SOAP. ``pairs``: the batch's neighbour pairs when
+    already known (their order sets the images layout).
     """
     h = soap.hypers
     if h.average and images:
@@ -219,9 +195,11 @@ def soap_pair_gradients(
     device = batch.positions.device
     dtype = batch.positions.dtype
     n_l = h.l_max + 1
+    expansion = soap.expansion
     with torch.no_grad():
-        pairs = neighbor_list(batch, h.cutoff.radius)
-        vectors = pair_vectors(
+        if pairs is None:
+            pairs = expansion.pairs(batch)
+        vectors = expansion.vectors(
             batch, pairs, batch.positions.detach(), batch.cells.detach()
         )  # [pair, 3]
         species_index = soap.species_map(batch.numbers)  # [atom]
@@ -233,20 +211,9 @@ def soap_pair_gradients(
         w_both = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))
 
         # ---- values: mixed densities of the rows, power spectrum, normalisation
-        density = expand_density(  # [atom, Kt, lm] (mixed) or [atom, S*N, lm]
-            batch,
-            pairs,
-            vectors,
-            species_index,
-            n_species=h.n_species,
-            radial=soap.radial_basis,
-            l_max=h.l_max,
-            cutoff=h.cutoff.radius,
-            cutoff_width=h.cutoff.width,
-            center_weight=h.density.center_weight,
-            center_all_species=soap.center_all_species,
-            weights=w_both,
-        )
+        density = expansion.coefficients(
+            batch, pairs, vectors, weights=w_both, species_index=species_index
+        )  # [atom, Kt, lm] (mixed) or [atom, S*N, lm]
         centres = soap.center_rows(batch)
         row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=device)
         if h.average:
@@ -357,17 +324,21 @@ def soap_pair_gradients(
             BLOCK if _small_launches_are_cheap(device) else 16 * BLOCK
         )  # fewer, larger launches on a GPU
         chunk = max(1, min(block_size, int(chunk_bytes // per_pair)))
+        mixer = None if w_both is None else expansion.mixed_radial(w_both)
         for block_start in range(0, active.shape[0], block_size):
             block = active[block_start : block_start + block_size]
-            radial, d_radial, harmonics, d_harmonics = radial_and_angular(soap, vectors[block])
-            radial2 = torch.cat([radial, d_radial], dim=2)  # [b, N, 2L]: R then R'
+            block_vectors = vectors[block]  # [b, 3]
+            distances = torch.linalg.vector_norm(block_vectors, dim=1)  # [b]
+            harmonics, d_harmonics = harmonics_and_gradient(block_vectors, h.l_max)
             angular = torch.cat(
                 [harmonics[:, None], d_harmonics], dim=1
             )  # [b, 4, lm]: Y then dY/dr
-            del radial, d_radial, harmonics, d_harmonics
-            mixed = (
-                None if w_both is None else _mix(w_both, radial2, pair_species[block], h.n_species)
-            )
+            del harmonics, d_harmonics
+            if mixer is None:  # [b, N, 2L]: f_c R then its r-derivative
+                radial2 = torch.cat(expansion.radial_with_derivative(distances), dim=2)
+                mixed = None
+            else:  # [b, Kt, 2L]: W[s]^T f_c R then W[s]^T (f_c R)'
+                mixed = mixer(distances, pair_species[block]).transpose(1, 2).contiguous()
             for start in range(0, block.shape[0], chunk):
                 local = slice(start, start + chunk)
                 sel = block[local]
@@ -377,7 +348,7 @@ def soap_pair_gradients(
                 chunk_mixed = (
                     mixed[local]
                     if mixed is not None
-                    else _mix(None, radial2[local], pair_species[sel], h.n_species)
+                    else _species_block(radial2[local], pair_species[sel], h.n_species)
                 )
                 # dv / |v|
                 dv = _power_spectrum_tangent(

@@ -375,14 +375,13 @@ class Descriptor:
         ``average=T`` is not supported.
         """
         from ..gradients.soap_pairs import soap_pair_gradients
-        from ..systems.neighbors import neighbor_list
         from .quip_order import quip_pair_order
 
         if self.soap.hypers.average:
             raise NotImplementedError("grad=True with average=T is not supported by tradens.quip")
         batch = as_batch(atoms)
         positions, cell = atoms.get_positions(), np.asarray(atoms.get_cell()[:])
-        pairs = neighbor_list(batch, self.soap.hypers.cutoff.radius)  # the pairs the gradients use
+        pairs = self.soap.expansion.pairs(batch)  # the pairs the gradients use
         i, j, shifts = pairs.i.numpy(), pairs.j.numpy(), pairs.shifts.numpy()
         order = quip_pair_order(
             positions, cell, atoms.get_pbc(), i, j, shifts, self.soap.hypers.cutoff.radius
@@ -394,7 +393,12 @@ class Descriptor:
         )  # position within the centre's images
         with torch.no_grad():
             result = soap_pair_gradients(
-                self.soap, batch, strain=False, images=True, image_rank=torch.from_numpy(image_rank)
+                self.soap,
+                batch,
+                strain=False,
+                images=True,
+                image_rank=torch.from_numpy(image_rank),
+                pairs=pairs,
             )
         rows = result.rows.numpy()  # centre atom of each row
         entry_row, entry_atom = result.index[:, 0].numpy(), result.index[:, 1].numpy()

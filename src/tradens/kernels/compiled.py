@@ -1,5 +1,8 @@
 """Optional compiled CPU kernels (numba), with the pure-torch code as fallback and test reference.
 
+A leaf of the import graph: arrays in, arrays out, nothing imported from tradens
+(the solid-harmonic gradient matrices, series tables and grids are passed in).
+
 numba is an optional dependency (``pip install tradens[fast]``). When it is
 importable, CPU float32/float64 tensors take the compiled loops below; on any
 other device, without numba, or with ``TRADENS_COMPILED=0`` in the environment
@@ -309,16 +312,18 @@ def _pair_forces_kernel():
     return _PAIR_FORCES
 
 
-_SOLID = {}
+_SOLID: dict = {}
 
 
-def _solid_gradient_entries(l_max: int):
-    """Nonzeros of the solid-harmonic gradient matrices ``C_l [m', a, m]`` as flat arrays (cached)."""
+def _solid_gradient_entries(matrices) -> tuple[np.ndarray, ...]:
+    """Nonzeros of the solid-harmonic gradient matrices ``C_l [m', a, m]`` as flat arrays.
+
+    Cached per ``l_max`` (the matrices depend on nothing else).
+    """
+    l_max = len(matrices) - 1
     if l_max not in _SOLID:
-        from ..density.derivatives import _solid_gradient_matrices
-
         lm, lower, axis, value = [], [], [], []
-        for l, c in enumerate(_solid_gradient_matrices(l_max)):
+        for l, c in enumerate(matrices):
             if l == 0:
                 continue
             for mp, a, m in torch.nonzero(c).tolist():
@@ -335,12 +340,12 @@ def _solid_gradient_entries(l_max: int):
     return _SOLID[l_max]
 
 
-def pair_forces(ab, centre, g, harmonics, vectors, out) -> None:
+def pair_forces(ab, centre, g, harmonics, vectors, out, solid_matrices) -> None:
     """``dE/dr_p = sum_{k,lm} G_iklm (Q'_kl rhat Y_lm + Q_kl dY_lm/dr)`` per pair (compiled).
 
     With ``Z_lm = sum_k G_iklm Q_kl`` (and ``Z'`` from ``Q'``) this is
     ``rhat sum_lm (Z'_lm - l Z_lm / r) Y_lm + (1/r) sum_lm Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}``
-    (solid-harmonic gradients, :func:`tradens.density.derivatives._solid_gradient_matrices`),
+    (solid-harmonic gradients ``C_l``, passed in as ``solid_matrices``),
     so only the values ``Y`` are needed.
 
     Parameters
@@ -357,10 +362,17 @@ def pair_forces(ab, centre, g, harmonics, vectors, out) -> None:
         Pair vectors (Å).
     out : Tensor ``[p, 3]``
         Written, C-contiguous (energy unit / Å).
+    solid_matrices : sequence of Tensor
+        ``C_l [2l-1, 3, 2l+1]`` for ``l = 0..L-1``
+        (:func:`tradens.density.derivatives.solid_gradient_matrices`).
     """
     kernel = _pair_forces_kernel()
     n_l = ab.shape[2]
-    c_lm, c_lower, c_axis, c_value = _solid_gradient_entries(n_l - 1)
+    if len(solid_matrices) != n_l:
+        raise ValueError(
+            f"pair_forces needs {n_l} solid-gradient matrices, got {len(solid_matrices)}"
+        )
+    c_lm, c_lower, c_axis, c_value = _solid_gradient_entries(solid_matrices)
     dtype = out.dtype
     kernel(
         ab.detach().to(dtype).contiguous().numpy(),
@@ -469,7 +481,7 @@ def gauss_grid_radial(
 
     ``rho[p, l, a] = w_p exp(-alpha (r - r_a)^2) exp(-x) i_l(x)`` with ``x =
     2 alpha r r_a`` and the cutoff taper ``w``, and ``d rho / dr`` in rows
-    ``L..2L-1`` (:func:`tradens.density.derivatives.radial_primitive_with_derivative`).
+    ``L..2L-1`` (:func:`tradens.density.derivatives.radial_primitive`).
     With ``blocks`` the result is mixed in the same pass: ``out[p] = rho[p] @
     blocks[species[p]]``, and ``rho`` itself is never stored.
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..density.embeddings import random_weights
-from ..density.expansion import SpeciesMap, expand_density
+from ..density.expansion import DensityExpansion, SpeciesMap
 from ..density.radial import make_radial_basis
 from ..hypers import (
     MAX_CHANNELS,
@@ -38,7 +38,7 @@ from ..hypers import (
 )
 from ..invariants.product_basis import ace_product_basis_plan
 from ..systems.batch import Batch
-from ..systems.neighbors import neighbor_list, pair_vectors
+from ..systems.neighbors import Pairs
 from .features import Features, compute_in_batches
 
 __all__ = ["AceHypers", "ACE"]
@@ -247,6 +247,15 @@ class ACE(torch.nn.Module):
         )
         self.species_map = SpeciesMap(h.species, "error", remedy="add them to the species list")
         self.center_all_species = bool(h.density.center_all_species)
+        self.expansion = DensityExpansion(
+            self.radial_basis,
+            self.species_map,
+            l_max=max(h.l_max),
+            cutoff=h.cutoff.radius,
+            cutoff_width=h.cutoff.width,
+            center_weight=h.density.center_weight,
+            center_all_species=self.center_all_species,
+        )
         # one embedding shared by all orders, or one per order
         modes = h.modes()
         if isinstance(h.channels, tuple) or isinstance(h.mode, tuple):
@@ -327,16 +336,23 @@ class ACE(torch.nn.Module):
         ]
 
     def atomic_base(
-        self, batch: Batch, positions: torch.Tensor | None = None, cells: torch.Tensor | None = None
+        self,
+        batch: Batch,
+        positions: torch.Tensor | None = None,
+        cells: torch.Tensor | None = None,
+        *,
+        pairs: Pairs | None = None,
     ) -> list[torch.Tensor]:
         """Mixed atomic bases ``A [atom, K, lm]``, one per embedding (differentiable).
 
         Each is computed per pair (``A = sum_j W[z_j n, k] R_nl Y_lm``) without
-        forming the unmixed density when that is cheaper.
+        forming the unmixed density when that is cheaper. ``pairs``: the batch's
+        neighbour pairs when already known.
         """
-        h = self.hypers
-        pairs = neighbor_list(batch, h.cutoff.radius)
-        vectors = pair_vectors(batch, pairs, positions, cells)  # [pair, 3]
+        expansion = self.expansion
+        if pairs is None:
+            pairs = expansion.pairs(batch)
+        vectors = expansion.vectors(batch, pairs, positions, cells)  # [pair, 3]
         species_index = self.species_map(batch.numbers)  # [atom]
         bases = []
         for name, _, _ in self.groups:
@@ -344,28 +360,22 @@ class ACE(torch.nn.Module):
                 dtype=vectors.dtype, device=vectors.device
             )  # [S*N, K]
             bases.append(
-                expand_density(
-                    batch,
-                    pairs,
-                    vectors,
-                    species_index,
-                    n_species=len(h.species),
-                    radial=self.radial_basis,
-                    l_max=max(h.l_max),
-                    cutoff=h.cutoff.radius,
-                    cutoff_width=h.cutoff.width,
-                    center_weight=h.density.center_weight,
-                    center_all_species=self.center_all_species,
-                    weights=embedding,
+                expansion.coefficients(
+                    batch, pairs, vectors, weights=embedding, species_index=species_index
                 )
             )  # [atom, K, lm]
         return bases
 
     def forward(
-        self, batch: Batch, positions: torch.Tensor | None = None, cells: torch.Tensor | None = None
+        self,
+        batch: Batch,
+        positions: torch.Tensor | None = None,
+        cells: torch.Tensor | None = None,
+        *,
+        pairs: Pairs | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable features ``[atom, feature]`` and the atom index of each row."""
-        bases = self.atomic_base(batch, positions, cells)
+        bases = self.atomic_base(batch, positions, cells, pairs=pairs)
         blocks = [
             plan(base)[:, keep.to(base.device)]
             for base, (_, plan, keep) in zip(bases, self.groups, strict=True)

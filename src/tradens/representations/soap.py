@@ -25,12 +25,12 @@ import torch.autograd.forward_ad as fwAD
 
 from ..density.angular import l_of_lm
 from ..density.embeddings import expand_weights, gap_weights, random_weights
-from ..density.expansion import SpeciesMap, expand_density
+from ..density.expansion import DensityExpansion, SpeciesMap
 from ..density.radial import make_radial_basis
 from ..hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers
 from ..kernels import memory as _memory
 from ..systems.batch import Batch
-from ..systems.neighbors import neighbor_list, pair_vectors
+from ..systems.neighbors import Pairs
 from .features import Features, compute_in_batches
 
 __all__ = ["SOAP", "PairPlan", "pair_plan", "plan_size", "power_spectrum", "soap_size"]
@@ -391,6 +391,15 @@ class SOAP(torch.nn.Module):
             if h.density.center_all_species is None
             else h.density.center_all_species
         )
+        self.expansion = DensityExpansion(
+            self.radial_basis,
+            self.species_map,
+            l_max=h.l_max,
+            cutoff=h.cutoff.radius,
+            cutoff_width=h.cutoff.width,
+            center_weight=h.density.center_weight,
+            center_all_species=self.center_all_species,
+        )
         mix = h.mixing
         self.plan = pair_plan(
             mode=None if mix is None else mix.mode,
@@ -512,6 +521,7 @@ class SOAP(torch.nn.Module):
         *,
         row_chunk: int = 256,
         out: torch.Tensor | None = None,
+        pairs: Pairs | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable features of a batch.
 
@@ -526,6 +536,9 @@ class SOAP(torch.nn.Module):
             Rows per power-spectrum chunk (bounds memory).
         out : torch.Tensor, optional
             Preallocated output ``[row, feature]`` (no autograd).
+        pairs : Pairs, optional
+            The batch's neighbour pairs (``self.expansion.pairs(batch)``) when
+            already known.
 
         Returns
         -------
@@ -538,27 +551,17 @@ class SOAP(torch.nn.Module):
         h = self.hypers
         positions = batch.positions if positions is None else positions
         dtype, device = positions.dtype, positions.device
-        pairs = neighbor_list(batch, h.cutoff.radius)
-        vectors = pair_vectors(batch, pairs, positions, cells)  # [pair, 3]
-        species_index = self.species_map(batch.numbers)  # [atom]
+        expansion = self.expansion
+        if pairs is None:
+            pairs = expansion.pairs(batch)
+        vectors = expansion.vectors(batch, pairs, positions, cells)  # [pair, 3]
         w1, w2 = self.mixing_matrices(dtype, device)
         if w1 is None or w2 is w1:
             weights = w1  # [S*N, K1] or None
         else:
             weights = torch.cat([w1, w2], dim=1)  # [S*N, K1+K2]
-        density = expand_density(
-            batch,
-            pairs,
-            vectors,
-            species_index,
-            n_species=h.n_species,
-            radial=self.radial_basis,
-            l_max=h.l_max,
-            cutoff=h.cutoff.radius,
-            cutoff_width=h.cutoff.width,
-            center_weight=h.density.center_weight,
-            center_all_species=self.center_all_species,
-            weights=weights,
+        density = expansion.coefficients(
+            batch, pairs, vectors, weights=weights
         )  # [atom, K, lm] (K = S*N unmixed)
         rows = self.center_rows(batch)
         if h.center_species is not None:
