@@ -7,7 +7,6 @@ import pytest
 import torch
 from _models_helpers import alloy, small_soap
 
-from tradens.density.derivatives import radial_terms
 from tradens.gradients import apply_strain, paths
 from tradens.gradients.pair_terms import soap_local_features
 from tradens.gradients.summed import soap_summed_jacobian
@@ -69,7 +68,8 @@ def test_pair_derivatives_match_autograd_and_radial_derivative_matches_finite_di
     for radial_soap in (soap, small_soap(radial={"n_max": 4, "kind": "gto"})):
 
         def tapered(x, radial_soap=radial_soap):  # f_c R [p, L, 2, N]: values, r-derivatives
-            terms, transform = radial_terms(radial_soap, x, pair_major=True)
+            terms, transform = radial_soap.expansion.radial_terms(x)  # [p, 2, L, c]
+            terms = terms.transpose(1, 2)  # [p, L, 2, c]
             return terms if transform is None else terms @ transform
 
         derivative = tapered(r)[:, :, 1]

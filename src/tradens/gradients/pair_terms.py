@@ -34,7 +34,7 @@ import math
 import torch
 
 from ..density.angular import l_of_lm
-from ..density.derivatives import harmonics_and_gradient, radial_terms
+from ..density.derivatives import harmonics_and_gradient
 from ..density.expansion import expand_density
 from ..systems.neighbors import neighbor_list, pair_vectors
 
@@ -65,7 +65,8 @@ def pair_basis_gradient(soap, vectors: torch.Tensor) -> torch.Tensor:
     """
     l_max = soap.hypers.l_max
     r = torch.linalg.vector_norm(vectors, dim=1)  # [p]
-    terms, transform = radial_terms(soap, r, pair_major=True)  # [p, L, 2, c], [c, N] or None
+    terms, transform = soap.expansion.radial_terms(r)  # [p, 2, L, c], [c, N] or None
+    terms = terms.transpose(1, 2)  # [p, L, 2, c]
     if transform is not None:
         terms = terms @ transform  # [p, L, 2, N]
     lm_to_l = l_of_lm(l_max, vectors.device)
