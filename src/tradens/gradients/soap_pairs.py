@@ -43,7 +43,7 @@ BLOCK = 2048  # pairs per block of radial and angular terms
 
 
 def _species_block(radial: torch.Tensor, species: torch.Tensor, n_species: int) -> torch.Tensor:
-    """Unmixed SOAP: ``R [pair, N, c]`` in the block of its neighbour species, ``[pair, S*N, c]``."""
+    """Unmixed SOAP: ``R [pair, N, c]`` in its neighbour species block, ``[pair, S*N, c]``."""
     n_pairs, n_max, n_c = radial.shape
     out = radial.new_zeros(n_pairs, n_species, n_max, n_c)
     out[torch.arange(n_pairs, device=radial.device), species] = radial
