@@ -52,10 +52,6 @@ STAGES = {
 # Violations present on main, asserted exactly: a new one fails the test, and so does a
 # listed one that has gone (delete it here, so that this list shrinks to empty).
 KNOWN_VIOLATIONS = {
-    # being removed by the pipeline refactor (kernels <-> density.derivatives)
-    "cycle: tradens.density.derivatives, tradens.kernels.compiled",
-    "leaf: tradens.kernels.compiled -> tradens.density.derivatives",
-    "stage: tradens.kernels.compiled -> tradens.density.derivatives",
     # the kernel model's sparse points use analysis.selection (FPS/CUR); selection belongs
     # below models (it only needs Features)
     "stage: tradens.models.kernel -> tradens.analysis.selection",
