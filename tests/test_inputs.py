@@ -180,3 +180,42 @@ def test_public_api_names_import():
         assert getattr(tradens, name) is not None
     assert isinstance(tradens.__version__, str)
     assert isinstance(SoapHypers, type)
+
+
+def test_neighbour_memory_check_accepts_a_large_dense_alloy_cell():
+    """2000 atoms in a 32 Å cube (a 25-element HEA cell, cutoff 5 Å): about 1e5 pairs, accepted.
+
+    (An n^2-images bound once estimated 1.1e8 pairs and refused it.)"""
+    from tradens.systems.neighbors import PAIR_BYTES, _check_pair_count
+
+    box = np.eye(3) * 32.0
+    _check_pair_count(0, 2000, box, np.array([True, True, True]), 5.0)
+    from tradens.kernels import budget
+
+    # the estimate itself stays within a few times the true count (~70 per atom at 0.061/Å^3)
+    seen = {}
+
+    def record(nbytes, what, remedy):
+        seen["pairs"] = nbytes / PAIR_BYTES
+
+    original = budget.check_memory
+    budget.check_memory = record
+    try:
+        _check_pair_count(0, 2000, box, np.array([True, True, True]), 5.0)
+    finally:
+        budget.check_memory = original
+    assert 2000 * 70 < seen["pairs"] < 2000 * 600
+
+
+def test_neighbour_memory_check_refuses_a_cell_far_too_small_for_its_atoms():
+    """2000 atoms in a 5 Å cube with a 20 Å cutoff: ~2e9 pairs, refused with the count."""
+    atoms = ase.Atoms(
+        "Cu2000",
+        positions=np.random.default_rng(0).uniform(0, 5, (2000, 3)),
+        cell=np.eye(3) * 5.0,
+        pbc=True,
+    )
+    from tradens.systems.neighbors import _check_pair_count
+
+    with pytest.raises(ValueError, match="neighbour pairs within the cutoff of 20"):
+        _check_pair_count(0, len(atoms), np.asarray(atoms.cell), np.array([True] * 3), 20.0)

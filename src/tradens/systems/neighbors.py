@@ -127,6 +127,7 @@ def _complete_box(cell: np.ndarray, periodic: np.ndarray) -> np.ndarray:
 
 
 PAIR_BYTES = 256  # working memory per neighbour pair (list, vectors, radial and angular terms)
+MAX_DENSITY = 0.25  # atoms per Å^3 that non-overlapping atoms never exceed
 
 
 def _check_pair_count(
@@ -134,10 +135,13 @@ def _check_pair_count(
 ) -> None:
     """Refuse a periodic structure whose neighbour list would not fit in memory.
 
-    The number of pairs is bounded by ``n_atoms^2`` times the periodic images
-    within the cutoff, ``prod_d (2 ceil(cutoff / h_d) + 1)`` over periodic
-    directions ``d`` with lattice-plane spacings ``h_d`` (a cell much thinner
-    than the cutoff, or a cutoff much larger than the cell, has very many).
+    The neighbours of one atom are bounded by ``n_atoms`` times the periodic
+    images within the cutoff, ``prod_d (2 ceil(cutoff / h_d) + 1)`` over
+    periodic directions ``d`` with lattice-plane spacings ``h_d``, and by the
+    atoms a sphere of the cutoff can hold at the larger of the cell's density
+    ``n / V`` and :data:`MAX_DENSITY` (a cell far too small for its atoms, e.g.
+    positions in Bohr with a cell in Å, or a cutoff far beyond the cell, has
+    very many).
     """
     lattice = box[periodic]  # [k, 3]: only periodic vectors make images
 
@@ -152,10 +156,16 @@ def _check_pair_count(
         rest = measure(np.delete(lattice, d, axis=0))
         spacing = total / rest if rest > 0 else 0.0  # distance between lattice planes (lines)
         images *= 2.0 * math.ceil(cutoff / spacing) + 1.0 if spacing > 0 else math.inf
-    if len(lattice) == 3 and total > 0:  # pairs ~ n^2 sphere / volume for many images
-        sphere = 4.0 / 3.0 * math.pi * cutoff**3
-        images = min(images, max(1.0, sphere / total) * 8.0 + 27.0)
-    expected = n_atoms * n_atoms * images
+    # Every image of every atom is a neighbour at most: n * images per atom. Atoms that do not
+    # overlap are never denser than MAX_DENSITY (diamond has 0.18 per Å^3), and in a 3D periodic
+    # cell the images of the n atoms fill space with density n / V, so a sphere of the cutoff
+    # holds about max(n / V, MAX_DENSITY) * 4/3 pi cutoff^3 neighbours (twice that for safety).
+    sphere = 4.0 / 3.0 * math.pi * cutoff**3
+    density = MAX_DENSITY
+    if len(lattice) == 3 and total > 0:
+        density = max(density, n_atoms / total)
+    per_atom = min(n_atoms * images, 2.0 * density * sphere + 27.0)
+    expected = n_atoms * per_atom
     from ..kernels.budget import check_memory
 
     check_memory(
