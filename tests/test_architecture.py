@@ -16,9 +16,9 @@ Stages, lowest first (a module may import its own stage and lower ones):
 2     ``density/``
 3     ``invariants/``
 4     ``representations/``, ``io`` (serialises ``Features``)
-5     ``gradients/``
+5     ``gradients/``, ``interop/`` (GAP descriptor strings; models export GAP XML with them)
 6     ``models/``
-7     ``interop/``, ``analysis/``, ``cli/``, ``testing`` (may use anything)
+7     ``analysis/``, ``cli/``, ``testing`` (may use anything)
 8     the public facade: ``tradens`` (``__init__``), ``tradens.quip``, ``tradens.calculator``
 ====  ====================================================================
 """
@@ -41,7 +41,7 @@ STAGES = {
     "io": 4,
     "gradients": 5,
     "models": 6,
-    "interop": 7,
+    "interop": 5,
     "analysis": 7,
     "cli": 7,
     "testing": 7,

@@ -25,11 +25,12 @@ import re
 import numpy as np
 import torch
 
+from ..density.embeddings import gap_weights
 from ..hypers import Cutoff, Density, Mixing, RadialBasis, SoapHypers
 from ..representations.soap import SOAP, _plan, pair_plan
 from ..systems.batch import as_batch
 
-__all__ = ["Descriptor", "parse_args_str", "soap_from_gap"]
+__all__ = ["Descriptor", "gap_from_soap", "parse_args_str", "soap_from_gap"]
 
 _ALIASES = {"atom_gaussian_width": "atom_sigma", "normalize": "normalise"}
 _DEFAULTS = {
@@ -271,6 +272,154 @@ def soap_from_gap(args_str: str) -> SOAP:
     return soap
 
 
+_GAP_MIX_FLAGS = {
+    "radial+element": "R_mix=T Z_mix=T",
+    "element": "R_mix=F Z_mix=T",
+    "radial": "R_mix=T Z_mix=F",
+}
+
+
+def _gap_number(value: float) -> str:
+    """A float as GAP reads it back exactly (shortest round-trip form)."""
+    return repr(float(value))
+
+
+def _gap_bool(value: bool) -> str:
+    return "T" if value else "F"
+
+
+def _gap_list(values) -> str:
+    return "{" + " ".join(str(int(v)) for v in values) + "}"
+
+
+def gap_from_soap(soap: SOAP, centers: tuple[int, ...] | list[int] | None = None) -> str:
+    """The GAP ``soap`` descriptor string of a :class:`~tradens.representations.soap.SOAP`.
+
+    The inverse of :func:`soap_from_gap`: GAP (quippy's ``Descriptor``, GAP
+    potentials) computes from the returned string the same vectors as ``soap``
+    (to round-off), with GAP's trailing ``covariance_sigma0`` element, which
+    ``soap`` has only when ``covariance_sigma0`` is set. Every keyword is written
+    explicitly, so GAP's version-dependent defaults do not matter.
+
+    Parameters
+    ----------
+    soap : SOAP
+        Full or tensor-reduced SOAP (not modified).
+    centers : sequence of int, optional
+        Atomic numbers of the centres (GAP ``n_Z``/``Z``), overriding
+        ``soap.hypers.center_species`` (a GAP potential uses one descriptor per
+        centre element).
+
+    Returns
+    -------
+    str
+        ``"soap cutoff=... l_max=... ..."``.
+
+    Raises
+    ------
+    TypeError
+        If ``soap`` is not a ``SOAP``.
+    ValueError
+        For settings GAP's ``soap`` cannot express, named in the message: the
+        ``"gto"`` radial basis, mixing weights other than GAP's
+        (``weights="gap"``), learnable or changed weights, and the fixed
+        ``nu_R``/``nu_S``/``Z_map`` matrices that :func:`soap_from_gap` installs.
+
+    Examples
+    --------
+    >>> from tradens import SOAP
+    >>> soap = SOAP(cutoff=4.0, l_max=3, radial={"n_max": 4}, species=[28, 29],
+    ...             mixing={"channels": 4, "weights": "gap", "symmetric": False})
+    >>> gap_from_soap(soap).split()[:3]
+    ['soap', 'cutoff=4.0', 'cutoff_transition_width=0.5']
+    """
+    if not isinstance(soap, SOAP):
+        raise TypeError(f"expected a tradens SOAP, got {type(soap).__name__}")
+    h = soap.hypers
+    if h.radial.kind != "gaussian_grid":
+        raise ValueError(
+            f"radial basis kind={h.radial.kind!r} has no GAP equivalent "
+            "(GAP's soap uses EQUISPACED_GAUSS, tradens' 'gaussian_grid')"
+        )
+    if soap.fixed_matrices is not None:
+        raise ValueError(
+            "this SOAP carries fixed channel matrices (GAP's nu_R/nu_S/Z_map compression, "
+            "installed by soap_from_gap); they are not recorded in its hypers and cannot be "
+            "written back as a descriptor string"
+        )
+    center_all = soap.center_all_species
+    words = [
+        "soap",
+        f"cutoff={_gap_number(h.cutoff.radius)}",
+        f"cutoff_transition_width={_gap_number(h.cutoff.width)}",
+        f"n_max={h.radial.n_max}",
+        f"l_max={h.l_max}",
+        f"atom_sigma={_gap_number(h.density.sigma)}",
+        f"central_weight={_gap_number(h.density.center_weight)}",
+        f"central_reference_all_species={_gap_bool(center_all)}",
+        f"basis_error_exponent={_gap_number(h.radial.error_exponent)}",
+    ]
+    if h.species is not None:
+        words += [f"n_species={len(h.species)}", f"species_Z={_gap_list(h.species)}"]
+    words += [
+        f"normalise={_gap_bool(h.normalize)}",
+        f"covariance_sigma0={_gap_number(h.covariance_sigma0 or 0.0)}",
+    ]
+    if h.average:
+        words.append("average=T")
+    if h.diagonal_radial:
+        words.append("diagonal_radial=T")
+    chosen = h.center_species if centers is None else tuple(int(z) for z in centers)
+    if chosen is not None:
+        words += [f"n_Z={len(chosen)}", f"Z={_gap_list(chosen)}"]
+    mix = h.mixing
+    if mix is not None:
+        _check_gap_weights(soap)
+        words += [
+            _GAP_MIX_FLAGS[mix.mode],
+            f"K={mix.channels}",
+            f"sym_mix={_gap_bool(mix.symmetric)}",
+            f"coupling={_gap_bool(h.coupling == 'tensor')}",
+            f"mix_shift={mix.seed}",
+        ]
+    return " ".join(words)
+
+
+def _check_gap_weights(soap: SOAP) -> None:
+    """Raise unless ``soap``'s mixing weights are exactly those GAP draws."""
+    h = soap.hypers
+    mix = h.mixing
+    if mix is None:
+        return
+    if mix.weights != "gap":
+        raise ValueError(
+            f"mixing weights={mix.weights!r} have no GAP equivalent: GAP draws its own "
+            "weights (tradens weights='gap', seed = GAP's mix_shift) and cannot read others"
+        )
+    if mix.learnable:
+        raise ValueError(
+            "mixing learnable=True: trained weights have no GAP equivalent (GAP only draws "
+            "its fixed random weights)"
+        )
+    species = [0] if h.species is None else list(h.species)
+    stored = [soap.weights1, soap.weights2]
+    for density in (1, 2):
+        current = stored[density - 1]
+        if current is None:
+            if density == 2 and mix.symmetric:
+                continue
+            raise ValueError(f"mixing weights{density} are missing")
+        expected = gap_weights(
+            mix.mode, species, h.radial.n_max, mix.channels, mix_shift=mix.seed, density=density
+        )
+        values = torch.as_tensor(current).detach().cpu().numpy()  # a buffer or a Parameter
+        if not np.array_equal(values, expected):
+            raise ValueError(
+                f"mixing weights{density} differ from GAP's (weights='gap', mix_shift="
+                f"{mix.seed}): changed weights have no GAP equivalent"
+            )
+
+
 def _install_compression(soap: SOAP, args: dict) -> None:
     """GAP's ``nu_R``/``nu_S`` and ``Z_map`` compressions as fixed mixing matrices."""
     h = soap.hypers
@@ -409,6 +558,8 @@ class Descriptor:
         )
         known = self.soap.species_map(batch.numbers).numpy()[entry_atom] >= 0
         neighbour = np.where(known | ~is_image, entry_atom, -1)
+        if result.shifts is None:  # images=True always returns them
+            raise RuntimeError("per-image gradients came without their cell shifts")
         image_positions = positions[entry_atom] + result.shifts.numpy() @ cell  # [entry, 3]
         image_positions[is_image & ~known] = 0.0
         data = result.values.numpy()

@@ -412,7 +412,9 @@ class SOAP(torch.nn.Module):
         )
         self.register_buffer("weights1", None)
         self.register_buffer("weights2", None)
-        self.fixed_matrices = None  # (W1, W2) override, used for GAP's nu_R/nu_S/Z_map
+        self.fixed_matrices: tuple[torch.Tensor, torch.Tensor] | None = (
+            None  # (W1, W2) override, used for GAP's nu_R/nu_S/Z_map
+        )
         if mix is not None:
             free = _free_weights(mix, h)
             params = [torch.as_tensor(np.asarray(f), dtype=torch.float64) for f in free]
