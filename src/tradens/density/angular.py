@@ -93,6 +93,12 @@ def _harmonics(vectors: torch.Tensor, l_max: int, *, by_degree: bool):
         raise ValueError(
             f"vectors must have a last dimension of 3, got shape {tuple(vectors.shape)}"
         )
+    if torch.is_grad_enabled() and vectors.requires_grad or _has_tangent(vectors):
+        # the differentiable form, shared with TorchScript exports
+        values = real_harmonics(vectors, l_max, *recurrence_constants(l_max))  # [..., lm]
+        if by_degree:
+            return [values[..., l * l : (l + 1) * (l + 1)] for l in range(l_max + 1)]
+        return values
     unit = vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
     x, y, z = unit[..., 0], unit[..., 1], unit[..., 2]
     diagonal, first, up, down = _recurrence(l_max)
@@ -119,24 +125,7 @@ def _harmonics(vectors: torch.Tensor, l_max: int, *, by_degree: bool):
             else:
                 q[l][m] = torch.addcmul(down[l, m] * q[l - 2][m], z, q[l - 1][m], value=up[l, m])
 
-    def column(l: int, m: int):
-        legendre = q[l][abs(m)]
-        if m == 0:
-            return legendre
-        return (sin_m if m < 0 else cos_m)[abs(m)] * legendre
-
     n_lm = (l_max + 1) ** 2
-    if torch.is_grad_enabled() and vectors.requires_grad or _has_tangent(vectors):
-        blocks = []
-        for l in range(l_max + 1):
-            columns = []
-            for m in range(-l, l + 1):
-                value = column(l, m)
-                columns.append(torch.full_like(x, value) if isinstance(value, float) else value)
-            blocks.append(columns)
-        if by_degree:
-            return [torch.stack(columns, dim=-1) for columns in blocks]  # [..., 2l+1] each
-        return torch.stack([c for columns in blocks for c in columns], dim=-1)  # [..., (l_max+1)^2]
     # no autograd: write every column straight into its place
     shape, options = vectors.shape[:-1], {"dtype": vectors.dtype, "device": vectors.device}
     if by_degree:
@@ -181,3 +170,79 @@ def _recurrence(l_max: int):
             up[l, m] = (2 * l - 1) / (l - m) * norms[l][m] / norms[l - 1][m]
             down[l, m] = -(l + m - 1) / (l - m) * norms[l][m] / norms[l - 2][m]
     return diagonal, first, up, down
+
+
+def recurrence_constants(l_max: int) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Constants of :func:`real_harmonics` for degree ``l_max``: ``diagonal, first, up, down``.
+
+    ``up`` and ``down`` are flattened ``[(l_max+1)^2]`` tables indexed ``l (l_max+1) + m``.
+    """
+    diagonal, first, up, down = _recurrence(l_max)
+    n_l = l_max + 1
+    up_flat, down_flat = [0.0] * (n_l * n_l), [0.0] * (n_l * n_l)
+    for (l, m), value in up.items():
+        up_flat[l * n_l + m] = value
+    for (l, m), value in down.items():
+        down_flat[l * n_l + m] = value
+    return list(diagonal), list(first), up_flat, down_flat
+
+
+def real_harmonics(
+    vectors: torch.Tensor,
+    l_max: int,
+    diagonal: list[float],
+    first: list[float],
+    up: list[float],
+    down: list[float],
+) -> torch.Tensor:
+    """Real spherical harmonics ``[..., (l_max+1)^2]`` of ``vectors [..., 3]`` (differentiable).
+
+    The one differentiable implementation (TorchScript-compatible: exported
+    potentials run exactly this code); :func:`spherical_harmonics` uses it
+    whenever a graph is needed. ``C_m + i S_m = (x + i y)^m`` of the unit
+    vector, and the normalised associated Legendre parts ``N_lm Q_l^m(z)`` by
+    the recurrence ``N_lm Q_l^m = a_lm z N_{l-1,m} Q_{l-1}^m + b_lm N_{l-2,m}
+    Q_{l-2}^m`` with the constants of :func:`recurrence_constants`.
+    """
+    n_l = l_max + 1
+    unit = vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+    x, y, z = unit[..., 0], unit[..., 1], unit[..., 2]
+    ones = torch.ones_like(z)
+    cos_m = [ones]  # Re (x+iy)^m
+    sin_m = [torch.zeros_like(z)]  # Im (x+iy)^m
+    for m in range(1, n_l):
+        if m == 1:
+            cos_m.append(x)
+            sin_m.append(y)
+        else:
+            cos_m.append(x * cos_m[m - 1] - y * sin_m[m - 1])
+            sin_m.append(torch.addcmul(y * cos_m[m - 1], x, sin_m[m - 1]))
+    # q[l * n_l + m] = N_lm Q_l^m(z), m <= l
+    q = [ones for _ in range(n_l * n_l)]
+    for m in range(n_l):
+        q[m * n_l + m] = ones * diagonal[m]
+        if m + 1 <= l_max:
+            q[(m + 1) * n_l + m] = z * first[m]
+        for l in range(m + 2, n_l):
+            if l == m + 2:  # N_mm Q_m^m is a constant (the same operations as the fast path)
+                q[l * n_l + m] = (z * up[l * n_l + m]) * q[(l - 1) * n_l + m] + down[
+                    l * n_l + m
+                ] * diagonal[m]
+            else:
+                q[l * n_l + m] = torch.addcmul(
+                    q[(l - 2) * n_l + m] * down[l * n_l + m],
+                    z,
+                    q[(l - 1) * n_l + m],
+                    value=up[l * n_l + m],
+                )
+    columns: list[torch.Tensor] = []
+    for l in range(n_l):
+        for m in range(-l, l + 1):
+            legendre = q[l * n_l + abs(m)]
+            if m == 0:
+                columns.append(legendre)
+            elif m < 0:
+                columns.append(sin_m[-m] * legendre)
+            else:
+                columns.append(cos_m[m] * legendre)
+    return torch.stack(columns, dim=-1)  # [..., lm]

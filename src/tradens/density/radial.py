@@ -116,52 +116,40 @@ def _scaled_in(
 ) -> torch.Tensor:
     """:func:`scaled_spherical_in` with the degree at ``dim`` of the result.
 
-    With ``out`` (no autograd) the values are written into it, degree by
-    degree, instead of being stacked into a new tensor; ``scale`` (shaped like
-    ``x``, only with ``out``) then multiplies every degree (the recurrence is
-    linear, so it is applied once, to ``i_0`` and ``i_1``).
+    Without ``out`` this is :func:`scaled_in_stack` (differentiable). With
+    ``out`` (no autograd) the values are written into it, degree by degree,
+    instead of being stacked into a new tensor; ``scale`` (shaped like ``x``,
+    only with ``out``) then multiplies every degree (the recurrence is linear,
+    so it is applied once, to ``i_0`` and ``i_1``).
     """
     threshold = _series_threshold(l_max)
+    if out is None:  # the differentiable form, shared with TorchScript exports
+        table = _series_coefficients(l_max, threshold).to(dtype=x.dtype, device=x.device)
+        return scaled_in_stack(x, l_max, threshold, table, dim)
     small = x < threshold
     any_small = bool(small.any())
     # recurrence branch on safe arguments (small ones replaced by the threshold)
     xr = torch.where(small, torch.full_like(x, threshold), x) if any_small else x
     e2 = torch.exp(-2.0 * xr)
     inverse = 0.5 / xr  # 1 / (2x)
-    if out is None:
-        i0 = (1.0 - e2) * inverse
-        values = [i0]
+    result = out
+    values = [out.select(dim, l) for l in range(l_max + 1)]
+    if scale is None:
+        torch.mul(torch.rsub(e2, 1.0), inverse, out=values[0])
         if l_max >= 1:
-            values.append((1.0 + e2) * inverse - i0 / xr)
-        if l_max >= 2:
-            two_inverse = 2.0 * inverse  # 1 / x
-            for l in range(2, l_max + 1):
-                # i_l = i_{l-2} - (2l-1)/x i_{l-1}
-                values.append(
-                    torch.addcmul(values[l - 2], two_inverse, values[l - 1], value=-(2 * l - 1))
-                )
-        result = torch.stack(values, dim=dim)  # degree at dim
+            torch.sub(torch.mul(e2.add_(1.0), inverse), values[0] / xr, out=values[1])
     else:
-        result = out
-        values = [out.select(dim, l) for l in range(l_max + 1)]
-        if scale is None:
-            torch.mul(torch.rsub(e2, 1.0), inverse, out=values[0])
-            if l_max >= 1:
-                torch.sub(torch.mul(e2.add_(1.0), inverse), values[0] / xr, out=values[1])
-        else:
-            e2.mul_(scale)  # scale exp(-2x)
-            torch.mul(torch.sub(scale, e2), inverse, out=values[0])
-            if l_max >= 1:
-                torch.sub(torch.mul(e2.add_(scale), inverse), values[0] / xr, out=values[1])
-        two_inverse = inverse.mul_(2.0)  # 1 / x
-        for l in range(2, l_max + 1):
-            torch.addcmul(
-                values[l - 2], two_inverse, values[l - 1], value=-(2 * l - 1), out=values[l]
-            )
+        e2.mul_(scale)  # scale exp(-2x)
+        torch.mul(torch.sub(scale, e2), inverse, out=values[0])
+        if l_max >= 1:
+            torch.sub(torch.mul(e2.add_(scale), inverse), values[0] / xr, out=values[1])
+    two_inverse = inverse.mul_(2.0)  # 1 / x
+    for l in range(2, l_max + 1):
+        torch.addcmul(values[l - 2], two_inverse, values[l - 1], value=-(2 * l - 1), out=values[l])
     if any_small:
         where = small.nonzero(as_tuple=True)
         series = _scaled_in_series(x[where], l_max, threshold).to(result.dtype)  # [q, l]
-        if scale is not None and out is not None:
+        if scale is not None:
             series = series * scale[where][:, None]
         # result is a fresh stack or the caller's buffer: in place is safe
         result.movedim(dim, -1).index_put_(where, series)
@@ -205,6 +193,127 @@ def _scaled_in_series(x: torch.Tensor, l_max: int, x_max: float) -> torch.Tensor
         x_powers = torch.cat([ones, x[:, None].expand(-1, l_max)], dim=1).cumprod(dim=1)  # [q, l]
         sums = sums * x_powers
     return torch.exp(-x)[:, None] * sums
+
+
+def scaled_in_stack(
+    x: torch.Tensor, l_max: int, threshold: float, series_table: torch.Tensor, dim: int = -1
+) -> torch.Tensor:
+    """Differentiable ``exp(-x) i_l(x)``, ``l = 0..l_max``, degree at ``dim`` of the result.
+
+    The one differentiable implementation (TorchScript-compatible: exported
+    potentials run exactly this code). Arguments ``x >= threshold`` use the
+    closed forms of ``i_0, i_1`` and the upward recurrence
+    ``i_l = i_{l-2} - (2l-1)/x i_{l-1}``; smaller ones the power series with
+    coefficients ``series_table [k, l_max+1]`` (:func:`_series_coefficients`).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Non-negative arguments ``[...]``.
+    l_max : int
+        Largest degree.
+    threshold : float
+        Series/recurrence switch (:func:`_series_threshold`).
+    series_table : torch.Tensor
+        ``[k, l_max+1]`` power-series coefficients for arguments below ``threshold``.
+    dim : int
+        Where the degree goes in the result.
+    """
+    small = x < threshold
+    any_small = bool(small.any())
+    # recurrence branch on safe arguments (small ones replaced by the threshold)
+    xr = torch.where(small, torch.full_like(x, threshold), x) if any_small else x
+    e2 = torch.exp(-2.0 * xr)
+    inverse = 0.5 / xr  # 1 / (2x)
+    i0 = (1.0 - e2) * inverse
+    values = [i0]
+    if l_max >= 1:
+        values.append((1.0 + e2) * inverse - i0 / xr)
+    two_inverse = 2.0 * inverse  # 1 / x
+    for l in range(2, l_max + 1):
+        # i_l = i_{l-2} - (2l-1)/x i_{l-1}
+        values.append(torch.addcmul(values[l - 2], two_inverse, values[l - 1], value=-(2 * l - 1)))
+    result = torch.stack(values, dim=-1)  # [..., l]
+    if any_small:
+        y_max = 0.5 * threshold * threshold
+        q = x[small]  # [q]
+        n_terms = series_table.shape[0]
+        y = (q * q) * (0.5 / y_max)  # [q] in [0, 1)
+        ones = torch.ones_like(q)[:, None]
+        powers = torch.cat([ones, y[:, None].expand(-1, n_terms - 1)], dim=1).cumprod(dim=1)
+        sums = powers @ series_table  # [q, l]
+        if l_max >= 1:
+            x_powers = torch.cat([ones, q[:, None].expand(-1, l_max)], dim=1).cumprod(dim=1)
+            sums = sums * x_powers
+        series = torch.exp(-q)[:, None] * sums  # [q, l]
+        result = result.masked_scatter(small[..., None].expand_as(result), series)
+    return result.movedim(-1, dim)
+
+
+def gaussian_grid_radial(
+    r: torch.Tensor,
+    grid: torch.Tensor,
+    transform: torch.Tensor,
+    alpha: float,
+    l_max: int,
+    threshold: float,
+    series_table: torch.Tensor,
+) -> torch.Tensor:
+    """GAP's ``EQUISPACED_GAUSS`` radial coefficients ``R [pair, n, l]`` (differentiable).
+
+    ``R[p, n, l] = sum_a exp(-alpha (r_p - r_a)^2) exp(-x) i_l(x) T[a, n]`` with
+    ``x = 2 alpha r_p r_a`` (see :class:`GaussianGridBasis`). TorchScript-compatible:
+    the one differentiable implementation, shared by the library and exported potentials.
+
+    Parameters
+    ----------
+    r : torch.Tensor
+        Distances ``[pair]`` (Å).
+    grid, transform : torch.Tensor
+        Grid points ``r_a [a]`` (Å) and ``T [a, n]``.
+    alpha : float
+        ``1 / (2 sigma^2)`` (1/Å^2).
+    l_max, threshold, series_table
+        As :func:`scaled_in_stack`.
+    """
+    gauss = torch.exp(-alpha * (r[:, None] - grid[None, :]) ** 2)  # [pair, a]
+    x = (2.0 * alpha * r)[:, None] * grid[None, :]  # [pair, a]
+    bessel = scaled_in_stack(x, l_max, threshold, series_table, 0)  # [l, pair, a]
+    rho = gauss[None, :, :] * bessel  # [l, pair, a]
+    return torch.matmul(rho, transform).permute(1, 2, 0)  # [pair, n, l]
+
+
+def hermite_spline(
+    r: torch.Tensor, values: torch.Tensor, slopes: torch.Tensor, spacing: float
+) -> torch.Tensor:
+    """Cubic Hermite interpolation of a table on knots ``k * spacing`` (differentiable).
+
+    Parameters
+    ----------
+    r : torch.Tensor
+        Distances ``[pair]`` (Å).
+    values, slopes : torch.Tensor
+        ``[knot, m]`` tabulated values and ``d/dr`` (per Å).
+    spacing : float
+        Knot spacing (Å).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[pair, m]``.
+    """
+    position = (r / spacing).clamp(0.0, values.shape[0] - 1.000001)
+    index = position.detach().floor().long().clamp(max=values.shape[0] - 2)  # [pair]
+    t = (position - index.to(r.dtype))[:, None]  # [pair, 1]
+    y0, y1 = values[index], values[index + 1]  # [pair, m]
+    d0, d1 = slopes[index] * spacing, slopes[index + 1] * spacing
+    t2, t3 = t * t, t * t * t
+    return (
+        (2 * t3 - 3 * t2 + 1) * y0
+        + (t3 - 2 * t2 + t) * d0
+        + (-2 * t3 + 3 * t2) * y1
+        + (t3 - t2) * d1
+    )  # [pair, m]
 
 
 # -------------------------------------------------------------------------------------
@@ -263,8 +372,20 @@ class GaussianGridBasis:
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """Radial coefficients ``R[pair, n, l]`` for distances ``r [pair]`` (Å)."""
+        if torch.is_grad_enabled() and r.requires_grad or _has_tangent(r):
+            return gaussian_grid_radial(r, *self.script_constants(r.dtype, r.device))
         rho, transform = self.primitive(r)
         return torch.matmul(rho, transform).permute(1, 2, 0).contiguous()  # [pair, n, l]
+
+    def script_constants(
+        self, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, float, int, float, torch.Tensor]:
+        """Arguments of :func:`gaussian_grid_radial` after ``r``: grid, T, alpha, l_max, ..."""
+        threshold = _series_threshold(self.l_max)
+        table = _series_coefficients(self.l_max, threshold).to(dtype=dtype, device=device)
+        grid = self._grid.to(dtype=dtype, device=device)
+        transform = self._transform.to(dtype=dtype, device=device)
+        return grid, transform, self.alpha, self.l_max, threshold, table
 
     def primitive(
         self, r: torch.Tensor, weight: torch.Tensor | None = None
@@ -427,21 +548,16 @@ class GtoBasis:
         values = self._values.to(dtype=r.dtype, device=r.device)
         derivs = self._derivs.to(dtype=r.dtype, device=r.device)
         h = self._spacing
+        out = hermite_spline(r, values, derivs, h)  # [pair, n*l]
+        shape = (-1, self.n_max, self.l_max + 1)
+        if not derivatives:
+            return out.reshape(shape), None
         position = (r / h).clamp(0.0, values.shape[0] - 1.000001)
         index = position.detach().floor().long().clamp(max=values.shape[0] - 2)  # [pair]
         t = (position - index.to(r.dtype))[:, None]  # [pair, 1]
         y0, y1 = values[index], values[index + 1]  # [pair, n*l]
         d0, d1 = derivs[index] * h, derivs[index + 1] * h
-        t2, t3 = t * t, t * t * t
-        out = (
-            (2 * t3 - 3 * t2 + 1) * y0
-            + (t3 - 2 * t2 + t) * d0
-            + (-2 * t3 + 3 * t2) * y1
-            + (t3 - t2) * d1
-        )  # [pair, n*l]
-        shape = (-1, self.n_max, self.l_max + 1)
-        if not derivatives:
-            return out.reshape(shape), None
+        t2 = t * t
         dout = (
             (6 * t2 - 6 * t) * y0
             + (3 * t2 - 4 * t + 1) * d0

@@ -27,7 +27,7 @@ import torch
 from ..systems.batch import Batch
 from ..systems.neighbors import neighbor_list, pair_vectors
 
-__all__ = ["PairDensity", "Augmented"]
+__all__ = ["PairDensity", "Augmented", "pair_densities"]
 
 
 class PairDensity(torch.nn.Module):
@@ -108,16 +108,55 @@ class PairDensity(torch.nn.Module):
         positions = batch.positions if positions is None else positions
         pairs = neighbor_list(batch, self.cutoff)
         vectors = pair_vectors(batch, pairs, positions, cells)  # [pair, 3]
-        r = torch.linalg.vector_norm(vectors, dim=1)  # [pair]
-        taper = 0.5 * (1.0 + torch.cos(math.pi * r / self.cutoff))  # [pair]
-        centres = self.centres.to(r.dtype).to(r.device)
-        gauss = torch.exp(-0.5 * ((r[:, None] - centres) / self.width) ** 2)  # [pair, B]
-        radial = gauss * taper[:, None]  # [pair, B]
         rows = torch.cat([self.embedding, self.embedding.mean(0, keepdim=True)], dim=0)  # [S+1, P]
-        weight = rows.to(r.dtype)[self.species_index(batch.numbers)[pairs.j]]  # [pair, P]
-        per_pair = (weight[:, :, None] * radial[:, None, :]).reshape(r.shape[0], -1)  # [pair, P*B]
-        out = torch.zeros(batch.n_atoms, self.n_features, dtype=r.dtype, device=r.device)
-        return out.index_add(0, pairs.i, per_pair)  # [atom, P*B]
+        return pair_densities(
+            vectors,
+            pairs.i,
+            self.species_index(batch.numbers)[pairs.j],
+            rows,
+            self.centres,
+            self.width,
+            self.cutoff,
+            batch.n_atoms,
+        )  # [atom, P*B]
+
+
+def pair_densities(
+    vectors: torch.Tensor,
+    centers: torch.Tensor,
+    neighbor_rows: torch.Tensor,
+    embedding: torch.Tensor,
+    grid: torch.Tensor,
+    width: float,
+    cutoff: float,
+    n_atoms: int,
+) -> torch.Tensor:
+    """``G [atom, P * B]`` from pair vectors (the one implementation; TorchScript-compatible).
+
+    Parameters
+    ----------
+    vectors : torch.Tensor
+        ``r_ij [pair, 3]`` (Å) of pairs within ``cutoff``.
+    centers, neighbor_rows : torch.Tensor
+        ``i [pair]`` and the embedding row of ``j`` ``[pair]``.
+    embedding : torch.Tensor
+        ``a [S+1, P]`` (last row: unknown elements).
+    grid : torch.Tensor
+        Gaussian centres ``[B]`` (Å).
+    width, cutoff : float
+        Gaussian width and cutoff (Å).
+    n_atoms : int
+        Atoms (rows of the result).
+    """
+    r = torch.linalg.vector_norm(vectors, dim=1)  # [pair]
+    taper = 0.5 * (1.0 + torch.cos(math.pi * r / cutoff))  # [pair]
+    centres = grid.to(dtype=r.dtype, device=r.device)
+    gauss = torch.exp(-0.5 * ((r[:, None] - centres) / width) ** 2)  # [pair, B]
+    radial = gauss * taper[:, None]  # [pair, B]
+    weight = embedding.to(r.dtype)[neighbor_rows]  # [pair, P]
+    per_pair = (weight[:, :, None] * radial[:, None, :]).reshape(r.shape[0], -1)  # [pair, P*B]
+    out = torch.zeros(n_atoms, per_pair.shape[1], dtype=r.dtype, device=r.device)
+    return out.index_add(0, centers, per_pair)  # [atom, P*B]
 
 
 class Augmented(torch.nn.Module):
