@@ -212,6 +212,16 @@ def test_xml_layout(alloy_train):
     assert dims == {model.representation_.n_features + 1}  # GAP's covariance_sigma0 slot
 
 
+def test_saved_model_exports_the_same_file(alloy_train, tmp_path):
+    """A model loaded from its file (as ``tradens export`` does) writes identical XML."""
+    from tradens.models import load, save
+
+    soap_kwargs = {**BASE, "mixing": {"channels": 3, "weights": "gap", "symmetric": False}}
+    model = _fit(soap_kwargs, {"zeta": 2, "per_element": True}, alloy_train)
+    save(model, tmp_path / "model.zip")
+    assert gap_xml_text(load(tmp_path / "model.zip")) == gap_xml_text(model)
+
+
 # ---------------------------------------------------------------- refusals
 
 
