@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -193,15 +194,15 @@ def _atomic_numbers(name: str, value: object) -> tuple[int, ...]:
     try:
         if isinstance(value, (str, bytes)):
             raise TypeError
-        numbers = tuple(value)  # type: ignore[arg-type]
+        items = tuple(cast(Iterable[Any], value))  # not iterable: TypeError; items checked below
         if any(
             isinstance(z, (bool, np.bool_))
             or not isinstance(z, (int, np.integer, float, np.floating))
             or not float(z).is_integer()
-            for z in numbers
+            for z in items
         ):
             raise TypeError
-        numbers = tuple(int(z) for z in numbers)
+        numbers = tuple(int(z) for z in items)
     except TypeError:
         raise ValueError(
             f"{name} must be a list of atomic numbers (integers), got {value!r}"

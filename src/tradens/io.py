@@ -133,8 +133,9 @@ def read_hypers(path: str | os.PathLike) -> dict:
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         first = str(error).strip().splitlines()[0]
         mark = getattr(error, "problem_mark", None)
-        if getattr(error, "problem", None) and mark is not None:
-            first = f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(error, "problem", None)  # YAML marked errors only
+        if problem and mark is not None:
+            first = f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
         raise ValueError(f"cannot parse hypers file {str(path)!r}: {first}") from None
     if not isinstance(data, dict):
         raise ValueError(

@@ -251,11 +251,12 @@ def write_chemiscope(
                 metadata=metadata,
             )
         else:
+            json_properties: dict[str, dict] = {}  # filled below
             data = {
                 "meta": metadata,
                 "settings": settings,
                 "structures": [_structure_json(a) for a in frames],
-                "properties": {},
+                "properties": json_properties,
             }
             if environments is not None:
                 data["environments"] = [
@@ -264,7 +265,7 @@ def write_chemiscope(
             for key, prop in _expand(props).items():
                 item = {"target": prop["target"], "values": _json_values(key, prop["values"])}
                 item.update({k: prop[k] for k in ("units", "description") if k in prop})
-                data["properties"][key] = item
+                json_properties[key] = item
             text = json.dumps(data)
             if path.endswith(".gz"):
                 with gzip.open(tmp, "wt", encoding="utf8") as handle:

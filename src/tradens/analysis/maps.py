@@ -224,6 +224,8 @@ class KernelPCA:
             return dot
         if self.kernel == "polynomial":
             return (dot + self.coef0) ** self.degree
+        if self.gamma_ is None:  # set by fit for the rbf kernel
+            raise RuntimeError("the rbf kernel needs gamma_: call fit first")
         d2 = np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * dot, 0.0)
         return np.exp(-self.gamma_ * d2)
 

@@ -207,6 +207,7 @@ def run_select(args) -> int:
         )
     else:
         index, score = cur_selection(x.values, args.n_select, return_scores=True)
+    chosen: list[int] | list[list[int]]  # structure indices, or [structure, center] pairs
     if args.level == "structure":
         subset = []
         for rank, i in enumerate(index):

@@ -133,7 +133,7 @@ def run_info(args) -> int:
     from ..representations.soap import soap_size
 
     frames, _ = load_frames(args, required=False)
-    n_atoms = (
+    n_atoms: int = (
         args.atoms if args.atoms is not None else (sum(len(a) for a in frames) if frames else 1000)
     )
     if n_atoms < 1:
@@ -147,49 +147,48 @@ def run_info(args) -> int:
         h = calculator.hypers
         n = calculator.n_features
     full = full_soap_size(h)
-    info = {
+    bytes64, bytes32 = 8 * n * n_atoms, 4 * n * n_atoms
+    info: dict[str, object] = {
         "hypers": describe(h),
         "species": list(h.species or []),
         "features_per_atom": n,
         "full_soap_features_per_atom": full,
         "atoms": n_atoms,
-        "feature_bytes_float64": 8 * n * n_atoms,
-        "feature_bytes_float32": 4 * n * n_atoms,
+        "feature_bytes_float64": bytes64,
+        "feature_bytes_float32": bytes32,
     }
-    if isinstance(h, SoapHypers):
+    coefficients: int | None = None  # density coefficients per atom (SOAP only)
+    if isinstance(h, SoapHypers) and full is not None:
         coefficients = h.n_species * h.radial.n_max * (h.l_max + 1) ** 2
         info["density_coefficients_per_atom"] = coefficients
         info["full_soap_bytes_float64"] = 8 * full * n_atoms
     available = available_memory()
     info["available_bytes"] = available
-    fits = available is None or info["feature_bytes_float32"] <= available
-    info["fits_in_memory_float64"] = available is None or info["feature_bytes_float64"] <= available
+    fits = available is None or bytes32 <= available
+    fits64 = available is None or bytes64 <= available
+    info["fits_in_memory_float64"] = fits64
     info["fits_in_memory_float32"] = fits
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"hypers                 {info['hypers']}")
-    if info["species"]:
-        print(
-            f"elements               {len(info['species'])}: {' '.join(symbols(info['species']))}"
-        )
+    species: list[int] = list(h.species or [])
+    if species:
+        print(f"elements               {len(species)}: {' '.join(symbols(species))}")
     print(f"features per atom      {n}")
     if full is not None:
         print(f"full SOAP per atom     {full}  ({full / n:.1f}x the features above)")
-    print(
-        f"{f'memory, {n_atoms} atoms':<23}{_size(info['feature_bytes_float64'])} (float64), "
-        f"{_size(info['feature_bytes_float32'])} (float32)"
-    )
-    if full is not None:
-        print(f"  full SOAP            {_size(info['full_soap_bytes_float64'])} (float64)")
+    print(f"{f'memory, {n_atoms} atoms':<23}{_size(bytes64)} (float64), {_size(bytes32)} (float32)")
+    if full is not None and coefficients is not None:
+        print(f"  full SOAP            {_size(8 * full * n_atoms)} (float64)")
         print(
-            f"density coefficients   {info['density_coefficients_per_atom']} per atom "
-            f"({_size(8 * info['density_coefficients_per_atom'])} per atom while computing, "
+            f"density coefficients   {coefficients} per atom "
+            f"({_size(8 * coefficients)} per atom while computing, "
             "float64)"
         )
     if available is not None:
         print(f"available memory       {_size(available)}")
-        if not info["fits_in_memory_float64"]:
+        if not fits64:
             print(
                 f"does not fit           the features of {n_atoms} atoms need more than the "
                 "available memory"
@@ -273,16 +272,14 @@ def run_map(args) -> int:
     )
     if color not in props:
         raise CLIError(f"unknown --color {color!r}; available: {', '.join(sorted(props))}")
+    ratios = None  # explained variance ratio of the two components (PCA only)
     if args.method == "pca":
-        model = PCA(2).fit(x.values)
-        coords, name = model.transform(x.values), "PCA"
-        axes = tuple(
-            f"PC{i + 1} ({r:.1%} of variance)"
-            for i, r in enumerate(model.explained_variance_ratio_)
-        )
+        pca = PCA(2).fit(x.values)
+        coords, name, ratios = pca.transform(x.values), "PCA", pca.explained_variance_ratio_
+        axes = (f"PC1 ({ratios[0]:.1%} of variance)", f"PC2 ({ratios[1]:.1%} of variance)")
     else:
-        model = KernelPCA(2, kernel=args.kernel, degree=args.degree).fit(x.values)
-        coords, name, axes = model.transform(x.values), "KPCA", ("KPCA 1", "KPCA 2")
+        kpca = KernelPCA(2, kernel=args.kernel, degree=args.degree).fit(x.values)
+        coords, name, axes = kpca.transform(x.values), "KPCA", ("KPCA 1", "KPCA 2")
     values = np.asarray(props[color]["values"])
     order = None
     if color == "element":
@@ -310,11 +307,8 @@ def run_map(args) -> int:
         f"wrote {args.output}: {name} of {len(x)} {args.level} points, "
         f"{x.values.shape[1]} features, coloured by {color}"
     )
-    if args.method == "pca":
-        print(
-            "explained variance ratio: "
-            + ", ".join(f"{r:.3f}" for r in model.explained_variance_ratio_)
-        )
+    if ratios is not None:
+        print("explained variance ratio: " + ", ".join(f"{r:.3f}" for r in ratios))
     if target is not None:
         write_chemiscope(
             target,
@@ -369,6 +363,8 @@ def run_bench(args) -> int:
             "with the source checkout: pass --script PATH"
         )
     spec = importlib.util.spec_from_file_location("tradens_bench_soap", script)
+    if spec is None or spec.loader is None:
+        raise CLIError(f"{script} cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, module)
     spec.loader.exec_module(module)

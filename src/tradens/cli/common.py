@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 from importlib.resources import files
+from typing import Literal, overload
 
 import numpy as np
 
@@ -72,8 +73,20 @@ def add_input_arguments(parser: argparse.ArgumentParser, *, optional: bool = Fal
     )
 
 
-def load_frames(args, *, required: bool = True) -> tuple[list | None, str | None]:
-    """Structures named by ``args.input`` or ``args.example``, and their path."""
+@overload
+def load_frames(
+    args: argparse.Namespace, *, required: Literal[True] = True
+) -> tuple[list, str]: ...
+@overload
+def load_frames(args: argparse.Namespace, *, required: bool) -> tuple[list | None, str | None]: ...
+def load_frames(
+    args: argparse.Namespace, *, required: bool = True
+) -> tuple[list | None, str | None]:
+    """Structures named by ``args.input`` or ``args.example``, and their path.
+
+    With ``required=True`` (the default) a missing input is a :class:`CLIError`, so both
+    results are set; with ``required=False`` both are None when no input was given.
+    """
     if args.example and args.input:
         raise CLIError("give an input file or --example, not both")
     path = bundled_path(args.example) if args.example else args.input

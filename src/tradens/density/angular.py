@@ -127,15 +127,17 @@ def _harmonics(vectors: torch.Tensor, l_max: int, *, by_degree: bool):
 
     n_lm = (l_max + 1) ** 2
     # no autograd: write every column straight into its place
-    shape, options = vectors.shape[:-1], {"dtype": vectors.dtype, "device": vectors.device}
+    shape, dtype, device = vectors.shape[:-1], vectors.dtype, vectors.device
     if by_degree:
-        blocks = [torch.empty(shape + (2 * l + 1,), **options) for l in range(l_max + 1)]
+        slots = [
+            torch.empty(shape + (2 * l + 1,), dtype=dtype, device=device) for l in range(l_max + 1)
+        ]
     else:
-        out = torch.empty(shape + (n_lm,), **options)
-        blocks = [out[..., l * l : (l + 1) * (l + 1)] for l in range(l_max + 1)]
+        out = torch.empty(shape + (n_lm,), dtype=dtype, device=device)
+        slots = [out[..., l * l : (l + 1) * (l + 1)] for l in range(l_max + 1)]
     for l in range(l_max + 1):
         for m in range(-l, l + 1):
-            legendre, target = q[l][abs(m)], blocks[l][..., l + m]
+            legendre, target = q[l][abs(m)], slots[l][..., l + m]
             if m == 0:
                 if isinstance(legendre, float):
                     target.fill_(legendre)
@@ -143,7 +145,7 @@ def _harmonics(vectors: torch.Tensor, l_max: int, *, by_degree: bool):
                     target.copy_(legendre)
             else:
                 torch.mul((sin_m if m < 0 else cos_m)[abs(m)], legendre, out=target)
-    return blocks if by_degree else out  # [..., (l_max+1)^2]
+    return slots if by_degree else out  # [..., (l_max+1)^2]
 
 
 def _has_tangent(tensor: torch.Tensor) -> bool:

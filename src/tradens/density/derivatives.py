@@ -132,32 +132,7 @@ def radial_terms(
         raise ValueError(f"layout must be 'pair' or 'degree', got {layout!r}")
     taper, d_taper = taper_with_derivative(r, cutoff, width)  # [p], [p]
     if _is_grid(basis):
-        n_l = basis.l_max + 1
-        grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
-        transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
-        alpha = basis.alpha
-        gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [p, a]
-        origin = bool(basis._grid[0] == 0.0)  # x = 0 at the first grid point: s_l(0) = delta_l0
-        rest = slice(1, None) if origin else slice(None)
-        x = (2.0 * alpha * r)[:, None] * grid[None, rest]  # [p, a']
-        bessel = r.new_empty(n_l + 1, r.shape[0], grid.shape[0])  # [l+1, p, a]: gauss s_l
-        _scaled_in(x, n_l, dim=0, out=bessel[:, :, rest], scale=gauss[:, rest].contiguous())
-        if origin:
-            bessel[:, :, 0] = 0.0
-            bessel[0, :, 0] = gauss[:, 0]
-        if layout == "pair":
-            buffer = r.new_empty(r.shape[0], 2, n_l, grid.shape[0])  # [p, 2, L, a]
-            out = buffer.permute(2, 0, 1, 3)  # [L, p, 2, a] view
-        else:
-            buffer = out = r.new_empty(n_l, r.shape[0], 2, grid.shape[0])  # [L, p, 2, a]
-        degrees = torch.arange(n_l, dtype=r.dtype, device=r.device)
-        slope = degrees[:, None] / r[None, :] - (2.0 * alpha) * r[None, :]  # [L, p]
-        d_rho = out[:, :, 1]
-        torch.mul(bessel[1:], (2.0 * alpha) * grid, out=d_rho)
-        d_rho.addcmul_(bessel[:-1], slope[:, :, None])
-        d_rho.mul_(taper[None, :, None]).addcmul_(bessel[:-1], d_taper[None, :, None])
-        torch.mul(bessel[:-1], taper[None, :, None], out=out[:, :, 0])
-        return buffer, transform
+        return _grid_terms(basis, r, taper, d_taper, layout)
     if hasattr(basis, "values_and_derivatives"):  # GTO splines: closed-form derivative
         radial, d_radial = basis.values_and_derivatives(r)  # [p, N, L]
     else:
@@ -168,6 +143,41 @@ def radial_terms(
     if layout == "pair":
         return torch.stack([radial, d_radial], dim=1).transpose(2, 3).contiguous(), None
     return torch.stack([radial, d_radial], dim=0).permute(3, 1, 0, 2).contiguous(), None
+
+
+def _grid_terms(
+    basis, r: torch.Tensor, taper: torch.Tensor, d_taper: torch.Tensor, layout: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`radial_terms` of a Gaussian grid: tapered ``rho`` with its derivative, and ``T``.
+
+    ``taper [p]`` and ``d_taper [p]`` are the cutoff function and its derivative (1/Å).
+    """
+    n_l = basis.l_max + 1
+    grid = basis._grid.to(dtype=r.dtype, device=r.device)  # [a]
+    transform = basis._transform.to(dtype=r.dtype, device=r.device)  # [a, n]
+    alpha = basis.alpha
+    gauss = torch.exp(-alpha * (grid[None, :] - r[:, None]) ** 2)  # [p, a]
+    origin = bool(basis._grid[0] == 0.0)  # x = 0 at the first grid point: s_l(0) = delta_l0
+    rest = slice(1, None) if origin else slice(None)
+    x = (2.0 * alpha * r)[:, None] * grid[None, rest]  # [p, a']
+    bessel = r.new_empty(n_l + 1, r.shape[0], grid.shape[0])  # [l+1, p, a]: gauss s_l
+    _scaled_in(x, n_l, dim=0, out=bessel[:, :, rest], scale=gauss[:, rest].contiguous())
+    if origin:
+        bessel[:, :, 0] = 0.0
+        bessel[0, :, 0] = gauss[:, 0]
+    if layout == "pair":
+        buffer = r.new_empty(r.shape[0], 2, n_l, grid.shape[0])  # [p, 2, L, a]
+        out = buffer.permute(2, 0, 1, 3)  # [L, p, 2, a] view
+    else:
+        buffer = out = r.new_empty(n_l, r.shape[0], 2, grid.shape[0])  # [L, p, 2, a]
+    degrees = torch.arange(n_l, dtype=r.dtype, device=r.device)
+    slope = degrees[:, None] / r[None, :] - (2.0 * alpha) * r[None, :]  # [L, p]
+    d_rho = out[:, :, 1]
+    torch.mul(bessel[1:], (2.0 * alpha) * grid, out=d_rho)
+    d_rho.addcmul_(bessel[:-1], slope[:, :, None])
+    d_rho.mul_(taper[None, :, None]).addcmul_(bessel[:-1], d_taper[None, :, None])
+    torch.mul(bessel[:-1], taper[None, :, None], out=out[:, :, 0])
+    return buffer, transform
 
 
 def radial_with_derivative(
@@ -197,8 +207,8 @@ def radial_primitive(
     if not _is_grid(basis):
         return None
     n_l = basis.l_max + 1
+    taper, d_taper = taper_with_derivative(r, cutoff, width)  # [p], [p]
     if use_compiled(r):
-        taper, d_taper = taper_with_derivative(r, cutoff, width)  # [p], [p]
         grid = basis._grid.to(dtype=r.dtype)  # [a]
         out = r.new_empty(r.shape[0], 2 * n_l, grid.shape[0])  # [p, 2L, a]
         threshold = _series_threshold(n_l)  # as the recurrence of radial_terms
@@ -213,7 +223,7 @@ def radial_primitive(
             d_taper=d_taper,
         )
         return out, basis._transform.to(dtype=r.dtype)
-    terms, transform = radial_terms(basis, r, cutoff, width)  # [p, 2, L, a]
+    terms, transform = _grid_terms(basis, r, taper, d_taper, "pair")  # [p, 2, L, a], [a, n]
     return terms.view(r.shape[0], 2 * n_l, -1), transform
 
 

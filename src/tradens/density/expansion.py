@@ -539,7 +539,7 @@ def _expand_per_pair(
     tracked = vectors.requires_grad or (w is not None and w.requires_grad)
     graph = torch.is_grad_enabled() and tracked
     # A [atom, K, lm]: without autograd one buffer that every chunk writes its atoms into;
-    # with autograd the chunks' blocks, concatenated at the end
+    # with autograd (mixed is None) the chunks' blocks, concatenated at the end
     mixed = (
         None if graph else _memory.empty(n_atoms, n_channels, n_l * n_l, dtype=dtype, device=device)
     )
@@ -551,7 +551,7 @@ def _expand_per_pair(
         n_chunk = atom_stop - atom_start
         n_pairs = pair_stop - pair_start
         if n_pairs == 0:  # isolated atoms: no density
-            if graph:
+            if mixed is None:
                 pieces.append(vectors.new_zeros(n_chunk, n_channels, n_l * n_l))
             else:
                 mixed[atom_start:atom_stop] = 0.0
@@ -616,11 +616,11 @@ def _expand_per_pair(
                     y_l = y_l.new_zeros(n_chunk * width, 2 * l + 1).index_copy(0, slot, y_l)
                     y_l = y_l.reshape(n_chunk, width, 2 * l + 1)  # [atom, J, 2l+1]
                 blocks.append(torch.bmm(padded_q[l].transpose(1, 2), y_l))  # [atom, K, 2l+1]
-            if graph:
+            if mixed is None:
                 pieces.append(torch.cat(blocks, dim=2))  # [atom, K, lm]
             else:
                 torch.cat(blocks, dim=2, out=mixed[atom_start:atom_stop])  # while in cache
-    if graph:
+    if mixed is None:
         return torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]  # [atom, K, lm]
     return mixed  # [atom, K, lm]
 

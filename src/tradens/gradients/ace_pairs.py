@@ -207,7 +207,7 @@ def ace_pair_gradients(
                 d_values = per_pair[:, :, channel.to(device), slot.to(device)]  # [q, 3, F]
                 jacobian.index_add_(0, entry_j[sel], d_values)
                 jacobian.index_add_(0, entry_i[sel], d_values, alpha=-1.0)
-                if strain:
+                if strain_jacobian is not None:  # strain=True
                     strain_jacobian.index_add_(
                         0, pair_i[sel], vec[sel][:, :, None, None] * d_values[:, None]
                     )

@@ -62,7 +62,9 @@ Three entry points
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
+import numpy as np
 import torch
 
 from ..kernels.determinism import deterministic
@@ -91,7 +93,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- capabilities
 
 
-def _plain(representation, cls: type) -> bool:
+def _plain(representation: object, cls: type[torch.nn.Module]) -> bool:
     """``representation`` is a ``cls`` whose ``forward`` is not overridden."""
     return isinstance(representation, cls) and type(representation).forward is cls.forward
 
@@ -228,6 +230,32 @@ def _batches(systems, batch_size: int, dtype, device):
 # ----------------------------------------------------------------------------- model path
 
 
+@overload
+def energy_forces_stress(
+    representation,
+    model_fn,
+    systems,
+    *,
+    batch_size: int = ...,
+    dtype: torch.dtype | None = ...,
+    device=...,
+    create_graph: bool = ...,
+    output: Literal["numpy"] = ...,
+    method: str = ...,
+) -> ModelOutput[np.ndarray]: ...
+@overload
+def energy_forces_stress(
+    representation,
+    model_fn,
+    systems,
+    *,
+    batch_size: int = ...,
+    dtype: torch.dtype | None = ...,
+    device=...,
+    create_graph: bool = ...,
+    output: Literal["torch"],
+    method: str = ...,
+) -> ModelOutput[torch.Tensor]: ...
 def energy_forces_stress(
     representation,
     model_fn,
@@ -239,7 +267,7 @@ def energy_forces_stress(
     create_graph: bool = False,
     output: str = "numpy",
     method: str = "auto",
-) -> ModelOutput:
+) -> ModelOutput[np.ndarray] | ModelOutput[torch.Tensor]:
     """Energies, forces and stress of ``E = sum_rows model_fn(X)`` by one backward pass.
 
     Parameters
@@ -336,7 +364,7 @@ def energy_forces_stress(
     record_path("forces", path)
     result = {key: torch.cat(value) for key, value in parts.items()}
     if output == "numpy":
-        result = {key: value.detach().cpu().numpy() for key, value in result.items()}
+        return ModelOutput(**{key: value.detach().cpu().numpy() for key, value in result.items()})
     return ModelOutput(**result)
 
 

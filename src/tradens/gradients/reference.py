@@ -110,7 +110,9 @@ def jvp_gradients(
     )
     entry_colour = colour[index[:, 1]]
     n_colours = int(colour.max()) + 1 if colour.numel() else 0
-    for c in range(n_colours if vjp_positions is not None else 0):
+    for c in range(n_colours):
+        if vjp_positions is None:  # nothing depends on the positions
+            break
         entries = (entry_colour == c).nonzero().squeeze(1)
         if entries.numel() == 0:
             continue

@@ -6,6 +6,7 @@ Units: Å for lengths; a model's energy unit (eV in practice) for energies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -14,9 +15,12 @@ from ..systems.batch import Batch
 
 __all__ = ["DescriptorGradients", "ModelOutput"]
 
+# the array type of a ModelOutput: numpy arrays, or torch tensors (``output="torch"``)
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
 
 @dataclass
-class ModelOutput:
+class ModelOutput(Generic[ArrayT]):
     """Energies, forces and stress of a batch of structures.
 
     Attributes
@@ -34,11 +38,11 @@ class ModelOutput:
         Structure index of every atom.
     """
 
-    energy: np.ndarray | torch.Tensor
-    forces: np.ndarray | torch.Tensor
-    virial: np.ndarray | torch.Tensor
-    stress: np.ndarray | torch.Tensor
-    structure: np.ndarray | torch.Tensor
+    energy: ArrayT
+    forces: ArrayT
+    virial: ArrayT
+    stress: ArrayT
+    structure: ArrayT
 
 
 @dataclass

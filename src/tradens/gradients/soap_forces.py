@@ -148,7 +148,7 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
                 values = torch.cat(parts) if len(parts) > 1 else parts[0]  # [row, F]
         else:
             leaf = y.detach().requires_grad_(True)
-            k1 = w1.shape[1]
+            k1 = y.shape[1] if w1 is None else w1.shape[1]  # w1 is set (not symmetric)
             leaves = [leaf]
             values = soap._products(leaf[:, :k1], leaf[:, k1:], row_chunk=256, out=None)  # [row, F]
         per_row = model_fn(values, numbers).reshape(-1)  # [row]

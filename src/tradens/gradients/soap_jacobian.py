@@ -268,7 +268,7 @@ def write_jacobian(
             :, :, None, None
         ]  # [E, 3, L, K]
         del ab
-        s = None
+        s = None  # x . dv [E, 3], set iff normalize
         if normalize:  # x . dv
             s = torch.einsum("ealk,elk->ea", alpha, m_uv[:, 0]) + torch.einsum(
                 "elk,ealk->ea", gamma, m_uv[:, 1:]
@@ -280,7 +280,7 @@ def write_jacobian(
             dv.addcmul_(delta, gamma[:, None]).mul_(2.0)
             view = slab[:, :, :n_core].view(n_slots, 3, n_k, n_l)
             view.copy_(dv.transpose(2, 3))
-            if normalize:
+            if s is not None:
                 view.addcmul_(
                     s[:, :, None, None], x_rows[slot_row].view(n_slots, 1, n_k, n_l), value=-1.0
                 )
@@ -309,7 +309,7 @@ def write_jacobian(
                     block[:, :, a].mul_(1.0 / SQRT2)  # f_aa = 1
                 if not contiguous:
                     part[:, :, n_core:] = 0.0
-                if normalize:
+                if s is not None:
                     part.addcmul_(
                         s[e0:e1, :, None], x_full[slot_row[e0:e1]][:, None, :], value=-1.0
                     )

@@ -229,7 +229,7 @@ def soap_pair_gradients(
             )  # [row, Kt, lm]
         del density
         n_rows = rows.shape[0]
-        k1 = y_both.shape[1] if symmetric else w1.shape[1]
+        k1 = y_both.shape[1] if symmetric or w1 is None else w1.shape[1]
         y1, y2 = (y_both, y_both) if symmetric else (y_both[:, :k1], y_both[:, k1:])
         raw = power_spectrum(y1, y2, soap.plan, h.l_max)  # [row, F']
         norm = torch.linalg.vector_norm(raw, dim=1) if h.normalize else torch.ones_like(raw[:, 0])
@@ -312,7 +312,7 @@ def soap_pair_gradients(
         centre_sum = (
             None if h.average else torch.zeros(n_rows, 3, n_core, dtype=dtype, device=device)
         )
-        core_strain = strain_jacobian[..., :n_core] if strain else None
+        core_strain = None if strain_jacobian is None else strain_jacobian[..., :n_core]
 
         # ---- derivatives, block by block of pairs, chunk by chunk inside
         tangent_plan = _TangentPlan(soap.plan, h.l_max, dtype, device)
@@ -369,8 +369,8 @@ def soap_pair_gradients(
                     core.index_copy_(0, plus[sel], dv)
                 else:
                     core.index_add_(0, plus[sel], dv)
-                if centre_sum is None:  # averaged: the centre atoms differ within a row
-                    core.index_add_(0, minus[sel], dv, alpha=-1.0)
+                if centre_sum is None and minus is not None:  # averaged (so no images): the
+                    core.index_add_(0, minus[sel], dv, alpha=-1.0)  # centres differ within a row
                 _accumulate_rows(dv, r, vec, centre_sum, core_strain)
         if centre_sum is not None:
             if direct:

@@ -549,6 +549,8 @@ class Descriptor:
                 image_rank=torch.from_numpy(image_rank),
                 pairs=pairs,
             )
+        if result.shifts is None:  # images=True always sets them
+            raise RuntimeError("soap_pair_gradients(images=True) returned no cell shifts")
         rows = result.rows.numpy()  # centre atom of each row
         entry_row, entry_atom = result.index[:, 0].numpy(), result.index[:, 1].numpy()
         centre = rows[entry_row]  # [entry]

@@ -595,7 +595,7 @@ def _reduced_cached(
     # Gram-Schmidt (twice) in tree order -> deterministic orthonormal basis
     basis: list[np.ndarray] = []
     for vec in flat:
-        norm0 = np.linalg.norm(vec)
+        norm0 = float(np.linalg.norm(vec))
         if norm0 < _RANK_TOL:
             continue
         v = vec.copy()
@@ -697,7 +697,7 @@ def _chains(ls: tuple[int, ...]) -> list[tuple[tuple[int, ...], int]]:
     """
     if len(ls) == 0:
         return [((), 0)]
-    out = [((), ls[0])]
+    out: list[tuple[tuple[int, ...], int]] = [((), ls[0])]
     for l in ls[1:]:
         out = [
             (inter + (L,), L)

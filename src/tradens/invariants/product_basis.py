@@ -278,7 +278,7 @@ def _check_A(A: torch.Tensor) -> tuple[int, int, int]:
         raise ValueError(f"the last dimension of A must be (l_max+1)**2, got {n_lm}")
     if A.shape[1] == 0:
         raise ValueError("A must have at least one channel")
-    return tuple(A.shape)
+    return A.shape[0], A.shape[1], A.shape[2]
 
 
 def _normalise_l_max_per_order(nu_max, l_max_per_order) -> tuple[int, ...]:
@@ -426,9 +426,8 @@ def _build_plan(
     for g in groups:
         g.positions = rank[g.positions]
     labels = [raw_labels[i] for i in order]
-    columns = [None] * len(column_ids)
-    for col, i in column_ids.items():
-        columns[i] = np.asarray(col, dtype=np.int64)
+    # ids are handed out in insertion order (0, 1, ...): the keys are the columns in id order
+    columns = [np.asarray(col, dtype=np.int64) for col in column_ids]
     return ProductBasisPlan(
         n_channels=K,
         nu_max=nu_max,

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import math
 import os
+from types import ModuleType
+from typing import Literal
 
 import numpy as np
 import torch
@@ -61,10 +63,11 @@ _ENABLED = os.environ.get("TRADENS_COMPILED", "1").strip().lower() not in (
     "no",
     "off",
 )
-_NUMBA = None  # module, False when unavailable, None before the first try
+# numba's module, False when unavailable, None before the first try
+_NUMBA: ModuleType | Literal[False] | None = None
 
 
-def _numba():
+def _numba() -> ModuleType | Literal[False]:
     global _NUMBA
     if _NUMBA is None:
         try:
@@ -74,6 +77,14 @@ def _numba():
         except Exception:  # ImportError, or a numba that does not match numpy
             _NUMBA = False
     return _NUMBA
+
+
+def _jit() -> ModuleType:
+    """numba, to build a kernel (its callers run only when :func:`use_compiled` said yes)."""
+    numba = _numba()
+    if numba is False:
+        raise RuntimeError("the compiled kernels need numba (pip install 'tradens[fast]')")
+    return numba
 
 
 def compiled_available() -> bool:
@@ -104,7 +115,7 @@ _TRIANGLE = None
 def _triangle_kernel():
     global _TRIANGLE
     if _TRIANGLE is None:
-        numba = _numba()
+        numba = _jit()
         sqrt2 = math.sqrt(2.0)
 
         @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "nsz", "arcp"})
@@ -257,7 +268,7 @@ _PAIR_FORCES = None
 def _pair_forces_kernel():
     global _PAIR_FORCES
     if _PAIR_FORCES is None:
-        numba = _numba()
+        numba = _jit()
 
         @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "nsz", "arcp"})
         def kernel(
@@ -394,7 +405,7 @@ _GAUSS_GRID = None
 def _gauss_grid_kernel():
     global _GAUSS_GRID
     if _GAUSS_GRID is None:
-        numba = _numba()
+        numba = _jit()
 
         @numba.njit(cache=True, nogil=True, fastmath={"contract", "nsz", "arcp"})
         def kernel(
@@ -541,7 +552,7 @@ _PAIR_DENSITY = None
 def _pair_density_kernel():
     global _PAIR_DENSITY
     if _PAIR_DENSITY is None:
-        numba = _numba()
+        numba = _jit()
 
         @numba.njit(cache=True, nogil=True, fastmath={"contract", "nsz", "arcp"})
         def kernel(ab, centre, harmonics, out):  # pragma: no cover - compiled

@@ -44,11 +44,13 @@ def deterministic(device):
     import torch.utils.deterministic as settings
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    fill = settings.fill_uninitialized_memory
+    # fill_uninitialized_memory is a property of torch's module subclass, which the stubs
+    # do not see (hence the ignores)
+    fill = settings.fill_uninitialized_memory  # type: ignore[attr-defined]
     torch.use_deterministic_algorithms(True)
-    settings.fill_uninitialized_memory = False
+    settings.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(False)
-        settings.fill_uninitialized_memory = fill
+        settings.fill_uninitialized_memory = fill  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ gets forces and stress from :func:`tradens.gradients.energy_forces_stress`
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,10 @@ __all__ = ["PotentialBase", "rmse_report"]
 
 class PotentialBase:
     """Base class: parameters, predictions, scores."""
+
+    # fitted (set by ``fit``): the module whose features the model reads, a Representation
+    # (SOAP, ACE) or, in LearnedPotential, one with pair densities appended (Augmented)
+    representation_: Any
 
     @classmethod
     def _param_names(cls) -> list[str]:

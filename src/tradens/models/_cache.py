@@ -14,8 +14,14 @@ the label keys does (a mismatch is refused).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ._design import Basis
+    from ._dual import EnergyRows
+    from ._solve import FoldStatistics
 
 __all__ = ["DesignCache", "CACHE_PARAMS"]
 
@@ -43,11 +49,11 @@ class DesignCache:
         ``"primal"`` (``statistics`` is a ``FoldStatistics``: ``D x D`` normal
         matrices per fold and property) or ``"dual"`` (``statistics`` holds the
         per-atom energy rows ``[structure, D]``).
-    statistics : object
+    statistics : FoldStatistics or EnergyRows
         The reduced design.
     species : tuple of int
         Elements of the baseline.
-    basis : object
+    basis : Basis
         The local basis ``phi`` the rows were built with.
     folds : numpy.ndarray
         ``[structure]`` fold of every structure.
@@ -66,9 +72,9 @@ class DesignCache:
     """
 
     solver: str
-    statistics: object
+    statistics: FoldStatistics | EnergyRows
     species: tuple[int, ...]
-    basis: object
+    basis: Basis
     folds: np.ndarray
     n_folds: int
     labels: dict[str, int]

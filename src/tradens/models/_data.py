@@ -11,6 +11,7 @@ convention ``sigma = (1/V) dE/d(epsilon)`` and Voigt order
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,8 @@ def voigt(stress) -> np.ndarray:
     raise ValueError(f"stress must have shape (6,), (9,) or (3, 3), got {stress.shape}")
 
 
-def _lookup(frame, key: str, per_atom: bool):
+def _lookup(frame, key: str | None, per_atom: bool):
+    """The label ``key`` of ``frame`` (info/arrays, then calculator results); None if absent."""
     if key is None:
         return None
     store = getattr(frame, "arrays" if per_atom else "info", None)
@@ -91,7 +93,7 @@ def _lookup(frame, key: str, per_atom: bool):
     return None
 
 
-def _numeric(value, structure: int, key: str, what: str, *, array: bool = False):
+def _numeric(value, structure: int, key: str | None, what: str, *, array: bool = False):
     """``value`` as a float (or float64 array); a ValueError names the structure and key."""
     try:
         if array:
@@ -202,8 +204,8 @@ def _labelled(targets: Targets, prop: str) -> np.ndarray:
 def check_labels(
     systems,
     targets: Targets,
-    keys: dict[str, str | None],
-    wanted: dict[str, bool],
+    keys: Mapping[str, str | None],
+    wanted: Mapping[str, bool],
     *,
     share: float = 1.0,
     periodic: np.ndarray | None = None,

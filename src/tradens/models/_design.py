@@ -16,12 +16,35 @@ and the virial ``d(sum_i phi)/d(epsilon)``.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from ..gradients.summed import soap_local_features, soap_summed_jacobian
 from ..systems.batch import as_batch
 
-__all__ = ["LinearBasis", "ProjectionBasis", "KernelBasis", "design_batches", "Design"]
+__all__ = ["Basis", "LinearBasis", "ProjectionBasis", "KernelBasis", "design_batches", "Design"]
+
+
+class Basis(Protocol):
+    """A per-atom basis ``phi`` with ``D = n_outputs`` columns (the three classes below)."""
+
+    n_outputs: int
+
+    @property
+    def summable(self) -> bool:
+        """Whether ``sum_i phi(X_i)`` is a fixed linear map (``map_sum``) of ``sum_i X_i``."""
+        ...
+
+    def values(self, x: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """``phi [row, D]`` of features ``x [row, F]`` of centres with atomic ``numbers``."""
+        ...
+
+    def derivative(
+        self, dx: torch.Tensor, x_centre: torch.Tensor, numbers: torch.Tensor
+    ) -> torch.Tensor:
+        """``dphi [q, d, D]`` from ``dX [q, d, F]`` of centres with features ``x_centre``."""
+        ...
 
 
 def _species_index(numbers: torch.Tensor, species: tuple[int, ...]) -> torch.Tensor:
@@ -249,6 +272,8 @@ def _generic_design(representation, basis, batch) -> Design:
     dphi = basis.derivative(grads.positions, x[row], numbers[row])  # [entry, 3, D]
     gradient = torch.zeros(batch.n_atoms, 3, n_out, dtype=phi.dtype, device=phi.device)
     gradient.index_add_(0, atom, dphi)
+    if grads.strain is None:  # asked for with strain=True above
+        raise RuntimeError("descriptor_gradients(strain=True) returned no strain derivatives")
     strain = basis.derivative(grads.strain.reshape(x.shape[0], 9, -1), x, numbers)  # [row, 9, D]
     strain = 0.5 * (strain + strain.reshape(-1, 3, 3, n_out).transpose(1, 2).reshape(-1, 9, n_out))
     virial = torch.zeros(batch.n_structures, 9, n_out, dtype=phi.dtype, device=phi.device)

@@ -51,15 +51,20 @@ class EnergyRows:
         self.rows[index] = row.detach().to(torch.float64).cpu()
         self.energy[index], self.fractions[index], self.weights[index] = energy, fractions, weight
 
-    def subset(self, chosen: np.ndarray):
-        chosen = [i for i in chosen if self.rows[i] is not None and np.isfinite(self.energy[i])]
+    def subset(self, chosen: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+        """The ``chosen`` structures that have rows and a finite energy.
+
+        Returns ``rows [s, D]``, ``energy [s]`` (eV/atom), ``fractions [s, element]`` and
+        ``weights [s]``.
+        """
+        kept = [i for i in chosen if self.rows[i] is not None and np.isfinite(self.energy[i])]
         rows = (
-            torch.stack([self.rows[i] for i in chosen])
-            if chosen
+            torch.stack([self.rows[i] for i in kept])
+            if kept
             else torch.zeros(0, 0, dtype=torch.float64)
         )
-        fractions = np.array([self.fractions[i] for i in chosen])
-        return rows, self.energy[chosen], fractions, self.weights[chosen]
+        fractions = np.array([self.fractions[i] for i in kept])
+        return rows, self.energy[kept], fractions, self.weights[kept]
 
 
 def _baseline(fractions, energy, weights) -> np.ndarray:
@@ -69,7 +74,13 @@ def _baseline(fractions, energy, weights) -> np.ndarray:
 
 
 def _solutions(
-    rows, energy, fractions, weights, alphas, standardize: bool = False, joint: bool = False
+    rows: torch.Tensor,
+    energy: np.ndarray,
+    fractions: np.ndarray,
+    weights: np.ndarray,
+    alphas,
+    standardize: bool = False,
+    joint: bool = False,
 ):
     """``theta [D, alpha]``, the baseline ``[element]`` (``[element, alpha]`` when ``joint``)
     and the condition numbers of one training set.

@@ -49,6 +49,9 @@ class PairDensity(torch.nn.Module):
         Seed of the random initial embedding (local generator).
     """
 
+    index_of_number: torch.Tensor  # buffer [max Z + 2]: embedding row of each atomic number
+    centres: torch.Tensor  # buffer [B]: Gaussian grid, Å
+
     def __init__(
         self,
         species,

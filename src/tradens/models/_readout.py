@@ -47,6 +47,13 @@ class Readout(torch.nn.Module):
         readout does not touch torch's global state).
     """
 
+    inv_scale: torch.Tensor  # buffer [F]
+    scaled: torch.Tensor  # buffer [], bool: whether inv_scale was set
+    element_embedding: torch.nn.Parameter | None  # [S, d]
+    element_linear: torch.nn.Parameter | None  # [d, F]
+    reference: torch.nn.Parameter | None  # [S], eV
+    mlp: torch.nn.Sequential | None
+
     def __init__(
         self,
         n_features: int,
@@ -125,7 +132,7 @@ class Readout(torch.nn.Module):
         if needs_species and species_index is None:
             raise ValueError("this readout needs the species index of every row")
         embedding = None
-        if self.element_embedding is not None:
+        if self.element_embedding is not None and self.element_linear is not None:
             embedding = self._element_table(self.element_embedding)[species_index]  # [row, d]
             out = out + ((embedding @ self.element_linear) * x).sum(1)
         if self.mlp is not None:

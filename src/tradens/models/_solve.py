@@ -30,6 +30,8 @@ float64 solution would then lose more than three digits).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,8 +57,8 @@ class FoldStatistics:
     def __init__(self, n_folds: int, n_features: int, n_elements: int):
         self.n_folds, self.n_features, self.n_elements = n_folds, n_features, n_elements
         # allocated on first use: a property without rows costs no memory
-        self.gram = {p: [None] * n_folds for p in PROPERTIES}
-        self.rhs = {p: [None] * n_folds for p in PROPERTIES}
+        self.gram: dict[str, list[torch.Tensor | None]] = {p: [None] * n_folds for p in PROPERTIES}
+        self.rhs: dict[str, list[torch.Tensor | None]] = {p: [None] * n_folds for p in PROPERTIES}
         self.yy = {p: np.zeros(n_folds) for p in PROPERTIES}
         self.count = {p: np.zeros(n_folds) for p in PROPERTIES}
         # energy extras for the in-fold baseline
@@ -73,13 +75,13 @@ class FoldStatistics:
         rows = rows.to(torch.float64).cpu()
         targets, weights = targets.to(torch.float64).cpu(), weights.to(torch.float64).cpu()
         weighted = rows * weights[:, None]  # [r, D]
-        if self.gram[prop][fold] is None:
-            self.gram[prop][fold] = torch.zeros(
-                self.n_features, self.n_features, dtype=torch.float64
-            )
-            self.rhs[prop][fold] = torch.zeros(self.n_features, dtype=torch.float64)
-        self.gram[prop][fold].addmm_(weighted.T, rows)
-        self.rhs[prop][fold].add_(weighted.T @ targets)
+        gram, rhs = self.gram[prop][fold], self.rhs[prop][fold]  # allocated together
+        if gram is None or rhs is None:
+            gram = torch.zeros(self.n_features, self.n_features, dtype=torch.float64)
+            rhs = torch.zeros(self.n_features, dtype=torch.float64)
+            self.gram[prop][fold], self.rhs[prop][fold] = gram, rhs
+        gram.addmm_(weighted.T, rows)
+        rhs.add_(weighted.T @ targets)
         self.yy[prop][fold] += float((weights * targets * targets).sum())
         self.count[prop][fold] += float(weights.sum())
 
@@ -102,26 +104,39 @@ class FoldStatistics:
         self.ce[fold] += (weighted.T @ energy.to(torch.float64).cpu()).numpy()
 
     # ------------------------------------------------------------------ combining
-    def merged(self, folds) -> dict:
-        """Statistics summed over ``folds`` (energy still without baseline)."""
+    def merged(self, folds: Iterable[int]) -> dict[str, Any]:
+        """Statistics summed over ``folds`` (energy still without baseline).
+
+        ``gram``, ``rhs``, ``yy`` and ``count`` are dicts by property (``gram``/``rhs`` None
+        for a property without rows); ``xc``, ``cc`` and ``ce`` are the energy extras.
+        """
         folds = list(folds)
-        out = {"gram": {}, "rhs": {}, "yy": {}, "count": {}}
+        gram: dict[str, torch.Tensor | None] = {}
+        rhs: dict[str, torch.Tensor | None] = {}
+        yy: dict[str, float] = {}
+        count: dict[str, float] = {}
         n = self.n_features
         for p in PROPERTIES:
             present = [k for k in folds if self.gram[p][k] is not None]
-            out["gram"][p] = _total([self.gram[p][k] for k in present])  # None when absent
-            out["rhs"][p] = _total([self.rhs[p][k] for k in present])
-            out["yy"][p] = float(sum(self.yy[p][k] for k in folds))
-            out["count"][p] = float(sum(self.count[p][k] for k in folds))
-        out["xc"] = sum(
-            (self.xc[k] for k in folds), torch.zeros(n, self.n_elements, dtype=torch.float64)
-        )
-        out["cc"] = sum((self.cc[k] for k in folds), np.zeros((self.n_elements, self.n_elements)))
-        out["ce"] = sum((self.ce[k] for k in folds), np.zeros(self.n_elements))
-        return out
+            gram[p] = _total([self.gram[p][k] for k in present])  # None when absent
+            rhs[p] = _total([self.rhs[p][k] for k in present])
+            yy[p] = float(sum(self.yy[p][k] for k in folds))
+            count[p] = float(sum(self.count[p][k] for k in folds))
+        return {
+            "gram": gram,
+            "rhs": rhs,
+            "yy": yy,
+            "count": count,
+            "xc": sum(
+                (self.xc[k] for k in folds), torch.zeros(n, self.n_elements, dtype=torch.float64)
+            ),
+            "cc": sum((self.cc[k] for k in folds), np.zeros((self.n_elements, self.n_elements))),
+            "ce": sum((self.ce[k] for k in folds), np.zeros(self.n_elements)),
+        }
 
 
-def _total(tensors):
+def _total(tensors: list) -> torch.Tensor | None:
+    """Sum of a list of tensors (a new tensor), None for an empty list."""
     if not tensors:
         return None
     out = tensors[0].clone()

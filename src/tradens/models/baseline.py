@@ -49,7 +49,8 @@ def solve_reference_energies(
     w = np.ones(len(energy_per_atom)) if weights is None else np.asarray(weights, dtype=np.float64)
     root = np.sqrt(w)[:, None]
     solution, *_ = np.linalg.lstsq(fractions * root, energy_per_atom * root[:, 0], rcond=rcond)
-    return fill_unseen(solution, ((fractions > 0) & (w[:, None] > 0)).any(axis=0))
+    seen = np.asarray(((fractions > 0) & (w[:, None] > 0)).any(axis=0))  # [element]
+    return fill_unseen(solution, seen)
 
 
 @register_model

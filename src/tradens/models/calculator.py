@@ -48,14 +48,17 @@ class TradensCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         """Compute the requested properties (all of them in one backward pass)."""
         super().calculate(atoms, properties, system_changes)
-        periodic = bool(np.all(self.atoms.pbc))
+        if self.atoms is None:
+            raise ValueError("TradensCalculator.calculate: no atoms given and none attached")
+        atoms = self.atoms
+        periodic = bool(np.all(atoms.pbc))
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError(
                 "stress needs a cell periodic in all three directions"
             )
         if "energies" in properties:
-            self.results["energies"] = self.model.predict_atom_energies([self.atoms])
-        prediction = self.model.predict([self.atoms], forces=True, stress=periodic)
+            self.results["energies"] = self.model.predict_atom_energies([atoms])
+        prediction = self.model.predict([atoms], forces=True, stress=periodic)
         energy = float(prediction["energy"][0])
         self.results["energy"] = energy
         self.results["free_energy"] = energy

@@ -145,18 +145,20 @@ class SparseKernelPotential(LinearPotential):
         if not np.isfinite(self.zeta) or self.zeta < 1:
             raise ValueError(f"zeta must be >= 1, got {self.zeta!r}")
         features = self.representation.compute(self._frames, output="numpy")
+        values = np.asarray(features.values)  # [row, F] (numpy output: no copy)
+        centre_numbers = np.asarray(features.numbers)  # [row]
         rng = np.random.default_rng(self.seed)
         if self.per_element:
-            chosen = []
+            per_element = []
             for z in species:
-                rows = np.nonzero(features.numbers == z)[0]
-                chosen.append(rows[self._select(features.values[rows], self.n_sparse, rng)])
-            chosen = np.concatenate(chosen)
-            numbers = features.numbers[chosen].astype(np.int64)
+                rows = np.nonzero(centre_numbers == z)[0]
+                per_element.append(rows[self._select(values[rows], self.n_sparse, rng)])
+            chosen = np.concatenate(per_element)
+            numbers = centre_numbers[chosen].astype(np.int64)
         else:
-            chosen = self._select(features.values, self.n_sparse, rng)
+            chosen = self._select(values, self.n_sparse, rng)
             numbers = None
-        self.sparse_points_ = features.values[chosen].copy()
+        self.sparse_points_ = values[chosen].copy()
         self.sparse_numbers_ = numbers
         return self._basis()
 

@@ -34,6 +34,7 @@ CUDA when available (``device="auto"``) and ends on the CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -407,7 +408,9 @@ class LearnedPotential(PotentialBase):
 
     def _evaluate(self, frames, targets_list, weights_list, device):
         """Loss and RMSEs over a list of mini-batches (no graph kept)."""
-        total, sums, counts = 0.0, {}, {}
+        total = 0.0
+        sums: dict[str, float] = {}  # sum over chunks of (mean squared error x structures)
+        counts: dict[str, int] = {}  # structures per part
         for chunk, targets, weights in zip(frames, targets_list, weights_list, strict=True):
             loss, parts = self._loss(chunk, targets, weights, device, create_graph=False)
             size = len(chunk)
@@ -542,14 +545,16 @@ class LearnedPotential(PotentialBase):
         average = [p.detach().clone() for p in params] if self.ema > 0 else None
         best = (math.inf, None, 0)
         self.history_ = []
-        epochs = range(self.max_epochs)
+        epochs: Iterable[int] = range(self.max_epochs)
+        bar = None  # the progress bar (progress=True)
         if self.progress:
             from tqdm.auto import tqdm
 
-            epochs = tqdm(epochs, desc="epochs", unit="epoch")
+            epochs = bar = tqdm(epochs, desc="epochs", unit="epoch")
         for epoch in epochs:
             order = generator.permutation(len(train))
-            running, train_sums = 0.0, {}
+            running = 0.0
+            train_sums: dict[str, float] = {}
             for k in range(0, len(train), self.batch_size):
                 chunk = [train[i] for i in order[k : k + self.batch_size]]
                 targets = concat_targets([train_targets[id(f)] for f in chunk])
@@ -589,8 +594,8 @@ class LearnedPotential(PotentialBase):
                 "learning_rate": optimiser.param_groups[0]["lr"],
             }
             self.history_.append(record)
-            if self.progress:
-                epochs.set_postfix(val_loss=f"{val_loss:.4g}", best=best[2])
+            if bar is not None:
+                bar.set_postfix(val_loss=f"{val_loss:.4g}", best=best[2])
             if self.verbose:
                 print(
                     " ".join(
@@ -765,13 +770,15 @@ class LearnedPotential(PotentialBase):
         model.baseline_ = ElementBaseline(species=species).set_reference(
             species, arrays["reference_energies"]
         )
-        if meta["fitted"].get("pair") is not None:
-            representation = Augmented(
-                representation, pair_from_state(meta["fitted"]["pair"], arrays)
-            )
-        model.representation_ = representation
+        pair = meta["fitted"].get("pair")
+        fitted = (
+            representation
+            if pair is None
+            else Augmented(representation, pair_from_state(pair, arrays))
+        )
+        model.representation_ = fitted
         readout = Readout(
-            int(representation.n_features),
+            int(fitted.n_features),
             model.hidden,
             model.activation,
             n_species=len(species),

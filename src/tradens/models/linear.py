@@ -402,18 +402,25 @@ class LinearPotential(PotentialBase):
         if not labels:
             raise ValueError("nothing to fit: every property in the cache has weight 0")
         notes: list[str] = []
+        statistics = cache.statistics
         if cache.solver == "dual":
-            from ._dual import dual_trivial_errors, fit_dual
+            from ._dual import EnergyRows, dual_trivial_errors, fit_dual
 
-            trivial = dual_trivial_errors(cache.statistics, cache.folds, cache.n_folds)
+            if not isinstance(statistics, EnergyRows):
+                raise TypeError(f"a dual cache holds EnergyRows, got {type(statistics).__name__}")
+            trivial = dual_trivial_errors(statistics, cache.folds, cache.n_folds)
             weights, _ = self._property_weights(labels, trivial)
             e0, theta, training, condition = fit_dual(
-                self, cache.statistics, cache.folds, cache.n_folds, alphas
+                self, statistics, cache.folds, cache.n_folds, alphas
             )
         else:
-            trivial = trivial_errors(cache.statistics)
+            if not isinstance(statistics, FoldStatistics):
+                raise TypeError(
+                    f"a primal cache holds FoldStatistics, got {type(statistics).__name__}"
+                )
+            trivial = trivial_errors(statistics)
             weights, e0, theta, training, condition = self._solve_primal(
-                cache.statistics, labels, trivial, alphas, notes
+                statistics, labels, trivial, alphas, notes
             )
         self.solver_ = cache.solver
         self.property_weights_ = weights
@@ -477,14 +484,16 @@ class LinearPotential(PotentialBase):
     def _report(self, cache, labels, trivial, training, alphas, notes) -> FitReport:
         keys = {"energy": self.energy_key, "forces": self.forces_key, "stress": self.stress_key}
         rows = []
-        best = None
-        if self.cv_results_ is not None:
-            best = int(np.argmin(np.abs(np.asarray(self.cv_results_["alphas"]) - self.alpha_)))
+        results, best = self.cv_results_, None
+        if results is not None:
+            best = int(np.argmin(np.abs(np.asarray(results["alphas"]) - self.alpha_)))
         for p in PROPERTIES:
             if p not in labels:
                 continue
             validation = (
-                float("nan") if best is None else float(self.cv_results_[f"{p}_rmse"][best])
+                float("nan")
+                if results is None or best is None
+                else float(results[f"{p}_rmse"][best])
             )
             rows.append(
                 PropertyErrors(

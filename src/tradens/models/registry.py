@@ -12,7 +12,7 @@ Representations are rebuilt from a fixed table (:class:`~tradens.SOAP`,
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -30,12 +30,26 @@ __all__ = [
     "representation_state",
 ]
 
-_MODELS: dict[str, type] = {}
 
-T = TypeVar("T", bound=type)
+class SavedModel(Protocol):
+    """What a registered model class provides to :mod:`tradens.models.io`."""
+
+    def _get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """JSON metadata and named arrays of the fitted model."""
+        ...
+
+    @classmethod
+    def _from_state(cls, meta: dict, arrays: dict[str, np.ndarray]) -> Any:
+        """The model (an instance of ``cls``) rebuilt from what :meth:`_get_state` returned."""
+        ...
 
 
-def register_model(cls: T) -> T:
+_MODELS: dict[str, type[SavedModel]] = {}
+
+M = TypeVar("M", bound=SavedModel)
+
+
+def register_model(cls: type[M]) -> type[M]:
     """Class decorator: make ``cls`` loadable by its ``__name__``.
 
     Raises
@@ -50,7 +64,7 @@ def register_model(cls: T) -> T:
     return cls
 
 
-def model_classes() -> dict[str, type]:
+def model_classes() -> dict[str, type[SavedModel]]:
     """Registered model classes by name (a copy)."""
     return dict(_MODELS)
 

@@ -258,6 +258,7 @@ class ACE(torch.nn.Module):
         )
         # one embedding shared by all orders, or one per order
         modes = h.modes()
+        groups: list[tuple[tuple[int, ...], int, int]]  # (orders, channels K, seed)
         if isinstance(h.channels, tuple) or isinstance(h.mode, tuple):
             per_order = h.channels if isinstance(h.channels, tuple) else (h.channels,) * h.nu_max
             groups = [((nu,), per_order[nu - 1], h.seed + nu) for nu in range(1, h.nu_max + 1)]

@@ -366,6 +366,10 @@ class SOAP(torch.nn.Module):
     (16, 40)
     """
 
+    # free mixing weights (buffers, or parameters when learnable); None for the full SOAP
+    weights1: torch.Tensor | None
+    weights2: torch.Tensor | None
+
     def __init__(self, hypers: SoapHypers | None = None, **kwargs):
         super().__init__()
         if hypers is None:
@@ -502,17 +506,14 @@ class SOAP(torch.nn.Module):
         if self.fixed_matrices is not None:
             w1, w2 = (w.to(dtype=dtype, device=device) for w in self.fixed_matrices)
             return w1, w2
-        if self.weights1 is None:
+        h, free1, free2 = self.hypers, self.weights1, self.weights2
+        if free1 is None or h.mixing is None:  # set together
             return None, None
-        h = self.hypers
-        w1 = expand_weights(
-            h.mixing.mode, self.weights1.to(dtype=dtype, device=device), h.n_species, h.radial.n_max
-        )
-        if self.weights2 is None:
+        mode = h.mixing.mode
+        w1 = expand_weights(mode, free1.to(dtype=dtype, device=device), h.n_species, h.radial.n_max)
+        if free2 is None:
             return w1, w1
-        w2 = expand_weights(
-            h.mixing.mode, self.weights2.to(dtype=dtype, device=device), h.n_species, h.radial.n_max
-        )
+        w2 = expand_weights(mode, free2.to(dtype=dtype, device=device), h.n_species, h.radial.n_max)
         return w1, w2
 
     def forward(
@@ -593,7 +594,7 @@ class SOAP(torch.nn.Module):
         graph = _needs_graph(y1, y2)
         if out is None and not graph:
             out = _memory.empty(n_rows, self.n_features, dtype=dtype, device=device)
-        if _use_triangle(self.plan, y1, y2) and out.stride(-1) == 1:
+        if out is not None and _use_triangle(self.plan, y1, y2) and out.stride(-1) == 1:
             with torch.profiler.record_function("soap/power_spectrum"):
                 _triangle_products(
                     y1, out, h.l_max, normalize=h.normalize, sigma0=h.covariance_sigma0

@@ -84,9 +84,11 @@ class Batch:
 def _system_arrays(frame, index: int):
     try:
         import ase
+
+        is_atoms = isinstance(frame, ase.Atoms)
     except ImportError:  # pragma: no cover - ase is a dependency
-        ase = None
-    if ase is not None and isinstance(frame, ase.Atoms):
+        is_atoms = False
+    if is_atoms:
         return (
             frame.get_positions(),
             frame.get_atomic_numbers(),
