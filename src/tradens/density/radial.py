@@ -170,7 +170,7 @@ def _series_table(l_max: int, n_terms: int, y_max: float) -> torch.Tensor:
 
 
 def _series_coefficients(l_max: int, x_max: float) -> torch.Tensor:
-    """Power-series table ``[k, l_max+1]`` of :func:`_scaled_in_series` for arguments below ``x_max``."""
+    """Power-series table ``[k, l_max+1]`` of :func:`_scaled_in_series` for ``x < x_max``."""
     n_terms = int(12 + 1.5 * x_max + 0.05 * x_max * x_max)
     return _series_table(l_max, n_terms, 0.5 * x_max * x_max)
 
@@ -485,7 +485,8 @@ def _gto_table(
     # exp(-a (s^2 + r^2)) i_l(2 a s r) = exp(-a (s - r)^2) [exp(-x) i_l(x)]
     gauss = np.exp(-alpha * (s[None, :] - r[:, None]) ** 2)[:, :, None]  # [grid, q, 1]
     kernel = gauss * bessel[:, :, : l_max + 1]  # [grid, q, l]
-    # d/dx [exp(-x) i_l] = exp(-x) (l i_{l-1} + (l+1) i_{l+1}) / (2l+1) - exp(-x) i_l,  i_{-1} -> i_1
+    # d/dx [exp(-x) i_l] = exp(-x) (l i_{l-1} + (l+1) i_{l+1}) / (2l+1) - exp(-x) i_l,
+    # with i_{-1} -> i_1
     ls = np.arange(l_max + 1)
     lower = np.concatenate([bessel[:, :, 1:2], bessel[:, :, :l_max]], axis=2)  # i_{l-1}
     upper = bessel[:, :, 1 : l_max + 2]  # i_{l+1}

@@ -192,8 +192,8 @@ def ace_pair_gradients(
                     * (rhat[sel, :, None] * harmonics[sel, None, :])[:, None]
                     + q[:, :, None, lm_to_l] * d_harmonics[sel][:, None]
                 )
-                # padding rows stay uninitialised: every output row of the batched product depends on its
-                # own input row only, and the padding rows' outputs are never read
+                # padding rows stay uninitialised: every output row of the batched product depends
+                # on its own input row only, and the padding rows' outputs are never read
                 padded = d_base.new_empty(c1 - c0, n_k, width, 3, n_l * n_l)  # [c, K, J, 3, lm]
                 padded[local, :, rank] = d_base
                 lhs = padded.view((c1 - c0) * n_k, width * 3, n_l * n_l)

@@ -1,4 +1,4 @@
-"""Result types of the gradient products and the sparse-entry helpers shared by the derivative paths.
+"""Result types of the gradient products; sparse-entry helpers shared by the derivative paths.
 
 Units: Å for lengths; a model's energy unit (eV in practice) for energies.
 """

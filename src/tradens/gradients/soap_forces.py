@@ -17,7 +17,8 @@ the density. For pair ``p`` (centre ``i``, vector ``r``, neighbour species
 (mixed) or the species block of ``f_c R`` (unmixed), so
 
     dE/dr_a = sum_{k,lm} G_iklm (Q'_kl rhat_a Y_lm + Q_kl dY_lm/dr_a)
-            = rhat_a sum_lm (Z'_lm - l Z_lm / |r|) Y_lm + (1/|r|) sum_lm Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
+            = rhat_a sum_lm (Z'_lm - l Z_lm / |r|) Y_lm
+              + (1/|r|) sum_lm Z_lm sum_m' C_l[m', a, m] Y_{l-1,m'}
 
 with ``Z_lm = sum_k G_iklm Q_kl`` and ``Z'`` from ``Q'``, using the solid
 harmonic gradients ``C_l``
@@ -124,8 +125,9 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
     # ---- dE/dy by autograd through the power spectrum and the model only
     with torch.enable_grad():
         if symmetric:
-            # leaves per chunk of rows and degree [rows, Kt, 2l+1]: the backward then writes each block's
-            # gradient directly (slicing one big leaf fills a zero tensor of its size for every slice)
+            # leaves per chunk of rows and degree [rows, Kt, 2l+1]: the backward then writes each
+            # block's gradient directly (slicing one big leaf fills a zero tensor of its size for
+            # every slice)
             n_l = h.l_max + 1
             row_chunk = max(
                 1, GRAM_BYTES // (y.element_size() * y.shape[1] ** 2)
@@ -239,7 +241,7 @@ class _PairTerms(NamedTuple):
 
 
 def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows):
-    """Per-pair terms and the mixed densities in one pass (compiled, mixed SOAP); None where it does not apply.
+    """Per-pair terms and mixed densities in one compiled pass (mixed SOAP); None if not served.
 
     Equal to :func:`~tradens.density.expansion.expand_density` with ``weights`` up to
     the order of the sums over pairs.
@@ -259,7 +261,8 @@ def _fused_pair_terms(soap, batch, pairs, vectors, species_index, weights, rows)
     ]  # neighbour-species order for the mixing
     species = species_index[pairs.j[order]]  # [p]
     vec = vectors[order]  # [p, 3]
-    # all pairs at once (the store is bounded by FUSED_BYTES): a few large kernels instead of many small
+    # all pairs at once (the store is bounded by FUSED_BYTES): a few large kernels instead of many
+    # small ones
     ab = vec.new_empty(n_pairs, 2, n_l, n_k)  # [p, 2, L, Kt]: Q, Q'
     soap.expansion.mixed_radial(weights)(
         torch.linalg.vector_norm(vec, dim=1), species, presorted=True, out=ab
@@ -352,7 +355,7 @@ def pair_energy_gradients(
 def _compiled_pair_gradients(
     soap, weights, g_atom, centre, vectors, species, pair_chunk: int
 ) -> torch.Tensor:
-    """``dE/dr_p [pair, 3]`` of mixed SOAP by the compiled kernel :func:`tradens.kernels.compiled.pair_forces`.
+    """``dE/dr_p [pair, 3]`` of mixed SOAP by :func:`tradens.kernels.compiled.pair_forces`.
 
     Pairs are taken in neighbour-species order (one sort), so the mixed radial
     terms ``Q``, ``Q'`` of a chunk are one matrix product per species segment
@@ -406,7 +409,7 @@ def _contract_mixed(
     g_degrees: list,
     counts: torch.Tensor,
 ) -> torch.Tensor:
-    """``Z [p, 2, lm]``: ``Z_tlm = sum_k Q[p, l, t, k] G[i_p, k, lm]`` for the pairs of consecutive centres.
+    """``Z [p, 2, lm]``: ``Z_tlm = sum_k Q[p, l, t, k] G[i_p, k, lm]`` (consecutive centres' pairs).
 
     ``Q = rho^(t) M[s_p]`` (``t = 0``: values, ``1``: ``r``-derivatives) is one
     matrix product per neighbour species (pairs sorted by species), written

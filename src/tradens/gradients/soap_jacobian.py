@@ -97,7 +97,7 @@ def _chunks(row_start: torch.Tensor, size: int) -> list[tuple[int, int]]:
             - 1
         )
         bounds.append(min(n_rows, max(r0 + 1, r1)))
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _small_launches_are_cheap(device: torch.device) -> bool:
@@ -160,8 +160,8 @@ def write_jacobian(
     per_slot = 8 * (20 * n_k * n_l + 8 * n_lm)
     contiguous = n_core == n_features
     # triangle: the plan's pairs are (a, b <= a) in order (PairPlan), so channel a owns the columns
-    # offsets[a] : offsets[a + 1] with l fastest; output sub-chunks of ~4 MB stay in cache across the
-    # four passes of a channel
+    # offsets[a] : offsets[a + 1] with l fastest; output sub-chunks of ~4 MB stay in cache across
+    # the four passes of a channel
     offsets = [a * (a + 1) // 2 * n_l for a in range(n_k + 1)]
     small_launches = _small_launches_are_cheap(device)
     sub = (
@@ -285,7 +285,8 @@ def write_jacobian(
                     s[:, :, None, None], x_rows[slot_row].view(n_slots, 1, n_k, n_l), value=-1.0
                 )
         else:  # triangle
-            # straight into GAP's (a, b <= a, l) layout, one channel a at a time, with every factor scaled
+            # straight into GAP's (a, b <= a, l) layout, one channel a at a time, with every factor
+            # scaled
             # by 2^(1/4): dv[a, b, l] = sqrt2 (alpha_a beta_b + beta_a alpha_b + gamma_a delta_b
             # + delta_a gamma_b), then f_aa = 1 on the diagonal
             quarter = 2.0**0.25

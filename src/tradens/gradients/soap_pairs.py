@@ -51,7 +51,10 @@ def _species_block(radial: torch.Tensor, species: torch.Tensor, n_species: int) 
 
 
 class _TangentPlan:
-    """Index tensors of a :class:`~tradens.representations.soap.PairPlan` for the tangent (built once per call)."""
+    """Index tensors of a :class:`~tradens.representations.soap.PairPlan` for the tangent.
+
+    Built once per call.
+    """
 
     def __init__(self, plan, l_max: int, dtype: torch.dtype, device: torch.device):
         self.first = torch.as_tensor(plan.first, device=device)  # [q]
@@ -71,7 +74,7 @@ class _TangentPlan:
 def _power_spectrum_tangent(
     mixed, angular, y, k1: int, unit, plan: _TangentPlan, symmetric: bool, weight: torch.Tensor
 ) -> torch.Tensor:
-    """Derivative of :func:`tradens.representations.soap.power_spectrum` with respect to each pair vector.
+    """Derivative of :func:`tradens.representations.soap.power_spectrum` by each pair vector.
 
     Parameters
     ----------
@@ -131,7 +134,10 @@ def _power_spectrum_tangent(
 
 
 def _segment_matrix(local_rows: torch.Tensor, n_rows: int, weights: torch.Tensor) -> torch.Tensor:
-    """Dense ``[n_rows * c, pair]`` with ``weights[p, :]`` in row block ``local_rows[p]``; ``weights [pair, c]``."""
+    """Dense ``[n_rows * c, pair]``: ``weights[p, :]`` in row block ``local_rows[p]``.
+
+    ``weights`` is ``[pair, c]``.
+    """
     n_pairs, columns = weights.shape
     out = weights.new_zeros(n_rows, columns, n_pairs)
     out[local_rows, :, torch.arange(n_pairs, device=weights.device)] = weights
@@ -439,7 +445,7 @@ def _fast_jacobian(
     strain_jacobian,
     chunk_bytes,
 ):
-    """The Jacobian of :func:`soap_pair_gradients` by :func:`tradens.gradients.soap_jacobian.write_jacobian`.
+    """The Jacobian of :func:`soap_pair_gradients` by :func:`.soap_jacobian.write_jacobian`.
 
     Slots are the output entries when every entry receives at most one pair
     (``direct``); otherwise one slot per row (the centre) and per active pair,

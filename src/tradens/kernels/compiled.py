@@ -100,7 +100,7 @@ def set_compiled(enabled: bool) -> bool:
 
 
 def use_compiled(*tensors: torch.Tensor) -> bool:
-    """Whether the compiled kernels serve these tensors (CPU, float32/64, no autograd, numba present)."""
+    """Whether the compiled kernels serve these tensors (CPU, float32/64, no autograd, numba)."""
     if not _ENABLED or not compiled_available():
         return False
     return all(
@@ -213,7 +213,7 @@ def _triangle_kernel():
 def triangle_slab(
     uv, ab, rhat, scale, x, vec, row_start, centre_slot, out, strain, normalize: bool
 ) -> None:
-    """Tensor-coupled Jacobian slab, normalisation, centre entries and strain in one pass (compiled).
+    """Tensor-coupled Jacobian slab, normalisation, centre entries and strain in one compiled pass.
 
     For slot ``e`` and axis ``a`` with ``alpha = A scale rhat_a`` and ``gamma = B
     scale`` it writes ``dv[k, b, l] = f_kb (alpha_k beta_b + beta_k alpha_b +
@@ -275,8 +275,8 @@ def _pair_forces_kernel():
             ab, centre, g, harmonics, vec, c_lm, c_lower, c_axis, c_value, out
         ):  # pragma: no cover
             # ab [p, 2, L, K] (Q, Q'); centre [p] rows of g; g [row, lm, K]; harmonics [p, lm];
-            # vec [p, 3]; solid-harmonic gradient coefficients (c_lm, c_lower, c_axis, c_value) [nnz];
-            # out [p, 3]
+            # vec [p, 3]; solid-harmonic gradient coefficients (c_lm, c_lower, c_axis, c_value)
+            # [nnz]; out [p, 3]
             n_pairs = ab.shape[0]
             n_l, n_k = ab.shape[2], ab.shape[3]
             n_lm = n_l * n_l
@@ -488,7 +488,7 @@ def gauss_grid_radial(
     species=None,
     blocks=None,
 ) -> None:
-    """GAP's Gaussian-grid radial primitive per pair and its ``r``-derivative, optionally mixed (compiled).
+    """GAP's Gaussian-grid radial primitive per pair and its ``r``-derivative, optionally mixed.
 
     ``rho[p, l, a] = w_p exp(-alpha (r - r_a)^2) exp(-x) i_l(x)`` with ``x =
     2 alpha r r_a`` and the cutoff taper ``w``, and ``d rho / dr`` in rows
