@@ -20,9 +20,9 @@ import math
 import numpy as np
 import torch
 
+from ..models.selection import _top_left_singular, farthest_point_sampling
 from ..representations.features import Features
 from .chemiscope import map_properties, structure_properties, write_chemiscope
-from .selection import _top_left_singular, farthest_point_sampling
 
 __all__ = [
     "PCA",

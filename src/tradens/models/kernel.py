@@ -28,12 +28,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..analysis.selection import cur_selection, farthest_point_sampling
 from ..representations.base import Representation
 from ..systems.batch import _as_frames
 from ._design import KernelBasis
 from .linear import DEFAULT_ALPHAS, LinearPotential
 from .registry import register_model, representation_from_state
+from .selection import cur_selection, farthest_point_sampling
 
 __all__ = ["SparseKernelPotential"]
 
