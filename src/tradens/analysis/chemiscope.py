@@ -192,24 +192,7 @@ def write_chemiscope(
     atom_map = center is not None
     n_rows = len(center) if atom_map else len(frames)
     target = "atom" if atom_map else "structure"
-    props = map_properties(frames, structure, center)
-    if not projections:
-        raise ValueError("projections must contain at least one {name: coordinates} entry")
-    for key, coords in projections.items():
-        coords = np.asarray(coords, dtype=np.float64)
-        if coords.ndim != 2 or coords.shape[0] != n_rows or coords.shape[1] < 2:
-            raise ValueError(
-                f"projection {key!r} must have shape [{n_rows}, >=2], got {coords.shape}"
-            )
-        props[key] = {"target": target, "values": coords}
-    for key, value in (properties or {}).items():
-        props[key] = value if isinstance(value, dict) else {"target": target, "values": value}
-    for key, prop in props.items():
-        expected = n_rows if prop["target"] == target else len(frames)
-        if len(prop["values"]) != expected:
-            raise ValueError(
-                f"property {key!r} has {len(prop['values'])} values, expected {expected}"
-            )
+    props = _dataset_properties(frames, projections, structure, center, properties, n_rows, target)
     first = next(iter(projections))
     if color is None:
         color = (
@@ -251,30 +234,74 @@ def write_chemiscope(
                 metadata=metadata,
             )
         else:
-            json_properties: dict[str, dict] = {}  # filled below
-            data = {
-                "meta": metadata,
-                "settings": settings,
-                "structures": [_structure_json(a) for a in frames],
-                "properties": json_properties,
-            }
-            if environments is not None:
-                data["environments"] = [
-                    {"structure": s, "center": c, "cutoff": r} for s, c, r in environments
-                ]
-            for key, prop in _expand(props).items():
-                item = {"target": prop["target"], "values": _json_values(key, prop["values"])}
-                item.update({k: prop[k] for k in ("units", "description") if k in prop})
-                json_properties[key] = item
-            text = json.dumps(data)
-            if path.endswith(".gz"):
-                with gzip.open(tmp, "wt", encoding="utf8") as handle:
-                    handle.write(text)
-            else:
-                with open(tmp, "w") as handle:
-                    handle.write(text)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            _write_json(path, tmp, frames, props, environments, settings, metadata)
+
+
+def _dataset_properties(
+    frames: list,
+    projections: dict,
+    structure,
+    center,
+    properties: dict | None,
+    n_rows: int,
+    target: str,
+) -> dict:
+    """Map properties, projections and extra properties by name, each length-checked."""
+    props = map_properties(frames, structure, center)
+    if not projections:
+        raise ValueError("projections must contain at least one {name: coordinates} entry")
+    for key, coords in projections.items():
+        coords = np.asarray(coords, dtype=np.float64)
+        if coords.ndim != 2 or coords.shape[0] != n_rows or coords.shape[1] < 2:
+            raise ValueError(
+                f"projection {key!r} must have shape [{n_rows}, >=2], got {coords.shape}"
+            )
+        props[key] = {"target": target, "values": coords}
+    for key, value in (properties or {}).items():
+        props[key] = value if isinstance(value, dict) else {"target": target, "values": value}
+    for key, prop in props.items():
+        expected = n_rows if prop["target"] == target else len(frames)
+        if len(prop["values"]) != expected:
+            raise ValueError(
+                f"property {key!r} has {len(prop['values'])} values, expected {expected}"
+            )
+    return props
+
+
+def _write_json(
+    path: str,
+    tmp,
+    frames: list,
+    props: dict,
+    environments: list | None,
+    settings: dict,
+    metadata: dict,
+) -> None:
+    """The dataset as chemiscope's JSON (gzip for ``.gz`` paths), written to ``tmp``."""
+    json_properties: dict[str, dict] = {}  # filled below
+    data = {
+        "meta": metadata,
+        "settings": settings,
+        "structures": [_structure_json(a) for a in frames],
+        "properties": json_properties,
+    }
+    if environments is not None:
+        data["environments"] = [
+            {"structure": s, "center": c, "cutoff": r} for s, c, r in environments
+        ]
+    for key, prop in _expand(props).items():
+        item = {"target": prop["target"], "values": _json_values(key, prop["values"])}
+        item.update({k: prop[k] for k in ("units", "description") if k in prop})
+        json_properties[key] = item
+    text = json.dumps(data)
+    if path.endswith(".gz"):
+        with gzip.open(tmp, "wt", encoding="utf8") as handle:
+            handle.write(text)
+    else:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _modern_chemiscope() -> bool:

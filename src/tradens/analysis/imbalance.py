@@ -173,6 +173,45 @@ def information_imbalance(
     >>> round(result.b_to_a, 3) > round(result.a_to_b, 3)
     True
     """
+    xa, xb = _checked_points(a, b, k, pool, max_points, n_repeats, tie_tolerance)
+    n = xa.shape[0]
+    used = min(n, max_points)
+    if k >= used:
+        raise ValueError(f"k={k} must be smaller than the number of points used ({used})")
+    if n <= max_points:
+        ab, ba = _exact(xa, xb, k, tie_tolerance, memory, progress)
+        return Imbalance(
+            float(ab.mean()),
+            float(ba.mean()),
+            _stderr(ab),
+            _stderr(ba),
+            n,
+            n,
+            1,
+            k,
+            True,
+            ab.numpy(),
+            ba.numpy(),
+        )
+    est = _subsampled(xa, xb, k, max_points, n_repeats, seed, tie_tolerance, memory, progress)
+    error = est.std(axis=0, ddof=1) / math.sqrt(n_repeats) if n_repeats > 1 else np.full(2, np.nan)
+    return Imbalance(
+        float(est[:, 0].mean()),
+        float(est[:, 1].mean()),
+        float(error[0]),
+        float(error[1]),
+        n,
+        max_points,
+        n_repeats,
+        k,
+        False,
+    )
+
+
+def _checked_points(
+    a, b, k, pool, max_points, n_repeats, tie_tolerance
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The options checked and the two point sets ``[N, F_a]``, ``[N, F_b]`` (same rows)."""
     for name, value, low in (
         ("k", k, 1),
         ("max_points", max_points, 2),
@@ -192,43 +231,29 @@ def information_imbalance(
     if ident_a is not None and ident_b is not None:
         if not (np.array_equal(ident_a[0], ident_b[0]) and np.array_equal(ident_a[1], ident_b[1])):
             raise ValueError("a and b are features of different rows (structure/center differ)")
-    used = min(n, max_points)
-    if k >= used:
-        raise ValueError(f"k={k} must be smaller than the number of points used ({used})")
-    if n <= max_points:
-        ab, ba = _exact(xa, xb, k, tie_tolerance, memory, progress)
-        return Imbalance(
-            float(ab.mean()),
-            float(ba.mean()),
-            _stderr(ab),
-            _stderr(ba),
-            n,
-            n,
-            1,
-            k,
-            True,
-            ab.numpy(),
-            ba.numpy(),
-        )
+    return xa, xb
+
+
+def _subsampled(
+    xa: torch.Tensor,
+    xb: torch.Tensor,
+    k: int,
+    max_points: int,
+    n_repeats: int,
+    seed: int,
+    tie_tolerance: float,
+    memory: int,
+    progress: bool,
+) -> np.ndarray:
+    """``[repeat, 2]`` mean imbalances (A -> B, B -> A) of random subsets of ``max_points``."""
+    n = xa.shape[0]
     rng = np.random.default_rng(seed)
     estimates = []
     for _ in range(n_repeats):
         subset = torch.as_tensor(np.sort(rng.choice(n, size=max_points, replace=False)))
         ab, ba = _exact(xa[subset], xb[subset], k, tie_tolerance, memory, progress)
         estimates.append((float(ab.mean()), float(ba.mean())))
-    est = np.array(estimates)  # [repeat, 2]
-    error = est.std(axis=0, ddof=1) / math.sqrt(n_repeats) if n_repeats > 1 else np.full(2, np.nan)
-    return Imbalance(
-        float(est[:, 0].mean()),
-        float(est[:, 1].mean()),
-        float(error[0]),
-        float(error[1]),
-        n,
-        max_points,
-        n_repeats,
-        k,
-        False,
-    )
+    return np.array(estimates)  # [repeat, 2]
 
 
 def _stderr(values: torch.Tensor) -> float:

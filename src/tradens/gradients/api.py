@@ -326,32 +326,9 @@ def energy_forces_stress(
                 _append(parts, batch, energy, d_positions, d_strain, offset)
                 offset += batch.n_structures
                 continue
-            positions = batch.positions.detach().clone().requires_grad_(True)  # [atom, 3]
-            strain = torch.zeros_like(batch.cells, requires_grad=True)  # [structure, 3, 3]
-            new_positions, new_cells = apply_strain(
-                batch, strain, positions=positions, cells=batch.cells.detach()
+            energy, d_positions, d_strain = _autograd_gradients(
+                representation, model_fn, batch, create_graph
             )
-            values, rows = representation(batch, new_positions, new_cells)
-            numbers = torch.zeros_like(rows) if _averaged(representation) else batch.numbers[rows]
-            per_row = model_fn(values, numbers).reshape(-1)  # [row]
-            if per_row.shape[0] != values.shape[0]:
-                raise ValueError(
-                    f"model_fn must return one energy per row ({values.shape[0]}), "
-                    f"got {per_row.shape[0]}"
-                )
-            structure_of_row = _row_structure(representation, batch, rows)
-            energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=per_row.device)
-            energy = energy.index_add(0, structure_of_row, per_row)  # [structure]
-            if energy.requires_grad:
-                d_positions, d_strain = torch.autograd.grad(
-                    energy.sum(), [positions, strain], create_graph=create_graph, allow_unused=True
-                )
-            else:  # nothing depends on the geometry (e.g. isolated atoms)
-                d_positions = d_strain = None
-            if d_positions is None:
-                d_positions = torch.zeros_like(positions)
-            if d_strain is None:
-                d_strain = torch.zeros_like(strain)
             _append(
                 parts,
                 batch,
@@ -366,6 +343,42 @@ def energy_forces_stress(
     if output == "numpy":
         return ModelOutput(**{key: value.detach().cpu().numpy() for key, value in result.items()})
     return ModelOutput(**result)
+
+
+def _autograd_gradients(
+    representation, model_fn, batch: Batch, create_graph: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Energies and their gradients by one reverse pass (the ``"autograd"`` forces path).
+
+    Returns ``E [structure]`` (eV), ``dE/dx [atom, 3]`` (eV/Å) and ``dE/d eps
+    [structure, 3, 3]`` (eV) of ``E = sum_rows model_fn(X)``.
+    """
+    positions = batch.positions.detach().clone().requires_grad_(True)  # [atom, 3]
+    strain = torch.zeros_like(batch.cells, requires_grad=True)  # [structure, 3, 3]
+    new_positions, new_cells = apply_strain(
+        batch, strain, positions=positions, cells=batch.cells.detach()
+    )
+    values, rows = representation(batch, new_positions, new_cells)
+    numbers = torch.zeros_like(rows) if _averaged(representation) else batch.numbers[rows]
+    per_row = model_fn(values, numbers).reshape(-1)  # [row]
+    if per_row.shape[0] != values.shape[0]:
+        raise ValueError(
+            f"model_fn must return one energy per row ({values.shape[0]}), got {per_row.shape[0]}"
+        )
+    structure_of_row = _row_structure(representation, batch, rows)
+    energy = torch.zeros(batch.n_structures, dtype=per_row.dtype, device=per_row.device)
+    energy = energy.index_add(0, structure_of_row, per_row)  # [structure]
+    d_positions: torch.Tensor | None = None
+    d_strain: torch.Tensor | None = None
+    if energy.requires_grad:  # else nothing depends on the geometry (e.g. isolated atoms)
+        d_positions, d_strain = torch.autograd.grad(
+            energy.sum(), [positions, strain], create_graph=create_graph, allow_unused=True
+        )
+    if d_positions is None:
+        d_positions = torch.zeros_like(positions)
+    if d_strain is None:
+        d_strain = torch.zeros_like(strain)
+    return energy, d_positions, d_strain
 
 
 def _append(

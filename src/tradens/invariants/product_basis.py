@@ -316,30 +316,14 @@ def _compositions(n: int):
             yield (first,) + rest
 
 
-@lru_cache(maxsize=64)
-def _build_plan(
-    n_channels: int,
-    nu_max: int,
-    l_max_per_order: tuple[int, ...],
-    mode: str,
-    parity: str,
-    channel_degree: tuple[float, ...] | None,
-    max_degree: float | None,
-    w_L: float,
-) -> ProductBasisPlan:
-    K = n_channels
-    column_ids: dict[tuple[int, ...], int] = {}
+def _candidate_groups(
+    K: int, nu_max: int, l_max_per_order: tuple[int, ...], mode: str, parity: str
+) -> list[tuple[int, tuple[int, ...], tuple[int, ...], np.ndarray]]:
+    """Candidate groups ``(nu, ls, pattern, ktuples [nK, nu])`` in plan order.
 
-    def col_id(col: np.ndarray) -> int:
-        return column_ids.setdefault(tuple(int(c) for c in col), len(column_ids))
-
-    def degree_ok(ktuples: np.ndarray, ls: tuple[int, ...]) -> np.ndarray:
-        if max_degree is None:
-            return np.ones(len(ktuples), dtype=bool)
-        deg = np.asarray(channel_degree)[ktuples].sum(axis=1) + w_L * sum(ls)  # [nK]
-        return deg <= max_degree + 1e-9
-
-    # candidate groups: (nu, ls, pattern, ktuples)
+    ``pattern`` marks which factors share a channel (diagonal: all); ``ls`` are the degrees
+    allowed by the triangle rule, ``parity`` and (``nu = 2``) ``l_1 = l_2``.
+    """
     candidates = []
     for nu in range(1, nu_max + 1):
         l_max = 0 if nu == 1 else l_max_per_order[nu - 1]
@@ -370,7 +354,65 @@ def _build_plan(
                 if parity == "odd" and sum(ls) % 2 == 0:
                     continue
                 candidates.append((nu, ls, pattern, kt))
+    return candidates
 
+
+def _coupling_chains(
+    coeffs: np.ndarray,
+    trees: Sequence,
+    col_ids: tuple[int, ...],
+    nu: int,
+    ls: tuple[int, ...],
+    couplings: dict,
+) -> tuple[list, list[np.ndarray]]:
+    """Left/right chains of the contributing trees and their coefficients ``/ sqrt(2L+1)``.
+
+    Every intermediate coupling a chain needs is recorded in ``couplings`` (in place).
+    """
+    # keep the trees that contribute (symmetrisation removes e.g. odd L of equal pairs)
+    keep = [i for i in range(len(trees)) if np.abs(coeffs[:, i]).max() > 1e-13]
+    h = (nu + 1) // 2
+    chains = []
+    scaled = []
+    for i in keep:
+        left_inter, right_inter = trees[i]
+        L = left_inter[-1] if left_inter else ls[0]
+        left = (col_ids[:h], ls[:h], left_inter)
+        right = (col_ids[h:], ls[h:], right_inter)
+        chains.append((left, right))
+        scaled.append(coeffs[:, i] / math.sqrt(2 * L + 1))
+        for cols, sub_ls, inter in (left, right):
+            for j in range(2, len(sub_ls) + 1):
+                prefix = (cols[:j], sub_ls[:j], inter[: j - 2])
+                couplings.setdefault(prefix, set()).add(inter[j - 2])
+    return chains, scaled
+
+
+@lru_cache(maxsize=64)
+def _build_plan(
+    n_channels: int,
+    nu_max: int,
+    l_max_per_order: tuple[int, ...],
+    mode: str,
+    parity: str,
+    channel_degree: tuple[float, ...] | None,
+    max_degree: float | None,
+    w_L: float,
+) -> ProductBasisPlan:
+    """The plan of :func:`ace_product_basis_plan` (cached: the arguments are hashable)."""
+    K = n_channels
+    column_ids: dict[tuple[int, ...], int] = {}
+
+    def col_id(col: np.ndarray) -> int:
+        return column_ids.setdefault(tuple(int(c) for c in col), len(column_ids))
+
+    def degree_ok(ktuples: np.ndarray, ls: tuple[int, ...]) -> np.ndarray:
+        if max_degree is None:
+            return np.ones(len(ktuples), dtype=bool)
+        deg = np.asarray(channel_degree)[ktuples].sum(axis=1) + w_L * sum(ls)  # [nK]
+        return deg <= max_degree + 1e-9
+
+    candidates = _candidate_groups(K, nu_max, l_max_per_order, mode, parity)
     groups: list[_Group] = []
     raw_labels: list[FeatureLabel] = []
     couplings: dict = {}
@@ -390,22 +432,7 @@ def _build_plan(
             raw_labels.extend(FeatureLabel(nu, k, ls, p) for p in range(n_paths))
         positions = np.arange(start, len(raw_labels), dtype=np.int64).reshape(len(kt), n_paths)
         col_ids = tuple(col_id(kt[:, t]) for t in range(nu))
-        # keep the trees that contribute (symmetrisation removes e.g. odd L of equal pairs)
-        keep = [i for i in range(len(trees)) if np.abs(coeffs[:, i]).max() > 1e-13]
-        h = (nu + 1) // 2
-        chains = []
-        scaled = []
-        for i in keep:
-            left_inter, right_inter = trees[i]
-            L = left_inter[-1] if left_inter else ls[0]
-            left = (col_ids[:h], ls[:h], left_inter)
-            right = (col_ids[h:], ls[h:], right_inter)
-            chains.append((left, right))
-            scaled.append(coeffs[:, i] / math.sqrt(2 * L + 1))
-            for cols, sub_ls, inter in (left, right):
-                for j in range(2, len(sub_ls) + 1):
-                    prefix = (cols[:j], sub_ls[:j], inter[: j - 2])
-                    couplings.setdefault(prefix, set()).add(inter[j - 2])
+        chains, scaled = _coupling_chains(coeffs, trees, col_ids, nu, ls, couplings)
         groups.append(
             _Group(
                 nu=nu,

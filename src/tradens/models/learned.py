@@ -492,18 +492,7 @@ class LearnedPotential(PotentialBase):
         self._check_params()
         learnable_copy(self.representation)  # fails early without an embedding
         frames = _as_frames(frames)
-        label_keys = {
-            "energy": self.energy_key,
-            "forces": self.forces_key,
-            "stress": self.stress_key,
-        }
-        check_labels(
-            frames,
-            read_targets(frames, **{f"{p}_key": k for p, k in label_keys.items()}),
-            label_keys,
-            {p: getattr(self, f"{p}_weight") > 0 for p in label_keys},
-            periodic=periodic_3d(frames),
-        )
+        self._check_labels(frames)
         weights_all = structure_weights(frames, sample_weight, self.config_weights, self.config_key)
         torch.manual_seed(self.seed)
         generator = np.random.default_rng(self.seed)
@@ -526,21 +515,7 @@ class LearnedPotential(PotentialBase):
         val_targets = [read_targets(c, **keys) for c in val_chunks]
         val_weights = [val_w[k : k + self.batch_size] for k in range(0, len(val), self.batch_size)]
         train_targets = {id(f): read_targets([f], **keys) for f in train}
-        embedding_lr = (
-            self.learning_rate
-            if self.embedding_learning_rate is None
-            else self.embedding_learning_rate
-        )
-        optimiser = torch.optim.Adam(
-            [
-                {"params": list(self.readout_.parameters()), "lr": self.learning_rate},
-                {"params": list(self.representation_.parameters()), "lr": embedding_lr},
-            ],
-            weight_decay=self.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimiser, factor=0.5, patience=max(1, self.patience // 3)
-        )
+        optimiser, scheduler = self._optimiser()
         params = list(self.readout_.parameters()) + list(self.representation_.parameters())
         average = [p.detach().clone() for p in params] if self.ema > 0 else None
         best = (math.inf, None, 0)
@@ -553,28 +528,9 @@ class LearnedPotential(PotentialBase):
             epochs = bar = tqdm(epochs, desc="epochs", unit="epoch")
         for epoch in epochs:
             order = generator.permutation(len(train))
-            running = 0.0
-            train_sums: dict[str, float] = {}
-            for k in range(0, len(train), self.batch_size):
-                chunk = [train[i] for i in order[k : k + self.batch_size]]
-                targets = concat_targets([train_targets[id(f)] for f in chunk])
-                optimiser.zero_grad()
-                loss, parts = self._loss(
-                    chunk,
-                    targets,
-                    train_w[order[k : k + self.batch_size]],
-                    device,
-                    create_graph=True,
-                )
-                loss.backward()
-                optimiser.step()
-                if average is not None:
-                    with torch.no_grad():
-                        for mean, p in zip(average, params, strict=True):
-                            mean.lerp_(p.detach(), 1.0 - self.ema)
-                running += float(loss.detach()) * len(chunk)
-                for key, value in parts.items():
-                    train_sums[key] = train_sums.get(key, 0.0) + float(value.detach()) * len(chunk)
+            running, train_sums = self._train_epoch(
+                train, order, train_targets, train_w, optimiser, params, average, device
+            )
             if average is not None:
                 current = _swap(params, average)  # evaluate (and keep) the averaged parameters
             val_loss, val_rmse = self._evaluate(val_chunks, val_targets, val_weights, device)
@@ -617,6 +573,72 @@ class LearnedPotential(PotentialBase):
         self.fit_report_ = self._report(train, val, train_w, val_w, keys)
         warn_about(self.fit_report_, stacklevel=4)
         return self
+
+    def _check_labels(self, frames: list) -> None:
+        """Raise a ValueError when a label the fit uses is missing (see ``check_labels``)."""
+        label_keys = {
+            "energy": self.energy_key,
+            "forces": self.forces_key,
+            "stress": self.stress_key,
+        }
+        check_labels(
+            frames,
+            read_targets(frames, **{f"{p}_key": k for p, k in label_keys.items()}),
+            label_keys,
+            {p: getattr(self, f"{p}_weight") > 0 for p in label_keys},
+            periodic=periodic_3d(frames),
+        )
+
+    def _optimiser(self):
+        """Adam over the readout and the embedding (own learning rate) and its LR schedule."""
+        embedding_lr = (
+            self.learning_rate
+            if self.embedding_learning_rate is None
+            else self.embedding_learning_rate
+        )
+        optimiser = torch.optim.Adam(
+            [
+                {"params": list(self.readout_.parameters()), "lr": self.learning_rate},
+                {"params": list(self.representation_.parameters()), "lr": embedding_lr},
+            ],
+            weight_decay=self.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimiser, factor=0.5, patience=max(1, self.patience // 3)
+        )
+        return optimiser, scheduler
+
+    def _train_epoch(
+        self, train, order, train_targets, train_w, optimiser, params, average, device
+    ) -> tuple[float, dict[str, float]]:
+        """One pass over ``train`` in ``order``, one optimiser step per mini-batch.
+
+        Updates the moving ``average`` of ``params`` (when given); returns the summed loss
+        and the summed squared-error parts, each weighted by the mini-batch size.
+        """
+        running = 0.0
+        train_sums: dict[str, float] = {}
+        for k in range(0, len(train), self.batch_size):
+            chunk = [train[i] for i in order[k : k + self.batch_size]]
+            targets = concat_targets([train_targets[id(f)] for f in chunk])
+            optimiser.zero_grad()
+            loss, parts = self._loss(
+                chunk,
+                targets,
+                train_w[order[k : k + self.batch_size]],
+                device,
+                create_graph=True,
+            )
+            loss.backward()
+            optimiser.step()
+            if average is not None:
+                with torch.no_grad():
+                    for mean, p in zip(average, params, strict=True):
+                        mean.lerp_(p.detach(), 1.0 - self.ema)
+            running += float(loss.detach()) * len(chunk)
+            for key, value in parts.items():
+                train_sums[key] = train_sums.get(key, 0.0) + float(value.detach()) * len(chunk)
+        return running, train_sums
 
     def _report(self, train, val, train_w, val_w, keys) -> FitReport:
         """Training and validation RMSEs of the kept model beside the trivial predictor's."""

@@ -208,54 +208,7 @@ def as_batch(
                 dtype = pos.dtype if pos.is_floating_point() else torch.float64
             if device is None:
                 device = pos.device
-        pos_t = (
-            pos
-            if isinstance(pos, torch.Tensor)
-            else torch.as_tensor(np.asarray(pos, dtype=np.float64))
-        )
-        if pos_t.ndim != 2 or pos_t.shape[1] != 3:
-            raise ValueError(
-                f"structure {index}: positions must have shape [n_atoms, 3], "
-                f"got {tuple(pos_t.shape)}"
-            )
-        if pos_t.shape[0] == 0:
-            raise ValueError(
-                f"structure {index} has no atoms: there is no environment to describe "
-                "(remove empty structures from the input)"
-            )
-        if not pos_t.is_floating_point():
-            pos_t = pos_t.to(torch.float64)
-        num_np = np.asarray(num.detach().cpu() if isinstance(num, torch.Tensor) else num)
-        if num_np.ndim != 1 or num_np.shape[0] != pos_t.shape[0]:
-            raise ValueError(
-                f"structure {index}: numbers must have shape [{pos_t.shape[0]}], "
-                f"got {tuple(num_np.shape)}"
-            )
-        if num_np.size and (not np.issubdtype(num_np.dtype, np.integer) or num_np.min() < 0):
-            raise ValueError(f"structure {index}: atomic numbers must be non-negative integers")
-        if not bool(torch.isfinite(pos_t).all()):
-            raise ValueError(f"structure {index}: positions contain NaN or inf")
-        if cell is None:
-            cell_t = torch.zeros(3, 3, dtype=torch.float64)
-        else:
-            cell_t = (
-                cell
-                if isinstance(cell, torch.Tensor)
-                else torch.as_tensor(np.asarray(cell, dtype=np.float64))
-            )
-        if cell_t.shape != (3, 3):
-            raise ValueError(
-                f"structure {index}: cell must have shape [3, 3], got {tuple(cell_t.shape)}"
-            )
-        if not bool(torch.isfinite(cell_t).all()):
-            raise ValueError(f"structure {index}: cell contains NaN or inf")
-        try:
-            pbc_np = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
-        except ValueError:
-            raise ValueError(
-                f"structure {index}: pbc must be a bool or 3 bools, got {pbc!r}"
-            ) from None
-        _check_cell(index, cell_t, pbc_np)
+        pos_t, num_np, cell_t, pbc_np = _checked_arrays(index, pos, num, cell, pbc)
         positions.append(pos_t)
         numbers.append(torch.as_tensor(num_np.astype(np.int64)))
         cells.append(cell_t)
@@ -276,6 +229,60 @@ def as_batch(
         min_distance=float(min_distance),
         first_index=first_index,
     )
+
+
+def _checked_arrays(
+    index: int, pos, num, cell, pbc
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
+    """One structure's arrays, validated; a ValueError names structure ``index`` and the problem.
+
+    Returns ``positions [n, 3]`` (floating, Å), ``numbers [n]``, ``cell [3, 3]`` (Å) and
+    ``pbc [3]``.
+    """
+    pos_t = (
+        pos if isinstance(pos, torch.Tensor) else torch.as_tensor(np.asarray(pos, dtype=np.float64))
+    )
+    if pos_t.ndim != 2 or pos_t.shape[1] != 3:
+        raise ValueError(
+            f"structure {index}: positions must have shape [n_atoms, 3], got {tuple(pos_t.shape)}"
+        )
+    if pos_t.shape[0] == 0:
+        raise ValueError(
+            f"structure {index} has no atoms: there is no environment to describe "
+            "(remove empty structures from the input)"
+        )
+    if not pos_t.is_floating_point():
+        pos_t = pos_t.to(torch.float64)
+    num_np = np.asarray(num.detach().cpu() if isinstance(num, torch.Tensor) else num)
+    if num_np.ndim != 1 or num_np.shape[0] != pos_t.shape[0]:
+        raise ValueError(
+            f"structure {index}: numbers must have shape [{pos_t.shape[0]}], "
+            f"got {tuple(num_np.shape)}"
+        )
+    if num_np.size and (not np.issubdtype(num_np.dtype, np.integer) or num_np.min() < 0):
+        raise ValueError(f"structure {index}: atomic numbers must be non-negative integers")
+    if not bool(torch.isfinite(pos_t).all()):
+        raise ValueError(f"structure {index}: positions contain NaN or inf")
+    if cell is None:
+        cell_t = torch.zeros(3, 3, dtype=torch.float64)
+    else:
+        cell_t = (
+            cell
+            if isinstance(cell, torch.Tensor)
+            else torch.as_tensor(np.asarray(cell, dtype=np.float64))
+        )
+    if cell_t.shape != (3, 3):
+        raise ValueError(
+            f"structure {index}: cell must have shape [3, 3], got {tuple(cell_t.shape)}"
+        )
+    if not bool(torch.isfinite(cell_t).all()):
+        raise ValueError(f"structure {index}: cell contains NaN or inf")
+    try:
+        pbc_np = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+    except ValueError:
+        raise ValueError(f"structure {index}: pbc must be a bool or 3 bools, got {pbc!r}") from None
+    _check_cell(index, cell_t, pbc_np)
+    return pos_t, num_np, cell_t, pbc_np
 
 
 def _check_index(name: str, value: object) -> None:
