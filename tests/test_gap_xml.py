@@ -212,6 +212,20 @@ def test_xml_layout(alloy_train):
     assert dims == {model.representation_.n_features + 1}  # GAP's covariance_sigma0 slot
 
 
+def test_export_dispatcher_gap_xml(alloy_train, tmp_path):
+    """``tradens.models.export(..., format="gap-xml")`` writes the same file, which GAP runs."""
+    from tradens.models import export
+
+    model = _fit({**BASE, "mixing": {"channels": 3, "weights": "gap"}}, {"zeta": 2}, alloy_train)
+    export(model, tmp_path / "model.xml", format="gap-xml")
+    assert (tmp_path / "model.xml").read_text() == gap_xml_text(model)
+    with pytest.raises(ValueError, match="float64"):
+        export(model, tmp_path / "other.xml", format="gap-xml", dtype="float32")
+    pytest.importorskip("quippy")
+    differences = _gap_differences(model, tmp_path / "model.xml", _held_out(True))
+    assert max(differences.values()) <= TOL, differences
+
+
 def test_saved_model_exports_the_same_file(alloy_train, tmp_path):
     """A model loaded from its file (as ``tradens export`` does) writes identical XML."""
     from tradens.models import load, save
