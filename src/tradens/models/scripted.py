@@ -15,7 +15,6 @@ the models' own formulas:
 * learned: the model's :class:`~tradens.models._readout.Readout` module itself.
 """
 
-
 from typing import Any
 
 import torch

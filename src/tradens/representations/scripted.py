@@ -25,7 +25,6 @@ Equations (``docs/theory.md``):
     p_{i,(a,b),l} = \\frac{f_{ab}}{\\sqrt{2l+1}} \\sum_m A^{(1)}_{i,a,lm} A^{(2)}_{i,b,lm}.
 """
 
-
 import math
 
 import torch
