@@ -49,9 +49,6 @@ class PairDensity(torch.nn.Module):
         Seed of the random initial embedding (local generator).
     """
 
-    index_of_number: torch.Tensor  # buffer [max Z + 2]: embedding row of each atomic number
-    centres: torch.Tensor  # buffer [B]: Gaussian grid, Å
-
     def __init__(
         self,
         species,
@@ -84,6 +81,10 @@ class PairDensity(torch.nn.Module):
             persistent=False,
         )
         self.width = (self.cutoff - self.r_min) / max(self.n_basis - 1, 1)
+        # buffers, declared for the type checker (in __init__: TorchScript reads the class's
+        # annotations and cannot resolve them here)
+        self.index_of_number: torch.Tensor  # [max Z + 2]: embedding row of each atomic number
+        self.centres: torch.Tensor  # [B]: Gaussian grid, Å
 
     @property
     def n_features(self) -> int:

@@ -47,13 +47,6 @@ class Readout(torch.nn.Module):
         readout does not touch torch's global state).
     """
 
-    inv_scale: torch.Tensor  # buffer [F]
-    scaled: torch.Tensor  # buffer [], bool: whether inv_scale was set
-    element_embedding: torch.nn.Parameter | None  # [S, d]
-    element_linear: torch.nn.Parameter | None  # [d, F]
-    reference: torch.nn.Parameter | None  # [S], eV
-    mlp: torch.nn.Sequential | None
-
     def __init__(
         self,
         n_features: int,
@@ -71,21 +64,25 @@ class Readout(torch.nn.Module):
         self.linear = torch.nn.Linear(n_features, 1, bias=False, dtype=torch.float64)
         self.register_buffer("inv_scale", torch.ones(n_features, dtype=torch.float64))
         self.register_buffer("scaled", torch.zeros((), dtype=torch.bool))
+        # buffers, declared for the type checker (in __init__: TorchScript reads the class's
+        # annotations and cannot resolve them here)
+        self.inv_scale: torch.Tensor  # [F]
+        self.scaled: torch.Tensor  # [], bool: whether inv_scale was set
         self.element_features = int(element_features)
         if element_features > 0:
             if n_species < 1:
                 raise ValueError("element_features > 0 needs n_species >= 1")
-            self.element_embedding = torch.nn.Parameter(
+            self.element_embedding: torch.nn.Parameter | None = torch.nn.Parameter(
                 torch.randn(n_species, element_features, dtype=torch.float64, generator=generator)
             )  # [S, d]
-            self.element_linear = torch.nn.Parameter(
+            self.element_linear: torch.nn.Parameter | None = torch.nn.Parameter(
                 torch.zeros(element_features, n_features, dtype=torch.float64)
             )  # [d, F]
         else:
             self.element_embedding = None
             self.element_linear = None
         if reference is not None:
-            self.reference = torch.nn.Parameter(
+            self.reference: torch.nn.Parameter | None = torch.nn.Parameter(
                 torch.as_tensor(np.asarray(reference), dtype=torch.float64)
             )
         else:
@@ -101,7 +98,7 @@ class Readout(torch.nn.Module):
                 layer.bias.uniform_(-bound, bound, generator=generator)
             layers += [layer, act()]
             width = size
-        self.mlp = None
+        self.mlp: torch.nn.Sequential | None = None
         if hidden:
             last = torch.nn.Linear(width, 1, dtype=torch.float64)
             torch.nn.init.zeros_(last.weight)
