@@ -20,7 +20,12 @@ from ase.calculators.emt import EMT
 
 from tradens import SOAP
 from tradens.interop.quip import gap_from_soap, soap_from_gap
-from tradens.models import LinearPotential, SparseKernelPotential
+from tradens.models import (
+    ElementBaseline,
+    LinearPotential,
+    RandomProjection,
+    SparseKernelPotential,
+)
 from tradens.models.gap_xml import GAP_VERSION, gap_xml_text, write_gap_xml
 
 TOL = 1e-8  # eV, eV/Å, eV (virial)
@@ -174,6 +179,31 @@ def test_gap_reproduces_tradens(case, alloy_train, copper_train, tmp_path):
         assert files == ["model.xml"]  # one self-contained file, no temporary left
 
 
+LINEAR_CASES = {
+    # name: (SOAP keywords, LinearPotential keywords)
+    "tr-radial+element": ({**BASE, "mixing": {"channels": 4, "weights": "gap"}}, {}),
+    "full-per-element-sigma0": ({**BASE, "covariance_sigma0": 0.2}, {"per_element": True}),
+    "tr-element-projection": (
+        {**BASE, "mixing": {"mode": "element", "channels": 2, "weights": "gap"}},
+        {"projection": RandomProjection(n_components=12, seed=1)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+def test_gap_reproduces_linear_models(case, alloy_train, tmp_path):
+    """A ridge model is GAP's zeta = 1 kernel with its weights as the sparse point(s)."""
+    pytest.importorskip("quippy")
+    soap_kwargs, model_kwargs = LINEAR_CASES[case]
+    model = LinearPotential(SOAP(**soap_kwargs), alphas=(1e-6,), cv=None, **model_kwargs)
+    model.fit(alloy_train)
+    write_gap_xml(model, tmp_path / "model.xml")
+    text = (tmp_path / "model.xml").read_text()
+    assert re.findall(r'zeta="([^"]+)"', text) == ["1.0"] * (2 if model.per_element else 1)
+    differences = _gap_differences(model, tmp_path / "model.xml", _held_out(True))
+    assert max(differences.values()) <= TOL, differences
+
+
 def test_side_file_md5_is_checked(alloy_train, tmp_path):
     """GAP verifies the side file against the md5 sum written in the XML."""
     potential_module = pytest.importorskip("quippy.potential")
@@ -245,9 +275,9 @@ def fitted(alloy_train) -> SparseKernelPotential:
 
 
 def test_refuses_other_models(alloy_train, tmp_path):
-    linear = LinearPotential(SOAP(**BASE), alphas=(1e-6,), cv=None).fit(alloy_train)
+    baseline = ElementBaseline().fit(alloy_train)
     with pytest.raises(TypeError, match="SparseKernelPotential"):
-        write_gap_xml(linear, tmp_path / "x.xml")
+        write_gap_xml(baseline, tmp_path / "x.xml")
     with pytest.raises(ValueError, match="not fitted"):
         write_gap_xml(SparseKernelPotential(SOAP(**BASE)), tmp_path / "x.xml")
     assert not list(tmp_path.iterdir())

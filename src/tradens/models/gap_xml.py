@@ -1,4 +1,4 @@
-"""GAP XML export of GAP-style sparse kernel models (quippy, LAMMPS ``pair_style quip``).
+"""GAP XML export of GAP-style kernel and ridge models (quippy, LAMMPS ``pair_style quip``).
 
 A fitted :class:`~tradens.models.SparseKernelPotential` on a (tensor-reduced)
 :class:`~tradens.SOAP` is the model that GAP itself evaluates,
@@ -10,7 +10,10 @@ A fitted :class:`~tradens.models.SparseKernelPotential` on a (tensor-reduced)
 with GAP's dot-product covariance (``covariance_type=2``), ``delta = 1``
 (GAP's ``signal_variance`` attribute holds ``delta``; the kernel is
 ``delta^2 (x . x')^zeta``), ``alpha_m`` the fitted weights, ``X_m`` the sparse
-points and ``e_Z`` the per-element reference energies. tradens' SOAP equals
+points and ``e_Z`` the per-element reference energies. A
+:class:`~tradens.models.LinearPotential` (ridge, ``theta . X``) is the same with
+``zeta = 1`` and its weight vector as the one sparse point (per element: one
+per element; with a random projection ``P``: ``P^T theta``). tradens' SOAP equals
 GAP's ``soap`` descriptor to round-off (``docs/gap-compatibility.md``), so GAP
 reproduces tradens' energies, forces and virials to round-off; the descriptor
 string comes from :func:`tradens.interop.quip.gap_from_soap`.
@@ -51,7 +54,9 @@ from .._version import __version__
 from ..interop.quip import gap_from_soap
 from ..io import atomic_path
 from ..representations.soap import SOAP
+from ._design import LinearBasis, ProjectionBasis
 from .kernel import SparseKernelPotential
+from .linear import LinearPotential
 
 __all__ = ["write_gap_xml", "gap_xml_text", "GAP_VERSION"]
 
@@ -63,19 +68,16 @@ _QUIP_LINE_PIECE = 1024
 
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
+#: One ``gpCoordinates``: centre element (``None``: all), points ``[M, F]``, ``alpha [M]``.
+_Term = tuple[int | None, np.ndarray, np.ndarray]
+
 
 def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _check_model(model: SparseKernelPotential) -> SOAP:
-    """Raise unless GAP can express ``model``; return its SOAP."""
-    if not isinstance(model, SparseKernelPotential):
-        raise TypeError(
-            "GAP XML export needs a fitted SparseKernelPotential (GAP's sparse GP), got "
-            f"{type(model).__name__}"
-        )
-    model._check_fitted()
+def _check_soap(model: LinearPotential) -> SOAP:
+    """Raise unless GAP's ``soap`` can express ``model``'s representation; return it."""
     soap = model.representation_
     if not isinstance(soap, SOAP):
         raise ValueError(
@@ -92,30 +94,85 @@ def _check_model(model: SparseKernelPotential) -> SOAP:
         raise ValueError(
             "representation center_species is set: a potential needs every atom as a centre"
         )
+    return soap
+
+
+def _kernel_terms(model: SparseKernelPotential, soap: SOAP) -> tuple[float, list[_Term]]:
+    """GAP's ``zeta`` and ``(centre element or None, points [M, F], alpha [M])`` groups."""
     zeta = float(model.zeta)
     if not math.isfinite(zeta) or zeta < 1:
         raise ValueError(f"zeta must be a finite number >= 1, got {model.zeta!r}")
-    if zeta != int(zeta) and h.mixing is not None and not h.mixing.symmetric:
+    mixing = soap.hypers.mixing
+    if zeta != int(zeta) and mixing is not None and not mixing.symmetric:
         raise ValueError(
             f"zeta={model.zeta!r} (not an integer) with mixing symmetric=False: tradens "
             "takes (x.x')^zeta as 0 where x.x' < 0, GAP gives NaN there; use an integer "
             "zeta or symmetric mixing"
         )
-    points = np.asarray(model.sparse_points_, dtype=np.float64)
-    weights = np.asarray(model.weights_, dtype=np.float64)
+    points = np.asarray(model.sparse_points_, dtype=np.float64)  # [M, F]
+    alpha = np.asarray(model.weights_, dtype=np.float64)  # [M]
     if points.ndim != 2 or points.shape[1] != soap.n_features:
         raise ValueError(
             f"sparse points have shape {points.shape}, expected [M, {soap.n_features}] "
             "(the representation's features)"
         )
-    if weights.shape != (points.shape[0],):
-        raise ValueError(f"weights have shape {weights.shape}, expected ({points.shape[0]},)")
-    if not (np.isfinite(points).all() and np.isfinite(weights).all()):
-        raise ValueError("the model's sparse points or weights are not finite")
+    if alpha.shape != (points.shape[0],):
+        raise ValueError(f"weights have shape {alpha.shape}, expected ({points.shape[0]},)")
+    if model.sparse_numbers_ is None:
+        return zeta, [(None, points, alpha)]
+    numbers = np.asarray(model.sparse_numbers_, dtype=np.int64)
+    return zeta, [
+        (z, points[numbers == z], alpha[numbers == z]) for z in sorted(set(numbers.tolist()))
+    ]
+
+
+def _linear_terms(model: LinearPotential, soap: SOAP) -> tuple[float, list[_Term]]:
+    """A ridge model ``theta . phi(X)`` as GAP's ``zeta = 1`` kernel: one point per element.
+
+    ``theta . X = (X . theta)^1``: the weights are the single sparse point (with
+    ``alpha = 1``); per element, each element's block; with a random projection
+    ``P``, the point is ``P^T theta``.
+    """
+    theta = np.asarray(model.weights_, dtype=np.float64)  # [D]
+    basis = model.basis_
+    n_features = soap.n_features
+    one = np.ones(1)
+    if isinstance(basis, ProjectionBasis):
+        matrix = basis.matrix.detach().cpu().numpy().astype(np.float64)  # [D, F]
+        return 1.0, [(None, (theta @ matrix)[None, :], one)]
+    if not isinstance(basis, LinearBasis) or basis.n_features != n_features:
+        raise ValueError(f"unexpected basis {type(basis).__name__} of a LinearPotential")
+    if basis.species is None:
+        return 1.0, [(None, theta[None, :], one)]
+    blocks = theta.reshape(len(basis.species), n_features)  # [element, F]
+    return 1.0, [
+        (int(z), blocks[s][None, :], one)
+        for s, z in sorted(enumerate(basis.species), key=lambda pair: pair[1])
+    ]
+
+
+def _terms(model) -> tuple[SOAP, float, list[_Term]]:
+    """Raise unless GAP can express ``model``; its SOAP, ``zeta`` and sparse groups."""
+    if not isinstance(model, LinearPotential) or (
+        type(model) is not LinearPotential and not isinstance(model, SparseKernelPotential)
+    ):
+        raise TypeError(
+            "GAP XML export needs a fitted SparseKernelPotential (GAP's sparse GP) or "
+            f"LinearPotential (GAP's zeta=1 dot-product kernel), got {type(model).__name__}"
+        )
+    model._check_fitted()
+    soap = _check_soap(model)
+    if isinstance(model, SparseKernelPotential):
+        zeta, terms = _kernel_terms(model, soap)
+    else:
+        zeta, terms = _linear_terms(model, soap)
+    for _, points, alpha in terms:
+        if not (np.isfinite(points).all() and np.isfinite(alpha).all()):
+            raise ValueError("the model's sparse points or weights are not finite")
     references = np.asarray(model.baseline_.reference_energies_, dtype=np.float64)
     if not np.isfinite(references).all():
         raise ValueError("the model's reference energies are not finite")
-    return soap
+    return soap, zeta, terms
 
 
 def _coordinates(
@@ -162,7 +219,7 @@ def _sparse_text(points: np.ndarray) -> str:
 
 
 def _render(
-    model: SparseKernelPotential, label: str, side_prefix: str | None
+    model: LinearPotential, label: str, side_prefix: str | None
 ) -> tuple[str, dict[str, str]]:
     """``(XML text, {side file name: text})``; side files only when ``side_prefix`` is given."""
     if not isinstance(label, str) or not _LABEL.match(label):
@@ -170,35 +227,24 @@ def _render(
             f"label must be a name of letters, digits and '_' not starting with a digit, "
             f"got {label!r}"
         )
-    soap = _check_model(model)
-    h = soap.hypers
-    points = np.asarray(model.sparse_points_, dtype=np.float64)  # [M, F]
-    if h.covariance_sigma0 is None:  # GAP's vectors always end in the sigma0 slot (0 here)
-        points = np.concatenate([points, np.zeros((points.shape[0], 1))], axis=1)
-    alpha = np.asarray(model.weights_, dtype=np.float64)  # [M]
-    if model.sparse_numbers_ is None:
-        groups = [(gap_from_soap(soap), np.ones(alpha.shape[0], dtype=bool))]
-    else:
-        numbers = np.asarray(model.sparse_numbers_, dtype=np.int64)
-        groups = [
-            (gap_from_soap(soap, centers=(z,)), numbers == z) for z in sorted(set(numbers.tolist()))
-        ]
+    soap, zeta, terms = _terms(model)
     blocks: list[str] = []
     sides: dict[str, str] = {}
-    for index, (descriptor, chosen) in enumerate(groups, start=1):
+    for index, (centre, points, alpha) in enumerate(terms, start=1):
+        if soap.hypers.covariance_sigma0 is None:  # GAP's vectors end in the sigma0 slot (0)
+            points = np.concatenate([points, np.zeros((points.shape[0], 1))], axis=1)
+        descriptor = gap_from_soap(soap, centers=None if centre is None else (centre,))
         side = None
         if side_prefix is not None:
             name = f"{side_prefix}.sparseX.{label}{index}"
-            sides[name] = _sparse_text(points[chosen])
+            sides[name] = _sparse_text(points)
             side = (name, hashlib.md5(sides[name].encode()).hexdigest())
-        blocks += _coordinates(
-            label, index, descriptor, float(model.zeta), points[chosen], alpha[chosen], side
-        )
+        blocks += _coordinates(label, index, descriptor, zeta, points, alpha, side)
     species = model.baseline_.species_
     energies = np.asarray(model.baseline_.reference_energies_, dtype=np.float64)
     lines = [
         f"<{label}>",
-        f"  <!-- tradens {__version__}: SparseKernelPotential exported by write_gap_xml -->",
+        f"  <!-- tradens {__version__}: {type(model).__name__} exported by write_gap_xml -->",
         f'  <Potential label="{label}" init_args="IP GAP label={label}"/>',
         f'  <GAP_params label="{label}" gap_version="{GAP_VERSION}">',
         '  <GAP_data do_core="F">',
@@ -207,7 +253,7 @@ def _render(
         lines.append(f'    <e0 Z="{int(z)}" value="{_number(e)}"/>')
     lines += [
         "  </GAP_data>",
-        f'  <gpSparse label="{label}" n_coordinate="{len(groups)}" fitted="T">',
+        f'  <gpSparse label="{label}" n_coordinate="{len(terms)}" fitted="T">',
         *blocks,
         "  </gpSparse>",
         "  </GAP_params>",
@@ -222,19 +268,19 @@ def _render(
     return "\n".join(lines) + "\n", sides
 
 
-def gap_xml_text(model: SparseKernelPotential, *, label: str = "GAP_tradens") -> str:
+def gap_xml_text(model: LinearPotential, *, label: str = "GAP_tradens") -> str:
     """The self-contained GAP XML of ``model`` as a string (see :func:`write_gap_xml`)."""
     return _render(model, label, None)[0]
 
 
 def write_gap_xml(
-    model: SparseKernelPotential,
+    model: LinearPotential,
     path: str | os.PathLike,
     *,
     label: str = "GAP_tradens",
     sparse_files: bool = False,
 ) -> None:
-    """Write a fitted sparse kernel potential as a GAP potential XML file.
+    """Write a fitted sparse kernel (or ridge) potential as a GAP potential XML file.
 
     The file runs in GAP's own engine: ``quippy.potential.Potential(
     param_filename=path)`` (an ASE calculator) and LAMMPS ``pair_style quip``
@@ -243,9 +289,11 @@ def write_gap_xml(
 
     Parameters
     ----------
-    model : SparseKernelPotential
+    model : SparseKernelPotential or LinearPotential
         Fitted, on a :class:`~tradens.SOAP` (full or tensor-reduced with GAP's
-        mixing weights, ``weights="gap"``). Not modified.
+        mixing weights, ``weights="gap"``). Not modified. A ``LinearPotential``
+        (plain, per element or on a random projection) is written as GAP's
+        ``zeta = 1`` kernel with its weights as the sparse point(s).
     path : str or os.PathLike
         Output file, written atomically.
     label : str
@@ -261,7 +309,7 @@ def write_gap_xml(
     Raises
     ------
     TypeError
-        For a model other than ``SparseKernelPotential``.
+        For a model other than ``SparseKernelPotential`` / ``LinearPotential``.
     ValueError
         For a setting GAP cannot express, named in the message: a representation
         other than SOAP, ``average=True``, the ``"gto"`` radial basis, mixing
