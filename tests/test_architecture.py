@@ -215,3 +215,80 @@ def test_import_graph_has_only_the_known_violations():
         message.append("fixed, delete from KNOWN_VIOLATIONS:")
         message += [f"  {key}" for key in gone]
     assert not message, "\n".join(message)
+
+
+# ----------------------------------------------------------------------------- function length
+
+# A function may have at most MAX_FUNCTION_LINES lines, counted from ``def`` (or its first
+# decorator) to the end of its body, docstring included (``tools/long_functions.py`` lists
+# them). Longer ones are listed here with the reason they stay one function, asserted exactly:
+# a new long function fails, and so does a listed one that has become short (delete it here).
+MAX_FUNCTION_LINES = 100
+LONG_FUNCTIONS: dict[str, str] = {
+    "tradens.gradients.soap_jacobian.write_jacobian": (
+        "one loop over chunks of rows whose stages (pair terms, row products, slab, centre "
+        "sums) hand about twenty chunk-local tensors to each other and free the large ones "
+        "(del) as soon as they are used, which bounds the peak memory; the compiled kernel "
+        "replaces the middle stages in one call"
+    ),
+    "tradens.gradients.soap_pairs.soap_pair_gradients": (
+        "the values, the output layout, the fast path and the per-block derivative loop "
+        "share about twenty per-batch tensors; splitting it needs a setup object for them "
+        "first"
+    ),
+}
+
+
+def function_lengths(tree: ast.AST, prefix: str = "") -> dict[str, int]:
+    """``{qualified name: lines}`` of every function and method in ``tree`` (nested too)."""
+    out: dict[str, int] = {}
+    for child in ast.iter_child_nodes(tree):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = f"{prefix}{child.name}"
+            if not isinstance(child, ast.ClassDef):
+                start = min([child.lineno] + [d.lineno for d in child.decorator_list])
+                out[name] = (child.end_lineno or child.lineno) - start + 1
+            out.update(function_lengths(child, name + "."))
+    return out
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> dict[str, int]:
+    """``{"module.qualified.name": lines}`` of the functions in src/tradens over ``limit``."""
+    found = {}
+    for module, (path, _) in module_files().items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for name, lines in function_lengths(tree).items():
+            if lines > limit:
+                found[f"{module}.{name}"] = lines
+    return found
+
+
+def test_function_lengths_on_a_toy_module():
+    source = (
+        "@decorator\n"
+        "def f(x):\n"
+        "    '''Docstring.'''\n"
+        "    return x\n"
+        "class A:\n"
+        "    def g(self):\n"
+        "        def inner():\n"
+        "            pass\n"
+        "        return inner\n"
+    )
+    lengths = function_lengths(ast.parse(source))
+    assert lengths == {"f": 4, "A.g": 4, "A.g.inner": 2}
+
+
+def test_long_functions_are_listed_with_a_reason():
+    found = long_functions()
+    assert all(reason.strip() for reason in LONG_FUNCTIONS.values())
+    new = sorted(set(found) - set(LONG_FUNCTIONS))
+    gone = sorted(set(LONG_FUNCTIONS) - set(found))
+    message = []
+    if new:
+        message.append(f"functions over {MAX_FUNCTION_LINES} lines: split them into helpers")
+        message += [f"  {name} ({found[name]} lines)" for name in new]
+    if gone:
+        message.append(f"no longer over {MAX_FUNCTION_LINES} lines, delete from LONG_FUNCTIONS:")
+        message += [f"  {name}" for name in gone]
+    assert not message, "\n".join(message)

@@ -335,60 +335,25 @@ def expand_density(
         raise ValueError(
             f"weights must have {n_species * n_max} rows (S*N), got {tuple(weights.shape)}"
         )
-    neighbor_species = species_index[pairs.j]  # [pair]
-    i, s_j = pairs.i, neighbor_species
-    if not bool((neighbor_species >= 0).all()):
-        keep = (neighbor_species >= 0).nonzero().squeeze(1)
-        i, s_j, vectors = i[keep], s_j[keep], vectors[keep]
-    if i.shape[0] > 1 and not bool((i[1:] >= i[:-1]).all()):
-        order = torch.argsort(i, stable=True)
-        i, s_j, vectors = i[order], s_j[order], vectors[order]
-    n_unmixed = n_species * n_max
-    if weights is not None and weights.shape[1] < n_unmixed:
-        weights_or_identity, per_pair = weights, True  # mix per pair: A directly
-    elif n_species == 1:
-        weights_or_identity, per_pair = None, True  # per pair with R itself: c (K = N)
-    elif n_unmixed <= _UNMIXED_PER_PAIR:
-        # few unmixed channels: c per pair with W = 1 beats the outer products and index_add
-        weights_or_identity, per_pair = torch.eye(n_unmixed, dtype=dtype, device=device), True
-    else:
-        weights_or_identity, per_pair = None, False  # c by outer products and index_add
+    i, s_j, vectors = _listed_pairs_by_centre(pairs, species_index, vectors)
+    weights_or_identity, per_pair = _mixing_strategy(weights, n_species, n_max, dtype, device)
     if pair_chunk is None:
-        pair_chunk = _default_pair_chunk(
-            device,
-            l_max,
-            n_max,
-            None
-            if not per_pair
-            else (n_max if weights_or_identity is None else weights_or_identity.shape[1]),
-        )
+        channels = n_max if weights_or_identity is None else weights_or_identity.shape[1]
+        pair_chunk = _default_pair_chunk(device, l_max, n_max, channels if per_pair else None)
+    options = dict(
+        n_species=n_species,
+        radial=radial,
+        l_max=l_max,
+        cutoff=cutoff,
+        cutoff_width=cutoff_width,
+        pair_chunk=pair_chunk,
+    )
     if per_pair:
         mixed = _expand_per_pair(
-            batch.n_atoms,
-            i,
-            s_j,
-            vectors,
-            weights_or_identity,
-            n_species=n_species,
-            radial=radial,
-            l_max=l_max,
-            cutoff=cutoff,
-            cutoff_width=cutoff_width,
-            pair_chunk=pair_chunk,
+            batch.n_atoms, i, s_j, vectors, weights_or_identity, **options
         )  # [atom, K, lm]
     else:
-        mixed = _expand_unmixed(
-            batch.n_atoms,
-            i,
-            s_j,
-            vectors,
-            n_species=n_species,
-            radial=radial,
-            l_max=l_max,
-            cutoff=cutoff,
-            cutoff_width=cutoff_width,
-            pair_chunk=pair_chunk,
-        )  # [atom, S*N, lm]
+        mixed = _expand_unmixed(batch.n_atoms, i, s_j, vectors, **options)  # [atom, S*N, lm]
     if center_weight != 0.0:
         term = centre_term(
             radial,
@@ -405,6 +370,49 @@ def expand_density(
     if weights is not None and weights_or_identity is not weights:
         mixed = torch.einsum("aIm,Ik->akm", mixed, weights)  # c -> A [atom, K, lm]
     return mixed
+
+
+def _listed_pairs_by_centre(
+    pairs: Pairs, species_index: torch.Tensor, vectors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairs whose neighbour is a listed element, sorted by centre (stable).
+
+    Returns centre ``i [p]``, neighbour species ``s_j [p]`` and ``r_ij [p, 3]`` (Å); no copy
+    when nothing is dropped or reordered.
+    """
+    neighbor_species = species_index[pairs.j]  # [pair]
+    i, s_j = pairs.i, neighbor_species
+    if not bool((neighbor_species >= 0).all()):
+        keep = (neighbor_species >= 0).nonzero().squeeze(1)
+        i, s_j, vectors = i[keep], s_j[keep], vectors[keep]
+    if i.shape[0] > 1 and not bool((i[1:] >= i[:-1]).all()):
+        order = torch.argsort(i, stable=True)
+        i, s_j, vectors = i[order], s_j[order], vectors[order]
+    return i, s_j, vectors
+
+
+def _mixing_strategy(
+    weights: torch.Tensor | None,
+    n_species: int,
+    n_max: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, bool]:
+    """``(matrix applied per pair or None, per_pair)``: how :func:`expand_density` accumulates.
+
+    Per pair with ``W`` when it has fewer columns than ``S*N`` (``A`` directly), per pair with
+    ``R`` itself for one species, per pair with ``W = 1`` for few unmixed channels, else ``c``
+    by outer products and ``index_add``.
+    """
+    n_unmixed = n_species * n_max
+    if weights is not None and weights.shape[1] < n_unmixed:
+        return weights, True  # mix per pair: A directly
+    if n_species == 1:
+        return None, True  # per pair with R itself: c (K = N)
+    if n_unmixed <= _UNMIXED_PER_PAIR:
+        # few unmixed channels: c per pair with W = 1 beats the outer products and index_add
+        return torch.eye(n_unmixed, dtype=dtype, device=device), True
+    return None, False  # c by outer products and index_add
 
 
 def centre_term(
@@ -560,7 +568,6 @@ def _expand_per_pair(
         vec = vectors[pair_start:pair_stop]  # [p, 3]
         counts = all_counts[atom_start:atom_stop]  # [atom]
         width = int(counts.max())  # padded neighbour-list length J
-        full = n_pairs == n_chunk * width  # every atom has J pairs: padding is a reshape
         with torch.profiler.record_function("expansion/pair_terms"):
             harmonics = _spherical_harmonics_by_degree(vec, l_max)  # [p, 2l+1] per l
             # one extra pair (r = cutoff, weight 0) gives a zero row for padding (at the cutoff,
@@ -575,47 +582,11 @@ def _expand_per_pair(
                 basis = radial(r).permute(2, 0, 1) * taper[None, :, None]  # [l, p+1, n]
                 transform = None
         with torch.profiler.record_function("expansion/mix_pairs"):
-            if w is None:
-                # [l, p+1, N]
-                source = basis if transform is None else torch.matmul(basis, transform)
-                row = None  # pair p is row p of source, row n_pairs is zero
-            else:
-                if "mix" not in mixes:
-                    mix = w if transform is None else torch.matmul(transform, w)  # [S, a, K]
-                    mixes["mix"] = mix
-                    mixes["by_degree"] = mix.expand(n_l, -1, -1, -1).reshape(
-                        n_l * n_species, mix.shape[1], -1
-                    )  # [l*S, a, K]
-                if n_species == 1:
-                    source, row = torch.matmul(basis, mixes["mix"][0]), None  # [l, p+1, K]
-                else:
-                    species = s_j[pair_start:pair_stop]
-                    source, row = _mix_by_species(basis, species, mixes["by_degree"])
+            source, row = _mixed_pair_terms(
+                basis, transform, w, mixes, s_j[pair_start:pair_stop], n_species, n_l
+            )  # [l, p+1, K] (row: pair p's row of source, None when it is row p)
         with torch.profiler.record_function("expansion/accumulate"):
-            # neighbour lists padded to J: Q as [l, atom, J, K], Y_l as [atom, J, 2l+1]
-            if not full:
-                first = torch.cumsum(counts, 0) - counts  # [atom]
-                slot = ci * width + (torch.arange(n_pairs, device=device) - first[ci])  # [p]
-            if row is None and full:
-                padded_q = source[:, :n_pairs]  # [l, atom*J, K]
-            else:
-                zero_row = n_pairs if row is None else int(row[-1])
-                pair_row = torch.arange(n_pairs, device=device) if row is None else row[:-1]
-                if full:
-                    take = pair_row
-                else:
-                    take = torch.full((n_chunk * width,), zero_row, dtype=torch.long, device=device)
-                    take[slot] = pair_row
-                padded_q = source.index_select(1, take)  # [l, atom*J, K]
-            padded_q = padded_q.reshape(n_l, n_chunk, width, n_channels)
-            blocks = []  # A_l [atom, K, 2l+1] of this chunk's atoms
-            for l, y_l in enumerate(harmonics):  # y_l [p, 2l+1]
-                if full:
-                    y_l = y_l.reshape(n_chunk, width, 2 * l + 1)
-                else:
-                    y_l = y_l.new_zeros(n_chunk * width, 2 * l + 1).index_copy(0, slot, y_l)
-                    y_l = y_l.reshape(n_chunk, width, 2 * l + 1)  # [atom, J, 2l+1]
-                blocks.append(torch.bmm(padded_q[l].transpose(1, 2), y_l))  # [atom, K, 2l+1]
+            blocks = _padded_products(source, row, harmonics, counts, ci, width, n_channels)
             if mixed is None:
                 pieces.append(torch.cat(blocks, dim=2))  # [atom, K, lm]
             else:
@@ -623,6 +594,80 @@ def _expand_per_pair(
     if mixed is None:
         return torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]  # [atom, K, lm]
     return mixed  # [atom, K, lm]
+
+
+def _mixed_pair_terms(
+    basis: torch.Tensor,
+    transform: torch.Tensor | None,
+    w: torch.Tensor | None,
+    mixes: dict,
+    species: torch.Tensor,
+    n_species: int,
+    n_l: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``Q [l, p+1, K]``, the radial terms mixed by neighbour species, and the row of each pair.
+
+    ``basis [l, p+1, a]`` (last pair: the zero row) with its ``transform [a, n]`` or None;
+    ``w [S, N, K]`` or None (``W = 1``). ``mixes`` caches the transform folded into ``w``
+    across chunks. The row is None when pair ``p`` is row ``p`` (row ``p`` of the last pair
+    is zero), else ``[p+1]`` (see :func:`_mix_by_species`).
+    """
+    if w is None:
+        # [l, p+1, N]
+        source = basis if transform is None else torch.matmul(basis, transform)
+        return source, None  # pair p is row p of source, row n_pairs is zero
+    if "mix" not in mixes:
+        mix = w if transform is None else torch.matmul(transform, w)  # [S, a, K]
+        mixes["mix"] = mix
+        mixes["by_degree"] = mix.expand(n_l, -1, -1, -1).reshape(
+            n_l * n_species, mix.shape[1], -1
+        )  # [l*S, a, K]
+    if n_species == 1:
+        return torch.matmul(basis, mixes["mix"][0]), None  # [l, p+1, K]
+    return _mix_by_species(basis, species, mixes["by_degree"])
+
+
+def _padded_products(
+    source: torch.Tensor,
+    row: torch.Tensor | None,
+    harmonics: list[torch.Tensor],
+    counts: torch.Tensor,
+    ci: torch.Tensor,
+    width: int,
+    n_channels: int,
+) -> list[torch.Tensor]:
+    """``A_l [atom, K, 2l+1]`` of one chunk's atoms, per degree: ``Q_l[i]^T Y_l[i]``.
+
+    The neighbour lists are padded to ``width`` (``J``): ``Q`` as ``[l, atom, J, K]``,
+    ``Y_l`` as ``[atom, J, 2l+1]``. ``counts [atom]`` neighbours per atom, ``ci [p]`` the
+    chunk-local centre of each pair.
+    """
+    n_pairs, n_chunk, n_l, device = ci.shape[0], counts.shape[0], len(harmonics), ci.device
+    full = n_pairs == n_chunk * width  # every atom has J pairs: padding is a reshape
+    if not full:
+        first = torch.cumsum(counts, 0) - counts  # [atom]
+        slot = ci * width + (torch.arange(n_pairs, device=device) - first[ci])  # [p]
+    if row is None and full:
+        padded_q = source[:, :n_pairs]  # [l, atom*J, K]
+    else:
+        zero_row = n_pairs if row is None else int(row[-1])
+        pair_row = torch.arange(n_pairs, device=device) if row is None else row[:-1]
+        if full:
+            take = pair_row
+        else:
+            take = torch.full((n_chunk * width,), zero_row, dtype=torch.long, device=device)
+            take[slot] = pair_row
+        padded_q = source.index_select(1, take)  # [l, atom*J, K]
+    padded_q = padded_q.reshape(n_l, n_chunk, width, n_channels)
+    blocks = []  # A_l [atom, K, 2l+1] of this chunk's atoms
+    for l, y_l in enumerate(harmonics):  # y_l [p, 2l+1]
+        if full:
+            y_l = y_l.reshape(n_chunk, width, 2 * l + 1)
+        else:
+            y_l = y_l.new_zeros(n_chunk * width, 2 * l + 1).index_copy(0, slot, y_l)
+            y_l = y_l.reshape(n_chunk, width, 2 * l + 1)  # [atom, J, 2l+1]
+        blocks.append(torch.bmm(padded_q[l].transpose(1, 2), y_l))  # [atom, K, 2l+1]
+    return blocks
 
 
 def _mix_by_species(basis: torch.Tensor, species: torch.Tensor, w: torch.Tensor):

@@ -31,6 +31,8 @@ is applied per row at the end.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -108,6 +110,102 @@ def _base_gradients(
     return values, out
 
 
+@dataclass
+class _PairTerms:
+    """The pairs whose neighbour is a listed element, sorted by centre, and their terms."""
+
+    i: torch.Tensor  # [p] centre
+    j: torch.Tensor  # [p] neighbour
+    species: torch.Tensor  # [p] neighbour species
+    vec: torch.Tensor  # [p, 3] pair vectors, Å
+    r: torch.Tensor  # [p] distances, Å
+    rhat: torch.Tensor  # [p, 3]
+    harmonics: torch.Tensor  # [p, lm]
+    d_harmonics: torch.Tensor  # [p, 3, lm]
+
+
+def _sorted_pair_terms(
+    pairs, vectors: torch.Tensor, species_index: torch.Tensor, l_max: int
+) -> _PairTerms:
+    """:class:`_PairTerms` of ``pairs`` (``vectors [pair, 3]``, ``species_index [atom]``)."""
+    known = (species_index[pairs.j] >= 0).nonzero().squeeze(1)
+    order = known[torch.argsort(pairs.i[known], stable=True)]  # pairs by centre
+    pair_i, pair_j, vec = pairs.i[order], pairs.j[order], vectors[order]
+    r = torch.linalg.vector_norm(vec, dim=1)  # [p]
+    harmonics, d_harmonics = harmonics_and_gradient(vec, l_max)  # [p, lm], [p, 3, lm]
+    return _PairTerms(
+        pair_i, pair_j, species_index[pair_j], vec, r, vec / r[:, None], harmonics, d_harmonics
+    )
+
+
+def _chunk_derivatives(
+    mixed: torch.Tensor,
+    terms: _PairTerms,
+    sel: slice,
+    lm_to_l: torch.Tensor,
+    g: torch.Tensor,
+    local: torch.Tensor,
+    rank: torch.Tensor,
+    width: int,
+    channel: torch.Tensor,
+    slot: torch.Tensor,
+) -> torch.Tensor:
+    """``d values / d r_p [q, 3, F]`` of the pairs of one chunk of consecutive centres.
+
+    ``mixed [q, 2L, K]``: the mixed radial terms ``Q`` then ``Q'`` (weights of the neighbour
+    species) of the pairs ``terms[sel]``; ``lm_to_l [lm]`` the degree of each ``lm``;
+    ``g [c, K, P, lm]`` the chunk's base gradients; ``local [q]`` the centre within the chunk
+    and ``rank [q]`` the place in its neighbour list (padded to ``width``); ``channel``,
+    ``slot [F]`` pick each feature's column of ``[K, P]``.
+    """
+    n_centres, n_k, n_slots, n_lm = g.shape
+    n_l = mixed.shape[1] // 2
+    rhat, harmonics, d_harmonics = terms.rhat[sel], terms.harmonics[sel], terms.d_harmonics[sel]
+    q = mixed[:, :n_l].transpose(1, 2)  # [q, K, L]
+    dq = mixed[:, n_l:].transpose(1, 2)
+    # dA/dr [q, K, 3, lm] = Q' rhat Y + Q dY
+    d_base = (
+        dq[:, :, None, lm_to_l] * (rhat[:, :, None] * harmonics[:, None, :])[:, None]
+        + q[:, :, None, lm_to_l] * d_harmonics[:, None]
+    )
+    # padding rows stay uninitialised: every output row of the batched product depends on its
+    # own input row only, and the padding rows' outputs are never read
+    padded = d_base.new_empty(n_centres, n_k, width, 3, n_lm)  # [c, K, J, 3, lm]
+    padded[local, :, rank] = d_base
+    lhs = padded.view(n_centres * n_k, width * 3, n_lm)
+    rhs = g.transpose(2, 3).reshape(n_centres * n_k, n_lm, n_slots)  # [c K, lm, P]
+    per_pair = torch.bmm(lhs, rhs).view(n_centres, n_k, width, 3, n_slots)  # [c, K, J, 3, P]
+    per_pair = per_pair[local, :, rank].transpose(1, 2)  # [q, 3, K, P]
+    return per_pair[:, :, channel.to(g.device), slot.to(g.device)]  # [q, 3, F]
+
+
+def _joined(parts: list, dim: int):
+    """``parts`` concatenated along ``dim`` (no copy for a single embedding)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+def _normalised(
+    values: torch.Tensor,
+    jacobian: torch.Tensor,
+    strain_jacobian: torch.Tensor | None,
+    rows_of_entry: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``X = B / |B|`` and its derivatives ``dX = (dB - X (X . dB)) / |B|`` (``|B| = 0``: 1)."""
+    norm = torch.linalg.vector_norm(values, dim=1)  # [row]
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    unit = values / safe[:, None]
+    x = unit[rows_of_entry][:, None, :]  # [entry, 1, F]
+    jacobian = (jacobian - x * (jacobian * x).sum(-1, keepdim=True)) / safe[
+        rows_of_entry, None, None
+    ]
+    if strain_jacobian is not None:
+        xs = unit[:, None, None, :]
+        strain_jacobian = (
+            strain_jacobian - xs * (strain_jacobian * xs).sum(-1, keepdim=True)
+        ) / safe[:, None, None, None]
+    return unit, jacobian, strain_jacobian
+
+
 def ace_pair_gradients(
     ace, batch, *, strain: bool, chunk_bytes: int, pairs=None
 ) -> DescriptorGradients:
@@ -137,16 +235,11 @@ def ace_pair_gradients(
             pairs = expansion.pairs(batch)
         vectors = expansion.vectors(batch, pairs, batch.positions, batch.cells)  # [pair, 3]
         species_index = ace.species_map(batch.numbers)  # [atom]
-        known = (species_index[pairs.j] >= 0).nonzero().squeeze(1)
-        order = known[torch.argsort(pairs.i[known], stable=True)]  # pairs by centre
-        pair_i, pair_j, vec = pairs.i[order], pairs.j[order], vectors[order]
-        pair_species = species_index[pair_j]  # [p]
-        r = torch.linalg.vector_norm(vec, dim=1)  # [p]
-        harmonics, d_harmonics = harmonics_and_gradient(vec, l_max)  # [p, lm], [p, 3, lm]
-        rhat = vec / r[:, None]
+        terms = _sorted_pair_terms(pairs, vectors, species_index, l_max)
+        pair_i, vec = terms.i, terms.vec
         lm_to_l = torch.tensor([l for l in range(n_l) for _ in range(2 * l + 1)], device=device)
         row_of_atom = torch.arange(n_atoms, device=device)
-        index, entry_j, entry_i = _atom_entries(batch, pair_i, pair_j, row_of_atom, n_atoms)
+        index, entry_j, entry_i = _atom_entries(batch, pair_i, terms.j, row_of_atom, n_atoms)
         counts = torch.bincount(pair_i, minlength=n_atoms)  # [atom] pairs per centre
         starts = torch.cumsum(counts, 0) - counts
 
@@ -182,29 +275,10 @@ def ace_pair_gradients(
                 rank = (
                     torch.arange(p0, p1, device=device) - starts[pair_i[sel]]
                 )  # [q] place in the centre's list
-                # mixed radial terms Q, Q' of the chunk's pairs (weights of the neighbour species)
-                mixed = mixer(r[sel], pair_species[sel])  # [q, 2L, K]: Q then Q'
-                q = mixed[:, :n_l].transpose(1, 2)  # [q, K, L]
-                dq = mixed[:, n_l:].transpose(1, 2)
-                # dA/dr [q, K, 3, lm] = Q' rhat Y + Q dY
-                d_base = (
-                    dq[:, :, None, lm_to_l]
-                    * (rhat[sel, :, None] * harmonics[sel, None, :])[:, None]
-                    + q[:, :, None, lm_to_l] * d_harmonics[sel][:, None]
-                )
-                # padding rows stay uninitialised: every output row of the batched product depends
-                # on its own input row only, and the padding rows' outputs are never read
-                padded = d_base.new_empty(c1 - c0, n_k, width, 3, n_l * n_l)  # [c, K, J, 3, lm]
-                padded[local, :, rank] = d_base
-                lhs = padded.view((c1 - c0) * n_k, width * 3, n_l * n_l)
-                rhs = (
-                    g[c0:c1].transpose(2, 3).reshape((c1 - c0) * n_k, n_l * n_l, n_slots)
-                )  # [c K, lm, P]
-                per_pair = torch.bmm(lhs, rhs).view(
-                    c1 - c0, n_k, width, 3, n_slots
-                )  # [c, K, J, 3, P]
-                per_pair = per_pair[local, :, rank].transpose(1, 2)  # [q, 3, K, P]
-                d_values = per_pair[:, :, channel.to(device), slot.to(device)]  # [q, 3, F]
+                mixed = mixer(terms.r[sel], terms.species[sel])  # [q, 2L, K]: Q then Q'
+                d_values = _chunk_derivatives(
+                    mixed, terms, sel, lm_to_l, g[c0:c1], local, rank, width, channel, slot
+                )  # [q, 3, F]
                 jacobian.index_add_(0, entry_j[sel], d_values)
                 jacobian.index_add_(0, entry_i[sel], d_values, alpha=-1.0)
                 if strain_jacobian is not None:  # strain=True
@@ -215,27 +289,13 @@ def ace_pair_gradients(
             position_blocks.append(jacobian)
             strain_blocks.append(strain_jacobian)
 
-        def joined(parts, dim):  # no copy for a single embedding
-            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
-
-        values = joined(value_blocks, 1)  # [row, F]
-        jacobian = joined(position_blocks, 2)  # [entry, 3, F]
-        strain_jacobian = joined(strain_blocks, 3) if strain else None  # [row, 3, 3, F]
+        values = _joined(value_blocks, 1)  # [row, F]
+        jacobian = _joined(position_blocks, 2)  # [entry, 3, F]
+        strain_jacobian = _joined(strain_blocks, 3) if strain else None  # [row, 3, 3, F]
         if h.normalize:  # X = B / |B|: dX = (dB - X (X . dB)) / |B|
-            norm = torch.linalg.vector_norm(values, dim=1)  # [row]
-            safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-            unit = values / safe[:, None]
-            rows_of_entry = index[:, 0]
-            x = unit[rows_of_entry][:, None, :]  # [entry, 1, F]
-            jacobian = (jacobian - x * (jacobian * x).sum(-1, keepdim=True)) / safe[
-                rows_of_entry, None, None
-            ]
-            if strain:
-                xs = unit[:, None, None, :]
-                strain_jacobian = (
-                    strain_jacobian - xs * (strain_jacobian * xs).sum(-1, keepdim=True)
-                ) / safe[:, None, None, None]
-            values = unit
+            values, jacobian, strain_jacobian = _normalised(
+                values, jacobian, strain_jacobian, index[:, 0]
+            )
     return DescriptorGradients(
         values=values,
         rows=torch.arange(n_atoms, device=device),

@@ -111,43 +111,11 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
             density = expansion.coefficients(
                 batch, pairs, vectors, weights=weights, species_index=species_index
             )  # [atom, Kt, lm]
-        if h.average:
-            structure_of_row = batch.structure[rows]
-            y = density.new_zeros((batch.n_structures,) + density.shape[1:])
-            y.index_add_(0, structure_of_row, density[rows])  # [structure, Kt, lm]
-            row_ids = torch.arange(batch.n_structures, device=device)
-            numbers = torch.zeros_like(row_ids)
-        else:
-            y = density if rows.shape[0] == batch.n_atoms else density[rows]  # [row, Kt, lm]
-            structure_of_row = batch.structure[rows]
-            row_ids = rows
-            numbers = batch.numbers[rows]
+        y, structure_of_row, row_ids, numbers = _row_densities(density, rows, batch, h.average)
     # ---- dE/dy by autograd through the power spectrum and the model only
     with torch.enable_grad():
         if symmetric:
-            # leaves per chunk of rows and degree [rows, Kt, 2l+1]: the backward then writes each
-            # block's gradient directly (slicing one big leaf fills a zero tensor of its size for
-            # every slice)
-            n_l = h.l_max + 1
-            row_chunk = max(
-                1, GRAM_BYTES // (y.element_size() * y.shape[1] ** 2)
-            )  # Gram blocks [rows, Kt, Kt]
-            leaves, parts = [], []
-            for start in range(0, y.shape[0], row_chunk):
-                blocks = [
-                    y[start : start + row_chunk, :, l * l : (l + 1) * (l + 1)]
-                    .contiguous()
-                    .requires_grad_(True)
-                    for l in range(n_l)
-                ]
-                leaves.extend(blocks)
-                parts.append(
-                    soap._finish_products(power_spectrum_blocks(blocks, blocks, soap.plan))
-                )
-            if not parts:  # no centre rows
-                values = y.new_zeros(0, soap.n_features)
-            else:
-                values = torch.cat(parts) if len(parts) > 1 else parts[0]  # [row, F]
+            leaves, values, row_chunk = _symmetric_leaves(soap, y)  # values [row, F]
         else:
             leaf = y.detach().requires_grad_(True)
             k1 = y.shape[1] if w1 is None else w1.shape[1]  # w1 is set (not symmetric)
@@ -165,14 +133,7 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
         if energy.requires_grad and leaves:
             grads = torch.autograd.grad(energy.sum(), leaves, allow_unused=True)
             if symmetric:
-                grad_y = torch.zeros_like(y)  # [row, Kt, lm]
-                n_chunks = len(grads) // n_l
-                for c in range(n_chunks):
-                    rows_c = slice(c * row_chunk, (c + 1) * row_chunk)
-                    for l in range(n_l):
-                        g = grads[c * n_l + l]
-                        if g is not None:
-                            grad_y[rows_c, :, l * l : (l + 1) * (l + 1)] = g
+                grad_y = _joined_leaf_gradients(grads, y, h.l_max + 1, row_chunk)  # [row, Kt, lm]
             else:
                 grad_y = grads[0]
     energy = energy.detach()
@@ -181,27 +142,10 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
     if grad_y is None or pairs.i.shape[0] == 0:
         return energy, d_positions, d_strain
     with torch.no_grad():
-        # G per atom: rows of centres, the structure's row for averaged features
-        if h.average:
-            g_atom = grad_y.new_zeros((batch.n_atoms,) + grad_y.shape[1:])
-            g_atom[rows] = grad_y[structure_of_row]
-        elif rows.shape[0] == batch.n_atoms:
-            g_atom = grad_y
-        else:
-            g_atom = grad_y.new_zeros((batch.n_atoms,) + grad_y.shape[1:])
-            g_atom[rows] = grad_y  # [atom, Kt, lm]
+        g_atom = _atom_gradients(grad_y, rows, structure_of_row, batch.n_atoms, h.average)
         if fused is not None:
             centre, neighbour, pair_vec = fused.centre, fused.neighbour, fused.vectors
-            d_pairs = torch.empty_like(pair_vec)  # [p, 3]
-            pair_forces(
-                fused.ab,
-                centre,
-                g_atom.transpose(1, 2).contiguous(),
-                fused.harmonics,
-                pair_vec,
-                d_pairs,
-                solid_gradient_matrices(h.l_max),
-            )
+            d_pairs = _fused_pair_gradients(fused, g_atom, h.l_max)  # [p, 3]
         else:
             active = _active_pairs(pairs, species_index, rows, batch.n_atoms)
             centre, neighbour, pair_vec = pairs.i[active], pairs.j[active], vectors[active]
@@ -214,6 +158,98 @@ def soap_energy_and_gradients(soap, model_fn, batch, *, pair_chunk: int | None =
         d_strain.index_add_(0, batch.structure[centre], virial)
         d_strain = 0.5 * (d_strain + d_strain.transpose(1, 2))
     return energy, d_positions, d_strain
+
+
+def _row_densities(
+    density: torch.Tensor, rows: torch.Tensor, batch, average: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Densities of the feature rows ``y [row, Kt, lm]``, summed per structure when ``average``.
+
+    Also returns the structure of each centre, the row ids and the rows' atomic numbers (0 for
+    averaged rows).
+    """
+    structure_of_row = batch.structure[rows]
+    if average:
+        y = density.new_zeros((batch.n_structures,) + density.shape[1:])
+        y.index_add_(0, structure_of_row, density[rows])  # [structure, Kt, lm]
+        row_ids = torch.arange(batch.n_structures, device=batch.positions.device)
+        return y, structure_of_row, row_ids, torch.zeros_like(row_ids)
+    y = density if rows.shape[0] == batch.n_atoms else density[rows]  # [row, Kt, lm]
+    return y, structure_of_row, rows, batch.numbers[rows]
+
+
+def _symmetric_leaves(soap, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, int]:
+    """Autograd leaves of ``y [row, Kt, lm]``, the features ``[row, F]`` and the rows per chunk.
+
+    One leaf per chunk of rows and degree (``[rows, Kt, 2l+1]``): the backward then writes
+    each block's gradient directly (slicing one big leaf fills a zero tensor of its size for
+    every slice). A chunk's Gram blocks ``[rows, Kt, Kt]`` take about ``GRAM_BYTES``.
+    """
+    n_l = soap.hypers.l_max + 1
+    row_chunk = max(1, GRAM_BYTES // (y.element_size() * y.shape[1] ** 2))
+    leaves, parts = [], []
+    for start in range(0, y.shape[0], row_chunk):
+        blocks = [
+            y[start : start + row_chunk, :, l * l : (l + 1) * (l + 1)]
+            .contiguous()
+            .requires_grad_(True)
+            for l in range(n_l)
+        ]
+        leaves.extend(blocks)
+        parts.append(soap._finish_products(power_spectrum_blocks(blocks, blocks, soap.plan)))
+    if not parts:  # no centre rows
+        return leaves, y.new_zeros(0, soap.n_features), row_chunk
+    return leaves, torch.cat(parts) if len(parts) > 1 else parts[0], row_chunk  # [row, F]
+
+
+def _joined_leaf_gradients(grads: tuple, y: torch.Tensor, n_l: int, row_chunk: int) -> torch.Tensor:
+    """``dE/dy [row, Kt, lm]`` from the gradients of the :func:`_symmetric_leaves` (None: 0)."""
+    grad_y = torch.zeros_like(y)  # [row, Kt, lm]
+    n_chunks = len(grads) // n_l
+    for c in range(n_chunks):
+        rows_c = slice(c * row_chunk, (c + 1) * row_chunk)
+        for l in range(n_l):
+            g = grads[c * n_l + l]
+            if g is not None:
+                grad_y[rows_c, :, l * l : (l + 1) * (l + 1)] = g
+    return grad_y
+
+
+def _atom_gradients(
+    grad_y: torch.Tensor,
+    rows: torch.Tensor,
+    structure_of_row: torch.Tensor,
+    n_atoms: int,
+    average: bool,
+) -> torch.Tensor:
+    """``G [atom, Kt, lm]``: ``dE/dy`` of each centre's row, zero for atoms that are not centres.
+
+    With ``average`` a centre takes its structure's row.
+    """
+    if average:
+        g_atom = grad_y.new_zeros((n_atoms,) + grad_y.shape[1:])
+        g_atom[rows] = grad_y[structure_of_row]
+        return g_atom
+    if rows.shape[0] == n_atoms:
+        return grad_y
+    g_atom = grad_y.new_zeros((n_atoms,) + grad_y.shape[1:])
+    g_atom[rows] = grad_y  # [atom, Kt, lm]
+    return g_atom
+
+
+def _fused_pair_gradients(fused, g_atom: torch.Tensor, l_max: int) -> torch.Tensor:
+    """``dE/dr_p [p, 3]`` of the fused pairs by the compiled kernel, from ``G [atom, Kt, lm]``."""
+    d_pairs = torch.empty_like(fused.vectors)  # [p, 3]
+    pair_forces(
+        fused.ab,
+        fused.centre,
+        g_atom.transpose(1, 2).contiguous(),
+        fused.harmonics,
+        fused.vectors,
+        d_pairs,
+        solid_gradient_matrices(l_max),
+    )
+    return d_pairs
 
 
 def _active_pairs(
