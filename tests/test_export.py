@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 
 import ase
+import ase.io
 import numpy as np
 import pytest
 import torch
@@ -273,3 +274,28 @@ def test_exported_model_on_cuda_equals_cpu(fitted, data, tmp_path):
     cpu.calc = metatomic_ase.MetatomicCalculator(str(path), device="cpu")
     gpu.calc = metatomic_ase.MetatomicCalculator(str(path), device="cuda")
     _compare(cpu, gpu, 1e-10, periodic=True)
+
+
+def test_cli_export_round_trip(tmp_path, capsys):
+    from tradens.cli import main
+    from tradens.models import load
+
+    model_path, exported = tmp_path / "model.zip", tmp_path / "model.pt"
+    fast = ["-K", "3", "--l-max", "2", "--n-max", "3", "--cutoff", "4.0", "--cv", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        assert (
+            main(["fit", "--example", "meam17", "-o", str(model_path), *fast, "--index", ":8"]) == 0
+        )
+    assert main(["export", str(model_path), "-o", str(exported)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = load(model_path)
+    from tradens.io import example_path
+
+    atoms = ase.io.read(example_path("meam17"), index=9)
+    reference, got = atoms.copy(), atoms.copy()
+    reference.calc = TradensCalculator(model)
+    got.calc = metatomic_ase.MetatomicCalculator(str(exported))
+    _compare(reference, got, 1e-10, periodic=True)
+    assert main(["export", str(tmp_path / "missing.zip"), "-o", str(exported)]) != 0
+    assert "does not exist" in capsys.readouterr().err

@@ -351,6 +351,19 @@ register_subcommand(
     epilog="examples:\n  tradens eval model.zip test.xyz --json errors.json --output predicted.xyz",
 )
 
+register_subcommand(
+    "export",
+    "tradens.cli.fit:add_export_arguments",
+    "tradens.cli.fit:run_export",
+    help="write a saved potential for MD engines (metatomic .pt or GAP XML)",
+    epilog=(
+        "examples:\n  tradens export model.zip -o model.pt\n"
+        "  tradens export model.zip -o model-f32.pt --dtype float32\n"
+        "  tradens export gap.zip -o gap.xml --format gap-xml\n"
+        "see docs/engines.md for LAMMPS, i-PI, ASE and quippy"
+    ),
+)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

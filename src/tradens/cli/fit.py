@@ -229,3 +229,37 @@ def _trivial_errors(model, frames, args) -> dict:
     if np.isfinite(targets.stress).any():
         out["stress"] = float(np.sqrt(np.nanmean(targets.stress**2)))
     return out
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model file written by tradens fit (or models.save)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="output file (.pt for metatomic, .xml for GAP)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=["metatomic", "gap-xml"],
+        default="metatomic",
+        help="metatomic (LAMMPS, i-PI, ASE, TorchSim; needs tradens[engines]) or GAP's XML "
+        "(quippy, LAMMPS pair_style quip; sparse kernel models on SOAP)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="floating-point type of a metatomic export",
+    )
+
+
+def run_export(args) -> int:
+    from ..models import export, load
+
+    try:
+        model = load(args.model)
+    except FileNotFoundError:
+        raise CLIError(f"model file {args.model!r} does not exist") from None
+    export(model, args.output, format=args.format, dtype=args.dtype)
+    print(f"model      {args.model} ({type(model).__name__})")
+    dtype = args.dtype if args.format == "metatomic" else "float64"
+    print(f"wrote      {args.output} ({args.format}, {dtype})")
+    return 0

@@ -95,10 +95,10 @@ def _harmonics(vectors: torch.Tensor, l_max: int, *, by_degree: bool):
         )
     if torch.is_grad_enabled() and vectors.requires_grad or _has_tangent(vectors):
         # the differentiable form, shared with TorchScript exports
-        values = real_harmonics(vectors, l_max, *recurrence_constants(l_max))  # [..., lm]
+        constants = recurrence_constants(l_max)
         if by_degree:
-            return [values[..., l * l : (l + 1) * (l + 1)] for l in range(l_max + 1)]
-        return values
+            return real_harmonics_by_degree(vectors, l_max, *constants)  # [..., 2l+1] each
+        return real_harmonics(vectors, l_max, *constants)  # [..., lm]
     unit = vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
     x, y, z = unit[..., 0], unit[..., 1], unit[..., 2]
     diagonal, first, up, down = _recurrence(l_max)
@@ -189,15 +189,15 @@ def recurrence_constants(l_max: int) -> tuple[list[float], list[float], list[flo
     return list(diagonal), list(first), up_flat, down_flat
 
 
-def real_harmonics(
+def real_harmonics_by_degree(
     vectors: torch.Tensor,
     l_max: int,
     diagonal: list[float],
     first: list[float],
     up: list[float],
     down: list[float],
-) -> torch.Tensor:
-    """Real spherical harmonics ``[..., (l_max+1)^2]`` of ``vectors [..., 3]`` (differentiable).
+) -> list[torch.Tensor]:
+    """Real spherical harmonics of ``vectors [..., 3]``, by degree: ``Y_l [..., 2l+1]``.
 
     The one differentiable implementation (TorchScript-compatible: exported
     potentials run exactly this code); :func:`spherical_harmonics` uses it
@@ -237,8 +237,9 @@ def real_harmonics(
                     q[(l - 1) * n_l + m],
                     value=up[l * n_l + m],
                 )
-    columns: list[torch.Tensor] = []
+    blocks: list[torch.Tensor] = []
     for l in range(n_l):
+        columns: list[torch.Tensor] = []
         for m in range(-l, l + 1):
             legendre = q[l * n_l + abs(m)]
             if m == 0:
@@ -247,4 +248,19 @@ def real_harmonics(
                 columns.append(sin_m[-m] * legendre)
             else:
                 columns.append(cos_m[m] * legendre)
-    return torch.stack(columns, dim=-1)  # [..., lm]
+        blocks.append(torch.stack(columns, dim=-1))  # [..., 2l+1]
+    return blocks
+
+
+def real_harmonics(
+    vectors: torch.Tensor,
+    l_max: int,
+    diagonal: list[float],
+    first: list[float],
+    up: list[float],
+    down: list[float],
+) -> torch.Tensor:
+    """:func:`real_harmonics_by_degree` as one tensor ``[..., (l_max+1)^2]`` (differentiable)."""
+    return torch.cat(
+        real_harmonics_by_degree(vectors, l_max, diagonal, first, up, down), dim=-1
+    )  # [..., lm]

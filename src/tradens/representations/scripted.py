@@ -8,7 +8,7 @@ function. Its per-pair maths is the library's own differentiable code, not a
 copy: the radial basis (:func:`~tradens.density.radial.gaussian_grid_radial`,
 :func:`~tradens.density.radial.hermite_spline`), the taper
 (:func:`~tradens.density.radial.cosine_cutoff`) and the harmonics
-(:func:`~tradens.density.angular.real_harmonics`) are the functions that
+(:func:`~tradens.density.angular.real_harmonics_by_degree`) are the functions that
 :class:`~tradens.density.expansion.DensityExpansion` runs whenever a graph is
 needed. The density accumulation and the power spectrum follow
 :func:`~tradens.density.expansion.expand_density` and
@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from ..density.angular import l_of_lm, real_harmonics, recurrence_constants
+from ..density.angular import l_of_lm, real_harmonics_by_degree, recurrence_constants
 from ..density.radial import (
     GaussianGridBasis,
     GtoBasis,
@@ -106,6 +106,7 @@ class ScriptedSOAP(torch.nn.Module):
             for z in h.center_species:
                 centres[int(z)] = True
         self.register_buffer("centre_table", centres)
+        self.all_centres = h.center_species is None
         # radial basis
         radial = soap.radial_basis
         self.radial_kind = 0 if isinstance(radial, GaussianGridBasis) else 1
@@ -175,10 +176,13 @@ class ScriptedSOAP(torch.nn.Module):
         neighbors: torch.Tensor,
         species: torch.Tensor,
         weights: torch.Tensor,
-    ) -> torch.Tensor:
-        """``A [atom, K, lm]`` (mixed with ``weights [S*N, K]``) or ``c [atom, S*N, lm]`` (empty).
+    ) -> list[torch.Tensor]:
+        """``A_l [atom, K, 2l+1]`` per degree (mixed with ``weights [S*N, K]``; unmixed
+        ``c_l [atom, S*N, 2l+1]`` when ``weights`` is empty).
 
         ``vectors [pair, 3]`` from ``centers`` to ``neighbors`` (Å), ``species [atom]``.
+        Kept by degree (never sliced out of one ``[atom, K, lm]`` tensor), so that the
+        backward pass does not fill a zero tensor of the whole density per slice.
         """
         n_atoms = species.shape[0]
         n_l = self.l_max + 1
@@ -188,9 +192,9 @@ class ScriptedSOAP(torch.nn.Module):
             vectors, centers, s_j = vectors[keep], centers[keep], s_j[keep]
         r = torch.linalg.vector_norm(vectors, dim=1)  # [pair]
         radial = self._radial(r)  # [pair, N, L]
-        harmonics = real_harmonics(
+        harmonics = real_harmonics_by_degree(
             vectors, self.l_max, self.diagonal, self.first, self.up, self.down
-        )  # [pair, lm]
+        )  # [pair, 2l+1] per l
         mixed = weights.shape[0] > 0
         if mixed:
             n_channels = weights.shape[1]
@@ -203,25 +207,40 @@ class ScriptedSOAP(torch.nn.Module):
             source = radial  # [pair, N, L]
             index = centers * self.n_species + s_j
             n_rows = n_atoms * self.n_species
-        blocks: list[torch.Tensor] = []
-        for l in range(n_l):
-            y_l = harmonics[:, l * l : (l + 1) * (l + 1)]  # [pair, 2l+1]
-            terms = source[:, :, l : l + 1] * y_l[:, None, :]  # [pair, K, 2l+1]
-            blocks.append(
-                torch.zeros(
-                    n_rows, n_channels, 2 * l + 1, dtype=vectors.dtype, device=vectors.device
-                ).index_add(0, index, terms)
-            )
-        out = torch.cat(blocks, dim=2)  # [rows, K, lm]
-        if not mixed:
-            out = out.reshape(n_atoms, self.n_species * self.n_max, n_l * n_l)  # [atom, S*N, lm]
+        term = torch.zeros(0, 0, dtype=vectors.dtype, device=vectors.device)
         if self.has_centre:
             term = self._centre_term(species, vectors.dtype)  # [atom, S*N]
             if mixed:
                 term = term @ weights  # [atom, K]
-            first = out[:, :, :1] + term[:, :, None]
-            out = torch.cat([first, out[:, :, 1:]], dim=2)
-        return out
+        # A_l[row] = Q_l[row]^T Y_l[row] over the row's pairs, padded to a common count J
+        n_pairs = index.shape[0]
+        counts = torch.bincount(index, minlength=n_rows)  # [rows]
+        width = int(counts.max()) if n_pairs > 0 else 1
+        order = torch.argsort(index, stable=True)
+        sorted_index = index[order]
+        first = torch.cumsum(counts, 0) - counts  # [rows]
+        slot = torch.empty_like(index)
+        slot[order] = sorted_index * width + (
+            torch.arange(n_pairs, device=index.device) - first[sorted_index]
+        )  # [pair] position in the padded [rows * J] lists
+        padded = torch.zeros(
+            n_l, n_rows * width, n_channels, dtype=vectors.dtype, device=vectors.device
+        ).index_copy(1, slot, source.permute(2, 0, 1))  # [L, rows*J, K]
+        by_degree = padded.reshape(n_l, n_rows, width, n_channels).unbind(0)  # [rows, J, K]
+        blocks: list[torch.Tensor] = []
+        for l in range(n_l):
+            y_l = torch.zeros(
+                n_rows * width, 2 * l + 1, dtype=vectors.dtype, device=vectors.device
+            ).index_copy(0, slot, harmonics[l])  # [rows*J, 2l+1]
+            block = torch.bmm(
+                by_degree[l].transpose(1, 2), y_l.reshape(n_rows, width, 2 * l + 1)
+            )  # [rows, K, 2l+1]
+            if not mixed:
+                block = block.reshape(n_atoms, self.n_species * self.n_max, 2 * l + 1)
+            if l == 0 and self.has_centre:
+                block = block + term[:, :, None]
+            blocks.append(block)
+        return blocks
 
     def _centre_term(self, species: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The centre atom's own Gaussian in the ``l = 0`` coefficients ``[atom, S*N]``."""
@@ -236,37 +255,36 @@ class ScriptedSOAP(torch.nn.Module):
         return (owner[:, :, None] * values[None, None, :]).reshape(n_atoms, -1)
 
     # ---- the invariants
-    def products(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
-        """Normalised power spectrum ``[row, F]`` of ``y1 [row, K1, lm]``, ``y2 [row, K2, lm]``."""
-        n_rows = y1.shape[0]
+    def products(self, y1: list[torch.Tensor], y2: list[torch.Tensor]) -> torch.Tensor:
+        """Normalised power spectrum ``[row, F]`` of densities by degree ``[row, K, 2l+1]``."""
+        n_rows = y1[0].shape[0]
         n_l = self.l_max + 1
         if self.diagonal_plan:
             columns: list[torch.Tensor] = []
             for l in range(n_l):
-                a = y1[:, :, l * l : (l + 1) * (l + 1)]  # [row, K, 2l+1]
-                b = y2[:, :, l * l : (l + 1) * (l + 1)]
-                columns.append((a * b).sum(-1) / math.sqrt(2 * l + 1))
+                columns.append((y1[l] * y2[l]).sum(-1) / math.sqrt(2 * l + 1))  # [row, K]
             values = torch.stack(columns, dim=-1).reshape(n_rows, -1)  # [row, K*L]
         else:
-            k1, k2 = y1.shape[1], y2.shape[1]
+            k1, k2 = y1[0].shape[1], y2[0].shape[1]
             step = max(1, self.row_block // max(1, k1 * k2))
+            # rows in chunks (bounds the [rows, K1, K2] Gram blocks); split, not sliced
+            parts1 = [block.split(step, dim=0) for block in y1]
+            parts2 = [block.split(step, dim=0) for block in y2]
             chunks: list[torch.Tensor] = []
-            for start in range(0, n_rows, step):
-                a_rows = y1[start : start + step]
-                b_rows = y2[start : start + step]
+            for chunk in range(len(parts1[0])):
                 columns = []
                 for l in range(n_l):
-                    a = a_rows[:, :, l * l : (l + 1) * (l + 1)]  # [row, K1, 2l+1]
-                    b = b_rows[:, :, l * l : (l + 1) * (l + 1)]  # [row, K2, 2l+1]
+                    a = parts1[l][chunk]  # [row, K1, 2l+1]
+                    b = parts2[l][chunk]  # [row, K2, 2l+1]
                     if self.dense_plan:
                         gram = torch.bmm(a, b.transpose(1, 2))  # [row, K1, K2]
                         pair_values = gram[:, self.plan_first, self.plan_second]  # [row, pair]
                     else:
                         pair_values = (a[:, self.plan_first] * b[:, self.plan_second]).sum(-1)
                     columns.append(pair_values * (self.plan_factor / math.sqrt(2 * l + 1)))
-                chunks.append(torch.stack(columns, dim=-1).reshape(a_rows.shape[0], -1))
+                chunks.append(torch.stack(columns, dim=-1).reshape(columns[0].shape[0], -1))
             if len(chunks) == 0:
-                values = torch.zeros(0, self.n_features, dtype=y1.dtype, device=y1.device)
+                values = torch.zeros(0, self.n_features, dtype=y1[0].dtype, device=y1[0].device)
             else:
                 values = torch.cat(chunks, dim=0)  # [row, pair*L]
         if self.normalize:
@@ -314,10 +332,17 @@ class ScriptedSOAP(torch.nn.Module):
         inside = torch.linalg.vector_norm(vectors, dim=1) < self.cutoff  # [pair]
         vectors, centers, neighbors = vectors[inside], centers[inside], neighbors[inside]
         density = self.density(vectors, centers, neighbors, species, self._weights())
-        density = density[rows]  # [row, K, lm]
+        if not self.all_centres:
+            density = [block.index_select(0, rows) for block in density]  # [row, K, 2l+1]
         if self.two_densities:
-            k1 = self.w1.shape[1]
-            return self.products(density[:, :k1], density[:, k1:])
+            sizes = [self.w1.shape[1], self.w2.shape[1]]
+            first: list[torch.Tensor] = []
+            second: list[torch.Tensor] = []
+            for block in density:
+                pieces = torch.split(block, sizes, dim=1)  # [row, K1, 2l+1], [row, K2, 2l+1]
+                first.append(pieces[0])
+                second.append(pieces[1])
+            return self.products(first, second)
         return self.products(density, density)
 
     def _weights(self) -> torch.Tensor:
