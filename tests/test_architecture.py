@@ -231,11 +231,6 @@ LONG_FUNCTIONS: dict[str, str] = {
         "(del) as soon as they are used, which bounds the peak memory; the compiled kernel "
         "replaces the middle stages in one call"
     ),
-    "tradens.gradients.soap_pairs.soap_pair_gradients": (
-        "the values, the output layout, the fast path and the per-block derivative loop "
-        "share about twenty per-batch tensors; splitting it needs a setup object for them "
-        "first"
-    ),
 }
 
 

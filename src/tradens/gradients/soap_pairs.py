@@ -27,6 +27,8 @@ reference for this one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..density.derivatives import harmonics_and_gradient
@@ -198,199 +200,256 @@ def soap_pair_gradients(
     h = soap.hypers
     if h.average and images:
         raise ValueError("images=True is per centre; it cannot be combined with average=True")
-    device = batch.positions.device
-    dtype = batch.positions.dtype
-    n_l = h.l_max + 1
-    expansion = soap.expansion
     with torch.no_grad():
-        if pairs is None:
-            pairs = expansion.pairs(batch)
-        vectors = expansion.vectors(
-            batch, pairs, batch.positions.detach(), batch.cells.detach()
-        )  # [pair, 3]
-        species_index = soap.species_map(batch.numbers)  # [atom]
-        pair_species = species_index[pairs.j]  # [pair]
-        known = (pair_species >= 0).nonzero().squeeze(1)  # neighbours of a listed element
-        w1, w2 = soap.mixing_matrices(dtype, device)
-        symmetric = w1 is None or w2 is w1  # the same density on both sides
-        w1 = None if w1 is None else w1.detach()
-        w_both = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))
-
-        # ---- values: mixed densities of the rows, power spectrum, normalisation
-        density = expansion.coefficients(
-            batch, pairs, vectors, weights=w_both, species_index=species_index
-        )  # [atom, Kt, lm] (mixed) or [atom, S*N, lm]
-        centres = soap.center_rows(batch)
-        row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=device)
-        if h.average:
-            rows = torch.arange(batch.n_structures, device=device)
-            row_of_atom[centres] = batch.structure[centres]
-            y_both = density.new_zeros((batch.n_structures,) + density.shape[1:])
-            y_both = y_both.index_add(0, batch.structure[centres], density[centres])
-        else:
-            rows = centres
-            row_of_atom[centres] = torch.arange(centres.shape[0], device=device)
-            y_both = (
-                density if centres.shape[0] == batch.n_atoms else density[centres]
-            )  # [row, Kt, lm]
-        del density
-        n_rows = rows.shape[0]
-        k1 = y_both.shape[1] if symmetric or w1 is None else w1.shape[1]
-        y1, y2 = (y_both, y_both) if symmetric else (y_both[:, :k1], y_both[:, k1:])
-        raw = power_spectrum(y1, y2, soap.plan, h.l_max)  # [row, F']
-        norm = torch.linalg.vector_norm(raw, dim=1) if h.normalize else torch.ones_like(raw[:, 0])
-        norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # [row]
-        unit = raw / norm[:, None]  # [row, F']
-        del raw
-        n_core = unit.shape[1]
-        values = unit
-        if h.covariance_sigma0 is not None:
-            values = torch.cat([unit, torch.full_like(unit[:, :1], h.covariance_sigma0)], dim=1)
-        n_features = values.shape[1]
+        setup = _prepare(soap, batch, pairs, images, image_rank)
         strain_jacobian = None
         if strain:
-            strain_jacobian = _memory.zeros(n_rows, 3, 3, n_features, dtype=dtype, device=device)
-
-        # ---- output layout: plus[pair] gets +dX/dr_p, the row's centre entry -sum_p dX/dr_p
-        pair_rows = row_of_atom[pairs.i]  # [pair]
-        active = known[pair_rows[known] >= 0]  # pairs with a derivative
-        if images:
-            index, shifts, plus, centre_entry = _image_layout(pairs, pair_rows, rows, image_rank)
-            minus = None
-        else:
-            shifts = None
-            index, entry_j, entry_i = _atom_entries(
-                batch, pairs.i[active], pairs.j[active], row_of_atom, n_rows
+            strain_jacobian = _memory.zeros(
+                setup.n_rows,
+                3,
+                3,
+                setup.n_features,
+                dtype=batch.positions.dtype,
+                device=batch.positions.device,
             )
-            plus = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
-            minus = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
-            plus[active], minus[active] = entry_j, entry_i
-            keys = (index[:, 0] * batch.n_atoms + index[:, 1]).contiguous()
-            centre_entry = torch.searchsorted(
-                keys, torch.arange(n_rows, device=device) * batch.n_atoms + rows
-            )
-        # write each entry once when no two pairs share it (cells larger than twice the cutoff)
-        targets = plus[active]
-        direct = (
-            not h.average
-            and targets.unique().numel() == targets.numel()
-            and not bool(torch.isin(targets, centre_entry).any())
-        )
-        structure = fast_structure(soap, symmetric, w_both) if fast else None
+        structure = fast_structure(soap, setup.symmetric, setup.weights) if fast else None
         if structure is not None:
-            jacobian = _fast_jacobian(
-                soap,
-                structure,
-                batch,
-                pairs,
-                vectors,
-                pair_species,
-                pair_rows,
-                active,
-                y_both,
-                unit,
-                norm,
-                w_both,
-                index,
-                plus,
-                centre_entry,
-                direct,
-                n_rows,
-                n_features,
-                n_core,
-                strain_jacobian,
-                chunk_bytes,
-            )
-            return DescriptorGradients(
-                values=values,
-                rows=rows,
-                positions=jacobian,
-                index=index,
-                shifts=shifts,
-                strain=strain_jacobian,
-            )
-        if direct:
-            # zero: images of elements outside the species list, the covariance_sigma0 column
-            jacobian = _memory.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
+            jacobian = _fast_jacobian(soap, structure, setup, strain_jacobian, chunk_bytes)
         else:
-            jacobian = _memory.zeros(index.shape[0], 3, n_features, dtype=dtype, device=device)
-        core = jacobian[:, :, :n_core]
-        centre_sum = (
-            None if h.average else torch.zeros(n_rows, 3, n_core, dtype=dtype, device=device)
-        )
-        core_strain = None if strain_jacobian is None else strain_jacobian[..., :n_core]
-
-        # ---- derivatives, block by block of pairs, chunk by chunk inside
-        tangent_plan = _TangentPlan(soap.plan, h.l_max, dtype, device)
-        inverse_norm = 1.0 / norm  # [row]
-        per_pair = 8 * (
-            4 * 3 * n_core + 6 * 3 * len(soap.plan) * n_l + 4 * y_both.shape[1] * y_both.shape[2]
-        )
-        block_size = (
-            BLOCK if _small_launches_are_cheap(device) else 16 * BLOCK
-        )  # fewer, larger launches on a GPU
-        chunk = max(1, min(block_size, int(chunk_bytes // per_pair)))
-        mixer = None if w_both is None else expansion.mixed_radial(w_both)
-        for block_start in range(0, active.shape[0], block_size):
-            block = active[block_start : block_start + block_size]
-            block_vectors = vectors[block]  # [b, 3]
-            distances = torch.linalg.vector_norm(block_vectors, dim=1)  # [b]
-            harmonics, d_harmonics = harmonics_and_gradient(block_vectors, h.l_max)
-            angular = torch.cat(
-                [harmonics[:, None], d_harmonics], dim=1
-            )  # [b, 4, lm]: Y then dY/dr
-            del harmonics, d_harmonics
-            if mixer is None:  # [b, N, 2L]: f_c R then its r-derivative
-                radial2 = torch.cat(expansion.radial_with_derivative(distances), dim=2)
-                mixed = None
-            else:  # [b, Kt, 2L]: W[s]^T f_c R then W[s]^T (f_c R)'
-                mixed = mixer(distances, pair_species[block]).transpose(1, 2).contiguous()
-            for start in range(0, block.shape[0], chunk):
-                local = slice(start, start + chunk)
-                sel = block[local]
-                vec = vectors[sel]  # [p, 3]
-                r = pair_rows[sel]
-                unit_vectors = vec / torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 3]
-                chunk_mixed = (
-                    mixed[local]
-                    if mixed is not None
-                    else _species_block(radial2[local], pair_species[sel], h.n_species)
-                )
-                # dv / |v|
-                dv = _power_spectrum_tangent(
-                    chunk_mixed,
-                    angular[local],
-                    y_both[r],
-                    k1,
-                    unit_vectors,
-                    tangent_plan,
-                    symmetric,
-                    inverse_norm[r],
-                )  # [p, 3, F']
-                del chunk_mixed
-                if h.normalize:  # dx = dv/|v| - x (x . dv/|v|)
-                    x = unit[r]  # [p, F']
-                    dv.baddbmm_(torch.bmm(dv, x[:, :, None]), x[:, None, :], alpha=-1.0)
-                if direct:
-                    core.index_copy_(0, plus[sel], dv)
-                else:
-                    core.index_add_(0, plus[sel], dv)
-                if centre_sum is None and minus is not None:  # averaged (so no images): the
-                    core.index_add_(0, minus[sel], dv, alpha=-1.0)  # centres differ within a row
-                _accumulate_rows(dv, r, vec, centre_sum, core_strain)
-        if centre_sum is not None:
-            if direct:
-                core.index_copy_(0, centre_entry, centre_sum.neg_())
-            else:
-                core.index_add_(0, centre_entry, centre_sum, alpha=-1.0)
+            jacobian = _general_jacobian(soap, setup, strain_jacobian, chunk_bytes)
     return DescriptorGradients(
-        values=values,
-        rows=rows,
+        values=setup.values,
+        rows=setup.rows,
         positions=jacobian,
-        index=index,
-        shifts=shifts,
+        index=setup.index,
+        shifts=setup.shifts,
         strain=strain_jacobian,
     )
+
+
+@dataclass
+class _Setup:
+    """What both Jacobian paths of :func:`soap_pair_gradients` need, computed once per batch."""
+
+    vectors: torch.Tensor  # [pair, 3] pair vectors, Å
+    pair_species: torch.Tensor  # [pair] species of the neighbour (-1: not listed)
+    pair_rows: torch.Tensor  # [pair] row of the pair's centre (-1: not a centre)
+    active: torch.Tensor  # [q] pairs with a derivative
+    y: torch.Tensor  # [row, Kt, lm] mixed (or unmixed) densities of the rows
+    k1: int  # channels of the first density (y[:, :k1]; all of y when symmetric)
+    symmetric: bool  # the same density on both sides of the power spectrum
+    weights: torch.Tensor | None  # [S*N, Kt] mixing matrices side by side, None unmixed
+    unit: torch.Tensor  # [row, F'] features before covariance_sigma0 (normalised)
+    norm: torch.Tensor  # [row] norm of the raw power spectrum (1 without normalize)
+    values: torch.Tensor  # [row, F] the features
+    rows: torch.Tensor  # [row] centre atom (structure when averaged) of each row
+    index: torch.Tensor  # [entry, 2] (row, atom) of each output entry
+    shifts: torch.Tensor | None  # [entry, 3] cell shift of each entry (images layout)
+    plus: torch.Tensor  # [pair] entry that gets +dX/dr_p (-1: none)
+    minus: torch.Tensor | None  # [pair] entry that gets -dX/dr_p (atom layout), None for images
+    centre_entry: torch.Tensor  # [row] the row's centre entry (-sum_p dX/dr_p)
+    direct: bool  # no two pairs share an entry: entries are written once, not added
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows.shape[0]
+
+    @property
+    def n_core(self) -> int:
+        return self.unit.shape[1]
+
+    @property
+    def n_features(self) -> int:
+        return self.values.shape[1]
+
+
+def _prepare(
+    soap: SOAP,
+    batch: Batch,
+    pairs: Pairs | None,
+    images: bool,
+    image_rank: torch.Tensor | None,
+) -> _Setup:
+    """Densities, features and output layout of :func:`soap_pair_gradients` (no autograd)."""
+    h = soap.hypers
+    device, dtype = batch.positions.device, batch.positions.dtype
+    expansion = soap.expansion
+    if pairs is None:
+        pairs = expansion.pairs(batch)
+    vectors = expansion.vectors(
+        batch, pairs, batch.positions.detach(), batch.cells.detach()
+    )  # [pair, 3]
+    species_index = soap.species_map(batch.numbers)  # [atom]
+    pair_species = species_index[pairs.j]  # [pair]
+    known = (pair_species >= 0).nonzero().squeeze(1)  # neighbours of a listed element
+    w1, w2 = soap.mixing_matrices(dtype, device)
+    symmetric = w1 is None or w2 is w1  # the same density on both sides
+    w1 = None if w1 is None else w1.detach()
+    w_both = None if w1 is None else (w1 if symmetric else torch.cat([w1, w2.detach()], dim=1))
+
+    # ---- values: mixed densities of the rows, power spectrum, normalisation
+    density = expansion.coefficients(
+        batch, pairs, vectors, weights=w_both, species_index=species_index
+    )  # [atom, Kt, lm] (mixed) or [atom, S*N, lm]
+    rows, row_of_atom, y_both = _row_densities(density, soap.center_rows(batch), batch, h.average)
+    del density
+    k1 = y_both.shape[1] if symmetric or w1 is None else w1.shape[1]
+    y1, y2 = (y_both, y_both) if symmetric else (y_both[:, :k1], y_both[:, k1:])
+    raw = power_spectrum(y1, y2, soap.plan, h.l_max)  # [row, F']
+    norm = torch.linalg.vector_norm(raw, dim=1) if h.normalize else torch.ones_like(raw[:, 0])
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # [row]
+    unit = raw / norm[:, None]  # [row, F']
+    del raw
+    values = unit
+    if h.covariance_sigma0 is not None:
+        values = torch.cat([unit, torch.full_like(unit[:, :1], h.covariance_sigma0)], dim=1)
+
+    # ---- output layout: plus[pair] gets +dX/dr_p, the row's centre entry -sum_p dX/dr_p
+    pair_rows = row_of_atom[pairs.i]  # [pair]
+    active = known[pair_rows[known] >= 0]  # pairs with a derivative
+    n_rows = rows.shape[0]
+    if images:
+        index, shifts, plus, centre_entry = _image_layout(pairs, pair_rows, rows, image_rank)
+        minus = None
+    else:
+        shifts = None
+        index, entry_j, entry_i = _atom_entries(
+            batch, pairs.i[active], pairs.j[active], row_of_atom, n_rows
+        )
+        plus = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
+        minus = torch.full((len(pairs),), -1, dtype=torch.long, device=device)
+        plus[active], minus[active] = entry_j, entry_i
+        keys = (index[:, 0] * batch.n_atoms + index[:, 1]).contiguous()
+        centre_entry = torch.searchsorted(
+            keys, torch.arange(n_rows, device=device) * batch.n_atoms + rows
+        )
+    # write each entry once when no two pairs share it (cells larger than twice the cutoff)
+    targets = plus[active]
+    direct = (
+        not h.average
+        and targets.unique().numel() == targets.numel()
+        and not bool(torch.isin(targets, centre_entry).any())
+    )
+    return _Setup(
+        vectors,
+        pair_species,
+        pair_rows,
+        active,
+        y_both,
+        k1,
+        symmetric,
+        w_both,
+        unit,
+        norm,
+        values,
+        rows,
+        index,
+        shifts,
+        plus,
+        minus,
+        centre_entry,
+        direct,
+    )
+
+
+def _row_densities(
+    density: torch.Tensor, centres: torch.Tensor, batch: Batch, average: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, the row of every atom (-1: none) and the densities of the rows ``[row, Kt, lm]``.
+
+    A row per centre atom, or per structure (summed over its centres) when ``average``.
+    """
+    device = batch.positions.device
+    row_of_atom = torch.full((batch.n_atoms,), -1, dtype=torch.long, device=device)
+    if average:
+        rows = torch.arange(batch.n_structures, device=device)
+        row_of_atom[centres] = batch.structure[centres]
+        y_both = density.new_zeros((batch.n_structures,) + density.shape[1:])
+        y_both = y_both.index_add(0, batch.structure[centres], density[centres])
+        return rows, row_of_atom, y_both
+    row_of_atom[centres] = torch.arange(centres.shape[0], device=device)
+    y_both = density if centres.shape[0] == batch.n_atoms else density[centres]  # [row, Kt, lm]
+    return centres, row_of_atom, y_both
+
+
+def _general_jacobian(
+    soap: SOAP, setup: _Setup, strain_jacobian: torch.Tensor | None, chunk_bytes: int
+) -> torch.Tensor:
+    """``[entry, 3, F]`` Jacobian by the per-pair path: blocks of pairs, chunks inside."""
+    h = soap.hypers
+    vectors, y_both, unit = setup.vectors, setup.y, setup.unit
+    pair_species, pair_rows, active = setup.pair_species, setup.pair_rows, setup.active
+    plus, minus, direct = setup.plus, setup.minus, setup.direct
+    device, dtype = vectors.device, vectors.dtype
+    n_l, n_core = h.l_max + 1, setup.n_core
+    # zero: images of elements outside the species list, the covariance_sigma0 column
+    jacobian = _memory.zeros(setup.index.shape[0], 3, setup.n_features, dtype=dtype, device=device)
+    core = jacobian[:, :, :n_core]
+    centre_sum = (
+        None if h.average else torch.zeros(setup.n_rows, 3, n_core, dtype=dtype, device=device)
+    )
+    core_strain = None if strain_jacobian is None else strain_jacobian[..., :n_core]
+    tangent_plan = _TangentPlan(soap.plan, h.l_max, dtype, device)
+    inverse_norm = 1.0 / setup.norm  # [row]
+    per_pair = 8 * (
+        4 * 3 * n_core + 6 * 3 * len(soap.plan) * n_l + 4 * y_both.shape[1] * y_both.shape[2]
+    )
+    block_size = (
+        BLOCK if _small_launches_are_cheap(device) else 16 * BLOCK
+    )  # fewer, larger launches on a GPU
+    chunk = max(1, min(block_size, int(chunk_bytes // per_pair)))
+    mixer = None if setup.weights is None else soap.expansion.mixed_radial(setup.weights)
+    for block_start in range(0, active.shape[0], block_size):
+        block = active[block_start : block_start + block_size]
+        block_vectors = vectors[block]  # [b, 3]
+        distances = torch.linalg.vector_norm(block_vectors, dim=1)  # [b]
+        harmonics, d_harmonics = harmonics_and_gradient(block_vectors, h.l_max)
+        angular = torch.cat([harmonics[:, None], d_harmonics], dim=1)  # [b, 4, lm]: Y then dY/dr
+        del harmonics, d_harmonics
+        if mixer is None:  # [b, N, 2L]: f_c R then its r-derivative
+            radial2 = torch.cat(soap.expansion.radial_with_derivative(distances), dim=2)
+            mixed = None
+        else:  # [b, Kt, 2L]: W[s]^T f_c R then W[s]^T (f_c R)'
+            mixed = mixer(distances, pair_species[block]).transpose(1, 2).contiguous()
+        for start in range(0, block.shape[0], chunk):
+            local = slice(start, start + chunk)
+            sel = block[local]
+            vec = vectors[sel]  # [p, 3]
+            r = pair_rows[sel]
+            unit_vectors = vec / torch.linalg.vector_norm(vec, dim=1, keepdim=True)  # [p, 3]
+            chunk_mixed = (
+                mixed[local]
+                if mixed is not None
+                else _species_block(radial2[local], pair_species[sel], h.n_species)
+            )
+            # dv / |v|
+            dv = _power_spectrum_tangent(
+                chunk_mixed,
+                angular[local],
+                y_both[r],
+                setup.k1,
+                unit_vectors,
+                tangent_plan,
+                setup.symmetric,
+                inverse_norm[r],
+            )  # [p, 3, F']
+            del chunk_mixed
+            if h.normalize:  # dx = dv/|v| - x (x . dv/|v|)
+                x = unit[r]  # [p, F']
+                dv.baddbmm_(torch.bmm(dv, x[:, :, None]), x[:, None, :], alpha=-1.0)
+            if direct:
+                core.index_copy_(0, plus[sel], dv)
+            else:
+                core.index_add_(0, plus[sel], dv)
+            if centre_sum is None and minus is not None:  # averaged (so no images): the
+                core.index_add_(0, minus[sel], dv, alpha=-1.0)  # centres differ within a row
+            _accumulate_rows(dv, r, vec, centre_sum, core_strain)
+    if centre_sum is not None:
+        if direct:
+            core.index_copy_(0, setup.centre_entry, centre_sum.neg_())
+        else:
+            core.index_add_(0, setup.centre_entry, centre_sum, alpha=-1.0)
+    return jacobian
 
 
 def _accumulate_rows(
@@ -423,37 +482,24 @@ def _accumulate_rows(
 
 
 def _fast_jacobian(
-    soap,
-    structure,
-    batch,
-    pairs,
-    vectors,
-    pair_species,
-    pair_rows,
-    active,
-    y,
-    unit,
-    norm,
-    weights,
-    index,
-    plus,
-    centre_entry,
-    direct,
-    n_rows,
-    n_features,
-    n_core,
-    strain_jacobian,
-    chunk_bytes,
-):
+    soap: SOAP,
+    structure: str,
+    setup: _Setup,
+    strain_jacobian: torch.Tensor | None,
+    chunk_bytes: int,
+) -> torch.Tensor:
     """The Jacobian of :func:`soap_pair_gradients` by :func:`.soap_jacobian.write_jacobian`.
 
     Slots are the output entries when every entry receives at most one pair
     (``direct``); otherwise one slot per row (the centre) and per active pair,
     added into the entries.
     """
+    vectors, pair_rows, active, index = setup.vectors, setup.pair_rows, setup.active, setup.index
+    plus, centre_entry = setup.plus, setup.centre_entry
+    n_rows, n_features = setup.n_rows, setup.n_features
     device, dtype = vectors.device, vectors.dtype
     n_entries = index.shape[0]
-    if direct:
+    if setup.direct:
         slot_pair = torch.full((n_entries,), -1, dtype=torch.long, device=device)
         slot_pair[plus[active]] = active
         per_row = torch.bincount(index[:, 0], minlength=n_rows)
@@ -487,17 +533,17 @@ def _fast_jacobian(
         soap,
         structure,
         vectors=vectors,
-        pair_species=pair_species,
-        y=y,
-        unit=unit,
-        norm=norm,
-        weights=weights,
+        pair_species=setup.pair_species,
+        y=setup.y,
+        unit=setup.unit,
+        norm=setup.norm,
+        weights=setup.weights,
         slot_pair=slot_pair,
         row_start=row_start,
         centre_slot=centre_slot,
         out=jacobian,
         strain_out=strain_jacobian,
-        n_core=n_core,
+        n_core=setup.n_core,
         normalize=soap.hypers.normalize,
         chunk_bytes=chunk_bytes,
         target=target,
