@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import ase
+import ase.build
 import numpy as np
 import pytest
 import torch
@@ -219,3 +220,33 @@ def test_neighbour_memory_check_refuses_a_cell_far_too_small_for_its_atoms():
 
     with pytest.raises(ValueError, match="neighbour pairs within the cutoff of 20"):
         _check_pair_count(0, len(atoms), np.asarray(atoms.cell), np.array([True] * 3), 20.0)
+
+
+def test_descriptor_jacobians_that_cannot_fit_are_refused_with_the_estimate(monkeypatch):
+    from tradens.gradients import descriptor_gradients
+    from tradens.kernels import budget
+
+    soap = SOAP(cutoff=3.5, l_max=4, radial={"n_max": 6}, species=[29])
+    atoms = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
+    descriptor_gradients(soap, atoms)  # fits: computed
+    # room for the neighbour-list estimate (~111 KB) but not for the Jacobians (~160 KB)
+    monkeypatch.setattr(budget, "available_memory", lambda device=None: 120_000.0)
+    with pytest.raises(ValueError, match=r"descriptor Jacobians of 1 structure.*entries x 3 x 105"):
+        descriptor_gradients(soap, atoms)
+
+
+def test_a_fit_whose_normal_equations_cannot_fit_is_refused_with_the_estimate(monkeypatch):
+    from _models_helpers import alloy, label, planted, small_soap
+
+    from tradens.kernels import budget
+    from tradens.models import LinearPotential
+
+    soap = small_soap()
+    _, _, model_fn = planted(soap)
+    frames = label([alloy(s, repeat=(1, 1, 1)) for s in range(4)], soap, model_fn)
+    model = LinearPotential(soap, alphas=[1e-6], cv=2, per_element=True, solver="primal")
+    d = model.fit(frames).basis_.n_outputs  # fits: 3 elements x F features
+    needed = (2 * 3 + 2) * d * d * 8  # 2 folds x energy, forces, stress, + the solve's copies
+    monkeypatch.setattr(budget, "available_memory", lambda device=None: needed - 1.0)
+    with pytest.raises(ValueError, match=rf"normal equations of a fit with {d} basis functions"):
+        LinearPotential(soap, alphas=[1e-6], cv=2, per_element=True, solver="primal").fit(frames)

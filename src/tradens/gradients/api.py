@@ -406,6 +406,31 @@ def _append(
 # ----------------------------------------------------------------------------- Jacobians
 
 
+def _check_jacobian_memory(
+    representation, batch: Batch, n_pairs: int, strain: bool, device: torch.device
+) -> None:
+    """Refuse a Jacobian whose output alone would not fit in the available memory.
+
+    The output holds ``[entry, 3, F]`` position derivatives with at most one entry
+    per centre and per neighbour pair, and ``[row, 3, 3, F]`` strain derivatives.
+    """
+    from ..kernels.budget import check_memory
+
+    n_features = int(representation.n_features)
+    n_rows = batch.n_atoms
+    entries = n_rows + n_pairs
+    itemsize = batch.positions.element_size()
+    needed = (entries * 3 + (9 * n_rows if strain else 0)) * n_features * itemsize
+    check_memory(
+        needed,
+        f"descriptor Jacobians of {batch.n_structures} structure(s): up to {entries} "
+        f"entries x 3 x {n_features} features",
+        "pass fewer structures per call, fewer features (smaller K), dtype=torch.float32, "
+        "or compute forces of a model with energy_forces_stress, which never forms the Jacobian",
+        device,
+    )
+
+
 def descriptor_gradients(
     representation,
     systems,
@@ -462,23 +487,22 @@ def descriptor_gradients(
     with deterministic(device):
         if path == "jvp":
             result = jvp_gradients(representation, batch, strain=strain, cutoff=cutoff)
-        elif path == "ace-pair":
-            result = ace_pair_gradients(
-                representation,
-                batch,
-                strain=strain,
-                chunk_bytes=chunk_bytes,
-                pairs=representation.expansion.pairs(batch),
-            )
         else:
-            result = soap_pair_gradients(
-                representation,
-                batch,
-                strain=strain,
-                images=images,
-                chunk_bytes=chunk_bytes,
-                fast=path == "soap-symmetric",
-                pairs=representation.expansion.pairs(batch),
-            )
+            pairs = representation.expansion.pairs(batch)
+            _check_jacobian_memory(representation, batch, int(pairs.i.shape[0]), strain, device)
+            if path == "ace-pair":
+                result = ace_pair_gradients(
+                    representation, batch, strain=strain, chunk_bytes=chunk_bytes, pairs=pairs
+                )
+            else:
+                result = soap_pair_gradients(
+                    representation,
+                    batch,
+                    strain=strain,
+                    images=images,
+                    chunk_bytes=chunk_bytes,
+                    fast=path == "soap-symmetric",
+                    pairs=pairs,
+                )
     record_path("jacobian", path)
     return result

@@ -542,6 +542,7 @@ class LinearPotential(PotentialBase):
     def _accumulate(
         self, frames, targets, basis, species, weights, folds, n_folds, use_forces, use_stress
     ):
+        _check_normal_equations_memory(basis.n_outputs, n_folds, 1 + use_forces + use_stress)
         stats = FoldStatistics(n_folds, basis.n_outputs, len(species))
         fractions = composition(frames, species) / targets.n_atoms[:, None]
         batches = design_batches(
@@ -704,3 +705,17 @@ class LinearPotential(PotentialBase):
         return phi @ theta + self.baseline_.atom_energies(numbers, phi.dtype).to(
             phi.device
         )  # [row]
+
+
+def _check_normal_equations_memory(n_basis: int, n_folds: int, n_properties: int) -> None:
+    """Refuse a fit whose normal equations (``D x D`` per fold and property) cannot fit."""
+    from ..kernels.budget import check_memory
+
+    needed = (n_folds * n_properties + 2) * n_basis * n_basis * 8  # + the solve's copies
+    check_memory(
+        needed,
+        f"the normal equations of a fit with {n_basis} basis functions ({n_folds} fold(s) x "
+        f"{n_properties} propert{'y' if n_properties == 1 else 'ies'} of {n_basis} x {n_basis})",
+        "use fewer features (a mixing with smaller K, or projection=RandomProjection(...)), "
+        "per_element=False, solver='dual' for energies only, or fewer folds (cv)",
+    )
