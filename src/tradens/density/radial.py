@@ -239,12 +239,17 @@ def scaled_in_stack(
         q = x[small]  # [q]
         n_terms = series_table.shape[0]
         y = (q * q) * (0.5 / y_max)  # [q] in [0, 1)
-        ones = torch.ones_like(q)[:, None]
-        powers = torch.cat([ones, y[:, None].expand(-1, n_terms - 1)], dim=1).cumprod(dim=1)
-        sums = powers @ series_table  # [q, l]
+        # Horner in y and x^l by repeated products: both cheaper to differentiate than
+        # cumulative products of powers
+        y_column = y[:, None]  # [q, 1]
+        sums = series_table[n_terms - 1].expand(q.shape[0], l_max + 1)  # [q, l]
+        for k in range(n_terms - 2, -1, -1):
+            sums = torch.addcmul(series_table[k], sums, y_column)  # [q, l]
         if l_max >= 1:
-            x_powers = torch.cat([ones, q[:, None].expand(-1, l_max)], dim=1).cumprod(dim=1)
-            sums = sums * x_powers
+            x_powers = [torch.ones_like(q)]
+            for _ in range(l_max):
+                x_powers.append(x_powers[-1] * q)
+            sums = sums * torch.stack(x_powers, dim=1)  # [q, l]
         series = torch.exp(-q)[:, None] * sums  # [q, l]
         result = result.masked_scatter(small[..., None].expand_as(result), series)
     return result.movedim(-1, dim)
