@@ -105,6 +105,82 @@ def _small_launches_are_cheap(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def _slot_terms(
+    vectors: torch.Tensor,
+    pair_species: torch.Tensor,
+    pair: torch.Tensor,
+    radial,
+    n_l: int,
+    n_k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair terms of the slots of one chunk, zero on slots without a pair (``pair < 0``).
+
+    Returns ``angular [E, 4, lm]`` (``Y`` then ``dY/dr_a``), ``ab [E, 2, L, K]`` (the mixed
+    radial terms ``B``, ``A`` from ``radial``), ``rhat [E, 3]`` and the pair vectors
+    ``[E, 3]`` (Å).
+    """
+    n_slots = pair.shape[0]
+    valid = (pair >= 0).nonzero().squeeze(1)
+    sel = pair[valid]
+    vec = vectors[sel]  # [q, 3]
+    r = torch.linalg.vector_norm(vec, dim=1)
+    harmonics, d_harmonics = harmonics_and_gradient(vec, n_l - 1)  # [q, lm], [q, 3, lm]
+    angular = vec.new_zeros(n_slots, 4, n_l * n_l)  # [E, 4, lm]: Y, dY/dr_a
+    angular[valid, 0] = harmonics
+    angular[valid, 1:] = d_harmonics
+    del harmonics, d_harmonics
+    ab = vec.new_zeros(n_slots, 2, n_l, n_k)  # [E, 2, L, K]: B, A
+    ab[valid] = radial(r, pair_species[sel]).view(-1, 2, n_l, n_k)
+    rhat = vec.new_zeros(n_slots, 3)
+    rhat[valid] = vec / r[:, None]
+    slot_vec = vec.new_zeros(n_slots, 3)
+    slot_vec[valid] = vec
+    return angular, ab, rhat, slot_vec
+
+
+def _row_sums(
+    slab: torch.Tensor,
+    slot_vec: torch.Tensor,
+    with_strain: bool,
+    local_starts: torch.Tensor,
+    width: int,
+    slot_index: torch.Tensor | None,
+    small_launches: bool,
+) -> torch.Tensor:
+    """``[R, c, 3F]`` per row: ``sum_p dX/dr_p`` and (``with_strain``) ``sum_p r_p (x) dX/dr_p``.
+
+    ``slab [E, 3, F]`` holds the slots of the chunk's rows (row ``k`` owns slots
+    ``local_starts[k]:local_starts[k + 1]``, at most ``width``); ``slot_index [E]`` places
+    each slot in the rows padded to ``width`` (None: every row has ``width`` slots).
+    """
+    n_slots, n_local = slab.shape[0], local_starts.shape[0] - 1
+    columns = 4 if with_strain else 1
+    slot_weights = torch.cat([torch.ones_like(slot_vec[:, :1]), slot_vec], dim=1)[
+        :, :columns
+    ]  # [E, c]
+    flat = slab.view(n_slots, slab.shape[1] * slab.shape[2])  # [E, 3F]
+    if slot_index is None:
+        return torch.bmm(
+            slot_weights.view(n_local, width, columns).transpose(1, 2),
+            flat.view(n_local, width, -1),
+        )  # [R, c, 3F]
+    if not small_launches:  # one batched product over rows padded to the widest row
+        padded_flat = flat.new_zeros(n_local * width, flat.shape[1])
+        padded_flat[slot_index] = flat
+        padded_weights = slot_weights.new_zeros(n_local * width, columns)
+        padded_weights[slot_index] = slot_weights
+        return torch.bmm(
+            padded_weights.view(n_local, width, columns).transpose(1, 2),
+            padded_flat.view(n_local, width, -1),
+        )  # [R, c, 3F]
+    sums = flat.new_empty(n_local, columns, flat.shape[1])
+    starts = local_starts.tolist()
+    for row in range(n_local):
+        lo, hi = starts[row], starts[row + 1]
+        torch.mm(slot_weights[lo:hi].T, flat[lo:hi], out=sums[row])
+    return sums
+
+
 def write_jacobian(
     soap,
     structure: str,
@@ -180,26 +256,12 @@ def write_jacobian(
         chunk_counts = counts[r0:r1]
         width = max(counts_list[r0:r1])
         uniform = all(c == width for c in counts_list[r0:r1])
-        pair = slot_pair[s0:s1]  # [E]
-        valid = (pair >= 0).nonzero().squeeze(1)
-        sel = pair[valid]
         slot_row = torch.repeat_interleave(
             torch.arange(n_local, device=device), chunk_counts
         )  # [E] local
-        # ---- per-pair terms, zero on centre slots
-        vec = vectors[sel]  # [q, 3]
-        r = torch.linalg.vector_norm(vec, dim=1)
-        harmonics, d_harmonics = harmonics_and_gradient(vec, n_l - 1)  # [q, lm], [q, 3, lm]
-        angular = vec.new_zeros(n_slots, 4, n_lm)  # [E, 4, lm]: Y, dY/dr_a
-        angular[valid, 0] = harmonics
-        angular[valid, 1:] = d_harmonics
-        del harmonics, d_harmonics
-        ab = vec.new_zeros(n_slots, 2, n_l, n_k)  # [E, 2, L, K]: B, A
-        ab[valid] = radial(r, pair_species[sel]).view(-1, 2, n_l, n_k)
-        rhat = vec.new_zeros(n_slots, 3)
-        rhat[valid] = vec / r[:, None]
-        slot_vec = vec.new_zeros(n_slots, 3)
-        slot_vec[valid] = vec
+        angular, ab, rhat, slot_vec = _slot_terms(
+            vectors, pair_species, slot_pair[s0:s1], radial, n_l, n_k
+        )  # [E, 4, lm], [E, 2, L, K], [E, 3], [E, 3]
         # ---- beta, delta: per degree, [row, P*4, 2l+1] @ [row, 2l+1, K]
         if uniform:
             padded = angular.view(n_local, width, 4, n_lm)
@@ -285,10 +347,9 @@ def write_jacobian(
                     s[:, :, None, None], x_rows[slot_row].view(n_slots, 1, n_k, n_l), value=-1.0
                 )
         else:  # triangle
-            # straight into GAP's (a, b <= a, l) layout, one channel a at a time, with every factor
-            # scaled
-            # by 2^(1/4): dv[a, b, l] = sqrt2 (alpha_a beta_b + beta_a alpha_b + gamma_a delta_b
-            # + delta_a gamma_b), then f_aa = 1 on the diagonal
+            # straight into GAP's (a, b <= a, l) layout, one channel a at a time, with every
+            # factor scaled by 2^(1/4): dv[a, b, l] = sqrt2 (alpha_a beta_b + beta_a alpha_b
+            # + gamma_a delta_b + delta_a gamma_b), then f_aa = 1 on the diagonal
             quarter = 2.0**0.25
             fa = (alpha * quarter).transpose(2, 3).contiguous()  # [E, 3, K, L]
             fd = (delta * quarter).transpose(2, 3).contiguous()  # [E, 3, K, L]
@@ -315,32 +376,16 @@ def write_jacobian(
                         s[e0:e1, :, None], x_full[slot_row[e0:e1]][:, None, :], value=-1.0
                     )
         # ---- centre slots (-sum of the row) and strain (sum_p r_p (x) dX/dr_p)
-        columns = 4 if strain_out is not None else 1
-        slot_weights = torch.cat([torch.ones_like(slot_vec[:, :1]), slot_vec], dim=1)[
-            :, :columns
-        ]  # [E, c]
-        flat = slab.view(n_slots, 3 * n_features)
-        if uniform:
-            sums = torch.bmm(
-                slot_weights.view(n_local, width, columns).transpose(1, 2),
-                flat.view(n_local, width, -1),
-            )  # [R, c, 3F]
-        elif not small_launches:  # one batched product over rows padded to the widest row
-            padded_flat = flat.new_zeros(n_local * width, flat.shape[1])
-            padded_flat[slot_index] = flat
-            padded_weights = slot_weights.new_zeros(n_local * width, columns)
-            padded_weights[slot_index] = slot_weights
-            sums = torch.bmm(
-                padded_weights.view(n_local, width, columns).transpose(1, 2),
-                padded_flat.view(n_local, width, -1),
-            )  # [R, c, 3F]
-            del padded_flat, padded_weights
-        else:
-            sums = flat.new_empty(n_local, columns, 3 * n_features)
-            local_starts = (row_start[r0 : r1 + 1] - s0).tolist()
-            for row in range(n_local):
-                lo, hi = local_starts[row], local_starts[row + 1]
-                torch.mm(slot_weights[lo:hi].T, flat[lo:hi], out=sums[row])
+        local_starts = row_start[r0 : r1 + 1] - s0
+        sums = _row_sums(
+            slab,
+            slot_vec,
+            strain_out is not None,
+            local_starts,
+            width,
+            None if uniform else slot_index,
+            small_launches,
+        )  # [R, 1 (+3), 3F]
         slab[centre_slot[r0:r1] - s0] = -sums[:, 0].view(n_local, 3, n_features)
         if strain_out is not None:
             strain_out[r0:r1] = sums[:, 1:].view(n_local, 3, 3, n_features)
