@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownSpeciesError as error:  # the library's advice, in command-line terms
         if show_traceback:
             raise
+        where = "" if error.structure is None else f"structure {error.structure}: "
         print(
-            f"tradens: error: element(s) with atomic number {error.missing} not in the species "
-            f"list {error.species}; add them with --species or pass --unknown-species skip",
+            f"tradens: error: {where}element(s) with atomic number {error.missing} not in the "
+            f"species list {error.species}; add them with --species or pass --unknown-species skip",
             file=sys.stderr,
         )
         return 1

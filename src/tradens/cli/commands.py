@@ -68,6 +68,12 @@ def add_features_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_hyper_arguments(parser)
     add_compute_arguments(parser)
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out structures that fail (bad cell, NaN, unknown element) and list them "
+        "(their indices are missing from the output's structure column)",
+    )
 
 
 def run_features(args) -> int:

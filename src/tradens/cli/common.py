@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+import warnings
 from importlib.resources import files
 from typing import Literal, overload
 
@@ -360,9 +362,13 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=["float64", "float32"], default="float64", help="feature dtype"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="structures per batch (default 32)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="structures per batch (default: packed by size, about 2048 atoms a batch)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
     parser.add_argument(
         "--threads",
         type=int,
@@ -375,7 +381,7 @@ def compute(calculator, frames, args):
     """Features of ``frames`` (numpy), with a progress bar unless ``--quiet``."""
     import torch
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     threads = getattr(args, "threads", 0)
     if threads < 0:
@@ -383,9 +389,27 @@ def compute(calculator, frames, args):
     if threads:
         torch.set_num_threads(threads)
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
-    return calculator.compute(
-        frames, output="numpy", dtype=dtype, batch_size=args.batch_size, progress=not args.quiet
-    )
+    skip_bad = bool(getattr(args, "skip_bad", False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped structures are listed below instead
+        features = calculator.compute(
+            frames,
+            output="numpy",
+            dtype=dtype,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+            skip_bad=skip_bad,
+        )
+    for index, reason in features.skipped:
+        print(f"tradens: skipped structure {index}: {_one_line_reason(reason)}", file=sys.stderr)
+    if features.skipped:
+        print(f"tradens: skipped {len(features.skipped)} bad structure(s)", file=sys.stderr)
+    return features
+
+
+def _one_line_reason(reason: str) -> str:
+    """The first line of an error message."""
+    return reason.strip().splitlines()[0] if reason.strip() else reason
 
 
 def features_for(args, frames, *, spec_features: str | None = None):

@@ -61,11 +61,30 @@ class UnknownSpeciesError(ValueError):
         The species list.
     """
 
-    def __init__(self, missing, species, remedy: str):
-        self.missing, self.species = list(missing), list(species)
+    def __init__(self, missing, species, remedy: str, structure: int | None = None):
+        self.missing, self.species, self.remedy = list(missing), list(species), remedy
+        self.structure = structure
+        where = "" if structure is None else f"structure {structure}: "
         super().__init__(
-            f"element(s) with atomic number {self.missing} not in species {self.species}; {remedy}"
+            f"{where}element(s) with atomic number {self.missing} not in species "
+            f"{self.species}; {remedy}"
         )
+
+    def in_structure(self, batch: Batch) -> UnknownSpeciesError:
+        """This error naming the first structure of ``batch`` with a missing element.
+
+        The structure is numbered as in the caller's list (``batch.first_index``);
+        the elements listed are that structure's.
+        """
+        wanted = torch.as_tensor(self.missing, device=batch.numbers.device)
+        bad = torch.isin(batch.numbers, wanted).nonzero()
+        if bad.numel() == 0 or self.structure is not None:
+            return self
+        local = int(batch.structure[int(bad[0, 0])])
+        start, stop = batch.offsets[local], batch.offsets[local + 1]
+        numbers = batch.numbers[start:stop]
+        missing = sorted({int(z) for z in numbers[torch.isin(numbers, wanted)].cpu().tolist()})
+        return UnknownSpeciesError(missing, self.species, self.remedy, local + batch.first_index)
 
 
 class SpeciesMap:

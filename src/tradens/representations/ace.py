@@ -394,9 +394,10 @@ class ACE(torch.nn.Module):
         output: str = "numpy",
         dtype: torch.dtype | None = None,
         device=None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         progress: bool = False,
         min_distance: float | None = None,
+        skip_bad: bool = False,
     ) -> Features:
         """Features of one or many structures (same contract as :meth:`tradens.SOAP.compute`)."""
         return compute_in_batches(
@@ -409,4 +410,5 @@ class ACE(torch.nn.Module):
             progress=progress,
             desc="ACE",
             min_distance=min_distance,
+            skip_bad=skip_bad,
         )

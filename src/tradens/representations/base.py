@@ -60,9 +60,10 @@ class Representation(Protocol):
         output: str = "numpy",
         dtype: torch.dtype | None = None,
         device: Any = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         progress: bool = False,
         min_distance: float | None = None,
+        skip_bad: bool = False,
     ) -> Features:
         """Features of one or many structures (numpy or torch output)."""
         ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +33,9 @@ class Features:
         ``"l"``, ``"channel_1"``, ``"channel_2"`` for a power spectrum).
     names : list of str
         Human-readable name of every column.
+    skipped : list of (int, str)
+        Structures left out by ``compute(..., skip_bad=True)``: index in the
+        input and the reason (empty otherwise).
     """
 
     values: np.ndarray | torch.Tensor
@@ -39,6 +44,7 @@ class Features:
     numbers: np.ndarray | torch.Tensor
     labels: dict = field(default_factory=dict)
     names: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
 
     @property
     def n_features(self) -> int:
@@ -61,6 +67,7 @@ class Features:
             conv(self.numbers),
             dict(self.labels),
             list(self.names),
+            list(self.skipped),
         )
 
     def pooled(self, how: str = "mean") -> np.ndarray | torch.Tensor:
@@ -92,7 +99,7 @@ def _frame_atoms(frame: object) -> int:
 def _check_compute_memory(
     representation: torch.nn.Module,
     frames: list,
-    batch_size: int,
+    ranges: list[tuple[int, int]],
     dtype: torch.dtype | None,
     device: torch.device | str | None,
     averaged: bool,
@@ -105,9 +112,7 @@ def _check_compute_memory(
 
     counts = [_frame_atoms(frame) for frame in frames]
     n_rows = len(frames) if averaged else sum(counts)
-    batch_atoms = max(
-        (sum(counts[s : s + batch_size]) for s in range(0, len(counts), batch_size)), default=0
-    )
+    batch_atoms = max((sum(counts[start:stop]) for start, stop in ranges), default=0)
     dtype = torch.float64 if dtype is None else dtype
     n_features = representation.n_features
     check_memory(
@@ -121,7 +126,9 @@ def _check_compute_memory(
 
 
 def check_batch_size(batch_size: object) -> None:
-    """Raise a ValueError unless ``batch_size`` is an integer >= 1 (structures per batch)."""
+    """Raise unless ``batch_size`` is None or an integer >= 1 (structures per batch)."""
+    if batch_size is None:
+        return
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
         raise TypeError(f"batch_size must be an integer (structures per batch), got {batch_size!r}")
     if batch_size < 1:
@@ -135,60 +142,116 @@ def compute_in_batches(
     output: str,
     dtype,
     device,
-    batch_size: int,
+    batch_size: int | None,
     progress: bool,
     desc: str,
     averaged: bool = False,
     min_distance: float | None = None,
+    skip_bad: bool = False,
 ) -> Features:
     """Run ``representation.forward`` over batches of structures and collect :class:`Features`.
 
     ``forward(batch)`` must return ``(values [row, feature], rows)`` where ``rows``
     are atom indices into the batch, or structure indices when ``averaged``.
     Shared by every representation's ``compute``. ``min_distance`` (Å) goes to
-    :func:`~tradens.systems.batch.as_batch` (``None``: its default).
+    :func:`~tradens.systems.batch.as_batch` (``None``: its default). ``batch_size``
+    structures make a batch; ``None`` packs them by size
+    (:func:`~tradens.systems.batch.batch_ranges`). A structure that fails
+    (``ValueError``: bad cell, NaN, overlapping atoms, unknown element) is named
+    by its index in ``systems``; with ``skip_bad`` it is left out instead, and
+    listed in ``Features.skipped`` (and in a warning). The progress bar counts
+    structures and shows atoms per second.
     """
     from tqdm.auto import tqdm
 
     from ..kernels.determinism import deterministic
-    from ..systems.batch import DEFAULT_MIN_DISTANCE, _as_frames, as_batch
+    from ..systems.batch import DEFAULT_MIN_DISTANCE, _as_frames, batch_ranges
 
     if output not in ("numpy", "torch"):
         raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
     check_batch_size(batch_size)
     frames = _as_frames(systems)
     min_distance = DEFAULT_MIN_DISTANCE if min_distance is None else min_distance
-    _check_compute_memory(representation, frames, batch_size, dtype, device, averaged)
-    parts, structure, center, numbers = [], [], [], []
-    with torch.no_grad(), deterministic(device):
-        for start in tqdm(
-            range(0, len(frames), batch_size), desc=desc, unit="batch", disable=not progress
-        ):
-            batch = as_batch(
-                frames[start : start + batch_size],
-                dtype=dtype,
-                device=device,
-                min_distance=min_distance,
-                first_index=start,
-            )
-            values, rows = representation.forward(batch)
-            parts.append(values)
-            if averaged:
-                structure.append(rows + start)
-                center.append(torch.full_like(rows, -1))
-                numbers.append(torch.zeros_like(rows))
-            else:
-                structure.append(batch.structure[rows] + start)
-                offsets = torch.as_tensor(batch.offsets[:-1], device=rows.device)
-                center.append(rows - offsets[batch.structure[rows]])
-                numbers.append(batch.numbers[rows])
-    values = parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy of a large single batch
+    counts = [_frame_atoms(frame) for frame in frames]
+    ranges = batch_ranges(counts, batch_size)
+    _check_compute_memory(representation, frames, ranges, dtype, device, averaged)
+    pieces: list[tuple[torch.Tensor, ...]] = []
+    skipped: list[tuple[int, str]] = []
+    options = dict(dtype=dtype, device=device, min_distance=min_distance, averaged=averaged)
+    bar = tqdm(total=len(frames), desc=desc, unit="structure", disable=not progress)
+    started, atoms = time.perf_counter(), 0
+    with bar, torch.no_grad(), deterministic(device):
+        for start, stop in ranges:
+            try:
+                pieces.append(_compute_batch(representation, frames, start, stop, **options))
+            except ValueError:
+                if not skip_bad:
+                    raise
+                for index in range(start, stop):  # one at a time: keep the good ones
+                    try:
+                        pieces.append(
+                            _compute_batch(representation, frames, index, index + 1, **options)
+                        )
+                    except ValueError as error:
+                        skipped.append((index, str(error)))
+            atoms += sum(counts[start:stop])
+            bar.update(stop - start)
+            elapsed = time.perf_counter() - started
+            if progress and elapsed > 0:
+                bar.set_postfix_str(f"{atoms / elapsed:.3g} atoms/s", refresh=False)
+    if skipped:
+        listed = "; ".join(f"structure {index}: {reason}" for index, reason in skipped[:10])
+        more = f" (and {len(skipped) - 10} more)" if len(skipped) > 10 else ""
+        warnings.warn(f"skipped {len(skipped)} bad structure(s): {listed}{more}", stacklevel=3)
+    if not pieces:
+        raise ValueError(f"all {len(frames)} structures were bad and skipped: nothing computed")
+    values, structure, center, numbers = (
+        parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy of a large single batch
+        for parts in zip(*pieces, strict=True)
+    )
     result = Features(
         values,
-        torch.cat(structure),
-        torch.cat(center),
-        torch.cat(numbers),
+        structure,
+        center,
+        numbers,
         labels=representation.feature_labels(),
         names=representation.feature_names(),
+        skipped=skipped,
     )
     return result.numpy() if output == "numpy" else result
+
+
+def _compute_batch(
+    representation,
+    frames: list,
+    start: int,
+    stop: int,
+    *,
+    dtype,
+    device,
+    min_distance: float,
+    averaged: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(values, structure, center, numbers)`` of the rows of ``frames[start:stop]``.
+
+    A ValueError names the failing structure by its index in ``frames``.
+    """
+    from ..density.expansion import UnknownSpeciesError
+    from ..systems.batch import as_batch
+
+    batch = as_batch(
+        frames[start:stop], dtype=dtype, device=device, min_distance=min_distance, first_index=start
+    )
+    try:
+        values, rows = representation.forward(batch)
+    except UnknownSpeciesError as error:
+        raise error.in_structure(batch) from None
+    if averaged:
+        return values, rows + start, torch.full_like(rows, -1), torch.zeros_like(rows)
+    offsets = torch.as_tensor(batch.offsets[:-1], device=rows.device)
+    return (
+        values,
+        batch.structure[rows] + start,
+        rows - offsets[batch.structure[rows]],
+        batch.numbers[rows],
+    )

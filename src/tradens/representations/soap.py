@@ -646,9 +646,10 @@ class SOAP(torch.nn.Module):
         output: str = "numpy",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         progress: bool = False,
         min_distance: float | None = None,
+        skip_bad: bool = False,
     ) -> Features:
         """Features of one or many structures.
 
@@ -660,13 +661,19 @@ class SOAP(torch.nn.Module):
             Array type of the result.
         dtype, device : optional
             Floating dtype (float64 default, float32 available) and device.
-        batch_size : int
-            Structures per batch.
+        batch_size : int, optional
+            Structures per batch; default: packed by size, about
+            :data:`~tradens.systems.batch.ATOMS_PER_BATCH` atoms a batch.
         progress : bool
-            Show a tqdm progress bar.
+            Show a tqdm progress bar (structures, atoms per second).
         min_distance : float, optional
             Two atoms closer than this (Å) are an error naming them (default
             1e-6 Å, see :func:`~tradens.systems.batch.as_batch`; 0: no check).
+        skip_bad : bool
+            Leave out structures that fail (bad cell, NaN, overlapping atoms,
+            unknown element with ``unknown_species="error"``) instead of
+            raising; they are listed in ``Features.skipped`` and in a warning.
+            Without it the error names the structure's index in ``systems``.
 
         Returns
         -------
@@ -685,6 +692,7 @@ class SOAP(torch.nn.Module):
             desc="SOAP",
             averaged=self.hypers.average,
             min_distance=min_distance,
+            skip_bad=skip_bad,
         )
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["System", "Batch", "as_batch", "DEFAULT_MIN_DISTANCE"]
+__all__ = ["System", "Batch", "as_batch", "batch_ranges", "ATOMS_PER_BATCH", "DEFAULT_MIN_DISTANCE"]
 
 
 @dataclass(frozen=True)
@@ -131,16 +131,55 @@ def _as_frames(systems) -> list:
 
 DEFAULT_MIN_DISTANCE = 1e-6  # Å; far below any physical interatomic distance (H2: 0.74 Å)
 
+#: Atoms per batch when structures are packed by size (``batch_size=None``): large enough that
+#: the per-batch work (one neighbour pass, one expansion) dwarfs the Python overhead, small
+#: enough that the per-pair intermediates of a batch stay in the CPU caches' reach
+ATOMS_PER_BATCH = 2048
 
-def _check_cell(index: int, cell: torch.Tensor, pbc: np.ndarray) -> None:
+
+def batch_ranges(
+    counts: Sequence[int], batch_size: int | None, atoms_per_batch: int = ATOMS_PER_BATCH
+) -> list[tuple[int, int]]:
+    """Consecutive ``(start, stop)`` ranges of structures, one per batch.
+
+    Parameters
+    ----------
+    counts : sequence of int
+        Atoms of every structure.
+    batch_size : int or None
+        Structures per batch; ``None`` packs structures by size: a batch
+        closes before the structure that would take it over ``atoms_per_batch``
+        atoms (a larger structure is a batch of its own).
+    atoms_per_batch : int
+        Atom budget of a batch when ``batch_size`` is None.
+    """
+    n = len(counts)
+    if batch_size is not None:
+        return [(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
+    ranges, start, atoms = [], 0, 0
+    for index, count in enumerate(counts):
+        if index > start and atoms + count > atoms_per_batch:
+            ranges.append((start, index))
+            start, atoms = index, 0
+        atoms += count
+    if n > start:
+        ranges.append((start, n))
+    return ranges
+
+
+def _check_cell(index: int, cell: torch.Tensor | np.ndarray, pbc: np.ndarray) -> None:
     """Raise unless the periodic lattice vectors of ``cell [3, 3]`` are independent."""
     if not pbc.any():
         return
-    cell64 = cell.detach().to("cpu", torch.float64)
-    periodic = cell64[torch.as_tensor(pbc)]  # [n_periodic, 3]
-    norms = torch.linalg.vector_norm(periodic, dim=1)  # [n_periodic]
-    if bool((norms == 0).any()):
-        zero = [d for d in range(3) if pbc[d] and float(cell64[d].norm()) == 0.0]
+    cell64 = (
+        cell.detach().to("cpu", torch.float64).numpy()
+        if isinstance(cell, torch.Tensor)
+        else np.asarray(cell, dtype=np.float64)
+    )
+    periodic = cell64[pbc]  # [n_periodic, 3]
+    norms = np.sqrt((periodic * periodic).sum(axis=1))  # [n_periodic]
+    if (norms == 0).any():
+        zero = [d for d in range(3) if pbc[d] and not cell64[d].any()]
         raise ValueError(
             f"structure {index}: the cell is singular: cell vector(s) {zero} are zero along "
             "periodic direction(s) "
@@ -148,7 +187,7 @@ def _check_cell(index: int, cell: torch.Tensor, pbc: np.ndarray) -> None:
         )
     unit = periodic / norms[:, None]  # [n_periodic, 3]
     # volume (3D), area (2D) of the normalised periodic vectors; 1 for orthogonal ones
-    measure = float(torch.linalg.det(unit @ unit.T)) if unit.shape[0] > 1 else 1.0
+    measure = float(np.linalg.det(unit @ unit.T)) if unit.shape[0] > 1 else 1.0
     if measure < 1e-20:
         raise ValueError(
             f"structure {index}: the cell is singular: its periodic vectors are linearly "
@@ -200,7 +239,9 @@ def as_batch(
         raise ValueError(f"min_distance must be a finite number >= 0 (Å), got {min_distance!r}")
     frames = _as_frames(systems)
     _check_index("first_index", first_index)
-    positions, numbers, cells, pbcs, structure, offsets = [], [], [], [], [], [0]
+    positions: list = []  # [n, 3] per structure: numpy float64, or torch where given as torch
+    cells: list = []  # [3, 3] per structure, numpy or torch like positions
+    numbers, pbcs, counts = [], [], []
     for index, frame in enumerate(frames, start=first_index):
         pos, num, cell, pbc = _system_arrays(frame, index)
         if isinstance(pos, torch.Tensor):
@@ -208,27 +249,97 @@ def as_batch(
                 dtype = pos.dtype if pos.is_floating_point() else torch.float64
             if device is None:
                 device = pos.device
-        pos_t, num_np, cell_t, pbc_np = _checked_arrays(index, pos, num, cell, pbc)
-        positions.append(pos_t)
-        numbers.append(torch.as_tensor(num_np.astype(np.int64)))
-        cells.append(cell_t)
-        pbcs.append(torch.as_tensor(pbc_np))
-        structure.append(torch.full((pos_t.shape[0],), index - first_index, dtype=torch.long))
-        offsets.append(offsets[-1] + pos_t.shape[0])
+        if isinstance(pos, torch.Tensor) or isinstance(cell, torch.Tensor):
+            pos_t, num_np, cell_t, pbc_np = _checked_arrays(index, pos, num, cell, pbc)
+            positions.append(_relative(pos_t))
+            cells.append(cell_t)
+        else:  # plain arrays: validated in numpy (a few microseconds a structure)
+            pos_np, num_np, cell_np, pbc_np = _checked_numpy(index, pos, num, cell, pbc)
+            positions.append(pos_np - pos_np[:1])
+            cells.append(cell_np)
+        numbers.append(num_np)
+        pbcs.append(pbc_np)
+        counts.append(len(num_np))
     dtype = dtype or torch.float64
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
+    offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
     return Batch(
-        positions=torch.cat([_relative(p).to(device=device, dtype=dtype) for p in positions]),
-        numbers=torch.cat(numbers).to(device),
-        structure=torch.cat(structure).to(device),
-        cells=torch.stack([c.to(device=device, dtype=dtype) for c in cells]),
-        pbc=torch.stack(pbcs).to(device),
+        positions=_concatenate(positions, dtype, device),
+        numbers=torch.from_numpy(np.concatenate(numbers).astype(np.int64)).to(device),
+        structure=torch.repeat_interleave(
+            torch.arange(len(counts)), torch.as_tensor(counts, dtype=torch.long)
+        ).to(device),
+        cells=_concatenate(cells, dtype, device).reshape(-1, 3, 3),
+        pbc=torch.from_numpy(np.stack(pbcs)).to(device),
         offsets=offsets,
         min_distance=float(min_distance),
         first_index=first_index,
     )
+
+
+def _concatenate(parts: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``parts`` (numpy float64 arrays or torch tensors, ``[n, 3]``) as one tensor ``[sum n, 3]``.
+
+    Numpy parts are joined in numpy and converted once; torch parts keep their
+    autograd history.
+    """
+    if all(isinstance(part, np.ndarray) for part in parts):
+        joined = torch.from_numpy(np.concatenate(parts))  # [sum n, 3] float64
+        return joined.to(device=device, dtype=dtype)
+    return torch.cat(
+        [
+            (torch.from_numpy(part) if isinstance(part, np.ndarray) else part).to(
+                device=device, dtype=dtype
+            )
+            for part in parts
+        ]
+    )
+
+
+def _checked_numpy(
+    index: int, pos, num, cell, pbc
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_checked_arrays` for plain (non-torch) arrays, in numpy.
+
+    Returns ``positions [n, 3]`` (float64, Å), ``numbers [n]``, ``cell [3, 3]``
+    (float64, Å) and ``pbc [3]``; the same checks and messages.
+    """
+    try:
+        pos_np = np.asarray(pos, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"structure {index}: positions must be numbers, got {pos!r:.80}") from None
+    if pos_np.ndim != 2 or pos_np.shape[1] != 3:
+        raise ValueError(
+            f"structure {index}: positions must have shape [n_atoms, 3], got {pos_np.shape}"
+        )
+    if pos_np.shape[0] == 0:
+        raise ValueError(
+            f"structure {index} has no atoms: there is no environment to describe "
+            "(remove empty structures from the input)"
+        )
+    num_np = np.asarray(num.detach().cpu() if isinstance(num, torch.Tensor) else num)
+    if num_np.ndim != 1 or num_np.shape[0] != pos_np.shape[0]:
+        raise ValueError(
+            f"structure {index}: numbers must have shape [{pos_np.shape[0]}], "
+            f"got {tuple(num_np.shape)}"
+        )
+    if num_np.size and (not np.issubdtype(num_np.dtype, np.integer) or num_np.min() < 0):
+        raise ValueError(f"structure {index}: atomic numbers must be non-negative integers")
+    if not np.isfinite(pos_np).all():
+        raise ValueError(f"structure {index}: positions contain NaN or inf")
+    cell_np = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+    if cell_np.shape != (3, 3):
+        raise ValueError(f"structure {index}: cell must have shape [3, 3], got {cell_np.shape}")
+    if not np.isfinite(cell_np).all():
+        raise ValueError(f"structure {index}: cell contains NaN or inf")
+    try:
+        pbc_np = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+    except ValueError:
+        raise ValueError(f"structure {index}: pbc must be a bool or 3 bools, got {pbc!r}") from None
+    _check_cell(index, cell_np, pbc_np)
+    return pos_np, num_np, cell_np, pbc_np
 
 
 def _checked_arrays(

@@ -50,6 +50,11 @@ class Pairs:
 def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
     """All pairs with ``0 < |r_ij| < cutoff``, including periodic self-images.
 
+    Small structures (molecules, and periodic cells of a few atoms: at most
+    :data:`BRUTE_FORCE_CANDIDATES` candidate pairs) are listed together, in
+    one vectorised pass over every atom pair and periodic image
+    (:func:`_small_structure_pairs`); the others by one `vesin` call each.
+
     Parameters
     ----------
     batch : Batch
@@ -57,21 +62,206 @@ def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
     cutoff : float
         Cutoff radius in Å (strict: pairs at exactly the cutoff are dropped).
     """
-    import vesin
-
-    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     positions = batch.positions.detach().to("cpu", torch.float64).numpy()
     cells = batch.cells.detach().to("cpu", torch.float64).numpy()
     pbc = batch.pbc.cpu().numpy()
+    offsets = np.asarray(batch.offsets, dtype=np.int64)
+    ranges = _image_ranges(positions, offsets, cells, pbc, cutoff)  # [structure, 3], -1: vesin
+    small = ranges[:, 0] >= 0  # [structure]
     all_i, all_j, all_s = [], [], []
-    for s in range(batch.n_structures):
+    pending = None  # (structure, error) of the first small structure with overlapping atoms
+    if small.any():
+        i, j, shifts, pending = _small_structure_pairs(
+            positions,
+            offsets,
+            cells,
+            ranges,
+            np.flatnonzero(small),
+            cutoff,
+            batch.min_distance,
+            batch.first_index,
+        )
+        all_i.append(i)
+        all_j.append(j)
+        all_s.append(shifts)
+    large = np.flatnonzero(~small & (offsets[1:] > offsets[:-1]))  # [structure]
+    if large.size:
+        _vesin_pairs(batch, positions, cells, pbc, large, cutoff, pending, all_i, all_j, all_s)
+    if pending is not None:
+        raise pending[1]
+    device = batch.positions.device
+    if not all_i:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return Pairs(empty, empty.clone(), torch.zeros(0, 3, dtype=torch.long, device=device))
+    i = np.concatenate(all_i)
+    j = np.concatenate(all_j)
+    shifts = np.concatenate(all_s)
+    if i.shape[0] > 1 and not bool(np.all(i[1:] >= i[:-1])):
+        # grouped by centre, in each structure's (deterministic) order within a centre; a stable
+        # sort of 16-bit keys is a radix sort in numpy (4x faster than on int64)
+        keys = i.astype(np.uint16) if batch.n_atoms <= np.iinfo(np.uint16).max else i
+        order = np.argsort(keys, kind="stable")
+        i, j, shifts = i[order], j[order], shifts[order]
+    return Pairs(
+        i=torch.from_numpy(i).to(device),
+        j=torch.from_numpy(j).to(device),
+        shifts=torch.from_numpy(shifts).to(device),
+    )
+
+
+#: Largest ``atoms^2 x periodic images`` of a structure listed by the vectorised pass
+BRUTE_FORCE_CANDIDATES = 4096
+_CANDIDATES_PER_PASS = 2**18  # candidate pairs per vectorised pass (bounds its memory)
+
+
+def _image_ranges(
+    positions: np.ndarray,
+    offsets: np.ndarray,
+    cells: np.ndarray,
+    pbc: np.ndarray,
+    cutoff: float,
+) -> np.ndarray:
+    """Periodic images ``|S_d| <= R_d`` that hold every pair within ``cutoff``, ``[structure, 3]``.
+
+    ``R = 0`` along non-periodic directions; ``-1`` in every column for a
+    structure left to vesin (mixed periodicity, or more than
+    :data:`BRUTE_FORCE_CANDIDATES` candidates). A pair within the cutoff has
+    ``|f_j - f_i + S_d| <= cutoff |b_d|`` (fractional coordinates ``f``,
+    reciprocal vector ``b_d``), so ``R_d = floor(cutoff |b_d| + span_d)``
+    with ``span_d`` the extent of the structure's ``f_d``.
+    """
+    n_structures = cells.shape[0]
+    counts = offsets[1:] - offsets[:-1]  # [structure]
+    ranges = np.full((n_structures, 3), -1, dtype=np.int64)
+    molecule = ~pbc.any(axis=1) & (counts * counts <= BRUTE_FORCE_CANDIDATES)
+    ranges[molecule] = 0
+    bulk = np.flatnonzero(pbc.all(axis=1) & (counts * counts <= BRUTE_FORCE_CANDIDATES))
+    if bulk.size == 0:
+        return ranges
+    inverse = np.linalg.inv(cells[bulk])  # [bulk, 3, 3]; columns: reciprocal vectors b_d
+    structure = np.repeat(np.arange(bulk.size), counts[bulk])  # [atom of bulk]
+    atoms = np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in bulk])
+    fractional = np.einsum("ax,axd->ad", positions[atoms], inverse[structure])  # [atom, 3]
+    first = np.concatenate([[0], np.cumsum(counts[bulk])[:-1]])  # [bulk]
+    span = np.maximum.reduceat(fractional, first) - np.minimum.reduceat(fractional, first)
+    reach = cutoff * np.linalg.norm(inverse, axis=1) + span  # [bulk, 3]
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = np.floor(reach)  # [bulk, 3]
+        images = np.prod(2.0 * bound + 1.0, axis=1)  # [bulk]
+    fits = np.isfinite(images) & (counts[bulk] ** 2 * images <= BRUTE_FORCE_CANDIDATES)
+    ranges[bulk[fits]] = bound[fits].astype(np.int64)
+    return ranges
+
+
+def _small_structure_pairs(
+    positions: np.ndarray,
+    offsets: np.ndarray,
+    cells: np.ndarray,
+    ranges: np.ndarray,
+    structures: np.ndarray,
+    cutoff: float,
+    min_distance: float,
+    first_index: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ValueError] | None]:
+    """Pairs of the small ``structures`` by one vectorised pass per (atoms, images) group.
+
+    Every atom pair and image ``S`` with ``|S_d| <= ranges[s, d]`` is a
+    candidate; the pairs within the cutoff come out by centre, then image
+    (lexicographic), then neighbour. Returns ``i, j [pair]``, ``shifts [pair, 3]``
+    (batch indices, ordered by structure) and the first structure with atoms
+    closer than ``min_distance`` with its error (or None).
+    """
+    counts = offsets[1:] - offsets[:-1]  # [structure]
+    keys = np.concatenate([counts[structures, None], ranges[structures]], axis=1)  # [small, 4]
+    groups, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    pending: tuple[int, ValueError] | None = None
+    for g, (n, *bound) in enumerate(groups.tolist()):
+        members = structures[inverse == g]  # [G]
+        grid = np.stack(
+            np.meshgrid(*[np.arange(-b, b + 1) for b in bound], indexing="ij"), axis=-1
+        ).reshape(-1, 3)  # [image, 3], lexicographic
+        per_structure = n * n * grid.shape[0]
+        step = max(1, _CANDIDATES_PER_PASS // per_structure)
+        for chunk_start in range(0, members.size, step):
+            chunk = members[chunk_start : chunk_start + step]  # [G]
+            atoms = offsets[chunk][:, None] + np.arange(n)  # [G, n]
+            x = positions[atoms]  # [G, n, 3]
+            image = grid.astype(np.float64) @ cells[chunk]  # [G, image, 3]
+            # r[g, i, m, j] = x_j - x_i + S_m h
+            r = (
+                x[:, None, None, :, :] - x[:, :, None, None, :] + image[:, None, :, None, :]
+            )  # [G, n, image, n, 3]
+            d = np.sqrt(np.einsum("...x,...x->...", r, r))  # [G, n, image, n]
+            g_, a, m, b = np.nonzero((d < cutoff) & (d > 0.0))  # [pair] each
+            pieces.append((chunk[g_], atoms[g_, a], atoms[g_, b], grid[m]))
+            if min_distance > 0.0 and pending is None:
+                pending = _first_overlap(chunk, grid, d, min_distance, first_index)
+    structure = np.concatenate([p[0] for p in pieces])
+    order = np.argsort(structure, kind="stable")  # by structure, then as listed
+    i = np.concatenate([p[1] for p in pieces])[order]
+    j = np.concatenate([p[2] for p in pieces])[order]
+    shifts = np.concatenate([p[3] for p in pieces])[order]
+    return i, j, shifts, pending
+
+
+def _first_overlap(
+    chunk: np.ndarray, grid: np.ndarray, d: np.ndarray, min_distance: float, first_index: int
+) -> tuple[int, ValueError] | None:
+    """The first structure of ``chunk`` with two atoms closer than ``min_distance`` and its error.
+
+    ``d [G, n, image, n]`` are the candidate distances of :func:`_small_structure_pairs`;
+    the error names the structure as ``first_index`` plus its index in the batch.
+    """
+    close = d < min_distance  # [G, n, image, n]
+    zero = int(np.flatnonzero(~grid.any(axis=1))[0])  # the image S = 0
+    n = d.shape[1]
+    close[:, np.arange(n), zero, np.arange(n)] = False  # an atom and itself
+    bad = np.flatnonzero(close.any(axis=(1, 2, 3)))
+    if bad.size == 0:
+        return None
+    g = int(bad[0])
+    a, m, b = np.unravel_index(np.arange(d[g].size), d[g].shape)  # every candidate
+    structure = int(chunk[g])
+    try:
+        _check_min_distance(structure + first_index, a, b, grid[m], d[g].reshape(-1), min_distance)
+    except ValueError as error:
+        return structure, error
+    return None  # pragma: no cover - close.any() above means _check_min_distance raises
+
+
+def _vesin_pairs(
+    batch: Batch,
+    positions: np.ndarray,
+    cells: np.ndarray,
+    pbc: np.ndarray,
+    structures: np.ndarray,
+    cutoff: float,
+    pending: tuple[int, ValueError] | None,
+    all_i: list,
+    all_j: list,
+    all_s: list,
+) -> None:
+    """Append the pairs of ``structures`` (one vesin call each) to ``all_i, all_j, all_s``.
+
+    Raises the ``pending`` error of an earlier small structure before listing a later one,
+    so that the first structure with overlapping atoms is the one named.
+    """
+    import vesin
+
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    boxes = {}
+    for s in structures.tolist():
+        if pbc[s].any():
+            boxes[s] = _complete_box(cells[s], pbc[s])
+    _check_pair_counts(batch, boxes, pbc, cutoff)
+    for s in structures.tolist():
+        if pending is not None and s > pending[0]:
+            raise pending[1]
         start, stop = batch.offsets[s], batch.offsets[s + 1]
-        if stop == start:
-            continue
         periodic = pbc[s]
-        box = _complete_box(cells[s], periodic) if periodic.any() else np.zeros((3, 3))
-        if periodic.any():
-            _check_pair_count(s + batch.first_index, stop - start, box, periodic, cutoff)
+        box = boxes.get(s, np.zeros((3, 3)))
         i, j, shifts, distances = calculator.compute(
             points=positions[start:stop], box=box, periodic=periodic.tolist(), quantities="ijSd"
         )
@@ -81,24 +271,6 @@ def neighbor_list(batch: Batch, cutoff: float) -> Pairs:
         all_i.append(i[keep].astype(np.int64) + start)
         all_j.append(j[keep].astype(np.int64) + start)
         all_s.append(shifts[keep].astype(np.int64))
-    device = batch.positions.device
-    if not all_i:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return Pairs(empty, empty.clone(), torch.zeros(0, 3, dtype=torch.long, device=device))
-    i = np.concatenate(all_i)
-    j = np.concatenate(all_j)
-    shifts = np.concatenate(all_s)
-    if i.shape[0] > 1 and not bool(np.all(i[1:] >= i[:-1])):
-        # grouped by centre, in vesin's (deterministic) order within a centre; a stable sort of
-        # 16-bit keys is a radix sort in numpy (4x faster than on int64)
-        keys = i.astype(np.uint16) if batch.n_atoms <= np.iinfo(np.uint16).max else i
-        order = np.argsort(keys, kind="stable")
-        i, j, shifts = i[order], j[order], shifts[order]
-    return Pairs(
-        i=torch.from_numpy(i).to(device),
-        j=torch.from_numpy(j).to(device),
-        shifts=torch.from_numpy(shifts).to(device),
-    )
 
 
 def _complete_box(cell: np.ndarray, periodic: np.ndarray) -> np.ndarray:
@@ -130,10 +302,8 @@ PAIR_BYTES = 256  # working memory per neighbour pair (list, vectors, radial and
 MAX_DENSITY = 0.25  # atoms per Å^3 that non-overlapping atoms never exceed
 
 
-def _check_pair_count(
-    structure: int, n_atoms: int, box: np.ndarray, periodic: np.ndarray, cutoff: float
-) -> None:
-    """Refuse a periodic structure whose neighbour list would not fit in memory.
+def _expected_pairs(n_atoms: int, box: np.ndarray, periodic: np.ndarray, cutoff: float) -> float:
+    """Upper estimate of the neighbour pairs of a periodic structure within ``cutoff``.
 
     The neighbours of one atom are bounded by ``n_atoms`` times the periodic
     images within the cutoff, ``prod_d (2 ceil(cutoff / h_d) + 1)`` over
@@ -165,9 +335,41 @@ def _check_pair_count(
     if len(lattice) == 3 and total > 0:
         density = max(density, n_atoms / total)
     per_atom = min(n_atoms * images, 2.0 * density * sphere + 27.0)
-    expected = n_atoms * per_atom
+    return n_atoms * per_atom
+
+
+def _check_pair_counts(
+    batch: Batch, boxes: dict[int, np.ndarray], pbc: np.ndarray, cutoff: float
+) -> None:
+    """Refuse periodic structures whose neighbour list would not fit in memory.
+
+    ``boxes`` maps the batch index of each periodic structure to its (completed)
+    box; the structure with the most expected pairs (:func:`_expected_pairs`) is
+    checked against the available memory and named in the error.
+    """
+    if not boxes:
+        return
+    worst, expected = -1, -1.0
+    for s, box in boxes.items():
+        count = _expected_pairs(batch.offsets[s + 1] - batch.offsets[s], box, pbc[s], cutoff)
+        if count > expected:
+            worst, expected = s, count
+    _check_pair_count(
+        worst + batch.first_index,
+        batch.offsets[worst + 1] - batch.offsets[worst],
+        boxes[worst],
+        pbc[worst],
+        cutoff,
+    )
+
+
+def _check_pair_count(
+    structure: int, n_atoms: int, box: np.ndarray, periodic: np.ndarray, cutoff: float
+) -> None:
+    """Refuse a periodic structure whose neighbour list (:func:`_expected_pairs`) would not fit."""
     from ..kernels.budget import check_memory
 
+    expected = _expected_pairs(n_atoms, box, periodic, cutoff)
     check_memory(
         expected * PAIR_BYTES,
         f"structure {structure}: about {expected:.3g} neighbour pairs within the cutoff of "
