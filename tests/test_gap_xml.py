@@ -386,3 +386,34 @@ def test_gap_from_soap_refusals():
         changed.weights1[0, 0] += 1e-9
     with pytest.raises(ValueError, match="weights1 differ from GAP's"):
         gap_from_soap(changed)
+
+
+def test_cli_export_gap_xml_round_trip(tmp_path, capsys):
+    """``tradens fit --model kernel`` then ``tradens export --format gap-xml``, run by GAP."""
+    pytest.importorskip("quippy")
+    import ase.io
+
+    from tradens.cli import main
+    from tradens.io import example_path
+    from tradens.models import load
+
+    model_path, exported = tmp_path / "model.zip", tmp_path / "model.xml"
+    fit = ["fit", "--example", "meam17", "-o", str(model_path), "--index", ":8", "--model"]
+    small = ["-K", "3", "--l-max", "2", "--n-max", "3", "--cutoff", "4.0", "--cv", "1"]
+    kernel = ["kernel", "--n-sparse", "8", "--zeta", "2", "--alphas", "1e-6"]
+    # explicit weights: with 8 structures and 14 elements the baseline alone fits the energies
+    kernel += ["--energy-weight", "1", "--forces-weight", "1", "--stress-weight", "0"]
+    assert main([*fit, *kernel, *small, "--weights", "gap", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(model_path), "-o", str(exported), "--format", "gap-xml"]) == 0
+    assert "gap-xml" in capsys.readouterr().out
+    model = load(model_path)
+    held_out = [ase.io.read(example_path("meam17"), index=9)]
+    assert np.abs(model.predict(held_out)["forces"]).max() > 0.1  # eV/Å: a real comparison
+    differences = _gap_differences(model, exported, held_out)
+    assert max(differences.values()) <= TOL, differences
+    # the CLI's default TR-SOAP draws its own random weights, which GAP cannot read
+    assert main([*fit, *kernel, *small, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(model_path), "-o", str(exported), "--format", "gap-xml"]) != 0
+    assert "weights='random'" in capsys.readouterr().err
