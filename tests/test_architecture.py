@@ -12,7 +12,8 @@ Stages, lowest first (a module may import its own stage and lower ones):
 
 ====  ====================================================================
 0     ``kernels/`` (compiled backends and buffers: leaves), ``_version``
-1     ``systems/``, ``hypers`` (frozen hyper values, import nothing)
+1     ``systems/``, ``hypers`` (frozen hyper values), ``parallel`` (dask task helpers; these
+      two import nothing)
 2     ``density/``
 3     ``invariants/``
 4     ``representations/``, ``io`` (serialises ``Features``)
@@ -35,6 +36,7 @@ STAGES = {
     "_version": 0,
     "systems": 1,
     "hypers": 1,
+    "parallel": 1,
     "density": 2,
     "invariants": 3,
     "representations": 4,

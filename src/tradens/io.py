@@ -40,7 +40,8 @@ def check_output(path: str | os.PathLike, what: str = "output file") -> None:
     path = Path(path)
     if str(path) in ("", "."):
         raise FileNotFoundError(f"{what}: empty file name")
-    if path.is_dir():
+    if path.is_dir() and not str(path).lower().rstrip("/").endswith(".zarr"):
+        # a zarr store is a directory, replaced as a whole (atomic_directory)
         raise IsADirectoryError(f"{what} {str(path)!r} is a directory; give a file name")
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
@@ -226,7 +227,7 @@ def write_frames(path: str | os.PathLike, frames: list) -> None:
 
 
 # --------------------------------------------------------------------------- features
-FEATURE_SUFFIXES = (".npz", ".h5", ".hdf5", ".mts")
+FEATURE_SUFFIXES = (".npz", ".h5", ".hdf5", ".mts", ".zarr")
 
 
 def is_feature_file(path: str | os.PathLike) -> bool:
@@ -235,8 +236,10 @@ def is_feature_file(path: str | os.PathLike) -> bool:
 
 
 def feature_format(path: str | os.PathLike) -> str:
-    """``"npz"``, ``"hdf5"`` or ``"metatensor"`` from a file name."""
-    name = str(path).lower()
+    """``"npz"``, ``"hdf5"``, ``"metatensor"`` or ``"zarr"`` from a file name."""
+    name = str(path).lower().rstrip("/")
+    if name.endswith(".zarr"):
+        return "zarr"
     if name.endswith(".npz"):
         return "npz"
     if name.endswith((".h5", ".hdf5")):
@@ -244,7 +247,7 @@ def feature_format(path: str | os.PathLike) -> str:
     if name.endswith(".mts"):
         return "metatensor"
     raise ValueError(
-        f"unknown feature file type {str(path)!r}: use .npz, .h5/.hdf5 or .mts (metatensor)"
+        f"unknown feature file type {str(path)!r}: use .npz, .h5/.hdf5, .zarr or .mts (metatensor)"
     )
 
 
@@ -294,12 +297,282 @@ def write_features(path: str | os.PathLike, features, hypers: dict | None = None
                     handle.create_dataset(key, data=data)
                 handle.attrs["hypers"] = hypers_json
                 handle.attrs["format_version"] = FEATURE_FORMAT_VERSION
+    elif kind == "zarr":
+        with FeatureWriter(
+            path,
+            n_features=features.values.shape[1],
+            dtype=features.values.dtype,
+            names=list(features.names),
+            labels=features.labels,
+            hypers=json.loads(hypers_json),
+        ) as writer:
+            writer.append(features.values, features.structure, features.center, features.numbers)
     else:
         _write_tensormap(path, features, hypers_json)
     return kind
 
 
-def _write_tensormap(path, features, hypers_json: str) -> None:
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike):
+    """Yield a temporary directory next to ``path``; move it onto ``path`` on success.
+
+    For outputs that are directories (a zarr store): on success an existing
+    ``path`` is moved aside, the new directory renamed into place (one
+    :func:`os.replace`) and the old one removed; on any exception the temporary
+    directory is removed and ``path`` is left as it was.
+    """
+    import shutil
+
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist"
+        )
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{str(path)!r} exists and is not a directory")
+    tmp = tempfile.mkdtemp(dir=directory, prefix=".tradens-tmp-", suffix="-" + path.name)
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = tempfile.mkdtemp(dir=directory, prefix=".tradens-old-", suffix="-" + path.name)
+            os.replace(path, Path(old) / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+_ROW_ARRAYS = ("values", "structure", "center", "numbers")
+
+#: Target size of one HDF5 / zarr storage chunk of ``values`` (bytes).
+STORAGE_CHUNK_BYTES = 2**22
+
+
+class FeatureWriter:
+    """Append feature rows to a file that appears, complete, only when the writer is closed.
+
+    Memory stays bounded by one appended block: HDF5 (``.h5``/``.hdf5``) and zarr
+    (``.zarr``, a directory) datasets grow by resizing and are chunked by rows
+    (about :data:`STORAGE_CHUNK_BYTES` per storage chunk); ``.npz`` rows go to raw
+    temporary files that are copied into the zip archive at the end. The
+    metatensor format (``.mts``) has no append: its rows are kept in memory until
+    the end. Files have the layout of :func:`write_features` and read back with
+    :func:`read_features`.
+
+    Use as a context manager: leaving the block without an error commits the file
+    atomically (:func:`atomic_path` / :func:`atomic_directory`); an error (or
+    Ctrl-C) removes the temporary output and leaves ``path`` as it was.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Output file; the format follows the suffix (:func:`feature_format`).
+    n_features : int
+        Columns ``F``.
+    dtype : numpy dtype
+        Of the values (float64 or float32).
+    names : list of str
+        ``[F]`` column names.
+    labels : dict
+        ``{key: array [F]}`` column labels.
+    hypers : dict
+        Stored beside the values (JSON).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_features: int,
+        dtype,
+        names: list,
+        labels: dict,
+        hypers: dict,
+    ):
+        self.path = Path(path)
+        self.kind = feature_format(path)
+        self.n_features = int(n_features)
+        self.dtype = np.dtype(dtype)
+        self.names = [str(n) for n in names]
+        self.labels = {key: np.asarray(value) for key, value in labels.items()}
+        self.hypers = hypers
+        self.rows = 0
+        self._stack = contextlib.ExitStack()
+        self._parts: list[tuple[np.ndarray, ...]] = []
+        rows = max(1, STORAGE_CHUNK_BYTES // max(1, self.n_features * self.dtype.itemsize))
+        if self.kind == "zarr":
+            zarr = _optional("zarr", "zarr output", "pip install 'tradens[zarr]'")
+            self._tmp = self._stack.enter_context(atomic_directory(self.path))
+            group = zarr.open_group(self._tmp, mode="w")
+            self._arrays = {
+                "values": group.create_array(
+                    "values",
+                    shape=(0, self.n_features),
+                    chunks=(rows, self.n_features),
+                    dtype=self.dtype,
+                ),
+                **{
+                    key: group.create_array(key, shape=(0,), chunks=(rows,), dtype=np.int64)
+                    for key in ("structure", "center", "numbers")
+                },
+            }
+            self._group = group
+        elif self.kind == "hdf5":
+            h5py = _optional("h5py", "HDF5 output", "pip install h5py")
+            self._tmp = self._stack.enter_context(atomic_path(self.path))
+            handle = self._stack.enter_context(h5py.File(self._tmp, "w"))
+            self._arrays = {
+                "values": handle.create_dataset(
+                    "values",
+                    shape=(0, self.n_features),
+                    maxshape=(None, self.n_features),
+                    chunks=(rows, max(1, self.n_features)),
+                    dtype=self.dtype,
+                    track_times=False,
+                ),
+                **{
+                    key: handle.create_dataset(
+                        key,
+                        shape=(0,),
+                        maxshape=(None,),
+                        chunks=(rows,),
+                        dtype=np.int64,
+                        track_times=False,
+                    )
+                    for key in ("structure", "center", "numbers")
+                },
+            }
+            self._handle = handle
+        elif self.kind == "npz":
+            self._tmp = self._stack.enter_context(atomic_path(self.path))
+            self._scratch = Path(tempfile.mkdtemp(dir=self.path.parent or ".", prefix=".tradens-"))
+            self._raw = {
+                key: self._stack.enter_context(open(self._scratch / key, "wb"))
+                for key in ("values", "structure", "center", "numbers")
+            }
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort(kind, error, traceback)
+
+    def append(self, values, structure, center, numbers) -> None:
+        """Append rows: ``values [row, F]``, ``structure``, ``center``, ``numbers`` ``[row]``."""
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        if values.ndim != 2 or values.shape[1] != self.n_features:
+            raise ValueError(f"values must have shape [row, {self.n_features}], got {values.shape}")
+        ints = [np.ascontiguousarray(x, dtype=np.int64) for x in (structure, center, numbers)]
+        if any(x.shape != (values.shape[0],) for x in ints):
+            raise ValueError("structure, center and numbers need one entry per row of values")
+        stop = self.rows + values.shape[0]
+        if self.kind in ("hdf5", "zarr"):
+            for key, data in zip(_ROW_ARRAYS, [values, *ints], strict=True):
+                array = self._arrays[key]
+                array.resize((stop, *array.shape[1:]))
+                array[self.rows : stop] = data
+        elif self.kind == "npz":
+            for key, data in zip(_ROW_ARRAYS, [values, *ints], strict=True):
+                self._raw[key].write(data.tobytes())
+        else:
+            self._parts.append((values, *ints))
+        self.rows = stop
+
+    def close(self) -> None:
+        """Write the column names, labels and hypers and move the file into place."""
+        hypers_json = json.dumps(self.hypers)
+        if self.kind == "zarr":
+            for key, value in self.labels.items():
+                self._group.create_array(f"labels_{key}", data=np.asarray(value))
+            self._group.attrs.update(
+                {
+                    "hypers": hypers_json,
+                    "names": self.names,
+                    "format_version": FEATURE_FORMAT_VERSION,
+                }
+            )
+        elif self.kind == "hdf5":
+            self._handle.create_dataset("names", data=np.asarray(self.names, dtype="S"))
+            for key, value in self.labels.items():
+                data = value.astype("S") if value.dtype.kind == "U" else value
+                self._handle.create_dataset(f"labels_{key}", data=data)
+            self._handle.attrs["hypers"] = hypers_json
+            self._handle.attrs["format_version"] = FEATURE_FORMAT_VERSION
+        elif self.kind == "npz":
+            for handle in self._raw.values():
+                handle.flush()
+            self._write_npz(hypers_json)
+        else:
+            from .representations.features import Features
+
+            parts = list(zip(*self._parts, strict=True)) if self._parts else [[]] * 4
+            values = np.concatenate(parts[0]) if self._parts else np.zeros((0, self.n_features))
+            ints = [np.concatenate(p) if self._parts else np.zeros(0, np.int64) for p in parts[1:]]
+            self._parts = []
+            self._tmp = self._stack.enter_context(atomic_path(self.path))
+            _write_tensormap(
+                self._tmp,
+                Features(values, ints[0], ints[1], ints[2], labels=self.labels, names=self.names),
+                hypers_json,
+                sidecar=str(self.path) + ".hypers.json",
+            )
+        self._stack.close()
+        self._cleanup()
+
+    def abort(self, kind=None, error=None, traceback=None) -> None:
+        """Remove the temporary output; ``path`` is left as it was."""
+        self._stack.__exit__(kind or RuntimeError, error or RuntimeError("aborted"), traceback)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        scratch = getattr(self, "_scratch", None)
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _write_npz(self, hypers_json: str) -> None:
+        """Copy the raw row files into a ``.npz`` archive (as :func:`numpy.savez` lays it out)."""
+        import zipfile
+
+        shapes = {
+            "values": (self.rows, self.n_features),
+            "structure": (self.rows,),
+            "center": (self.rows,),
+            "numbers": (self.rows,),
+        }
+        dtypes = {"values": self.dtype}
+        small = {
+            "hypers": np.asarray(hypers_json),
+            "format_version": np.asarray(FEATURE_FORMAT_VERSION),
+            "names": np.asarray(self.names, dtype=str),
+            **{f"labels_{key}": value for key, value in self.labels.items()},
+        }
+        with zipfile.ZipFile(self._tmp, "w", allowZip64=True) as archive:
+            for key, shape in shapes.items():
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(dtypes.get(key, np.dtype(np.int64))),
+                    "fortran_order": False,
+                    "shape": shape,
+                }
+                with archive.open(key + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array_header_2_0(member, header)
+                    with open(self._scratch / key, "rb") as raw:
+                        while block := raw.read(2**24):
+                            member.write(block)
+            for key, value in small.items():
+                with archive.open(key + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, value, allow_pickle=False)
+
+
+def _write_tensormap(path, features, hypers_json: str, sidecar: str | None = None) -> None:
     metatensor = _optional("metatensor", "metatensor output", "pip install metatensor")
     samples = metatensor.Labels(
         ["system", "atom", "center_type"],
@@ -315,15 +588,18 @@ def _write_tensormap(path, features, hypers_json: str) -> None:
         properties=properties,
     )
     tensor = metatensor.TensorMap(metatensor.Labels.single(), [block])
-    with atomic_path(path) as tmp:
-        metatensor.save(tmp, tensor)
-    sidecar = {
+    if sidecar is not None:  # ``path`` is already a temporary file
+        metatensor.save(path, tensor)
+    else:
+        with atomic_path(path) as tmp:
+            metatensor.save(tmp, tensor)
+    content = {
         "hypers": json.loads(hypers_json),
         "names": list(features.names),
         "labels": {key: np.asarray(value).tolist() for key, value in features.labels.items()},
         "format_version": FEATURE_FORMAT_VERSION,
     }
-    write_json(str(path) + ".hypers.json", sidecar)
+    write_json(sidecar if sidecar is not None else str(path) + ".hypers.json", content)
 
 
 def _read_tensormap(path: Path) -> tuple[dict, dict]:
@@ -371,11 +647,13 @@ def read_features(path: str | os.PathLike):
     from .representations.features import Features
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"feature file {str(path)!r} does not exist")
     kind = feature_format(path)
+    if not (path.is_dir() if kind == "zarr" else path.is_file()):
+        raise FileNotFoundError(f"feature file {str(path)!r} does not exist")
     try:
-        if kind == "metatensor":
+        if kind == "zarr":
+            arrays, hypers = _read_zarr(path)
+        elif kind == "metatensor":
             arrays, hypers = _read_tensormap(path)
         elif kind == "npz":
             with np.load(path, allow_pickle=False) as data:
@@ -404,6 +682,16 @@ def read_features(path: str | os.PathLike):
         names,
     )
     return features, hypers
+
+
+def _read_zarr(path: Path) -> tuple[dict, dict]:
+    """Arrays and hypers of a ``.zarr`` store written by :class:`FeatureWriter`."""
+    zarr = _optional("zarr", "zarr input", "pip install 'tradens[zarr]'")
+    group = zarr.open_group(str(path), mode="r")
+    arrays = {key: np.asarray(group[key][...]) for key in group.array_keys()}
+    attrs = dict(group.attrs)
+    arrays["names"] = np.asarray(attrs.get("names", []), dtype=str)
+    return arrays, json.loads(attrs.get("hypers", "{}"))
 
 
 def _optional(module: str, what: str, hint: str):

@@ -23,6 +23,7 @@ from .common import (
     add_input_arguments,
     add_level_arguments,
     build_calculator,
+    bundled_path,
     compute,
     describe,
     features_for,
@@ -46,6 +47,7 @@ output formats (by suffix):
   .npz        numpy: values [row, feature], structure, center, numbers, names, hypers (JSON)
   .h5/.hdf5   HDF5 (needs h5py): the same datasets, hypers as a file attribute
   .mts        metatensor TensorMap (needs metatensor), hypers in <file>.hypers.json
+  .zarr       zarr directory (needs zarr): the same arrays, hypers and names as attributes
 
 examples:
   tradens features --example                        # summary of TR-SOAP on bundled HEA data
@@ -55,13 +57,23 @@ examples:
   tradens features data.xyz -o f.npz --hypers hypers.yaml        # hypers from a file (SOAP or ACE)
   tradens features data.xyz -o f.h5 --gap "soap cutoff=5 n_max=8 l_max=6 atom_sigma=0.5 \\
       n_species=2 species_Z={28 29} R_mix=T Z_mix=T K=16 coupling=F"
-  tradens features data.xyz -o pooled.npz --pool mean             # one row per structure"""
+  tradens features data.xyz -o pooled.npz --pool mean             # one row per structure
+
+large data sets (docs/scaling.md):
+  tradens features big.xyz -o f.h5 --chunk-size 1000 --species Ni,Cu   # streamed, resumable
+  tradens features big.xyz -o f.zarr --workers 2                  # a local dask cluster
+  tradens features big.db -o f.h5 --scheduler tcp://host:8786     # a running dask scheduler
+  With --chunk-size, --workers, --scheduler or a .zarr output the structures are read and
+  computed chunk by chunk and the rows streamed to the file; an interrupted run keeps its
+  finished chunks in OUTPUT.partial/ and the same command resumes it (--restart: start over)."""
 
 
 def add_features_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     parser.add_argument(
-        "-o", "--output", help="output file (.npz, .h5/.hdf5 or .mts); optional with --example"
+        "-o",
+        "--output",
+        help="output file (.npz, .h5/.hdf5, .zarr or .mts); optional with --example",
     )
     parser.add_argument(
         "--pool", choices=["mean", "sum"], help="write per-structure pooled features"
@@ -74,9 +86,125 @@ def add_features_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave out structures that fail (bad cell, NaN, unknown element) and list them "
         "(their indices are missing from the output's structure column)",
     )
+    group = parser.add_argument_group("streaming and dask (docs/scaling.md)")
+    group.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="structures per chunk: stream the input and the output in chunks (resumable); "
+        "default 1000 with --workers/--scheduler or a .zarr output",
+    )
+    group.add_argument(
+        "--workers", type=int, default=None, help="compute the chunks on a local dask cluster"
+    )
+    group.add_argument(
+        "--scheduler", default=None, help="address (or scheduler file) of a dask scheduler"
+    )
+    group.add_argument(
+        "--restart", action="store_true", help="ignore the chunks of an interrupted run"
+    )
+
+
+def _streaming(args) -> bool:
+    output = str(args.output or "").lower().rstrip("/")
+    return (
+        args.chunk_size is not None
+        or args.workers is not None
+        or args.scheduler is not None
+        or output.endswith(".zarr")
+    )
+
+
+class _Scan:
+    """The structures of a file, read again on every iteration (species from the data)."""
+
+    def __init__(self, path: str, index: str, file_format: str | None):
+        self.path, self.index, self.file_format = path, index, file_format
+
+    def __iter__(self):
+        from ..representations.stream import iter_structures
+
+        return iter_structures(self.path, index=self.index, format=self.file_format)
+
+
+def run_features_streamed(args, path: str) -> int:
+    """``tradens features`` chunk by chunk (``--chunk-size``, ``--workers``, ``--scheduler``)."""
+    import torch
+
+    from ..parallel import make_client
+    from ..representations.stream import compute_to_file
+
+    if not args.output:
+        raise CLIError("streaming (--chunk-size, --workers, --scheduler) needs -o/--output")
+    feature_format(args.output)
+    chunk_size = 1000 if args.chunk_size is None else args.chunk_size
+    if chunk_size < 1:
+        raise CLIError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers is not None and args.scheduler is not None:
+        raise CLIError("give --workers or --scheduler, not both")
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+    if not Path(path).is_file():
+        raise CLIError(f"input file {path!r} does not exist")
+    calculator, hypers = build_calculator(args, _Scan(path, args.index, args.file_format))
+    client = None
+    if args.workers is not None or args.scheduler is not None:
+        client = make_client(scheduler=args.scheduler, workers=args.workers)
+    try:
+        result = compute_to_file(
+            calculator,
+            path,
+            args.output,
+            chunk_size=chunk_size,
+            batch_size=args.batch_size,
+            dtype=torch.float32 if args.dtype == "float32" else torch.float64,
+            pool=args.pool,
+            hypers=hypers,
+            client=client,
+            resume=not args.restart,
+            threads=getattr(args, "threads", 0),
+            skip_bad=bool(getattr(args, "skip_bad", False)),
+            index=args.index,
+            format=args.file_format,
+            progress=not args.quiet,
+        )
+    finally:
+        if client is not None:
+            cluster = client.cluster if args.workers is not None else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    where = f"{args.workers} local workers" if args.workers else args.scheduler or "this process"
+    print(f"input      {Path(path).name}: {result.n_structures} structures, {result.n_atoms} atoms")
+    print(f"hypers     {describe(calculator.hypers)}")
+    print(
+        f"features   {result.n_rows} rows x {result.n_features} features per "
+        f"{'structure' if args.pool else 'atom'} ({args.dtype})"
+    )
+    print(
+        f"chunks     {result.n_chunks} of {chunk_size} structures: {result.computed} computed "
+        f"on {where}, {result.reused} reused from an interrupted run"
+    )
+    print(
+        f"time       {result.seconds:.2f} s "
+        f"({result.n_atoms / max(result.seconds, 1e-9):.0f} atoms/s, reading and writing included)"
+    )
+    for index, reason in result.skipped:
+        print(f"skipped    structure {index}: {reason}")
+    print(f"wrote      {args.output} ({result.format})")
+    return 0
 
 
 def run_features(args) -> int:
+    if _streaming(args):
+        if args.example and args.input:
+            raise CLIError("give an input file or --example, not both")
+        path = bundled_path(args.example) if args.example else args.input
+        if path is None:
+            raise CLIError("no input: give a structure file or --example")
+        return run_features_streamed(args, path)
     frames, path = load_frames(args)
     if not args.output and not args.example:
         raise CLIError("give -o/--output FILE (.npz, .h5/.hdf5 or .mts)")

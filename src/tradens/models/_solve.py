@@ -103,6 +103,36 @@ class FoldStatistics:
         self.cc[fold] += (weighted.T @ fractions).numpy()
         self.ce[fold] += (weighted.T @ energy.to(torch.float64).cpu()).numpy()
 
+    def absorb(self, other: FoldStatistics) -> None:
+        """Add the statistics of ``other`` (other structures, same folds and columns) in place.
+
+        The normal equations are sums over structures, so statistics of disjoint
+        partitions of a training set (e.g. computed on the workers of a cluster) add up
+        to those of the whole set.
+        """
+        shape = (other.n_folds, other.n_features, other.n_elements)
+        if shape != (self.n_folds, self.n_features, self.n_elements):
+            raise ValueError(
+                f"cannot add statistics of shape {shape} (folds, features, elements) to "
+                f"{(self.n_folds, self.n_features, self.n_elements)}"
+            )
+        for p in PROPERTIES:
+            for k in range(self.n_folds):
+                gram, rhs = other.gram[p][k], other.rhs[p][k]
+                if gram is None or rhs is None:
+                    continue
+                if self.gram[p][k] is None:
+                    self.gram[p][k], self.rhs[p][k] = gram.clone(), rhs.clone()
+                else:
+                    self.gram[p][k].add_(gram)  # type: ignore[union-attr]
+                    self.rhs[p][k].add_(rhs)  # type: ignore[union-attr]
+            self.yy[p] += other.yy[p]
+            self.count[p] += other.count[p]
+        for k in range(self.n_folds):
+            self.xc[k].add_(other.xc[k])
+            self.cc[k] += other.cc[k]
+            self.ce[k] += other.ce[k]
+
     # ------------------------------------------------------------------ combining
     def merged(self, folds: Iterable[int]) -> dict[str, Any]:
         """Statistics summed over ``folds`` (energy still without baseline).

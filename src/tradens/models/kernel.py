@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..representations.base import Representation
+from ..representations.stream import is_lazy, iter_structures
 from ..systems.batch import _as_frames
 from ._design import KernelBasis
 from .linear import DEFAULT_ALPHAS, LinearPotential
@@ -171,7 +172,7 @@ class SparseKernelPotential(LinearPotential):
 
     def precompute(self, frames, sample_weight=None, groups=None):
         """Select sparse points and reduce the kernel design (see ``LinearPotential``)."""
-        self._frames = _as_frames(frames)
+        self._frames = _as_frames(list(iter_structures(frames)) if is_lazy(frames) else frames)
         try:
             return super().precompute(self._frames, sample_weight=sample_weight, groups=groups)
         finally:

@@ -17,12 +17,14 @@ representation falls back to autograd).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..representations.base import Representation
+from ..representations.stream import is_lazy, iter_structures
 from ..systems.batch import _as_frames
 from ._base import PotentialBase
 from ._cache import CACHE_PARAMS, DesignCache
@@ -276,25 +278,39 @@ class LinearPotential(PotentialBase):
             values, _ = self.representation.forward(as_batch(frames[:1]))
         return int(values.shape[1])
 
-    def fit(self, frames, sample_weight=None, groups=None):
+    def fit(self, frames, sample_weight=None, groups=None, *, client=None, chunk_size=None):
         """Fit baseline and weights; returns ``self``.
 
         Parameters
         ----------
-        frames : list of ase.Atoms
-            Labelled training structures (never modified).
+        frames : list of ase.Atoms, a path, an ASE database or an iterable
+            Labelled training structures (never modified). A file, database or
+            iterator is read once into a list of structures; the design itself is
+            never held (it is reduced to the normal equations as it is computed).
         sample_weight : array-like, optional
             ``[structure]`` weights ``c_s``.
         groups : array-like, optional
             ``[structure]`` fold labels (one fold per distinct label),
             overriding ``cv``.
+        client : distributed.Client, optional
+            Reduce the design on the workers of this dask cluster
+            (``tradens[dask]``): every worker turns a partition of ``chunk_size``
+            structures into its sufficient statistics and the client adds them up;
+            the model equals the serial fit to rounding (primal solver only).
+        chunk_size : int, optional
+            Structures per partition with ``client`` (default: a quarter of an
+            even share per worker).
 
         Raises
         ------
         ValueError
             When a label the fit uses is missing (see ``energy_key``).
         """
-        cache = self.precompute(frames, sample_weight=sample_weight, groups=groups)
+        self._cluster = None if client is None else (client, chunk_size)
+        try:
+            cache = self.precompute(frames, sample_weight=sample_weight, groups=groups)
+        finally:
+            self.__dict__.pop("_cluster", None)
         return self._fit_cache(cache, stacklevel=3)
 
     def precompute(self, frames, sample_weight=None, groups=None) -> DesignCache:
@@ -312,7 +328,7 @@ class LinearPotential(PotentialBase):
             float64) or, for the dual solver, the energy rows.
         """
         self._validate()
-        frames = _as_frames(frames)
+        frames = _as_frames(list(iter_structures(frames)) if is_lazy(frames) else frames)
         keys = {"energy": self.energy_key, "forces": self.forces_key, "stress": self.stress_key}
         targets = read_targets(
             frames,
@@ -345,10 +361,33 @@ class LinearPotential(PotentialBase):
         dual = self.solver == "dual" or (
             self.solver == "auto" and ridge and not derivatives and basis.n_outputs > len(frames)
         )
+        cluster = getattr(self, "_cluster", None)
+        statistics: Any
+        if dual and cluster is not None:
+            raise ValueError(
+                "fit(client=...) reduces the primal normal equations; this energy-only fit "
+                f"with more features ({basis.n_outputs}) than structures ({len(frames)}) "
+                "would use the dual solver: pass solver='primal' to fit it on the cluster"
+            )
         if dual:
             from ._dual import dual_rows
 
             statistics = dual_rows(self, frames, targets, basis, species, weights)
+        elif cluster is not None:
+            from ._distributed import accumulate_on_cluster
+
+            statistics = accumulate_on_cluster(
+                self,
+                cluster,
+                frames,
+                targets,
+                basis,
+                species,
+                weights,
+                folds,
+                n_folds,
+                (use_forces, use_stress),
+            )
         else:
             statistics = self._accumulate(
                 frames, targets, basis, species, weights, folds, n_folds, use_forces, use_stress

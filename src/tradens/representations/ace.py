@@ -40,6 +40,7 @@ from ..invariants.product_basis import ace_product_basis_plan
 from ..systems.batch import Batch
 from ..systems.neighbors import Pairs
 from .features import Features, compute_in_batches
+from .stream import compute_chunked, is_lazy
 
 __all__ = ["AceHypers", "ACE"]
 
@@ -398,8 +399,22 @@ class ACE(torch.nn.Module):
         progress: bool = False,
         min_distance: float | None = None,
         skip_bad: bool = False,
+        client=None,
     ) -> Features:
         """Features of one or many structures (same contract as :meth:`tradens.SOAP.compute`)."""
+        if client is not None or is_lazy(systems):
+            return compute_chunked(
+                self,
+                systems,
+                output=output,
+                dtype=dtype,
+                device=device,
+                batch_size=batch_size,
+                progress=progress,
+                min_distance=min_distance,
+                client=client,
+                skip_bad=skip_bad,
+            )
         return compute_in_batches(
             self,
             systems,

@@ -64,6 +64,7 @@ class Representation(Protocol):
         progress: bool = False,
         min_distance: float | None = None,
         skip_bad: bool = False,
+        client: Any = None,
     ) -> Features:
         """Features of one or many structures (numpy or torch output)."""
         ...

@@ -32,6 +32,7 @@ from ..kernels import memory as _memory
 from ..systems.batch import Batch
 from ..systems.neighbors import Pairs
 from .features import Features, compute_in_batches
+from .stream import compute_chunked, is_lazy
 
 __all__ = ["SOAP", "PairPlan", "pair_plan", "plan_size", "power_spectrum", "soap_size"]
 
@@ -650,13 +651,18 @@ class SOAP(torch.nn.Module):
         progress: bool = False,
         min_distance: float | None = None,
         skip_bad: bool = False,
+        client=None,
     ) -> Features:
         """Features of one or many structures.
 
         Parameters
         ----------
-        systems : ase.Atoms, System, dict, or a list of them
-            The structures (never modified).
+        systems : ase.Atoms, System, dict, a list of them, a path, an ASE database, or an iterator
+            The structures (never modified). A file name (any ASE format), an
+            ASE database connection or an iterator (``ase.io.iread``) is read
+            lazily, ``batch_size * 16`` structures at a time
+            (:mod:`tradens.representations.stream`; to write features larger than
+            memory to a file, use :func:`~tradens.representations.stream.compute_to_file`).
         output : {"numpy", "torch"}
             Array type of the result.
         dtype, device : optional
@@ -674,6 +680,9 @@ class SOAP(torch.nn.Module):
             unknown element with ``unknown_species="error"``) instead of
             raising; they are listed in ``Features.skipped`` and in a warning.
             Without it the error names the structure's index in ``systems``.
+        client : distributed.Client, optional
+            Compute chunks of ``batch_size * 16`` structures on the workers of
+            this dask cluster (``tradens[dask]``); the rows come back in input order.
 
         Returns
         -------
@@ -681,6 +690,19 @@ class SOAP(torch.nn.Module):
             ``values [row, feature]`` with ``structure``, ``center`` and
             ``numbers`` of each row, ``labels`` and ``names`` of each column.
         """
+        if client is not None or is_lazy(systems):
+            return compute_chunked(
+                self,
+                systems,
+                output=output,
+                dtype=dtype,
+                device=device,
+                batch_size=batch_size,
+                progress=progress,
+                min_distance=min_distance,
+                client=client,
+                skip_bad=skip_bad,
+            )
         return compute_in_batches(
             self,
             systems,
