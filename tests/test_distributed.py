@@ -153,3 +153,31 @@ def test_missing_dask_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"tradens\[dask\]"):
         require_dask()
+
+
+def test_kernel_fit_on_cluster_equals_serial_fit(client, soap):
+    from tradens.models import FitWarning, SparseKernelPotential
+
+    options = dict(alphas=(1e-4,), cv=None, n_sparse=20, batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        serial = SparseKernelPotential(soap, **options).fit(FRAMES)
+        clustered = SparseKernelPotential(soap, **options).fit(FRAMES, client=client)
+    assert np.array_equal(clustered.sparse_points_, serial.sparse_points_)
+    scale = np.abs(serial.weights_).max()
+    assert np.abs(clustered.weights_ - serial.weights_).max() <= 1e-10 * scale
+
+
+def test_cli_scheduler_writes_the_serial_file(client, xyz, tmp_path, capsys):
+    from tradens.cli import main
+
+    options = ["--l-max", "2", "--n-max", "3", "--channels", "4", "--cutoff", "3", "-q"]
+    serial, clustered = tmp_path / "serial.h5", tmp_path / "cluster.h5"
+    argv = ["features", str(xyz), "--chunk-size", "5", "--batch-size", "5", *options]
+    assert main([*argv, "-o", str(serial)]) == 0
+    address = client.scheduler.address
+    assert main([*argv, "-o", str(clustered), "--scheduler", address]) == 0
+    assert f"5 computed on {address}" in capsys.readouterr().out
+    assert clustered.read_bytes() == serial.read_bytes()
+    assert main([*argv, "-o", "x.h5", "--workers", "0"]) == 1
+    assert "--workers must be >= 1" in capsys.readouterr().err
