@@ -108,9 +108,8 @@ def main(argv=None) -> dict:
         species=species,
         mixing={"channels": args.channels, "weights": "gap"},
     )
-    model = LinearPotential(
-        soap, alphas=(1e-5, 1e-4, 1e-3, 1e-2), cv=3, forces_weight=0.3, batch_size=16
-    ).fit(frames[: args.train])
+    # default alpha grid and property weights (chosen from the label spread)
+    model = LinearPotential(soap, cv=3, batch_size=16).fit(frames[: args.train])
 
     atoms = frames[args.cell].copy()
     atoms.calc = None
@@ -144,6 +143,8 @@ def main(argv=None) -> dict:
         "atoms": len(atoms),
         "steps": args.steps,
         "timestep_fs": args.timestep,
+        "cv_forces_rmse_meV_A": float(1000 * model.fit_report_["forces"].validation_rmse),
+        "zero_forces_rmse_meV_A": float(1000 * model.fit_report_["forces"].trivial_validation_rmse),
         "ipi_seconds": round(ipi_seconds, 2),
         "ipi_ms_per_step": round(1000 * ipi_seconds / args.steps, 2),
         "drift_meV_per_atom_per_ps": 1000 * slope,
