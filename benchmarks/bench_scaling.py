@@ -108,8 +108,16 @@ def workers(n: int, chunk_size: int, workdir: Path) -> dict:
 
     source = workdir / f"workers_{n}.xyz"
     n_atoms = make_structures(source, n, seed=1)
-    soap = SOAP(species=ELEMENTS, mixing={"channels": 16})
+    soap = SOAP(cutoff=5.0, l_max=6, radial={"n_max": 8}, species=ELEMENTS, mixing={"channels": 16})
     out: dict = {"structures": n, "atoms": n_atoms, "chunk_size": chunk_size}
+    began = time.perf_counter()  # reference: the same run in this process, no dask
+    compute_to_file(soap, source, workdir / "serial.h5", chunk_size=chunk_size, threads=1)
+    out["seconds_serial"] = time.perf_counter() - began
+    print(
+        f"serial (no dask, 1 thread): {out['seconds_serial']:7.1f} s  "
+        f"{n_atoms / out['seconds_serial']:8.0f} atoms/s",
+        flush=True,
+    )
     for count in (1, 2):
         client = make_client(workers=count)
         try:
