@@ -155,3 +155,43 @@ def test_cli_skip_bad(tmp_path, capsys):
     assert "skipped structure 4: structure 4: positions contain NaN" in err
     features, _ = read_features(out)
     assert sorted(set(np.asarray(features.structure).tolist())) == [0, 1, 2, 3, 5]
+
+
+def test_bulk_validation_names_the_first_bad_structure():
+    frames = tiny_cells(8)
+    frames[2].positions[1, 0] = np.inf
+    shape = {"positions": [[0.0, 0.0]], "numbers": [28]}  # wrong shape, checked per structure
+    with pytest.raises(ValueError, match=r"structure 2: positions contain NaN or inf"):
+        as_batch([*frames[:5], shape])
+    frames[2].positions[1, 0] = 0.0
+    with pytest.raises(ValueError, match=r"structure 5: positions must have shape"):
+        as_batch([*frames[:5], shape])
+    singular = ase.Atoms("Ni", cell=[[1, 0, 0], [0, 1, 0], [1, 1, 0]], pbc=True)
+    negative = {"positions": [[0.0, 0.0, 0.0]], "numbers": [-1]}
+    with pytest.raises(ValueError, match=r"structure 11: atomic numbers must be non-negative"):
+        as_batch([*frames[:4], negative], first_index=7)  # negative: structure 11
+    with pytest.raises(ValueError, match=r"structure 3: the cell is singular"):
+        as_batch([*frames[:3], singular, negative])
+    slab = ase.Atoms("Ni", cell=[[1, 0, 0], [2, 0, 0], [0, 0, 0]], pbc=[True, True, False])
+    with pytest.raises(ValueError, match=r"structure 1: the cell is singular: its periodic"):
+        as_batch([frames[0], slab])
+
+
+def test_forces_of_packed_batches_equal_one_structure_at_a_time():
+    from tradens.gradients.api import energy_forces_stress
+
+    frames = tiny_cells(25, seed=4) + molecules(10)
+    soap = small_soap(mixing={"channels": 4})
+    weights = np.random.default_rng(0).normal(size=soap.n_features)
+    import torch
+
+    def model(values, numbers):
+        return values @ torch.as_tensor(weights, dtype=values.dtype)
+
+    packed = energy_forces_stress(soap, model, frames)  # one batch
+    single = energy_forces_stress(soap, model, frames, batch_size=1)
+    assert np.abs(packed.forces).max() > 1e-3  # the model has forces to compare
+    for name in ("energy", "forces", "stress"):
+        np.testing.assert_allclose(
+            getattr(packed, name), getattr(single, name), rtol=0, atol=1e-12, equal_nan=True
+        )

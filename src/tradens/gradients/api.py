@@ -212,19 +212,18 @@ def _row_structure(representation, batch: Batch, rows: torch.Tensor) -> torch.Te
     return batch.structure[rows]
 
 
-def _batches(systems, batch_size: int, dtype, device):
+def _batches(systems, batch_size: int | None, dtype, device):
+    """Batches of ``systems``: ``batch_size`` structures each, or packed by size when None."""
     if isinstance(systems, Batch):
         yield systems
         return
-    from ..systems.batch import _as_frames
+    from ..systems.batch import _as_frames, batch_ranges, frame_atoms
 
     frames = _as_frames(systems)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, len(frames), batch_size):
-        yield as_batch(
-            frames[start : start + batch_size], dtype=dtype, device=device, first_index=start
-        )
+    for start, stop in batch_ranges([frame_atoms(frame) for frame in frames], batch_size):
+        yield as_batch(frames[start:stop], dtype=dtype, device=device, first_index=start)
 
 
 # ----------------------------------------------------------------------------- model path
@@ -236,7 +235,7 @@ def energy_forces_stress(
     model_fn,
     systems,
     *,
-    batch_size: int = ...,
+    batch_size: int | None = ...,
     dtype: torch.dtype | None = ...,
     device=...,
     create_graph: bool = ...,
@@ -249,7 +248,7 @@ def energy_forces_stress(
     model_fn,
     systems,
     *,
-    batch_size: int = ...,
+    batch_size: int | None = ...,
     dtype: torch.dtype | None = ...,
     device=...,
     create_graph: bool = ...,
@@ -261,7 +260,7 @@ def energy_forces_stress(
     model_fn,
     systems,
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     dtype: torch.dtype | None = None,
     device=None,
     create_graph: bool = False,
@@ -280,8 +279,9 @@ def energy_forces_stress(
         ``numbers`` the atomic number of each row's centre (0 for averaged rows).
     systems : ase.Atoms, list of structures, or Batch
         The structures (never modified).
-    batch_size : int
-        Structures per backward pass.
+    batch_size : int, optional
+        Structures per backward pass; default: packed by size, about
+        :data:`~tradens.systems.batch.ATOMS_PER_BATCH` atoms a pass.
     dtype, device : optional
         Floating dtype (float64 default) and device.
     create_graph : bool

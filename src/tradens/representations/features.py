@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..systems.batch import frame_atoms as _frame_atoms
+
 __all__ = ["Features"]
 
 
@@ -83,17 +85,6 @@ class Features:
             counts = torch.bincount(structure, minlength=n).clamp(min=1).to(values.dtype)
             out = out / counts[:, None]
         return out.numpy() if isinstance(self.values, np.ndarray) else out
-
-
-def _frame_atoms(frame: object) -> int:
-    """Atom count of one input structure without validating it (0 where unknown)."""
-    try:
-        if isinstance(frame, dict):
-            return int(np.shape(frame.get("positions", ()))[0])
-        positions = getattr(frame, "positions", None)
-        return int(np.shape(positions)[0]) if positions is not None else 0
-    except (IndexError, TypeError, ValueError):
-        return 0
 
 
 def _check_compute_memory(

@@ -137,6 +137,17 @@ DEFAULT_MIN_DISTANCE = 1e-6  # Å; far below any physical interatomic distance (
 ATOMS_PER_BATCH = 2048
 
 
+def frame_atoms(frame: object) -> int:
+    """Atom count of one input structure without validating it (0 where unknown)."""
+    try:
+        if isinstance(frame, dict):
+            return int(np.shape(frame.get("positions", ()))[0])
+        positions = getattr(frame, "positions", None)
+        return int(np.shape(positions)[0]) if positions is not None else 0
+    except (IndexError, TypeError, ValueError):
+        return 0
+
+
 def batch_ranges(
     counts: Sequence[int], batch_size: int | None, atoms_per_batch: int = ATOMS_PER_BATCH
 ) -> list[tuple[int, int]]:
@@ -242,8 +253,13 @@ def as_batch(
     positions: list = []  # [n, 3] per structure: numpy float64, or torch where given as torch
     cells: list = []  # [3, 3] per structure, numpy or torch like positions
     numbers, pbcs, counts = [], [], []
+    deferred: list[tuple] = []  # numpy structures whose value checks run in bulk at the end
     for index, frame in enumerate(frames, start=first_index):
-        pos, num, cell, pbc = _system_arrays(frame, index)
+        try:
+            pos, num, cell, pbc = _system_arrays(frame, index)
+        except (TypeError, ValueError):
+            _deferred_checks(deferred)  # an earlier structure's error comes first
+            raise
         if isinstance(pos, torch.Tensor):
             if dtype is None:
                 dtype = pos.dtype if pos.is_floating_point() else torch.float64
@@ -253,13 +269,21 @@ def as_batch(
             pos_t, num_np, cell_t, pbc_np = _checked_arrays(index, pos, num, cell, pbc)
             positions.append(_relative(pos_t))
             cells.append(cell_t)
-        else:  # plain arrays: validated in numpy (a few microseconds a structure)
-            pos_np, num_np, cell_np, pbc_np = _checked_numpy(index, pos, num, cell, pbc)
-            positions.append(pos_np - pos_np[:1])
+        else:  # plain arrays: shapes here, values in bulk below (numpy)
+            try:
+                checked = _checked_numpy(index, pos, num, cell, pbc, values=False)
+            except ValueError:
+                _deferred_checks(deferred)  # an earlier structure's error comes first
+                raise
+            deferred.append((index, *checked))
+            pos_np, num_np, cell_np, pbc_np = checked
+            with np.errstate(invalid="ignore"):  # inf - inf: the error comes from the checks
+                positions.append(pos_np - pos_np[:1])
             cells.append(cell_np)
         numbers.append(num_np)
         pbcs.append(pbc_np)
         counts.append(len(num_np))
+    _deferred_checks(deferred)
     dtype = dtype or torch.float64
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
@@ -298,13 +322,51 @@ def _concatenate(parts: list, dtype: torch.dtype, device: torch.device) -> torch
     )
 
 
+def _deferred_checks(deferred: list[tuple]) -> None:
+    """The value checks of :func:`_checked_numpy` on many structures at once.
+
+    ``deferred`` holds ``(index, positions, numbers, cell, pbc)`` checked for
+    shapes only. Negative atomic numbers, non-finite positions or cells and
+    singular cells are found by array operations over all of them; the first
+    structure so found is checked again on its own, which raises its error.
+    """
+    if not deferred:
+        return
+    counts = [len(record[2]) for record in deferred]
+    owner = np.repeat(np.arange(len(deferred)), counts)  # [atom]
+    numbers = np.concatenate([record[2] for record in deferred])  # [atom]
+    positions = np.concatenate([record[1] for record in deferred])  # [atom, 3]
+    atom_bad = ~np.isfinite(positions).all(axis=1)  # [atom]
+    if numbers.size and np.issubdtype(numbers.dtype, np.integer):
+        atom_bad |= numbers < 0
+    suspects = set(owner[atom_bad].tolist())
+    cells = np.stack([record[3] for record in deferred])  # [structure, 3, 3]
+    pbc = np.stack([record[4] for record in deferred])  # [structure, 3]
+    finite = np.isfinite(cells).all(axis=(1, 2))  # [structure]
+    suspects.update(np.flatnonzero(~finite).tolist())
+    full = pbc.all(axis=1) & finite  # [structure]
+    if full.any():
+        lattice = cells[full]  # [m, 3, 3]
+        norms = np.sqrt((lattice * lattice).sum(axis=2))  # [m, 3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            unit = lattice / norms[:, :, None]  # [m, 3, 3]
+            measure = np.linalg.det(unit @ unit.transpose(0, 2, 1))  # [m]
+        singular = (norms == 0).any(axis=1) | ~(measure >= 1e-20)
+        suspects.update(np.flatnonzero(full)[singular].tolist())
+    suspects.update(np.flatnonzero(pbc.any(axis=1) & ~pbc.all(axis=1) & finite).tolist())
+    for k in sorted(suspects):  # partial periodicity: checked one by one (rare)
+        _checked_numpy(*deferred[k])
+
+
 def _checked_numpy(
-    index: int, pos, num, cell, pbc
+    index: int, pos, num, cell, pbc, *, values: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_checked_arrays` for plain (non-torch) arrays, in numpy.
 
     Returns ``positions [n, 3]`` (float64, Å), ``numbers [n]``, ``cell [3, 3]``
-    (float64, Å) and ``pbc [3]``; the same checks and messages.
+    (float64, Å) and ``pbc [3]``; the same checks and messages. With
+    ``values=False`` only shapes and types are checked (the values in bulk by
+    :func:`_deferred_checks`).
     """
     try:
         pos_np = np.asarray(pos, dtype=np.float64)
@@ -325,20 +387,23 @@ def _checked_numpy(
             f"structure {index}: numbers must have shape [{pos_np.shape[0]}], "
             f"got {tuple(num_np.shape)}"
         )
-    if num_np.size and (not np.issubdtype(num_np.dtype, np.integer) or num_np.min() < 0):
+    if num_np.size and (
+        not np.issubdtype(num_np.dtype, np.integer) or (values and num_np.min() < 0)
+    ):
         raise ValueError(f"structure {index}: atomic numbers must be non-negative integers")
-    if not np.isfinite(pos_np).all():
+    if values and not np.isfinite(pos_np).all():
         raise ValueError(f"structure {index}: positions contain NaN or inf")
     cell_np = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
     if cell_np.shape != (3, 3):
         raise ValueError(f"structure {index}: cell must have shape [3, 3], got {cell_np.shape}")
-    if not np.isfinite(cell_np).all():
+    if values and not np.isfinite(cell_np).all():
         raise ValueError(f"structure {index}: cell contains NaN or inf")
     try:
         pbc_np = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     except ValueError:
         raise ValueError(f"structure {index}: pbc must be a bool or 3 bools, got {pbc!r}") from None
-    _check_cell(index, cell_np, pbc_np)
+    if values:
+        _check_cell(index, cell_np, pbc_np)
     return pos_np, num_np, cell_np, pbc_np
 
 
