@@ -226,3 +226,18 @@ def test_skip_bad_lists_structures_by_input_index(soap, reference, tmp_path):
     assert 7 not in set(features.structure.tolist())
     keep = reference.structure != 7
     assert np.array_equal(features.values, reference.values[keep])
+
+
+def test_xyz_slices_hold_every_frame_once(xyz, tmp_path):
+    from tradens.representations.stream import xyz_slices
+
+    slices = list(xyz_slices(xyz, 5))
+    assert [c for c, _ in slices] == [0, 1, 2] and [len(s) for _, s in slices] == [5, 5, 2]
+    frames = [atoms for _, piece in slices for atoms in piece.read()]
+    assert len(frames) == 12
+    for a, b in zip(frames, FRAMES, strict=True):
+        assert np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions)
+    broken = tmp_path / "broken.xyz"
+    broken.write_text("2\ncomment\nH 0 0 0\nH 0 0 1\nnot a count\n")
+    with pytest.raises(ValueError, match="line 5: expected the atom count"):
+        list(xyz_slices(broken, 5))

@@ -151,7 +151,97 @@ class ChunkOptions:
     skip_bad: bool = False  # leave out structures that fail, listed in "skipped"
 
 
-def chunk_features(representation: Any, task: tuple[int, list, ChunkOptions]) -> dict:
+@dataclass(frozen=True)
+class XyzSlice:
+    """Structures ``count`` of an extended-XYZ file, in bytes ``start .. stop``.
+
+    Sent to a worker instead of the parsed structures when the file is on a file system
+    the workers see (a LocalCluster, a cluster's shared disk): the workers parse, so the
+    client, which only finds the frame boundaries, is not the bottleneck.
+    """
+
+    path: str
+    start: int
+    stop: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self) -> list:
+        """The structures, parsed with ASE."""
+        import io
+
+        import ase.io
+
+        with open(self.path, "rb") as handle:
+            handle.seek(self.start)
+            text = handle.read(self.stop - self.start).decode()
+        read = ase.io.read(io.StringIO(text), index=":", format="extxyz")
+        frames = read if isinstance(read, list) else [read]
+        if len(frames) != self.count:
+            raise ValueError(
+                f"{self.path!r}, bytes {self.start}..{self.stop}: expected {self.count} "
+                f"structures, read {len(frames)}"
+            )
+        return frames
+
+
+def xyz_slices(path: str | os.PathLike, chunk_size: int) -> Iterator[tuple[int, XyzSlice]]:
+    """``(chunk index, XyzSlice)`` of an extended-XYZ file: frame boundaries only, not parsed.
+
+    Raises
+    ------
+    ValueError
+        Where a frame does not start with its atom count.
+    """
+    _check_positive("chunk_size", chunk_size)
+    path = str(Path(path).resolve())
+    with open(path, "rb") as handle:
+        c, start, count, line_number = 0, 0, 0, 0
+        while True:
+            line = handle.readline()
+            line_number += 1
+            if not line.strip():
+                if not line or not handle.peek(1):  # end of file (or trailing blank lines)
+                    break
+                raise ValueError(f"{path!r}, line {line_number}: blank line inside the file")
+            try:
+                n_atoms = int(line)
+            except ValueError:
+                raise ValueError(
+                    f"{path!r}, line {line_number}: expected the atom count of a frame, got "
+                    f"{line[:40]!r}"
+                ) from None
+            for _ in range(n_atoms + 1):  # comment line and atoms
+                handle.readline()
+            line_number += n_atoms + 1
+            count += 1
+            if count == chunk_size:
+                yield c, XyzSlice(path, start, handle.tell(), count)
+                c, start, count = c + 1, handle.tell(), 0
+        if count:
+            yield c, XyzSlice(path, start, handle.tell(), count)
+
+
+def _chunk_source(
+    systems: Any, client: Any, index: str, format: str | None, chunk_size: int
+) -> Iterator[tuple[int, Any]]:
+    """Chunks of ``systems``: parsed lists, or slices of an XYZ file the workers parse."""
+    if _workers_parse(systems, client, index, format):
+        return xyz_slices(systems, chunk_size)
+    return iter_chunks(iter_structures(systems, index=index, format=format), chunk_size)
+
+
+def _workers_parse(systems: Any, client: Any, index: str, format: str | None) -> bool:
+    """Whether the workers can read ``systems`` themselves (an extended-XYZ file, every frame)."""
+    if client is None or not _is_path(systems) or index != ":":
+        return False
+    suffix = Path(systems).suffix.lower()
+    return format in ("extxyz", "xyz") or (format is None and suffix in (".xyz", ".extxyz"))
+
+
+def chunk_features(representation: Any, task: tuple[int, Any, ChunkOptions]) -> dict:
     """Rows of one chunk of structures as numpy arrays (runs on a worker or locally).
 
     ``task`` is ``(chunk index, structures, options)``. Returns ``values [row, F]``,
@@ -159,6 +249,8 @@ def chunk_features(representation: Any, task: tuple[int, list, ChunkOptions]) ->
     ``n_structures`` and ``n_atoms`` of the chunk.
     """
     index, frames, options = task
+    if isinstance(frames, XyzSlice):
+        frames = frames.read()
     if options.threads:
         torch.set_num_threads(options.threads)
     start = index * options.chunk_size
@@ -398,7 +490,7 @@ def compute_to_file(
     n_chunks, computed = _fill_store(
         store,
         representation,
-        iter_structures(systems, index=index, format=format),
+        _chunk_source(systems, client, index, format, chunk_size),
         options,
         client=client,
         max_in_flight=max_in_flight,
@@ -423,7 +515,7 @@ def compute_to_file(
 def _fill_store(
     store: ChunkStore,
     representation: Any,
-    structures: Iterator,
+    chunks: Iterator[tuple[int, Any]],
     options: ChunkOptions,
     *,
     client: Any,
@@ -435,7 +527,7 @@ def _fill_store(
     bar = _progress_bar(progress)
     try:
         limit = max_in_flight
-        return _fill(store, representation, structures, options, client, limit, bar, on_chunk)
+        return _fill(store, representation, chunks, options, client, limit, bar, on_chunk)
     finally:
         if bar is not None:
             bar.close()
@@ -444,7 +536,7 @@ def _fill_store(
 def _fill(
     store: ChunkStore,
     representation: Any,
-    structures: Iterator,
+    chunks: Iterator[tuple[int, Any]],
     options: ChunkOptions,
     client: Any,
     max_in_flight: int | None,
@@ -455,8 +547,8 @@ def _fill(
     done = store.done()
     counts = {"n_chunks": 0, "computed": 0, "atoms": 0}
 
-    def todo() -> Iterator[tuple[int, tuple[int, list, ChunkOptions]]]:
-        for c, frames in iter_chunks(structures, options.chunk_size):
+    def todo() -> Iterator[tuple[int, tuple[int, Any, ChunkOptions]]]:
+        for c, frames in chunks:
             counts["n_chunks"] = c + 1
             if c not in done:
                 yield c, (c, frames, options)
