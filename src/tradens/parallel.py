@@ -69,7 +69,7 @@ def make_client(
             n_workers=workers,
             threads_per_worker=threads_per_worker,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: 8787 may be taken by another cluster
         )
     return distributed.Client(cluster)
 
