@@ -94,3 +94,16 @@ def test_short_nve_run_conserves_energy(fitted, meam_frames):
 def test_calculator_rejects_unfitted_models():
     with pytest.raises(ValueError, match="fitted tradens potential"):
         TradensCalculator(LinearPotential(small_soap()))
+
+
+def test_calculator_energy_std(fitted, meam_frames):
+    model, path = fitted
+    atoms = meam_frames[0].copy()
+    atoms.calc = TradensCalculator(path, uncertainty=True)
+    energy = atoms.get_potential_energy()
+    std = atoms.calc.get_property("energy_std", atoms)
+    assert std == pytest.approx(model.predict_std([atoms])["energy_std"][0], rel=1e-10)
+    assert std > 0 and energy == pytest.approx(model.predict([atoms])["energy"][0])
+    plain = TradensCalculator(model)
+    with pytest.raises(PropertyNotImplementedError):
+        plain.get_property("energy_std", atoms)

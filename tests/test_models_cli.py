@@ -38,6 +38,18 @@ def test_fit_then_eval(tmp_path, capsys):
     reference = model.predict(frames)
     assert frames[0].get_potential_energy() == pytest.approx(reference["energy"][0], abs=1e-8)
     assert np.isfinite(scores["energy"]) and scores["forces"] > 0
+    # the posterior uncertainty: written per structure and calibrated against the labels
+    from tradens.models.uncertainty import calibration
+
+    labelled = ase.io.read(bundled_path("meam17"), ":3")
+    std = model.predict_std(labelled)["energy_std"]
+    np.testing.assert_allclose([f.info["energy_std"] for f in frames], std, rtol=1e-10)
+    errors_ev = model.predict(labelled, forces=False, stress=False)["energy"] - [
+        a.get_potential_energy() for a in labelled
+    ]
+    expected = calibration(errors_ev, std, n_atoms=[len(a) for a in labelled])
+    assert scores["calibration"]["energy"] == pytest.approx(expected)
+    assert "within 1 sigma" in capsys.readouterr().out
 
 
 def test_eval_missing_model(tmp_path, capsys):

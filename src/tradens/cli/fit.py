@@ -156,8 +156,14 @@ def run_fit(args) -> int:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file written by tradens fit")
     add_input_arguments(parser)
-    parser.add_argument("--json", help="write the RMSEs to this JSON file")
-    parser.add_argument("--output", help="write the structures with predicted labels (extxyz)")
+    parser.add_argument(
+        "--json", help="write the RMSEs (and the uncertainty calibration) to this JSON file"
+    )
+    parser.add_argument(
+        "--output",
+        help="write the structures with predicted labels (extxyz; info energy_std when the "
+        "model has an uncertainty)",
+    )
     parser.add_argument("--energy-key", default="energy")
     parser.add_argument("--forces-key", default="forces")
     parser.add_argument("--stress-key", default="stress")
@@ -186,8 +192,20 @@ def run_eval(args) -> int:
                 f"RMSE       {key:7s} {1000 * value:10.2f} {units[key]:9s} "
                 f"({names[key]}: {1000 * trivial[key]:.2f})"
             )
+    summary: dict = {key: float(value) for key, value in errors.items()}
+    std = None
+    if model.has_std():
+        std, calibrated = _calibration(model, frames, args)
+        if calibrated is not None:
+            summary["calibration"] = {"energy": calibrated}
+            print(
+                f"energy_std within 1 sigma {calibrated['within_1_sigma']:.3f}, "
+                f"2 sigma {calibrated['within_2_sigma']:.3f}; Spearman(std, |error|) "
+                f"{calibrated['spearman']:.3f} (per atom, {calibrated['n']} structures; "
+                f"mean std {1000 * calibrated['mean_std']:.2f} meV/atom)"
+            )
     if args.json:
-        write_json(args.json, {key: float(value) for key, value in errors.items()})
+        write_json(args.json, summary)
     if args.output:
         from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -204,12 +222,31 @@ def run_eval(args) -> int:
             }
             if np.isfinite(predicted["stress"][s]).all():
                 results["stress"] = predicted["stress"][s]
+            if std is not None:
+                copy.info["energy_std"] = float(std[s])
             copy.calc = SinglePointCalculator(copy, **results)
             out.append(copy)
             offset += n
         write_frames(args.output, out)
         print(f"wrote      {args.output}")
     return 0
+
+
+def _calibration(model, frames, args) -> tuple[np.ndarray, dict | None]:
+    """Predicted energy std ``[structure]`` (eV) and its calibration on the labelled ones."""
+    from ..models._data import read_targets
+    from ..models.uncertainty import calibration
+
+    predicted = model.predict(frames, forces=False, stress=False, return_std=True)
+    targets = read_targets(
+        frames, energy_key=args.energy_key, forces_key=args.forces_key, stress_key=args.stress_key
+    )
+    errors = predicted["energy"] - targets.energy  # [structure] eV, NaN without a label
+    if not np.isfinite(errors).any():
+        return predicted["energy_std"], None
+    return predicted["energy_std"], calibration(
+        errors, predicted["energy_std"], n_atoms=targets.n_atoms
+    )
 
 
 def _trivial_errors(model, frames, args) -> dict:

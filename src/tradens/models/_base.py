@@ -105,8 +105,18 @@ class PotentialBase:
     def _representation_for_prediction(self):
         return self.representation_
 
+    def has_std(self) -> bool:
+        """Whether ``predict(..., return_std=True)`` gives an uncertainty (here: no)."""
+        return False
+
     def predict(
-        self, frames, *, forces: bool = True, stress: bool = True, batch_size: int = 16
+        self,
+        frames,
+        *,
+        forces: bool = True,
+        stress: bool = True,
+        batch_size: int = 16,
+        return_std: bool = False,
     ) -> dict:
         """Energies, and optionally forces and stress, of ``frames``.
 
@@ -118,6 +128,9 @@ class PotentialBase:
             Also return ``-dE/dr`` and ``(1/V) dE/d(epsilon)``.
         batch_size : int
             Structures per autograd batch.
+        return_std : bool
+            Also return ``"energy_std"`` (eV); only models with an uncertainty
+            estimate (:meth:`has_std`) have one, the others raise ValueError.
 
         Returns
         -------
@@ -127,6 +140,8 @@ class PotentialBase:
             NaN for structures that are not periodic in 3D).
         """
         self._check_fitted()
+        if return_std:
+            raise ValueError(f"{type(self).__name__} has no uncertainty estimate (return_std)")
         from ..gradients.api import energy_forces_stress
 
         frames = _as_frames(frames)

@@ -61,6 +61,7 @@ class FoldStatistics:
         self.rhs: dict[str, list[torch.Tensor | None]] = {p: [None] * n_folds for p in PROPERTIES}
         self.yy = {p: np.zeros(n_folds) for p in PROPERTIES}
         self.count = {p: np.zeros(n_folds) for p in PROPERTIES}
+        self.rows = {p: np.zeros(n_folds) for p in PROPERTIES}  # unweighted, weight > 0
         # energy extras for the in-fold baseline
         self.xc = [torch.zeros(n_features, n_elements, dtype=torch.float64) for _ in range(n_folds)]
         self.cc = [np.zeros((n_elements, n_elements)) for _ in range(n_folds)]
@@ -84,6 +85,7 @@ class FoldStatistics:
         rhs.add_(weighted.T @ targets)
         self.yy[prop][fold] += float((weights * targets * targets).sum())
         self.count[prop][fold] += float(weights.sum())
+        self.rows[prop][fold] += float((weights > 0).sum())
 
     def add_energy(
         self,
@@ -145,6 +147,7 @@ class FoldStatistics:
         rhs: dict[str, torch.Tensor | None] = {}
         yy: dict[str, float] = {}
         count: dict[str, float] = {}
+        rows: dict[str, float] = {}
         n = self.n_features
         for p in PROPERTIES:
             present = [k for k in folds if self.gram[p][k] is not None]
@@ -152,7 +155,9 @@ class FoldStatistics:
             rhs[p] = _total([self.rhs[p][k] for k in present])
             yy[p] = float(sum(self.yy[p][k] for k in folds))
             count[p] = float(sum(self.count[p][k] for k in folds))
+            rows[p] = float(sum(self.rows[p][k] for k in folds))
         return {
+            "rows": rows,
             "gram": gram,
             "rhs": rhs,
             "yy": yy,
@@ -259,6 +264,7 @@ def solve_path(
     alphas,
     regularizer: torch.Tensor | None = None,
     jitter: float = 1e-10,
+    factors: dict | None = None,
 ):
     """Solutions ``theta [D, alpha]`` for every ``alpha`` and the condition numbers.
 
@@ -277,6 +283,10 @@ def solve_path(
         ``Gamma [D, D]`` (symmetric positive semi-definite); identity if None;
         ``"diagonal"``: the diagonal of the normal matrix (ridge on
         standardised columns).
+    factors : dict, optional
+        Filled with the decomposition for :func:`posterior_state`: ``eigenvalues [D]``
+        and ``vectors [D, D]`` of the whitened (Schur-complement) normal matrix,
+        ``whiten`` (the Cholesky factor ``L`` of ``Gamma`` or None) and ``tau``.
     """
     a, b = _objective(stats, e0, weights)
     # the regularisation scale (tau, and the diagonal of "diagonal") comes from the normal matrix
@@ -315,6 +325,8 @@ def solve_path(
         raise ValueError("the design is all zeros: no labels, or features that do not vary")
     eigenvalues, vectors = torch.linalg.eigh(a)
     eigenvalues = eigenvalues.clamp(min=0.0)
+    if factors is not None:
+        factors.update(eigenvalues=eigenvalues, vectors=vectors, whiten=whiten, tau=tau)
     projected = vectors.T @ b  # [D]
     alphas_t = torch.as_tensor(np.asarray(alphas, dtype=np.float64))
     shifted = eigenvalues[:, None] + alphas_t[None, :] * tau  # [D, alpha]
@@ -370,12 +382,21 @@ def cross_validate(
 
 
 def final_fit(
-    fold_stats: FoldStatistics, weights: dict, alpha: float, regularizer=None, joint: bool = False
+    fold_stats: FoldStatistics,
+    weights: dict,
+    alpha: float,
+    regularizer=None,
+    joint: bool = False,
+    posterior: dict | None = None,
 ):
-    """Reference energies, ``theta [D]``, training RMSEs and condition number (all folds)."""
+    """Reference energies, ``theta [D]``, training RMSEs and condition number (all folds).
+
+    ``posterior``: a dict filled with :func:`posterior_state` of the fit.
+    """
     stats = fold_stats.merged(range(fold_stats.n_folds))
     e0 = None if joint else baseline_from(stats)
-    theta, condition = solve_path(stats, e0, weights, [alpha], regularizer)
+    factors: dict = {}
+    theta, condition = solve_path(stats, e0, weights, [alpha], regularizer, factors=factors)
     e0 = _references(stats, theta, joint, e0)
     e0 = e0[:, 0] if e0.ndim == 2 else e0
     if condition[0] > 1e13:
@@ -388,7 +409,86 @@ def final_fit(
     training = {}
     for p, (errors, count) in _errors(theta, stats, e0).items():
         training[p] = float(np.sqrt(errors[0] / count)) if count > 0 else float("nan")
+    if posterior is not None:
+        posterior.update(posterior_state(stats, weights, alpha, factors, training, joint))
     return e0, theta[:, 0], training, float(condition[0])
+
+
+def posterior_state(
+    stats: dict, weights: dict, alpha: float, factors: dict, training: dict, joint: bool
+) -> dict:
+    """What the posterior (Bayesian ridge / projected-process) variance of a fit needs.
+
+    The objective of :func:`solve_path` is, up to a factor ``1 / (2 sigma^2)``, the
+    negative log posterior of ``theta`` under Gaussian noise of variance
+    ``sigma^2 n_p / (w_p^2 c_s)`` on every row of property ``p`` (structure weight
+    ``c_s``) and the prior ``theta ~ N(0, sigma^2 / (alpha tau) Gamma^-1)``; the jointly
+    fitted reference energies ``e0`` (``joint``) have a flat prior. The posterior
+    covariance of ``(theta, e0)`` is ``sigma^2 P^-1`` with ``P`` the regularised
+    normal matrix, and the variance of a linear prediction
+    ``E = Phi . theta + m . e0`` (``Phi [D]`` summed basis row, ``m [element]`` the
+    element counts) is
+
+    .. math::
+
+        \\mathrm{Var}(E) = \\sigma^2 \\big[ (\\Phi - M m)^T S^{-1} (\\Phi - M m)
+            + m^T C^{+} m \\big]
+
+    with ``S = A_Schur + alpha tau Gamma = L (V (Lambda + alpha tau) V^T) L^T`` the
+    regularised Schur complement the solver decomposed, ``M = X_c C_c^+`` and
+    ``C^+ = C_c^+ n_E / w_E^2`` (``X_c``, ``C_c`` the feature-composition and
+    composition blocks of the energy rows; both terms absent without a joint baseline,
+    whose reference energies are then treated as exact). ``sigma^2`` is estimated from
+    the training residuals: ``sigma^2 = sum_p w_p^2 MSE_p / (N - gamma - n_ref)`` with
+    ``N`` the number of labelled rows, ``gamma = sum_i lambda_i / (lambda_i + alpha tau)``
+    the effective number of weights (eigenvalues below ``D eps lambda_max`` count as
+    zero) and ``n_ref`` the number of fitted reference energies.
+
+    Returns
+    -------
+    dict
+        ``factor [D, D]`` (``S^-1 = factor factor^T``), ``noise_variance``
+        (``sigma^2``, dimensionless; NaN without residual degrees of freedom),
+        ``dof`` (``N - gamma - n_ref``), ``composition_map [D, element]`` and
+        ``composition_covariance [element, element]`` (``C^+``; both None without
+        a joint baseline).
+    """
+    n = stats["xc"].shape[0]
+    if factors:
+        eigenvalues, vectors, whiten, tau = (
+            factors["eigenvalues"],
+            factors["vectors"],
+            factors["whiten"],
+            factors["tau"],
+        )
+        shifted = eigenvalues + alpha * tau  # [D]
+        factor = vectors / torch.sqrt(shifted)[None, :]  # [D, D]
+        if whiten is not None:
+            factor = torch.linalg.solve_triangular(whiten.T, factor, upper=True)
+        tolerance = float(eigenvalues.max()) * n * float(np.finfo(np.float64).eps)
+        kept = eigenvalues > tolerance
+        gamma = float((eigenvalues[kept] / shifted[kept]).sum())
+    else:  # nothing left for the weights (see solve_path)
+        factor, gamma = torch.zeros(n, 0, dtype=torch.float64), 0.0
+    fitted = [p for p in PROPERTIES if stats["count"][p] > 0 and weights[p] > 0]
+    loss = sum(weights[p] ** 2 * training[p] ** 2 for p in fitted)
+    rows = sum(stats["rows"][p] for p in fitted)
+    energy = "energy" in fitted
+    n_ref = int((np.diagonal(stats["cc"]) > 0).sum()) if energy else 0
+    dof = rows - gamma - n_ref
+    composition_map = composition_covariance = None
+    if joint and energy:
+        inverse = np.linalg.pinv(stats["cc"], rcond=1e-10, hermitian=True)  # [element, element]
+        composition_map = (stats["xc"] @ torch.as_tensor(inverse)).numpy()  # [D, element]
+        scale = weights["energy"] ** 2 / stats["count"]["energy"]
+        composition_covariance = inverse / scale
+    return {
+        "factor": factor.numpy(),
+        "noise_variance": float(loss / dof) if dof > 0 else float("nan"),
+        "dof": float(dof),
+        "composition_map": composition_map,
+        "composition_covariance": composition_covariance,
+    }
 
 
 def _trivial_sse(stats: dict, e0: np.ndarray) -> dict:

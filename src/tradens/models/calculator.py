@@ -6,7 +6,11 @@
 
 Energies in eV, forces in eV/Å, stress in eV/Å^3 (ASE sign and Voigt order).
 ``free_energy`` equals ``energy`` (no electronic entropy). Stress is only
-defined for cells periodic in all three directions.
+defined for cells periodic in all three directions. With ``uncertainty=True``
+the calculator also puts the predicted standard deviation of the energy (eV) in
+``calc.results["energy_std"]`` (``calc.get_property("energy_std", atoms)``):
+the posterior standard deviation of a linear or kernel model, the members'
+spread of an ensemble.
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ class TradensCalculator(Calculator):
     model : fitted potential or path
         A fitted model from :mod:`tradens.models`, or the path of a file
         written by :func:`tradens.models.save`.
+    uncertainty : bool
+        Also compute ``results["energy_std"]`` (eV); the model must have an
+        uncertainty estimate (``model.has_std()``), else ValueError.
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator`.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model, **kwargs):
+    def __init__(self, model, *, uncertainty: bool = False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model, (str, os.PathLike)):
             from .io import load
@@ -44,6 +51,15 @@ class TradensCalculator(Calculator):
                 "TradensCalculator needs a fitted tradens potential or the path of a saved one"
             )
         self.model = model
+        self.uncertainty = bool(uncertainty)
+        if self.uncertainty:
+            if not model.has_std():
+                raise ValueError(
+                    f"uncertainty=True but this {type(model).__name__} has no uncertainty "
+                    "estimate (a linear/kernel model fitted with the primal solver, or an "
+                    "ensemble, has one)"
+                )
+            self.implemented_properties = [*type(self).implemented_properties, "energy_std"]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         """Compute the requested properties (all of them in one backward pass)."""
@@ -58,7 +74,11 @@ class TradensCalculator(Calculator):
             )
         if "energies" in properties:
             self.results["energies"] = self.model.predict_atom_energies([atoms])
-        prediction = self.model.predict([atoms], forces=True, stress=periodic)
+        if self.uncertainty:
+            prediction = self.model.predict([atoms], forces=True, stress=periodic, return_std=True)
+            self.results["energy_std"] = float(prediction["energy_std"][0])
+        else:
+            prediction = self.model.predict([atoms], forces=True, stress=periodic)
         energy = float(prediction["energy"][0])
         self.results["energy"] = energy
         self.results["free_energy"] = energy

@@ -169,6 +169,10 @@ class EnsemblePotential(PotentialBase):
                 out[f"{key}_std"] = stack.std(axis=0)
         return out
 
+    def has_std(self) -> bool:
+        """Committees always have a spread (``predict(..., return_std=True)``)."""
+        return True
+
     def predict_atom_energies(self, frames) -> np.ndarray:
         """Mean per-atom energies (eV) of the members, ``[atom]``."""
         self._check_fitted()

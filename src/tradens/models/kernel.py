@@ -59,7 +59,8 @@ class SparseKernelPotential(LinearPotential):
     per_element : bool
         Separate sparse points and kernels per centre element.
     alphas, cv, energy_weight, forces_weight, stress_weight, config_weights, config_key, energy_key,
-    forces_key, stress_key, label_share, baseline, cv_metric, batch_size, seed, progress
+    forces_key, stress_key, label_share, baseline, cv_metric, batch_size, seed, progress,
+    uncertainty
         As :class:`~tradens.models.LinearPotential` (default property weights from the
         data; ``fit_report_``, ``precompute`` and ``fit_features`` as there).
 
@@ -71,6 +72,11 @@ class SparseKernelPotential(LinearPotential):
         ``[M]`` their elements (``per_element`` only).
     weights_ : numpy.ndarray
         ``c [M]``.
+    posterior_ : dict or None
+        As :class:`~tradens.models.LinearPotential`: with ``phi_m = k(X, X_m)`` and the
+        prior covariance ``K_MM^-1`` (scaled) of ``c``, ``predict(..., return_std=True)``
+        gives the projected-process (subset-of-regressors) posterior standard deviation
+        ``sigma^2 Phi^T (K_MN Lambda^-1 K_NM + alpha tau K_MM)^-1 Phi`` of the energy.
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class SparseKernelPotential(LinearPotential):
         batch_size: int = 8,
         seed: int = 0,
         progress: bool = False,
+        uncertainty: bool = True,
     ):
         super().__init__(
             representation,
@@ -119,6 +126,7 @@ class SparseKernelPotential(LinearPotential):
             batch_size=batch_size,
             seed=seed,
             progress=progress,
+            uncertainty=uncertainty,
         )
         self.n_sparse = n_sparse
         self.zeta = zeta

@@ -127,6 +127,10 @@ class LinearPotential(PotentialBase):
         Seed of the fold assignment.
     progress : bool
         Show a progress bar.
+    uncertainty : bool
+        Keep what the posterior variance needs (``posterior_``, a ``D x D`` matrix,
+        saved with the model) so that ``predict(frames, return_std=True)`` works;
+        primal solver only (``solver_ == "dual"`` keeps nothing).
 
     Attributes
     ----------
@@ -153,6 +157,13 @@ class LinearPotential(PotentialBase):
         :class:`~tradens.models.FitWarning` is raised when the model is worse
         than the trivial predictor on a property or ``alpha_`` is at an edge of
         ``alphas``.
+    posterior_ : dict or None
+        The Bayesian reading of the ridge fit (:func:`tradens.models._solve.posterior_state`):
+        ``factor [D, D]``, ``noise_variance`` (``sigma^2``), ``dof``,
+        ``composition_map`` and ``composition_covariance`` (joint baseline), and
+        ``energy_noise`` (``sigma^2 n_E / w_E^2``, (eV/atom)^2: the noise variance of a
+        per-atom energy label of unit structure weight). None after a dual fit, with
+        ``uncertainty=False`` or for files saved without it.
 
     Examples
     --------
@@ -186,6 +197,8 @@ class LinearPotential(PotentialBase):
     True
     """
 
+    posterior_: dict | None
+
     def __init__(
         self,
         representation: Representation,
@@ -210,6 +223,7 @@ class LinearPotential(PotentialBase):
         batch_size: int = 8,
         seed: int = 0,
         progress: bool = False,
+        uncertainty: bool = True,
     ):
         self.representation = representation
         self.alphas = alphas
@@ -232,6 +246,7 @@ class LinearPotential(PotentialBase):
         self.batch_size = batch_size
         self.seed = seed
         self.progress = progress
+        self.uncertainty = uncertainty
 
     # ------------------------------------------------------------------ fitting
     def _validate(self):
@@ -452,6 +467,7 @@ class LinearPotential(PotentialBase):
             e0, theta, training, condition = fit_dual(
                 self, statistics, cache.folds, cache.n_folds, alphas
             )
+            self.posterior_ = None
         else:
             if not isinstance(statistics, FoldStatistics):
                 raise TypeError(
@@ -501,7 +517,15 @@ class LinearPotential(PotentialBase):
                 reference = {p: trivial[p][1] for p in labels}
             else:
                 results, alpha = None, float(alphas[0])
-            fitted = final_fit(stats, weights, alpha, regularizer, joint=joint)
+            posterior: dict = {}
+            fitted = final_fit(
+                stats,
+                weights,
+                alpha,
+                regularizer,
+                joint=joint,
+                posterior=posterior if self.uncertainty else None,
+            )
             if stats.n_folds == 1:
                 errors = dict(fitted[2])
                 reference = {p: trivial[p][0] for p in labels}
@@ -517,6 +541,15 @@ class LinearPotential(PotentialBase):
             )
         self.cv_results_ = results
         self.alpha_ = alpha
+        self.posterior_ = None
+        if posterior:
+            count = stats.merged(range(stats.n_folds))["count"]["energy"]
+            posterior["energy_noise"] = (
+                posterior["noise_variance"] * count / weights["energy"] ** 2
+                if weights["energy"] > 0 and count > 0
+                else float("nan")
+            )
+            self.posterior_ = posterior
         e0, theta, training, condition = fitted
         return weights, e0, theta, training, condition
 
@@ -657,6 +690,126 @@ class LinearPotential(PotentialBase):
             stats.add("stress", k, rows, labels, torch.full_like(labels, weights[s]))
 
     # ------------------------------------------------------------------ prediction
+    def has_std(self) -> bool:
+        """Whether ``predict(..., return_std=True)`` is available (see ``posterior_``)."""
+        return getattr(self, "posterior_", None) is not None
+
+    def predict(
+        self,
+        frames,
+        *,
+        forces: bool = True,
+        stress: bool = True,
+        batch_size: int = 16,
+        return_std: bool = False,
+    ) -> dict:
+        """Energies, forces and stress of ``frames`` (see :meth:`PotentialBase.predict`).
+
+        With ``return_std=True`` the dict also holds ``"energy_std" [structure]`` (eV),
+        the posterior standard deviation of the predicted energy (:meth:`predict_std`).
+        """
+        out = super().predict(frames, forces=forces, stress=stress, batch_size=batch_size)
+        if return_std:
+            out["energy_std"] = self.predict_std(frames, batch_size=batch_size)["energy_std"]
+        return out
+
+    def predict_std(self, frames, *, per_atom: bool = False, batch_size: int = 16) -> dict:
+        """Posterior standard deviations of the energies (Bayesian ridge / projected process).
+
+        For a structure with summed basis row ``Phi = sum_i phi(X_i) [D]`` and element
+        counts ``m [element]``
+
+        .. math::
+
+            \\sigma_E^2 = \\sigma^2 \\big[ (\\Phi - M m)^T S^{-1} (\\Phi - M m)
+                + m^T C^{+} m \\big]
+
+        where ``S`` is the regularised (weighted, Schur-complement) normal matrix of the
+        fit, ``sigma^2`` the noise scale estimated from the training residuals and the
+        ``M``, ``C^+`` terms the uncertainty of jointly fitted reference energies
+        (``baseline="joint"``; see :func:`tradens.models._solve.posterior_state` and
+        ``docs/models.md``). It is the uncertainty of the fitted model's energy, not of a
+        label: the label noise (``posterior_["energy_noise"]`` per atom, (eV/atom)^2) is
+        not included. A per-atom energy ``phi(X_i) . theta + e_{Z_i}`` has the same form
+        with ``Phi = phi(X_i)`` and ``m`` the one-hot element of atom ``i``.
+
+        Parameters
+        ----------
+        frames : ase.Atoms or a list of them
+            Structures (never modified).
+        per_atom : bool
+            Also return ``"atom_energy_std" [atom]`` (eV, all atoms concatenated).
+        batch_size : int
+            Structures per descriptor batch.
+
+        Returns
+        -------
+        dict
+            ``"energy_std" [structure]`` (eV) and, with ``per_atom``,
+            ``"atom_energy_std" [atom]`` (eV).
+
+        Raises
+        ------
+        ValueError
+            When the model keeps no posterior (dual solver, ``uncertainty=False``,
+            or a file saved before it existed).
+        """
+        self._check_fitted()
+        posterior = getattr(self, "posterior_", None)
+        if posterior is None:
+            raise ValueError(
+                f"this {type(self).__name__} has no posterior to give a standard deviation: "
+                "fit it with uncertainty=True and solver='primal' (the dual solver keeps no "
+                "normal matrix)"
+            )
+        from ..systems.batch import as_batch
+        from ._design import _species_index
+
+        frames = _as_frames(frames)
+        factor = torch.as_tensor(posterior["factor"], dtype=torch.float64)  # [D, r]
+        mapping, covariance = posterior["composition_map"], posterior["composition_covariance"]
+        n_elements = len(self.species_)
+        if mapping is None:
+            mapping = np.zeros((factor.shape[0], n_elements))
+            covariance = np.zeros((n_elements, n_elements))
+        mapping_t = torch.as_tensor(mapping, dtype=torch.float64)  # [D, element]
+        covariance_t = torch.as_tensor(covariance, dtype=torch.float64)  # [element, element]
+        noise = float(posterior["noise_variance"])
+
+        def variance(phi: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+            centred = (phi - counts @ mapping_t.T) @ factor  # [n, r]
+            return noise * (
+                (centred * centred).sum(1) + ((counts @ covariance_t) * counts).sum(1)
+            )  # [n]
+
+        structure_var, atom_var = [], []
+        representation = self._representation_for_prediction()
+        with torch.no_grad():
+            for start in range(0, len(frames), batch_size):
+                batch = as_batch(
+                    frames[start : start + batch_size], dtype=torch.float64, first_index=start
+                )
+                values, rows = representation(batch)
+                numbers = batch.numbers[rows]
+                phi = self.basis_.values(values, numbers)  # [row, D]
+                onehot = torch.nn.functional.one_hot(
+                    _species_index(numbers, tuple(self.species_)), n_elements
+                ).to(torch.float64)  # [row, element]
+                owner = batch.structure[rows]
+                summed = torch.zeros(batch.n_structures, phi.shape[1], dtype=torch.float64)
+                summed.index_add_(0, owner, phi)  # [s, D]
+                counts = torch.zeros(batch.n_structures, n_elements, dtype=torch.float64)
+                counts.index_add_(0, owner, onehot)  # [s, element]
+                structure_var.append(variance(summed, counts).numpy())
+                if per_atom:
+                    per_row = torch.zeros(batch.n_atoms, dtype=torch.float64)
+                    per_row[rows] = variance(phi, onehot)
+                    atom_var.append(per_row.numpy())
+        out = {"energy_std": np.sqrt(np.clip(np.concatenate(structure_var), 0.0, None))}
+        if per_atom:
+            out["atom_energy_std"] = np.sqrt(np.clip(np.concatenate(atom_var), 0.0, None))
+        return out
+
     # ------------------------------------------------------------------ io
     def _fitted_state(self) -> tuple[dict, dict]:
         meta = {
@@ -679,6 +832,17 @@ class LinearPotential(PotentialBase):
         }
         if self.projection is not None:
             arrays["projection"] = np.asarray(self.projection_.components_)
+        posterior = getattr(self, "posterior_", None)
+        if posterior is not None:
+            meta["posterior"] = {
+                key: float(posterior[key]) for key in ("noise_variance", "dof", "energy_noise")
+            }
+            arrays["posterior_factor"] = np.asarray(posterior["factor"])
+            if posterior["composition_map"] is not None:
+                arrays["posterior_composition_map"] = np.asarray(posterior["composition_map"])
+                arrays["posterior_composition_covariance"] = np.asarray(
+                    posterior["composition_covariance"]
+                )
         return meta, arrays
 
     def _set_fitted(self, meta: dict, arrays: dict, representation) -> None:
@@ -695,6 +859,14 @@ class LinearPotential(PotentialBase):
         self._theta = torch.as_tensor(self.weights_)
         self.representation_ = representation
         self.cv_results_ = None
+        self.posterior_ = None
+        if meta.get("posterior") is not None:  # files before the posterior have none
+            self.posterior_ = {
+                **meta["posterior"],
+                "factor": np.asarray(arrays["posterior_factor"], dtype=np.float64),
+                "composition_map": arrays.get("posterior_composition_map"),
+                "composition_covariance": arrays.get("posterior_composition_covariance"),
+            }
         if meta.get("fit_report") is not None:  # files before 0.x have none
             self.fit_report_ = FitReport.from_dict(meta["fit_report"])
             self.solver_ = meta["solver"]
