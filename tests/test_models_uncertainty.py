@@ -259,3 +259,19 @@ def test_calibration_example_runs(tmp_path):
     for k in ("within_1_sigma", "within_2_sigma"):
         assert result["with_noise"][k] >= result["posterior"][k]
     assert -1.0 <= result["posterior"]["spearman"] <= 1.0
+
+
+def test_absorbed_statistics_keep_the_row_count():
+    """Partitioned statistics (cluster fits) count the rows the noise estimate divides by."""
+    import torch
+
+    from tradens.models._solve import FoldStatistics
+
+    rng = np.random.default_rng(0)
+    parts = [FoldStatistics(1, 3, 1) for _ in range(2)]
+    for n, part in zip((4, 5), parts, strict=True):
+        weights = torch.ones(n)
+        weights[0] = 0.0  # a zero-weight row does not count
+        part.add("forces", 0, torch.as_tensor(rng.normal(size=(n, 3))), torch.zeros(n), weights)
+    parts[0].absorb(parts[1])
+    assert parts[0].merged([0])["rows"]["forces"] == 3 + 4

@@ -130,6 +130,7 @@ class FoldStatistics:
                     self.rhs[p][k].add_(rhs)  # type: ignore[union-attr]
             self.yy[p] += other.yy[p]
             self.count[p] += other.count[p]
+            self.rows[p] += other.rows[p]
         for k in range(self.n_folds):
             self.xc[k].add_(other.xc[k])
             self.cc[k] += other.cc[k]
